@@ -1,0 +1,229 @@
+//! One error type for every function, and the one place that maps it to what clients see.
+//!
+//! Handlers return [`Error`]. WebSocket routes turn it into an `error` frame with
+//! [`Error::to_frame`]; HTTP routes into a status and JSON body with [`Error::http_status`] and
+//! [`Error::to_http_body`]. Internal failures (Redis, MongoDB, AWS) are logged with their details and
+//! shown to clients only as `internal` with no details, so nothing private leaks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{FrameError, ServerFrame};
+
+/// Stable, machine-readable error codes of `error` frames and HTTP error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not JSON.
+    MalformedJson,
+    /// The frame's `type` is not one the server knows.
+    UnknownType,
+    /// Fields are missing or invalid.
+    InvalidRequest,
+    /// The frame or content is over its size limit.
+    PayloadTooLarge,
+    /// No valid credentials on this connection yet.
+    Unauthenticated,
+    /// The token is malformed, badly signed, or for another audience/issuer.
+    InvalidToken,
+    /// The token has expired.
+    TokenExpired,
+    /// Authenticated, but not allowed (e.g. not a participant).
+    Forbidden,
+    /// The thing does not exist (or the caller may not know it exists).
+    NotFound,
+    /// The idempotency key was used before with different content.
+    IdempotencyConflict,
+    /// A conflicting state (e.g. already exists).
+    Conflict,
+    /// Too many requests; see `retry_after`.
+    RateLimited,
+    /// A dependency is unavailable; retry later with the same idempotency key.
+    Unavailable,
+    /// An unexpected server failure; retry later with the same idempotency key.
+    Internal,
+    /// The operation exists but is not implemented yet.
+    NotImplemented,
+}
+
+impl ErrorCode {
+    /// HTTP status for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::MalformedJson | Self::UnknownType | Self::InvalidRequest => 400,
+            Self::Unauthenticated | Self::InvalidToken | Self::TokenExpired => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::IdempotencyConflict | Self::Conflict => 409,
+            Self::PayloadTooLarge => 413,
+            Self::RateLimited => 429,
+            Self::Internal => 500,
+            Self::NotImplemented => 501,
+            Self::Unavailable => 503,
+        }
+    }
+}
+
+/// Every failure a handler can report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A client mistake, with a code and an explanation safe to show.
+    #[error("{message}")]
+    Client {
+        /// What kind of mistake.
+        code: ErrorCode,
+        /// Explanation for the client.
+        message: String,
+    },
+    /// Too many requests.
+    #[error("rate limit exceeded, retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the window resets.
+        retry_after_secs: u64,
+    },
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// MongoDB failed.
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    /// Another dependency failed (gateway, broker, S3, configuration at run time).
+    #[error("{context}: {detail}")]
+    Dependency {
+        /// Which dependency.
+        context: &'static str,
+        /// What happened (logged, never shown).
+        detail: String,
+    },
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A client error with this code and message.
+    pub fn client(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Client {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `invalid_request` with this message.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::client(ErrorCode::InvalidRequest, message)
+    }
+
+    /// `forbidden` with this message.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::client(ErrorCode::Forbidden, message)
+    }
+
+    /// `not_found` with this message.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::client(ErrorCode::NotFound, message)
+    }
+
+    /// `not_implemented`, naming the operation and the issue that fills it.
+    pub fn not_implemented(what: &str) -> Self {
+        Self::client(
+            ErrorCode::NotImplemented,
+            format!("{what} is not implemented yet"),
+        )
+    }
+
+    /// A failure of a dependency other than Redis or MongoDB.
+    pub fn dependency(context: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self::Dependency {
+            context,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The code clients see.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Client { code, .. } => *code,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::Redis(e) if e.is_timeout() || e.is_connection_dropped() => ErrorCode::Unavailable,
+            Self::Mongo(e) if is_mongo_unavailable(e) => ErrorCode::Unavailable,
+            Self::Redis(_) | Self::Mongo(_) => ErrorCode::Internal,
+            Self::Dependency { .. } => ErrorCode::Unavailable,
+        }
+    }
+
+    /// The message clients see: the explanation for client errors, a generic line otherwise.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Client { message, .. } => message.clone(),
+            Self::RateLimited { .. } => self.to_string(),
+            _ => match self.code() {
+                ErrorCode::Unavailable => {
+                    "a backend service is unavailable; retry with the same idempotency key".into()
+                }
+                _ => "internal error; retry with the same idempotency key".into(),
+            },
+        }
+    }
+
+    /// Whether this is the server's fault (logged at error level) rather than the client's.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Redis(_) | Self::Mongo(_) | Self::Dependency { .. }
+        )
+    }
+
+    /// Seconds to wait before retrying, for rate limits.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// The `error` frame for a WebSocket client.
+    pub fn to_frame(&self, client_message_id: Option<String>) -> ServerFrame {
+        ServerFrame::Error {
+            code: self.code(),
+            message: self.public_message(),
+            client_message_id,
+            retry_after: self.retry_after(),
+        }
+    }
+
+    /// The HTTP status for an HTTP client.
+    pub fn http_status(&self) -> u16 {
+        self.code().http_status()
+    }
+
+    /// The JSON body for an HTTP client: `{"error": {"code", "message"}}`.
+    pub fn to_http_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": { "code": self.code(), "message": self.public_message() }
+        })
+    }
+}
+
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Malformed(detail) => Self::client(
+                ErrorCode::MalformedJson,
+                format!("frame is not valid JSON: {detail}"),
+            ),
+            FrameError::UnknownType(kind) => Self::client(
+                ErrorCode::UnknownType,
+                format!("unknown frame type `{kind}`"),
+            ),
+            FrameError::Invalid(detail) => Self::invalid(detail),
+        }
+    }
+}
+
+fn is_mongo_unavailable(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    matches!(
+        *e.kind,
+        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
+    )
+}

@@ -1,0 +1,74 @@
+//! Every Redis key name and TTL, in one place.
+//!
+//! All keys start with a configurable prefix (`REDIS_KEY_PREFIX`, default `msg:`) so that several
+//! deployments or test cases can share one Redis. Per-user keys put the user id in a hash tag
+//! (`{u:ID}`) so that a user's keys live on one Redis Cluster slot and can be updated in one
+//! `MULTI` transaction.
+
+use std::time::Duration;
+
+/// How long an undelivered message id waits in an inbox after the last push to it.
+pub const INBOX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Presence expires unless refreshed by a heartbeat (seeds: 5 minutes).
+pub const PRESENCE_TTL: Duration = Duration::from_secs(5 * 60);
+/// A connection record outlives API Gateway's 2 h connection limit only by a margin; heartbeats
+/// refresh it, and `$disconnect` or a 410 removes it.
+pub const CONNECTION_TTL: Duration = Duration::from_secs(2 * 3600 + 10 * 60);
+/// A typing indicator disappears on its own after this long without a new `start`.
+pub const TYPING_TTL: Duration = Duration::from_secs(6);
+
+/// Builds key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `msg:`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Hash `connection_id -> {user_id, device_id, connected_at, ...}`.
+    pub fn connection(&self, connection_id: &str) -> String {
+        format!("{}conn:{connection_id}", self.prefix)
+    }
+
+    /// Set of a user's live connection ids (multi-device).
+    pub fn user_connections(&self, user_id: &str) -> String {
+        format!("{}{{u:{user_id}}}:conns", self.prefix)
+    }
+
+    /// Hash `{status, last_seen}` of a user.
+    pub fn presence(&self, user_id: &str) -> String {
+        format!("{}{{u:{user_id}}}:presence", self.prefix)
+    }
+
+    /// Sorted set of undelivered message ids of a user, scored by push time.
+    pub fn inbox(&self, user_id: &str) -> String {
+        format!("{}{{u:{user_id}}}:inbox", self.prefix)
+    }
+
+    /// Sorted set of users typing in a conversation, scored by expiry time (ms).
+    pub fn typing(&self, conversation_id: &str) -> String {
+        format!("{}typing:{conversation_id}", self.prefix)
+    }
+
+    /// Counter of one fixed rate-limit window.
+    pub fn rate_limit(&self, scope: &str, subject: &str, window: u64) -> String {
+        format!("{}{{u:{subject}}}:rl:{scope}:{window}", self.prefix)
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new("msg:")
+    }
+}

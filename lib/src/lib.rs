@@ -1,0 +1,24 @@
+//! The shared core of the messaging backend.
+//!
+//! Every function (connect, message, disconnect, store, agent-response, presign, push, api) is a
+//! thin binary over this crate. It holds the wire protocol ([`protocol`]), the domain model
+//! ([`model`]), one port per outside system with its real adapter ([`realtime`] for Redis,
+//! [`store`] for MongoDB, [`gateway`] for the WebSocket management API, [`events`] for the broker,
+//! [`objects`] for S3), JWT handling ([`auth`]), configuration ([`config`]) and the single mapping
+//! from failures to what clients see ([`error`]).
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod gateway;
+pub mod keys;
+pub mod model;
+pub mod objects;
+pub mod protocol;
+pub mod realtime;
+pub mod store;
+pub mod telemetry;
+
+pub use error::{Error, ErrorCode, Result};

@@ -1,0 +1,449 @@
+//! The domain model: what is stored in MongoDB and what travels in CloudEvents.
+//!
+//! Documents use BSON dates for every time field that an index expires on (`created_at`,
+//! `expires_at`), because TTL indexes only act on dates. Times that go on the wire are milliseconds
+//! since the epoch, as in the seeds. Sequence numbers are `u64` in Rust and stored as BSON int64.
+
+use mongodb::bson::DateTime;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{
+    DeliveredMessage, ForwardedFrom, Location, MessageStatus, MessageType, PresenceStatus,
+};
+
+/// Largest number of participants in a group conversation.
+pub const MAX_GROUP_PARTICIPANTS: usize = 100;
+
+/// A person using the product.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    /// Stable id (UUID).
+    pub user_id: String,
+    /// E.164 phone number, unique when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// Email address, unique when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Display name.
+    pub name: String,
+    /// Avatar URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime,
+    /// Last time the user's last connection closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime>,
+    /// Last known online state.
+    #[serde(default)]
+    pub status: PresenceStatus,
+}
+
+/// Shape of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    /// Two users.
+    Direct,
+    /// Up to [`MAX_GROUP_PARTICIPANTS`] users.
+    Group,
+    /// A user and an agent.
+    Agent,
+}
+
+/// Role of a participant in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May add and remove participants.
+    Admin,
+    /// Ordinary participant.
+    #[default]
+    Member,
+}
+
+/// A conversation: 1:1, group, or with an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// Stable id (UUID).
+    pub conversation_id: String,
+    /// 1:1, group, or agent.
+    pub kind: ConversationKind,
+    /// Every participant's id, agents included (an agent's id is its agent id).
+    pub participants: Vec<String>,
+    /// Admins of a group (subset of participants).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<String>,
+    /// The agent of an agent conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Group name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Group description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime,
+    /// Time of the last message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message_at: Option<DateTime>,
+}
+
+impl Conversation {
+    /// Whether `id` takes part in this conversation.
+    pub fn has_participant(&self, id: &str) -> bool {
+        self.participants.iter().any(|p| p == id)
+    }
+
+    /// Everyone but `sender`.
+    pub fn recipients_of<'a>(&'a self, sender: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.participants
+            .iter()
+            .map(String::as_str)
+            .filter(move |p| *p != sender)
+    }
+}
+
+/// A message as stored in MongoDB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Server-assigned id (UUID v7: time-ordered).
+    pub message_id: String,
+    /// The sender-scoped idempotency key (`{sender_id}/{client key}`), unique.
+    pub idempotency_key: String,
+    /// SHA-256 of the request's content and routing fields, to tell a retry from a conflicting reuse.
+    pub fingerprint: String,
+    /// Conversation.
+    pub conversation_id: String,
+    /// Position in the conversation, dense from 1.
+    pub sequence_number: u64,
+    /// Author.
+    pub sender_id: String,
+    /// Receiver in 1:1 conversations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<String>,
+    /// Kind.
+    #[serde(rename = "type")]
+    pub message_type: MessageType,
+    /// Opaque, end-to-end encrypted.
+    pub content: String,
+    /// Media id for media kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
+    /// Answered or reacted-to message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to_message_id: Option<String>,
+    /// Origin of a forwarded message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_from: Option<ForwardedFrom>,
+    /// Coordinates of a location message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// Client clock at send time, milliseconds.
+    pub client_timestamp: i64,
+    /// Server time of acceptance.
+    pub timestamp: DateTime,
+    /// Delivery state (aggregate over recipients).
+    pub status: MessageStatus,
+    /// Insertion time; the retention TTL index expires on it.
+    pub created_at: DateTime,
+}
+
+impl StoredMessage {
+    /// The message as delivered to clients.
+    pub fn to_delivered(&self) -> DeliveredMessage {
+        DeliveredMessage {
+            message_id: self.message_id.clone(),
+            sequence_number: self.sequence_number,
+            sender_id: Some(self.sender_id.clone()),
+            receiver_id: self.receiver_id.clone(),
+            conversation_id: Some(self.conversation_id.clone()),
+            content: self.content.clone(),
+            message_type: Some(self.message_type),
+            media_url: self.media_url.clone(),
+            reply_to_message_id: self.reply_to_message_id.clone(),
+            forwarded_from: self.forwarded_from.clone(),
+            location: self.location.clone(),
+            timestamp: self.timestamp.timestamp_millis(),
+            status: Some(self.status),
+        }
+    }
+}
+
+/// A message to store: everything but what the store assigns (id, sequence number, times).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    /// Client's idempotency key, as sent (the store scopes it by sender).
+    pub idempotency_key: String,
+    /// Conversation.
+    pub conversation_id: String,
+    /// Author.
+    pub sender_id: String,
+    /// Receiver in 1:1 conversations.
+    pub receiver_id: Option<String>,
+    /// Kind.
+    pub message_type: MessageType,
+    /// Opaque content.
+    pub content: String,
+    /// Media id.
+    pub media_url: Option<String>,
+    /// Answered or reacted-to message.
+    pub reply_to_message_id: Option<String>,
+    /// Origin of a forwarded message.
+    pub forwarded_from: Option<ForwardedFrom>,
+    /// Coordinates.
+    pub location: Option<Location>,
+    /// Client clock, milliseconds.
+    pub client_timestamp: i64,
+}
+
+/// A claimed idempotency key (collection `idempotency_keys`, 24 h TTL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The sender-scoped key.
+    #[serde(rename = "_id")]
+    pub key: String,
+    /// The message id reserved for this key.
+    pub message_id: String,
+    /// Fingerprint of the request that claimed the key.
+    pub fingerprint: String,
+    /// Conversation of the claimed message.
+    pub conversation_id: String,
+    /// Until when the claimer is presumed alive; a retry after this may take the claim over.
+    pub lease_until: DateTime,
+    /// Claim time; the TTL index expires on it.
+    pub created_at: DateTime,
+}
+
+/// Per-conversation sequence counter (collection `sequence_numbers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SequenceCounter {
+    /// The conversation id.
+    #[serde(rename = "_id")]
+    pub conversation_id: String,
+    /// Last sequence number handed out.
+    pub last_sequence_number: u64,
+    /// Time of the last allocation.
+    pub updated_at: DateTime,
+}
+
+/// Life-cycle of an uploaded media object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaState {
+    /// Upload URL handed out, object not confirmed.
+    Pending,
+    /// Object confirmed (size and type checked).
+    Ready,
+    /// Object failed the checks and was deleted.
+    Rejected,
+}
+
+/// Metadata of an uploaded media object (collection `media`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Media {
+    /// Stable id; what `media_url` in messages refers to.
+    pub media_id: String,
+    /// Conversation it was uploaded for.
+    pub conversation_id: String,
+    /// Uploader.
+    pub uploader_id: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Object key, namespaced by conversation.
+    pub object_key: String,
+    /// Declared MIME type.
+    pub content_type: String,
+    /// Declared size in bytes.
+    pub size_bytes: u64,
+    /// Whether the client encrypted the bytes (then no server-side thumbnail).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// Object key of the preview thumbnail, when one exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_key: Option<String>,
+    /// Life-cycle state.
+    pub state: MediaState,
+    /// Creation time.
+    pub created_at: DateTime,
+}
+
+/// An event or operation that failed for good (collection `dead_letters`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Stable id.
+    pub dead_letter_id: String,
+    /// Where it came from (function or broker trigger).
+    pub source: String,
+    /// Event type or operation name.
+    pub kind: String,
+    /// The event or request, as JSON (message content stays encrypted).
+    pub payload: serde_json::Value,
+    /// Last error.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Creation time.
+    pub created_at: DateTime,
+    /// The TTL index removes the entry at this time.
+    pub expires_at: DateTime,
+}
+
+/// An AI agent users can chat with (collection `agents`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    /// Stable id, also the CloudEvent `agentid` extension value.
+    pub agent_id: String,
+    /// Display name.
+    pub name: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// Capabilities, for search.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Categories and tags, for browsing.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Example prompts.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Avatar URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    /// HTTP endpoint the broker delivers to, when the agent is external.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Last heartbeat from the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<DateTime>,
+    /// Creation time.
+    pub created_at: DateTime,
+}
+
+/// CloudEvent types this system publishes and consumes.
+pub mod event_types {
+    /// A message was durably stored; store fans it out, agents answer it.
+    pub const MESSAGE_RECEIVED: &str = "messaging.message.received";
+    /// An agent answers a message.
+    pub const AGENT_RESPONSE: &str = "agent.response";
+    /// An agent reports progress (typing, partial work).
+    pub const AGENT_PROGRESS: &str = "agent.progress";
+    /// A recipient had no live connection: push notify.
+    pub const NOTIFICATION: &str = "messaging.notification";
+    /// A user went online or offline.
+    pub const PRESENCE_CHANGED: &str = "presence.changed";
+    /// CloudEvent extension attribute naming the agent a message is for (Trigger filter).
+    pub const AGENT_ID_EXTENSION: &str = "agentid";
+}
+
+/// Data of `messaging.message.received`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageReceived {
+    /// Server id.
+    pub message_id: String,
+    /// Sender-scoped idempotency key.
+    pub idempotency_key: String,
+    /// Conversation.
+    pub conversation_id: String,
+    /// Author.
+    pub sender_id: String,
+    /// Receiver in 1:1 conversations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<String>,
+    /// Position in the conversation.
+    pub sequence_number: u64,
+    /// Kind.
+    pub message_type: MessageType,
+    /// Opaque content (agents hold keys to their own conversations).
+    pub content: String,
+    /// Media id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
+    /// Answered message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to_message_id: Option<String>,
+    /// Server time of acceptance, milliseconds.
+    pub timestamp: i64,
+}
+
+/// Data of `agent.response`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentResponse {
+    /// Agent-generated key; a redelivered response is stored once.
+    pub idempotency_key: String,
+    /// Conversation.
+    pub conversation_id: String,
+    /// The user being answered.
+    pub user_id: String,
+    /// The answering agent.
+    pub agent_id: String,
+    /// Opaque answer content.
+    pub response: String,
+    /// The message answered, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<String>,
+    /// Kind of the answer (text unless told).
+    #[serde(default)]
+    pub message_type: MessageType,
+    /// Agent clock, milliseconds.
+    pub timestamp: i64,
+}
+
+/// Kind of agent progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressKind {
+    /// The agent is composing (shown as typing).
+    Typing,
+    /// The agent stopped composing.
+    Idle,
+}
+
+/// Data of `agent.progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentProgress {
+    /// Conversation.
+    pub conversation_id: String,
+    /// The user being answered.
+    pub user_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// What the agent is doing.
+    pub kind: ProgressKind,
+    /// Agent clock, milliseconds.
+    pub timestamp: i64,
+}
+
+/// Data of `messaging.notification`: no content, ever (it is end-to-end encrypted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Who to notify.
+    pub user_id: String,
+    /// Conversation with news.
+    pub conversation_id: String,
+    /// The new message.
+    pub message_id: String,
+    /// Its sender.
+    pub sender_id: String,
+    /// Sender's display name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
+    /// Kind of the message (for "sent a photo").
+    pub message_type: MessageType,
+    /// Total unread for the badge.
+    pub badge: u64,
+}
+
+/// Data of `presence.changed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceChanged {
+    /// Whose presence.
+    pub user_id: String,
+    /// New state.
+    pub status: PresenceStatus,
+    /// Last activity, milliseconds.
+    pub last_seen: i64,
+}

@@ -1,0 +1,497 @@
+//! The WebSocket wire protocol: every frame a client sends and every frame the server sends.
+//!
+//! Frames are JSON objects tagged on `type` (snake_case), exactly as in the seeds' "WebSocket Message
+//! Schemas". Client and server frames are two enums because the same tag can carry different shapes
+//! in each direction (`message` from a client is a send request; from the server it is a delivered
+//! message). Fields this project adds to the seeds are optional, so every seed example still parses.
+//!
+//! `content` is opaque end-to-end-encrypted text: the server stores and forwards it, never reads it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+
+/// Largest frame API Gateway accepts or sends on a WebSocket connection (128 KB).
+pub const MAX_FRAME_BYTES: usize = 128 * 1024;
+
+/// Kind of a message. `content` means different things per kind, but it is always opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageType {
+    /// Plain text.
+    #[default]
+    Text,
+    /// Image; `media_url` names the media id.
+    Image,
+    /// Video; `media_url` names the media id.
+    Video,
+    /// Audio file; `media_url` names the media id.
+    Audio,
+    /// Voice note; `media_url` names the media id.
+    Voice,
+    /// Document (PDF, office files); `media_url` names the media id.
+    Document,
+    /// A location; the coordinates travel in `location`.
+    Location,
+    /// An emoji reaction to `reply_to_message_id`.
+    Reaction,
+    /// Written by the server (group changes); never sent by clients.
+    System,
+}
+
+impl MessageType {
+    /// Whether this kind refers to an uploaded media object.
+    pub fn is_media(self) -> bool {
+        matches!(
+            self,
+            Self::Image | Self::Video | Self::Audio | Self::Voice | Self::Document
+        )
+    }
+}
+
+/// Delivery state of a message. It only ever moves forward: sent, delivered, read.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Durably stored with its sequence number.
+    #[default]
+    Sent,
+    /// Reached at least one device of the recipient.
+    Delivered,
+    /// Opened by the recipient.
+    Read,
+}
+
+/// Typing indicator state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypingState {
+    /// The user started typing.
+    Start,
+    /// The user stopped typing.
+    Stop,
+}
+
+/// Online state of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    /// At least one live connection.
+    Online,
+    /// No live connection.
+    #[default]
+    Offline,
+}
+
+/// Coordinates of a `location` message. Sent in the clear only when the client chooses to; most
+/// clients put the location inside the encrypted `content` and leave this out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    /// Degrees, -90..=90.
+    pub latitude: f64,
+    /// Degrees, -180..=180.
+    pub longitude: f64,
+    /// Optional place name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Where a forwarded message came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedFrom {
+    /// The original message.
+    pub message_id: String,
+    /// The conversation it was in.
+    pub conversation_id: String,
+}
+
+/// `auth` payload (seeds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthPayload {
+    /// The user the client claims to be; must match the token's subject when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// A JWT issued by the api function.
+    pub auth_token: String,
+    /// Identifies the device for multi-device delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// `ios`, `android` or `web`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Client version, for diagnostics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
+}
+
+/// The payload of a client's `message` frame: what to send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutgoingMessage {
+    /// Conversation to send to.
+    pub conversation_id: String,
+    /// The other party of a 1:1 conversation; informational, membership decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<String>,
+    /// Opaque, end-to-end encrypted.
+    pub content: String,
+    /// Message kind.
+    #[serde(rename = "type")]
+    pub message_type: MessageType,
+    /// Media id for media kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
+    /// The message this one answers or reacts to (same conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to_message_id: Option<String>,
+    /// Where a forwarded message came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_from: Option<ForwardedFrom>,
+    /// Coordinates of a `location` message, when not inside `content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// Client clock, milliseconds since the epoch.
+    pub timestamp: i64,
+}
+
+/// A message as delivered to clients (`message` from the server, items of `messages`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveredMessage {
+    /// Server-assigned id.
+    pub message_id: String,
+    /// Position in the conversation, dense from 1.
+    pub sequence_number: u64,
+    /// Author (user id or agent id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_id: Option<String>,
+    /// Receiver in 1:1 conversations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<String>,
+    /// Conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// Opaque, end-to-end encrypted.
+    pub content: String,
+    /// Message kind.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub message_type: Option<MessageType>,
+    /// Media id for media kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
+    /// The message this one answers or reacts to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to_message_id: Option<String>,
+    /// Where a forwarded message came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_from: Option<ForwardedFrom>,
+    /// Coordinates of a `location` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// Server time of acceptance, milliseconds since the epoch.
+    pub timestamp: i64,
+    /// Delivery state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<MessageStatus>,
+}
+
+/// `auth_success` payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthSuccessPayload {
+    /// Identifies this connection's session (the connection id).
+    pub session_id: String,
+    /// Server clock, milliseconds since the epoch.
+    pub server_time: i64,
+    /// Messages waiting for this user.
+    pub unread_count: u64,
+}
+
+/// `message_ack` payload: the message is durably stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageAckPayload {
+    /// Server-assigned id.
+    pub message_id: String,
+    /// Position in the conversation.
+    pub sequence_number: u64,
+    /// Always `sent` in an ack.
+    pub status: MessageStatus,
+    /// Server time of acceptance.
+    pub timestamp: i64,
+}
+
+/// `messages` payload: a batch of stored messages in sequence order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagesPayload {
+    /// Conversation the batch belongs to.
+    pub conversation_id: String,
+    /// Messages in ascending sequence order.
+    pub messages: Vec<DeliveredMessage>,
+    /// True when more frames follow for the same request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub has_more: bool,
+}
+
+/// `migration` payload: reconnect elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationPayload {
+    /// Where to reconnect.
+    pub new_endpoint: String,
+    /// Token to present there.
+    pub session_token: String,
+}
+
+/// Receipt sent to the original sender when recipients got or read messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadReceiptPayload {
+    /// Messages concerned.
+    pub message_ids: Vec<String>,
+    /// Who read them.
+    pub read_by: String,
+    /// When, milliseconds since the epoch.
+    pub timestamp: i64,
+}
+
+/// Delivery receipt sent to the original sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryReceiptPayload {
+    /// Messages concerned.
+    pub message_ids: Vec<String>,
+    /// Who received them.
+    pub delivered_to: String,
+    /// When, milliseconds since the epoch.
+    pub timestamp: i64,
+}
+
+/// `typing` payload as forwarded to other participants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingPayload {
+    /// Conversation.
+    pub conversation_id: String,
+    /// Who is typing.
+    pub user_id: String,
+    /// Start or stop.
+    pub state: TypingState,
+}
+
+/// `presence` payload: a user's online state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresencePayload {
+    /// Whose presence.
+    pub user_id: String,
+    /// Online or offline.
+    pub status: PresenceStatus,
+    /// Last activity, milliseconds since the epoch, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<i64>,
+}
+
+/// A frame sent by a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Authenticate this connection (when the token was not given on connect) and get pending messages.
+    Auth {
+        /// Credentials and device.
+        payload: AuthPayload,
+    },
+    /// Send a message.
+    Message {
+        /// Client's own id for the message, echoed in the ack.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_message_id: Option<String>,
+        /// Client-generated UUID; a retry with the same key gets the same answer.
+        idempotency_key: String,
+        /// What to send.
+        payload: OutgoingMessage,
+    },
+    /// The client received a message.
+    DeliveryAck {
+        /// Received message.
+        message_id: String,
+        /// Client clock.
+        timestamp: i64,
+    },
+    /// The user read messages.
+    ReadReceipt {
+        /// Read messages.
+        message_ids: Vec<String>,
+        /// Client clock.
+        timestamp: i64,
+    },
+    /// Keep-alive; refreshes connection and presence.
+    Heartbeat {
+        /// Client clock.
+        timestamp: i64,
+    },
+    /// Ask again for a range of a conversation (gap detected).
+    Retransmit {
+        /// Conversation.
+        conversation_id: String,
+        /// First sequence number wanted.
+        from_sequence: u64,
+        /// Last sequence number wanted (inclusive).
+        to_sequence: u64,
+    },
+    /// Typing indicator.
+    Typing {
+        /// Conversation.
+        conversation_id: String,
+        /// Start or stop.
+        state: TypingState,
+    },
+    /// Catch up after reconnecting: everything after the given sequence number per conversation.
+    Sync {
+        /// `conversation_id -> last sequence number seen`.
+        #[serde(default)]
+        since: BTreeMap<String, u64>,
+    },
+    /// Ask for the presence of users one shares a conversation with.
+    Presence {
+        /// Users to look up.
+        user_ids: Vec<String>,
+    },
+}
+
+impl ClientFrame {
+    /// The `type` tag of this frame, for logs and error frames.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Auth { .. } => "auth",
+            Self::Message { .. } => "message",
+            Self::DeliveryAck { .. } => "delivery_ack",
+            Self::ReadReceipt { .. } => "read_receipt",
+            Self::Heartbeat { .. } => "heartbeat",
+            Self::Retransmit { .. } => "retransmit",
+            Self::Typing { .. } => "typing",
+            Self::Sync { .. } => "sync",
+            Self::Presence { .. } => "presence",
+        }
+    }
+}
+
+/// A frame sent by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Authentication accepted.
+    AuthSuccess {
+        /// Session details.
+        payload: AuthSuccessPayload,
+    },
+    /// Authentication refused.
+    AuthError {
+        /// Human-readable reason.
+        error: String,
+        /// Machine-readable reason.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<ErrorCode>,
+    },
+    /// A message for this user.
+    Message {
+        /// The message.
+        payload: DeliveredMessage,
+    },
+    /// The sent message is durably stored.
+    MessageAck {
+        /// Echo of the client's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_message_id: Option<String>,
+        /// Server id, sequence number, status.
+        payload: MessageAckPayload,
+    },
+    /// Messages the sender sent were delivered.
+    DeliveryAck {
+        /// Which and to whom.
+        payload: DeliveryReceiptPayload,
+    },
+    /// Messages the sender sent were read.
+    ReadReceipt {
+        /// Which and by whom.
+        payload: ReadReceiptPayload,
+    },
+    /// Answer to `heartbeat`.
+    HeartbeatAck {
+        /// Server clock, milliseconds since the epoch.
+        server_time: i64,
+    },
+    /// A batch of messages (retransmit, sync).
+    Messages {
+        /// The batch.
+        payload: MessagesPayload,
+    },
+    /// Reconnect elsewhere.
+    Migration {
+        /// Where.
+        payload: MigrationPayload,
+    },
+    /// Someone is typing.
+    Typing {
+        /// Who, where.
+        payload: TypingPayload,
+    },
+    /// Someone's online state.
+    Presence {
+        /// Whose, which.
+        payload: PresencePayload,
+    },
+    /// A request failed; nothing was changed unless the code says so.
+    Error {
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation (never contains message content).
+        message: String,
+        /// `client_message_id` of the failed send, when there was one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_message_id: Option<String>,
+        /// Seconds to wait before retrying (rate limits).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
+    },
+}
+
+impl ServerFrame {
+    /// Serializes the frame to its JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialization of these types cannot fail: no maps with non-string keys, no custom impls.
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+/// Why a client frame could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Not JSON at all.
+    Malformed(String),
+    /// JSON without a known `type`.
+    UnknownType(String),
+    /// A known `type` with missing or wrong fields.
+    Invalid(String),
+}
+
+/// Parses a client frame, telling apart malformed JSON, unknown types and bad fields.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let kind = match value.get("type") {
+        Some(serde_json::Value::String(kind)) => kind.clone(),
+        Some(_) => return Err(FrameError::Invalid("`type` must be a string".into())),
+        None => return Err(FrameError::Invalid("missing `type`".into())),
+    };
+    const KNOWN: [&str; 9] = [
+        "auth",
+        "message",
+        "delivery_ack",
+        "read_receipt",
+        "heartbeat",
+        "retransmit",
+        "typing",
+        "sync",
+        "presence",
+    ];
+    if !KNOWN.contains(&kind.as_str()) {
+        return Err(FrameError::UnknownType(kind));
+    }
+    serde_json::from_value(value).map_err(|e| FrameError::Invalid(format!("{kind}: {e}")))
+}

@@ -1,0 +1,414 @@
+//! Real-time state in Redis: connections (multi-device), presence, inboxes, typing, rate limits.
+//!
+//! This is the only place that talks to Redis. Everything here is soft state that can be rebuilt or
+//! lost without losing a message: MongoDB holds every message, the inbox only says which ones a user
+//! has not received yet. Each operation is one round trip: writes that touch several keys are sent
+//! as one `MULTI`/`EXEC` pipeline, so a crash never leaves half an update. The adapter counts its
+//! round trips ([`RedisState::round_trips`]) so benchmarks can report them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+
+use crate::error::Result;
+use crate::keys::{CONNECTION_TTL, INBOX_TTL, Keys, PRESENCE_TTL};
+use crate::protocol::PresenceStatus;
+
+/// A live WebSocket connection of a user's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// API Gateway connection id.
+    pub connection_id: String,
+    /// Authenticated user.
+    pub user_id: String,
+    /// Device (several per user).
+    pub device_id: String,
+    /// Connect time, milliseconds since the epoch.
+    pub connected_at: i64,
+}
+
+/// What remains after a connection is removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedConnection {
+    /// Owner of the removed connection.
+    pub user_id: String,
+    /// Connections the user still has.
+    pub remaining: u64,
+}
+
+/// A user's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    /// Online or offline.
+    pub status: PresenceStatus,
+    /// Last activity, milliseconds since the epoch, when known.
+    pub last_seen: Option<i64>,
+}
+
+/// Outcome of a rate-limit check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    /// Go ahead; this many requests remain in the window.
+    Allowed {
+        /// Requests left in the current window.
+        remaining: u64,
+    },
+    /// Refused until the window ends.
+    Limited {
+        /// Seconds until the window resets.
+        retry_after_secs: u64,
+    },
+}
+
+/// A rate limit: at most `max` requests per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed per window.
+    pub max: u64,
+    /// Window length.
+    pub window: Duration,
+}
+
+/// The real-time state port.
+#[async_trait]
+pub trait RealtimeState: Send + Sync {
+    /// Records a connection and marks its user online.
+    async fn register_connection(&self, connection: &ConnectionInfo) -> Result<()>;
+    /// The connection record, if it is live.
+    async fn connection(&self, connection_id: &str) -> Result<Option<ConnectionInfo>>;
+    /// Forgets one connection (only that one) and says how many the user has left.
+    /// Returns `None` when the connection was unknown.
+    async fn remove_connection(&self, connection_id: &str) -> Result<Option<RemovedConnection>>;
+    /// All live connection ids of a user.
+    async fn user_connections(&self, user_id: &str) -> Result<Vec<String>>;
+    /// Heartbeat: refreshes the connection's and the presence TTLs.
+    async fn touch(&self, connection: &ConnectionInfo, now_ms: i64) -> Result<()>;
+    /// A user's presence (offline when nothing is recorded).
+    async fn presence(&self, user_id: &str) -> Result<Presence>;
+    /// Marks a user offline with a last-seen time.
+    async fn set_offline(&self, user_id: &str, last_seen_ms: i64) -> Result<()>;
+    /// Adds a message id to a user's inbox (idempotent) and refreshes the 30-day TTL.
+    async fn inbox_push(&self, user_id: &str, message_id: &str, at_ms: i64) -> Result<()>;
+    /// The oldest `limit` message ids of a user's inbox, oldest first.
+    async fn inbox_peek(&self, user_id: &str, limit: usize) -> Result<Vec<String>>;
+    /// Removes delivered message ids from a user's inbox; returns how many were there.
+    async fn inbox_remove(&self, user_id: &str, message_ids: &[String]) -> Result<u64>;
+    /// Number of message ids in a user's inbox.
+    async fn inbox_len(&self, user_id: &str) -> Result<u64>;
+    /// Records that a user is typing in a conversation until `until_ms`.
+    async fn set_typing(&self, conversation_id: &str, user_id: &str, until_ms: i64) -> Result<()>;
+    /// Records that a user stopped typing.
+    async fn clear_typing(&self, conversation_id: &str, user_id: &str) -> Result<()>;
+    /// Users typing in a conversation at `now_ms`.
+    async fn typing_users(&self, conversation_id: &str, now_ms: i64) -> Result<Vec<String>>;
+    /// Counts one request of `subject` against `limit` in scope `scope`.
+    async fn rate_limit(
+        &self,
+        scope: &str,
+        subject: &str,
+        limit: RateLimit,
+        now_ms: i64,
+    ) -> Result<RateDecision>;
+}
+
+/// The Redis adapter: one multiplexed, auto-reconnecting connection shared by all tasks.
+#[derive(Clone)]
+pub struct RedisState {
+    conn: ConnectionManager,
+    keys: Keys,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl RedisState {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/`), keys under `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(Self {
+            conn,
+            keys: Keys::new(prefix),
+            round_trips: Arc::default(),
+        })
+    }
+
+    /// Key names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Round trips made so far (for benchmarks).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// A clone of the underlying connection, for tests and diagnostics.
+    pub fn connection_manager(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.conn.clone()
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    d.as_secs() as i64
+}
+
+#[async_trait]
+impl RealtimeState for RedisState {
+    async fn register_connection(&self, c: &ConnectionInfo) -> Result<()> {
+        let conn_key = self.keys.connection(&c.connection_id);
+        let set_key = self.keys.user_connections(&c.user_id);
+        let presence_key = self.keys.presence(&c.user_id);
+        redis::pipe()
+            .atomic()
+            .hset_multiple(
+                &conn_key,
+                &[
+                    ("user_id", c.user_id.as_str()),
+                    ("device_id", c.device_id.as_str()),
+                    ("connected_at", &c.connected_at.to_string()),
+                ],
+            )
+            .expire(&conn_key, secs(CONNECTION_TTL))
+            .sadd(&set_key, &c.connection_id)
+            .expire(&set_key, secs(CONNECTION_TTL))
+            .hset_multiple(
+                &presence_key,
+                &[("status", "online"), ("last_seen", &c.connected_at.to_string())],
+            )
+            .expire(&presence_key, secs(PRESENCE_TTL))
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn connection(&self, connection_id: &str) -> Result<Option<ConnectionInfo>> {
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.connection(connection_id))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(connection_from_fields(connection_id, fields))
+    }
+
+    async fn remove_connection(&self, connection_id: &str) -> Result<Option<RemovedConnection>> {
+        // One script: read the owner, delete the record, remove it from the owner's set, count
+        // what is left. Atomic, so two devices disconnecting at once both see the right count.
+        const SCRIPT: &str = r#"
+            local user = redis.call('HGET', KEYS[1], 'user_id')
+            if not user then return false end
+            redis.call('DEL', KEYS[1])
+            local set = ARGV[1] .. '{u:' .. user .. '}:conns'
+            redis.call('SREM', set, ARGV[2])
+            return {user, redis.call('SCARD', set)}
+        "#;
+        let result: Option<(String, u64)> = redis::Script::new(SCRIPT)
+            .key(self.keys.connection(connection_id))
+            .arg(self.keys.prefix())
+            .arg(connection_id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(result.map(|(user_id, remaining)| RemovedConnection { user_id, remaining }))
+    }
+
+    async fn user_connections(&self, user_id: &str) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.user_connections(user_id))
+            .query_async(&mut self.conn())
+            .await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn touch(&self, c: &ConnectionInfo, now_ms: i64) -> Result<()> {
+        let presence_key = self.keys.presence(&c.user_id);
+        redis::pipe()
+            .atomic()
+            .expire(self.keys.connection(&c.connection_id), secs(CONNECTION_TTL))
+            .expire(self.keys.user_connections(&c.user_id), secs(CONNECTION_TTL))
+            .hset_multiple(
+                &presence_key,
+                &[("status", "online"), ("last_seen", &now_ms.to_string())],
+            )
+            .expire(&presence_key, secs(PRESENCE_TTL))
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn presence(&self, user_id: &str) -> Result<Presence> {
+        let (status, last_seen): (Option<String>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.keys.presence(user_id))
+            .arg("status")
+            .arg("last_seen")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(Presence {
+            status: match status.as_deref() {
+                Some("online") => PresenceStatus::Online,
+                _ => PresenceStatus::Offline,
+            },
+            last_seen,
+        })
+    }
+
+    async fn set_offline(&self, user_id: &str, last_seen_ms: i64) -> Result<()> {
+        let key = self.keys.presence(user_id);
+        // Offline presence is kept for a day so "last seen" is answered from Redis; MongoDB has it
+        // for good.
+        redis::pipe()
+            .atomic()
+            .hset_multiple(
+                &key,
+                &[("status", "offline"), ("last_seen", &last_seen_ms.to_string())],
+            )
+            .expire(&key, 24 * 3600)
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn inbox_push(&self, user_id: &str, message_id: &str, at_ms: i64) -> Result<()> {
+        let key = self.keys.inbox(user_id);
+        // NX: a redelivered event keeps the first push time, so order stays stable.
+        redis::pipe()
+            .atomic()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg("NX")
+            .arg(at_ms)
+            .arg(message_id)
+            .expire(&key, secs(INBOX_TTL))
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn inbox_peek(&self, user_id: &str, limit: usize) -> Result<Vec<String>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.inbox(user_id))
+            .arg(0)
+            .arg(limit as i64 - 1)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(ids)
+    }
+
+    async fn inbox_remove(&self, user_id: &str, message_ids: &[String]) -> Result<u64> {
+        if message_ids.is_empty() {
+            return Ok(0);
+        }
+        let removed: u64 = redis::cmd("ZREM")
+            .arg(self.keys.inbox(user_id))
+            .arg(message_ids)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(removed)
+    }
+
+    async fn inbox_len(&self, user_id: &str) -> Result<u64> {
+        let n: u64 = redis::cmd("ZCARD")
+            .arg(self.keys.inbox(user_id))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(n)
+    }
+
+    async fn set_typing(&self, conversation_id: &str, user_id: &str, until_ms: i64) -> Result<()> {
+        let key = self.keys.typing(conversation_id);
+        let ttl_ms = (until_ms - crate::clock::now_ms()).max(1);
+        redis::pipe()
+            .atomic()
+            .zadd(&key, user_id, until_ms)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms)
+            .arg("GT")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms)
+            .arg("NX")
+            .ignore()
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn clear_typing(&self, conversation_id: &str, user_id: &str) -> Result<()> {
+        redis::cmd("ZREM")
+            .arg(self.keys.typing(conversation_id))
+            .arg(user_id)
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn typing_users(&self, conversation_id: &str, now_ms: i64) -> Result<Vec<String>> {
+        let users: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.typing(conversation_id))
+            .arg(format!("({now_ms}"))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(users)
+    }
+
+    async fn rate_limit(
+        &self,
+        scope: &str,
+        subject: &str,
+        limit: RateLimit,
+        now_ms: i64,
+    ) -> Result<RateDecision> {
+        // Fixed window: INCR the window's counter and give it a TTL of one window, one round trip.
+        let window_ms = limit.window.as_millis().max(1) as i64;
+        let window = now_ms.div_euclid(window_ms);
+        let key = self.keys.rate_limit(scope, subject, window as u64);
+        let (count,): (u64,) = redis::pipe()
+            .atomic()
+            .incr(&key, 1u64)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(window_ms)
+            .arg("NX")
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        if count <= limit.max {
+            Ok(RateDecision::Allowed {
+                remaining: limit.max - count,
+            })
+        } else {
+            let reset_ms = (window + 1) * window_ms - now_ms;
+            Ok(RateDecision::Limited {
+                retry_after_secs: ((reset_ms + 999) / 1000).max(1) as u64,
+            })
+        }
+    }
+}
+
+fn connection_from_fields(
+    connection_id: &str,
+    mut fields: std::collections::HashMap<String, String>,
+) -> Option<ConnectionInfo> {
+    let user_id = fields.remove("user_id")?;
+    Some(ConnectionInfo {
+        connection_id: connection_id.to_string(),
+        user_id,
+        device_id: fields.remove("device_id").unwrap_or_default(),
+        connected_at: fields
+            .remove("connected_at")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
+    })
+}

@@ -1,0 +1,356 @@
+//! The MongoDB adapter against a real MongoDB-wire server (SecantusDB) started by the harness.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use messaging::ErrorCode;
+use messaging::model::{Conversation, ConversationKind, NewMessage, User};
+use messaging::protocol::{MessageStatus, MessageType, PresenceStatus};
+use messaging::store::{MongoStore, Store, StoreOptions, collections};
+use mongodb::bson::{DateTime, Document, doc};
+
+async fn store_with(options: StoreOptions) -> MongoStore {
+    let servers = testkit::servers();
+    let store = MongoStore::connect(&servers.mongodb_uri, &testkit::unique_name("db"), options)
+        .await
+        .unwrap();
+    store.ensure_indexes().await.unwrap();
+    store
+}
+
+async fn store() -> MongoStore {
+    store_with(StoreOptions::default()).await
+}
+
+fn new_message(key: &str, conversation: &str, sender: &str, content: &str) -> NewMessage {
+    NewMessage {
+        idempotency_key: key.into(),
+        conversation_id: conversation.into(),
+        sender_id: sender.into(),
+        receiver_id: Some("bob".into()),
+        message_type: MessageType::Text,
+        content: content.into(),
+        media_url: None,
+        reply_to_message_id: None,
+        forwarded_from: None,
+        location: None,
+        client_timestamp: 1,
+    }
+}
+
+async fn count(store: &MongoStore, collection: &str, filter: Document) -> u64 {
+    store
+        .database()
+        .collection::<Document>(collection)
+        .count_documents(filter)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_sends_with_one_key_store_one_message() {
+    let store = store().await;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert_message(new_message("key-1", "conv-a", "alice", "hello"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let firsts = answers.iter().filter(|a| !a.duplicate).count();
+    assert_eq!(firsts, 1, "exactly one send stored the message");
+    let ids: HashSet<_> = answers
+        .iter()
+        .map(|a| (a.message.message_id.clone(), a.message.sequence_number))
+        .collect();
+    assert_eq!(ids.len(), 1, "all 64 answers are identical: {ids:?}");
+    assert_eq!(answers[0].message.sequence_number, 1);
+    assert_eq!(
+        count(&store, collections::MESSAGES, doc! {"conversation_id": "conv-a"}).await,
+        1
+    );
+    // The counter was advanced once: the next message gets 2.
+    let next = store
+        .insert_message(new_message("key-2", "conv-a", "alice", "again"))
+        .await
+        .unwrap();
+    assert_eq!(next.message.sequence_number, 2);
+}
+
+#[tokio::test]
+async fn a_retry_after_completion_returns_the_original_and_a_conflicting_reuse_is_refused() {
+    let store = store().await;
+    let first = store
+        .insert_message(new_message("k", "conv-b", "alice", "one"))
+        .await
+        .unwrap();
+    let retry = store
+        .insert_message(new_message("k", "conv-b", "alice", "one"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.message, first.message);
+
+    let conflict = store
+        .insert_message(new_message("k", "conv-b", "alice", "something else"))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), ErrorCode::IdempotencyConflict);
+
+    // Keys are scoped by sender: bob using alice's key is a different message.
+    let bob = store
+        .insert_message(new_message("k", "conv-b", "bob", "one"))
+        .await
+        .unwrap();
+    assert!(!bob.duplicate);
+    assert_ne!(bob.message.message_id, first.message.message_id);
+    assert_eq!(bob.message.sequence_number, 2);
+}
+
+#[tokio::test]
+async fn a_dead_claimer_is_taken_over_after_its_lease() {
+    let store = store().await;
+    // Simulate a sender that claimed the key and crashed before storing anything.
+    let key = messaging::store::scoped_key("alice", "crashed");
+    let msg = new_message("crashed", "conv-c", "alice", "lost?");
+    store
+        .database()
+        .collection::<Document>(collections::IDEMPOTENCY_KEYS)
+        .insert_one(doc! {
+            "_id": &key,
+            "message_id": "reserved-id",
+            "fingerprint": messaging::store::fingerprint(&msg),
+            "conversation_id": "conv-c",
+            "lease_until": DateTime::from_millis(DateTime::now().timestamp_millis() - 1),
+            "created_at": DateTime::now(),
+        })
+        .await
+        .unwrap();
+    let inserted = store.insert_message(msg).await.unwrap();
+    assert!(!inserted.duplicate);
+    assert_eq!(inserted.message.message_id, "reserved-id");
+    assert_eq!(inserted.message.sequence_number, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_concurrent_allocations_are_exactly_one_to_thousand() {
+    let store = store().await;
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.next_sequence("conv-seq").await.unwrap() })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, (1..=1000).collect::<Vec<u64>>());
+    // Other conversations have their own counters.
+    assert_eq!(store.next_sequence("conv-other").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn indexes_exist_with_the_right_options() {
+    let store = store().await;
+    let indexes = |name: &'static str| {
+        let db = store.database().clone();
+        async move {
+            db.collection::<Document>(name)
+                .list_indexes()
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+        }
+    };
+    let find = |list: &[mongodb::IndexModel], name: &str| {
+        list.iter()
+            .find(|i| i.options.as_ref().and_then(|o| o.name.as_deref()) == Some(name))
+            .unwrap_or_else(|| panic!("index {name} missing"))
+            .clone()
+    };
+
+    let messages = indexes(collections::MESSAGES).await;
+    let ttl = find(&messages, "created_at_ttl");
+    assert_eq!(
+        ttl.options.unwrap().expire_after,
+        Some(Duration::from_secs(90 * 86_400))
+    );
+    for unique in [
+        "message_id_unique",
+        "idempotency_key_unique",
+        "conversation_sequence_unique",
+    ] {
+        assert_eq!(find(&messages, unique).options.unwrap().unique, Some(true));
+    }
+    assert_eq!(
+        find(&messages, "conversation_timestamp").keys,
+        doc! {"conversation_id": 1, "timestamp": -1}
+    );
+
+    let keys = indexes(collections::IDEMPOTENCY_KEYS).await;
+    assert_eq!(
+        find(&keys, "created_at_ttl").options.unwrap().expire_after,
+        Some(Duration::from_secs(24 * 3600))
+    );
+
+    let users = indexes(collections::USERS).await;
+    for unique in ["user_id_unique", "phone_unique", "email_unique"] {
+        assert_eq!(find(&users, unique).options.unwrap().unique, Some(true));
+    }
+
+    // Running it again is harmless.
+    store.ensure_indexes().await.unwrap();
+}
+
+#[tokio::test]
+async fn changed_retention_updates_the_ttl_index_in_place() {
+    let servers = testkit::servers();
+    let db = testkit::unique_name("db");
+    let first = MongoStore::connect(&servers.mongodb_uri, &db, StoreOptions::default())
+        .await
+        .unwrap();
+    first.ensure_indexes().await.unwrap();
+    let second = MongoStore::connect(
+        &servers.mongodb_uri,
+        &db,
+        StoreOptions {
+            message_retention: Duration::from_secs(30 * 86_400),
+        },
+    )
+    .await
+    .unwrap();
+    second.ensure_indexes().await.unwrap();
+    let list: Vec<_> = second
+        .database()
+        .collection::<Document>(collections::MESSAGES)
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let ttl = list
+        .iter()
+        .find(|i| i.options.as_ref().and_then(|o| o.name.as_deref()) == Some("created_at_ttl"))
+        .unwrap();
+    assert_eq!(
+        ttl.options.as_ref().unwrap().expire_after,
+        Some(Duration::from_secs(30 * 86_400))
+    );
+}
+
+#[tokio::test]
+async fn range_reads_are_ordered_and_bounded() {
+    let store = store().await;
+    for i in 0..12 {
+        store
+            .insert_message(new_message(&format!("k{i}"), "conv-r", "alice", &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let page = store.messages_in_range("conv-r", 3, 9, 100).await.unwrap();
+    let seqs: Vec<u64> = page.iter().map(|m| m.sequence_number).collect();
+    assert_eq!(seqs, (3..=9).collect::<Vec<_>>());
+    assert_eq!(page[0].content, "m2");
+    let capped = store.messages_in_range("conv-r", 1, 12, 4).await.unwrap();
+    assert_eq!(capped.len(), 4);
+    assert_eq!(capped[3].sequence_number, 4);
+    assert!(store.messages_in_range("conv-none", 1, 5, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn status_only_moves_forward() {
+    let store = store().await;
+    let m = store
+        .insert_message(new_message("s", "conv-s", "alice", "x"))
+        .await
+        .unwrap()
+        .message;
+    let ids = vec![m.message_id.clone()];
+    assert_eq!(store.advance_status(&ids, MessageStatus::Read).await.unwrap(), 1);
+    assert_eq!(store.advance_status(&ids, MessageStatus::Delivered).await.unwrap(), 0);
+    let stored = store.message(&m.message_id).await.unwrap().unwrap();
+    assert_eq!(stored.status, MessageStatus::Read);
+    assert_eq!(store.messages_by_ids(&ids).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn users_are_unique_by_phone_and_email_when_present() {
+    let store = store().await;
+    let user = |id: &str, phone: Option<&str>, email: Option<&str>| User {
+        user_id: id.into(),
+        phone: phone.map(Into::into),
+        email: email.map(Into::into),
+        name: id.into(),
+        avatar_url: None,
+        created_at: DateTime::now(),
+        last_seen: None,
+        status: PresenceStatus::Offline,
+    };
+    store.insert_user(&user("u1", Some("+4915112345678"), None)).await.unwrap();
+    store.insert_user(&user("u2", None, Some("a@example.com"))).await.unwrap();
+    // Two users without a phone (or without an email) are fine.
+    store.insert_user(&user("u3", None, Some("b@example.com"))).await.unwrap();
+    let dup = store
+        .insert_user(&user("u4", Some("+4915112345678"), None))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), ErrorCode::Conflict);
+    let dup = store
+        .insert_user(&user("u5", None, Some("a@example.com")))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), ErrorCode::Conflict);
+
+    store.set_last_seen("u1", DateTime::from_millis(42)).await.unwrap();
+    let u1 = store.user("u1").await.unwrap().unwrap();
+    assert_eq!(u1.last_seen, Some(DateTime::from_millis(42)));
+}
+
+#[tokio::test]
+async fn conversations_round_trip() {
+    let store = store().await;
+    let c = Conversation {
+        conversation_id: "g1".into(),
+        kind: ConversationKind::Group,
+        participants: vec!["a".into(), "b".into(), "c".into()],
+        admins: vec!["a".into()],
+        agent_id: None,
+        name: Some("Team".into()),
+        description: None,
+        created_at: DateTime::now(),
+        last_message_at: None,
+    };
+    store.insert_conversation(&c).await.unwrap();
+    let back = store.conversation("g1").await.unwrap().unwrap();
+    assert_eq!(back, c);
+    assert_eq!(back.recipients_of("a").collect::<Vec<_>>(), ["b", "c"]);
+    assert_eq!(
+        store.insert_conversation(&c).await.unwrap_err().code(),
+        ErrorCode::Conflict
+    );
+}
+
+#[tokio::test]
+async fn three_round_trips_per_new_message() {
+    let store = store().await;
+    let before = store.round_trips();
+    store
+        .insert_message(new_message("rt", "conv-rt", "alice", "x"))
+        .await
+        .unwrap();
+    assert_eq!(store.round_trips() - before, 3);
+}
