@@ -17,6 +17,9 @@ pub const CONNECTION_TTL: Duration = Duration::from_secs(2 * 3600 + 10 * 60);
 /// A typing indicator disappears on its own after this long without a new `start`.
 pub const TYPING_TTL: Duration = Duration::from_secs(6);
 
+/// How long "already done" markers of at-least-once events are kept.
+pub const ONCE_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Builds key names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -59,6 +62,21 @@ impl Keys {
     /// Sorted set of users typing in a conversation, scored by expiry time (ms).
     pub fn typing(&self, conversation_id: &str) -> String {
         format!("{}typing:{conversation_id}", self.prefix)
+    }
+
+    /// "Already done" marker of event `id` in `scope` (dedupe of redelivered events).
+    pub fn once(&self, scope: &str, id: &str) -> String {
+        format!("{}once:{scope}:{id}", self.prefix)
+    }
+
+    /// Sorted set of messages waiting for an agent's answer, scored by deadline (ms).
+    pub fn agent_waits(&self) -> String {
+        format!("{}agent-waits", self.prefix)
+    }
+
+    /// Set of the waits of one conversation (members of [`Keys::agent_waits`]).
+    pub fn agent_waits_of(&self, conversation_id: &str) -> String {
+        format!("{}agent-waits:{conversation_id}", self.prefix)
     }
 
     /// Counter of one fixed rate-limit window.

@@ -10,6 +10,8 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod context;
+pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod gateway;
@@ -20,5 +22,6 @@ pub mod protocol;
 pub mod realtime;
 pub mod store;
 pub mod telemetry;
+pub mod websocket;
 
 pub use error::{Error, ErrorCode, Result};

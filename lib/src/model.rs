@@ -89,9 +89,39 @@ pub struct Conversation {
     /// Time of the last message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message_at: Option<DateTime>,
+    /// Highest sequence number stored in this conversation (maintained by the store function).
+    #[serde(default)]
+    pub last_sequence_number: u64,
+    /// Preview metadata of the last message (never its content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<LastMessage>,
+    /// Per participant: highest sequence number read. Unread = `last_sequence_number` - this.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub read_up_to: std::collections::BTreeMap<String, u64>,
+}
+
+/// Preview metadata of a conversation's last message: who, when, what kind; no content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastMessage {
+    /// The message.
+    pub message_id: String,
+    /// Its position.
+    pub sequence_number: u64,
+    /// Its author.
+    pub sender_id: String,
+    /// Its kind.
+    pub message_type: MessageType,
+    /// Its server time.
+    pub at: DateTime,
 }
 
 impl Conversation {
+    /// Messages `user_id` has not read yet.
+    pub fn unread_for(&self, user_id: &str) -> u64 {
+        self.last_sequence_number
+            .saturating_sub(self.read_up_to.get(user_id).copied().unwrap_or(0))
+    }
+
     /// Whether `id` takes part in this conversation.
     pub fn has_participant(&self, id: &str) -> bool {
         self.participants.iter().any(|p| p == id)
@@ -147,6 +177,12 @@ pub struct StoredMessage {
     pub timestamp: DateTime,
     /// Delivery state (aggregate over recipients).
     pub status: MessageStatus,
+    /// Recipients whose device acknowledged the message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered_to: Vec<String>,
+    /// Recipients who read the message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_by: Vec<String>,
     /// Insertion time; the retention TTL index expires on it.
     pub created_at: DateTime,
 }
@@ -365,8 +401,35 @@ pub struct MessageReceived {
     /// Answered message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to_message_id: Option<String>,
+    /// Origin of a forwarded message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_from: Option<ForwardedFrom>,
+    /// Coordinates of a location message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
     /// Server time of acceptance, milliseconds.
     pub timestamp: i64,
+}
+
+impl MessageReceived {
+    /// The event data for a stored message.
+    pub fn from_stored(message: &StoredMessage) -> Self {
+        Self {
+            message_id: message.message_id.clone(),
+            idempotency_key: message.idempotency_key.clone(),
+            conversation_id: message.conversation_id.clone(),
+            sender_id: message.sender_id.clone(),
+            receiver_id: message.receiver_id.clone(),
+            sequence_number: message.sequence_number,
+            message_type: message.message_type,
+            content: message.content.clone(),
+            media_url: message.media_url.clone(),
+            reply_to_message_id: message.reply_to_message_id.clone(),
+            forwarded_from: message.forwarded_from.clone(),
+            location: message.location.clone(),
+            timestamp: message.timestamp.timestamp_millis(),
+        }
+    }
 }
 
 /// Data of `agent.response`.

@@ -231,6 +231,10 @@ pub struct MessagesPayload {
     /// True when more frames follow for the same request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub has_more: bool,
+    /// Sequence numbers in the requested range that will never exist (a sender crashed between
+    /// allocating and storing), so the client stops asking for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<u64>,
 }
 
 /// `migration` payload: reconnect elsewhere.

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
 use crate::error::Result;
-use crate::keys::{CONNECTION_TTL, INBOX_TTL, Keys, PRESENCE_TTL};
+use crate::keys::{CONNECTION_TTL, INBOX_TTL, Keys, ONCE_TTL, PRESENCE_TTL};
 use crate::protocol::PresenceStatus;
 
 /// A live WebSocket connection of a user's device.
@@ -72,6 +72,41 @@ pub struct RateLimit {
     pub window: Duration,
 }
 
+/// A message an agent has yet to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentWait {
+    /// Conversation.
+    pub conversation_id: String,
+    /// The user's message.
+    pub message_id: String,
+    /// The agent expected to answer.
+    pub agent_id: String,
+    /// The user waiting.
+    pub user_id: String,
+}
+
+impl AgentWait {
+    fn encode(&self) -> String {
+        [
+            self.conversation_id.as_str(),
+            &self.message_id,
+            &self.agent_id,
+            &self.user_id,
+        ]
+        .join("\u{1f}")
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.split('\u{1f}');
+        Some(Self {
+            conversation_id: parts.next()?.to_string(),
+            message_id: parts.next()?.to_string(),
+            agent_id: parts.next()?.to_string(),
+            user_id: parts.next()?.to_string(),
+        })
+    }
+}
+
 /// The real-time state port.
 #[async_trait]
 pub trait RealtimeState: Send + Sync {
@@ -104,6 +139,19 @@ pub trait RealtimeState: Send + Sync {
     async fn clear_typing(&self, conversation_id: &str, user_id: &str) -> Result<()>;
     /// Users typing in a conversation at `now_ms`.
     async fn typing_users(&self, conversation_id: &str, now_ms: i64) -> Result<Vec<String>>;
+    /// Marks `id` as done in `scope` for a day; true only for the first caller (dedupe of
+    /// at-least-once events).
+    async fn claim_once(&self, scope: &str, id: &str) -> Result<bool>;
+    /// Undoes [`RealtimeState::claim_once`] when the work failed and must be retried.
+    async fn release_once(&self, scope: &str, id: &str) -> Result<()>;
+    /// Starts waiting for an agent's answer until `deadline_ms`.
+    async fn await_agent(&self, wait: &AgentWait, deadline_ms: i64) -> Result<()>;
+    /// The agent showed progress in a conversation: push its deadlines to `deadline_ms`.
+    async fn extend_agent_waits(&self, conversation_id: &str, deadline_ms: i64) -> Result<()>;
+    /// The agent answered in a conversation: stop waiting there.
+    async fn agent_answered(&self, conversation_id: &str) -> Result<()>;
+    /// Removes and returns up to `limit` waits whose deadline passed (each to one caller only).
+    async fn take_expired_agent_waits(&self, now_ms: i64, limit: usize) -> Result<Vec<AgentWait>>;
     /// Counts one request of `subject` against `limit` in scope `scope`.
     async fn rate_limit(
         &self,
@@ -361,6 +409,91 @@ impl RealtimeState for RedisState {
             .query_async(&mut self.conn())
             .await?;
         Ok(users)
+    }
+
+    async fn claim_once(&self, scope: &str, id: &str) -> Result<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.once(scope, id))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(secs(ONCE_TTL))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn await_agent(&self, wait: &AgentWait, deadline_ms: i64) -> Result<()> {
+        let member = wait.encode();
+        let per_conversation = self.keys.agent_waits_of(&wait.conversation_id);
+        redis::pipe()
+            .atomic()
+            .zadd(self.keys.agent_waits(), &member, deadline_ms)
+            .sadd(&per_conversation, &member)
+            .expire(&per_conversation, 7 * 24 * 3600)
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn extend_agent_waits(&self, conversation_id: &str, deadline_ms: i64) -> Result<()> {
+        const SCRIPT: &str = r#"
+            for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+                redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[1], m)
+            end
+            return 0
+        "#;
+        redis::Script::new(SCRIPT)
+            .key(self.keys.agent_waits())
+            .key(self.keys.agent_waits_of(conversation_id))
+            .arg(deadline_ms)
+            .invoke_async::<i64>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn agent_answered(&self, conversation_id: &str) -> Result<()> {
+        const SCRIPT: &str = r#"
+            local members = redis.call('SMEMBERS', KEYS[2])
+            for _, m in ipairs(members) do redis.call('ZREM', KEYS[1], m) end
+            redis.call('DEL', KEYS[2])
+            return #members
+        "#;
+        redis::Script::new(SCRIPT)
+            .key(self.keys.agent_waits())
+            .key(self.keys.agent_waits_of(conversation_id))
+            .invoke_async::<i64>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn take_expired_agent_waits(&self, now_ms: i64, limit: usize) -> Result<Vec<AgentWait>> {
+        // Atomic pop: two sweepers never both report the same timeout.
+        const SCRIPT: &str = r#"
+            local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+            for _, m in ipairs(due) do
+                redis.call('ZREM', KEYS[1], m)
+                local conv = string.match(m, '^([^\31]*)')
+                redis.call('SREM', ARGV[3] .. conv, m)
+            end
+            return due
+        "#;
+        let due: Vec<String> = redis::Script::new(SCRIPT)
+            .key(self.keys.agent_waits())
+            .arg(now_ms)
+            .arg(limit)
+            .arg(self.keys.agent_waits_of(""))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(due.iter().filter_map(|m| AgentWait::decode(m)).collect())
+    }
+
+    async fn release_once(&self, scope: &str, id: &str) -> Result<()> {
+        redis::cmd("DEL")
+            .arg(self.keys.once(scope, id))
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
     }
 
     async fn rate_limit(

@@ -38,7 +38,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
-    Conversation, DeadLetter, IdempotencyRecord, NewMessage, SequenceCounter, StoredMessage, User,
+    Agent, Conversation, DeadLetter, IdempotencyRecord, LastMessage, NewMessage, SequenceCounter,
+    StoredMessage, User,
 };
 use crate::protocol::MessageStatus;
 
@@ -115,6 +116,33 @@ pub trait Store: Send + Sync {
     async fn set_last_seen(&self, user_id: &str, at: DateTime) -> Result<()>;
     /// Stores a dead letter.
     async fn insert_dead_letter(&self, dead_letter: &DeadLetter) -> Result<()>;
+    /// Updates a conversation after a message was stored: highest sequence number, last-message
+    /// preview (only if this message is the newest), and the sender's read marker. Idempotent and
+    /// order-independent, so redelivered or reordered events change nothing.
+    async fn record_message(&self, last: &LastMessage, conversation_id: &str) -> Result<()>;
+    /// Records that `user_id` received (or read) messages; returns the messages as updated.
+    /// The sender's own messages are ignored.
+    async fn record_receipts(
+        &self,
+        message_ids: &[String],
+        user_id: &str,
+        status: MessageStatus,
+    ) -> Result<Vec<StoredMessage>>;
+    /// Moves a participant's read marker forward to `sequence_number` (never backwards).
+    async fn advance_read_marker(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        sequence_number: u64,
+    ) -> Result<()>;
+    /// Whether two users (or a user and an agent) share a conversation.
+    async fn share_conversation(&self, a: &str, b: &str) -> Result<bool>;
+    /// One agent of the registry.
+    async fn agent(&self, agent_id: &str) -> Result<Option<Agent>>;
+    /// Creates or replaces an agent of the registry.
+    async fn upsert_agent(&self, agent: &Agent) -> Result<()>;
+    /// Records an agent's heartbeat.
+    async fn touch_agent(&self, agent_id: &str, at: DateTime) -> Result<()>;
 }
 
 /// Options of the MongoDB adapter.
@@ -362,6 +390,8 @@ impl MongoStore {
             client_timestamp: new.client_timestamp,
             timestamp: now,
             status: MessageStatus::Sent,
+            delivered_to: Vec::new(),
+            read_by: Vec::new(),
             created_at: now,
         };
         self.rt();
@@ -664,6 +694,117 @@ impl Store for MongoStore {
         self.db
             .collection::<DeadLetter>(collections::DEAD_LETTERS)
             .insert_one(dead_letter)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_message(&self, last: &LastMessage, conversation_id: &str) -> Result<()> {
+        let seq = last.sequence_number as i64;
+        let sender_marker = format!("read_up_to.{}", last.sender_id);
+        let preview = mongodb::bson::to_bson(last)
+            .map_err(|e| Error::dependency("bson", e))?;
+        // An aggregation-pipeline update would do this in one round trip, but not every
+        // MongoDB-wire server supports it; two plain updates are idempotent as well.
+        self.rt();
+        self.conversations()
+            .update_one(
+                doc! {"conversation_id": conversation_id, "last_sequence_number": {"$lt": seq}},
+                doc! {"$set": {
+                    "last_sequence_number": seq,
+                    "last_message": preview,
+                    "last_message_at": last.at,
+                }},
+            )
+            .await?;
+        self.rt();
+        self.conversations()
+            .update_one(
+                doc! {"conversation_id": conversation_id},
+                doc! {"$max": {sender_marker: seq}},
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn record_receipts(
+        &self,
+        message_ids: &[String],
+        user_id: &str,
+        status: MessageStatus,
+    ) -> Result<Vec<StoredMessage>> {
+        if message_ids.is_empty() || status == MessageStatus::Sent {
+            return Ok(Vec::new());
+        }
+        // Reading implies receiving.
+        let update = match status {
+            MessageStatus::Read => {
+                doc! {"$addToSet": {"delivered_to": user_id, "read_by": user_id}}
+            }
+            _ => doc! {"$addToSet": {"delivered_to": user_id}},
+        };
+        self.rt();
+        self.messages()
+            .update_many(
+                doc! {"message_id": {"$in": message_ids}, "sender_id": {"$ne": user_id}},
+                update,
+            )
+            .await?;
+        self.messages_by_ids(message_ids).await
+    }
+
+    async fn advance_read_marker(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        sequence_number: u64,
+    ) -> Result<()> {
+        self.rt();
+        self.conversations()
+            .update_one(
+                doc! {"conversation_id": conversation_id},
+                doc! {"$max": {format!("read_up_to.{user_id}"): sequence_number as i64}},
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn share_conversation(&self, a: &str, b: &str) -> Result<bool> {
+        self.rt();
+        let found = self
+            .conversations()
+            .find_one(doc! {"participants": {"$all": [a, b]}})
+            .projection(doc! {"_id": 1})
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn agent(&self, agent_id: &str) -> Result<Option<Agent>> {
+        self.rt();
+        Ok(self
+            .db
+            .collection::<Agent>(collections::AGENTS)
+            .find_one(doc! {"agent_id": agent_id})
+            .await?)
+    }
+
+    async fn upsert_agent(&self, agent: &Agent) -> Result<()> {
+        self.rt();
+        self.db
+            .collection::<Agent>(collections::AGENTS)
+            .replace_one(doc! {"agent_id": &agent.agent_id}, agent)
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    async fn touch_agent(&self, agent_id: &str, at: DateTime) -> Result<()> {
+        self.rt();
+        self.db
+            .collection::<Agent>(collections::AGENTS)
+            .update_one(
+                doc! {"agent_id": agent_id},
+                doc! {"$set": {"last_heartbeat_at": at}},
+            )
             .await?;
         Ok(())
     }

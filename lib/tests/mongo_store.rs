@@ -333,6 +333,9 @@ async fn conversations_round_trip() {
         description: None,
         created_at: DateTime::now(),
         last_message_at: None,
+        last_sequence_number: 0,
+        last_message: None,
+        read_up_to: Default::default(),
     };
     store.insert_conversation(&c).await.unwrap();
     let back = store.conversation("g1").await.unwrap().unwrap();

@@ -1,1 +1,205 @@
-//! placeholder
+//! `agent.response` and `agent.progress`: what agents say back, and the watch on silent agents.
+//!
+//! An agent answers a user's message with `agent.response` (as the HTTP reply to the delivered
+//! event, or as a new event). The answer is checked (the agent must be the conversation's agent,
+//! the user one of its participants), stored exactly once per the agent's idempotency key with
+//! the next sequence number, and published as `messaging.message.received`, so the store
+//! function delivers it to the user like any message (without the `agentid` extension: agents
+//! never get their own messages back). `agent.progress` becomes a `typing` frame on the user's
+//! devices and pushes the agent's answer deadline back (BR-7: progress at least every 30 s).
+//! [`sweep`] turns deadlines that passed into a `system` message telling the user the agent did
+//! not answer; the local stack runs it every second, on AWS a schedule sends
+//! `messaging.agent.sweep`.
+
+use cloudevents::{AttributesReader, Event};
+use messaging::context::Context;
+use messaging::delivery::{post_system_message, publish_received, send_to_user};
+use messaging::events::event_data;
+use messaging::model::{
+    AgentProgress, AgentResponse, Conversation, ConversationKind, NewMessage, ProgressKind,
+    event_types,
+};
+use messaging::protocol::{ServerFrame, TypingPayload, TypingState};
+use messaging::{Error, Result};
+
+/// CloudEvent type of the scheduled sweep for silent agents.
+pub const SWEEP_EVENT: &str = "messaging.agent.sweep";
+
+/// Handles one `agent.response`, `agent.progress` or `messaging.agent.sweep` event.
+pub async fn handle(ctx: &Context, event: Event) -> Result<()> {
+    match event.ty() {
+        event_types::AGENT_RESPONSE => respond(ctx, event_data(&event)?).await,
+        event_types::AGENT_PROGRESS => progress(ctx, event_data(&event)?).await,
+        SWEEP_EVENT => sweep(ctx, messaging::clock::now_ms()).await.map(|_| ()),
+        other => Err(Error::invalid(format!(
+            "agent-response does not consume {other}"
+        ))),
+    }
+}
+
+/// The conversation, if `agent_id` is its agent and `user_id` one of its participants.
+async fn agent_conversation(
+    ctx: &Context,
+    conversation_id: &str,
+    agent_id: &str,
+    user_id: &str,
+) -> Result<Conversation> {
+    let conversation = ctx
+        .store
+        .conversation(conversation_id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("conversation {conversation_id} does not exist")))?;
+    let agent_of_conversation = match conversation.kind {
+        ConversationKind::Agent => conversation
+            .agent_id
+            .clone()
+            .or(ctx.settings.default_agent.clone()),
+        _ => None,
+    };
+    if agent_of_conversation.as_deref() != Some(agent_id) {
+        return Err(Error::forbidden(format!(
+            "agent {agent_id} is not the agent of conversation {conversation_id}"
+        )));
+    }
+    if !conversation.has_participant(user_id) {
+        return Err(Error::forbidden(format!(
+            "{user_id} is not a participant of conversation {conversation_id}"
+        )));
+    }
+    Ok(conversation)
+}
+
+async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
+    if response.idempotency_key.trim().is_empty() {
+        return Err(Error::invalid("agent.response needs an idempotency_key"));
+    }
+    if response.response.len() > ctx.settings.max_content_bytes {
+        return Err(Error::client(
+            messaging::ErrorCode::PayloadTooLarge,
+            format!("response exceeds {} bytes", ctx.settings.max_content_bytes),
+        ));
+    }
+    let conversation = agent_conversation(
+        ctx,
+        &response.conversation_id,
+        &response.agent_id,
+        &response.user_id,
+    )
+    .await?;
+    let reply_to = match &response.in_reply_to {
+        Some(id) => ctx
+            .store
+            .message(id)
+            .await?
+            .filter(|m| m.conversation_id == conversation.conversation_id)
+            .map(|m| m.message_id),
+        None => None,
+    };
+    let inserted = ctx
+        .store
+        .insert_message(NewMessage {
+            idempotency_key: response.idempotency_key.clone(),
+            conversation_id: conversation.conversation_id.clone(),
+            sender_id: response.agent_id.clone(),
+            receiver_id: Some(response.user_id.clone()),
+            message_type: response.message_type,
+            content: response.response,
+            media_url: None,
+            reply_to_message_id: reply_to,
+            forwarded_from: None,
+            location: None,
+            client_timestamp: response.timestamp,
+        })
+        .await?;
+    ctx.realtime
+        .agent_answered(&conversation.conversation_id)
+        .await?;
+    ctx.realtime
+        .clear_typing(&conversation.conversation_id, &response.agent_id)
+        .await?;
+    tracing::info!(
+        message_id = %inserted.message.message_id,
+        sequence_number = inserted.message.sequence_number,
+        duplicate = inserted.duplicate,
+        "agent response stored"
+    );
+    // Republished on a duplicate too: the first attempt may have died before publishing.
+    publish_received(ctx, &conversation, &inserted.message).await
+}
+
+async fn progress(ctx: &Context, progress: AgentProgress) -> Result<()> {
+    let conversation = agent_conversation(
+        ctx,
+        &progress.conversation_id,
+        &progress.agent_id,
+        &progress.user_id,
+    )
+    .await?;
+    let now = messaging::clock::now_ms();
+    let state = match progress.kind {
+        ProgressKind::Typing => {
+            ctx.realtime
+                .set_typing(
+                    &conversation.conversation_id,
+                    &progress.agent_id,
+                    now + messaging::keys::TYPING_TTL.as_millis() as i64,
+                )
+                .await?;
+            // The agent is alive and working: give it another full timeout.
+            ctx.realtime
+                .extend_agent_waits(
+                    &conversation.conversation_id,
+                    now + ctx.settings.agent_timeout.as_millis() as i64,
+                )
+                .await?;
+            TypingState::Start
+        }
+        ProgressKind::Idle => {
+            ctx.realtime
+                .clear_typing(&conversation.conversation_id, &progress.agent_id)
+                .await?;
+            TypingState::Stop
+        }
+    };
+    let frame = ServerFrame::Typing {
+        payload: TypingPayload {
+            conversation_id: conversation.conversation_id.clone(),
+            user_id: progress.agent_id.clone(),
+            state,
+        },
+    };
+    send_to_user(ctx, &progress.user_id, &frame, None).await?;
+    Ok(())
+}
+
+/// Tells users whose agent let its deadline pass; returns how many notices were posted.
+pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
+    let expired = ctx.realtime.take_expired_agent_waits(now_ms, 100).await?;
+    let mut posted = 0;
+    for wait in expired {
+        let Some(conversation) = ctx.store.conversation(&wait.conversation_id).await? else {
+            continue;
+        };
+        let name = ctx
+            .store
+            .agent(&wait.agent_id)
+            .await?
+            .map(|a| a.name)
+            .unwrap_or_else(|| wait.agent_id.clone());
+        post_system_message(
+            ctx,
+            &conversation,
+            &format!("agent-timeout/{}", wait.message_id),
+            &format!(
+                "{name} did not answer within {} seconds. Please try again later.",
+                ctx.settings.agent_timeout.as_secs()
+            ),
+        )
+        .await?;
+        ctx.realtime
+            .clear_typing(&wait.conversation_id, &wait.agent_id)
+            .await?;
+        posted += 1;
+    }
+    Ok(posted)
+}

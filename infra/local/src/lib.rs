@@ -1,0 +1,9 @@
+//! The local stack: everything the functions need from the cloud, emulated on one machine.
+//!
+//! - [`gateway`]: a managed WebSocket API (API Gateway semantics: routes, events, limits) and
+//!   its `@connections` management API;
+//! - [`broker`]: a CloudEvents broker with Knative Broker/Trigger semantics;
+//! - [`s3`]: an S3 endpoint that checks SigV4 signatures (presigned URLs work with curl);
+//! - [`stack`]: wires the real functions to these endpoints and to Redis and MongoDB.
+
+pub mod broker;

@@ -1,0 +1,159 @@
+//! What every messaging function is given: its ports and its settings.
+//!
+//! The connect, message, disconnect, store and agent-response functions share one [`Context`]:
+//! Lambda builds it once per cold start from the environment ([`Context::from_env`]), the local
+//! stack builds one and hands it to all of them, tests build one against their own servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::{JwtConfig, JwtVerifier};
+use crate::config::{
+    BrokerConfig, ConfigError, Env, GatewayConfig, MongoConfig, RedisConfig, Source,
+};
+use crate::events::{EventPublisher, HttpBroker};
+use crate::gateway::{ApiGatewayManagement, Gateway};
+use crate::realtime::{RateLimit, RealtimeState, RedisState};
+use crate::store::{MongoStore, Store};
+
+/// Limits and timings of the messaging functions.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// CloudEvents `source` of events this deployment publishes.
+    pub event_source: String,
+    /// Largest `content` accepted, in bytes (a frame carrying it must stay under 128 KB).
+    pub max_content_bytes: usize,
+    /// Per-user budget for all frames.
+    pub frame_limit: RateLimit,
+    /// Per-user budget for sent messages.
+    pub send_limit: RateLimit,
+    /// Largest range one `retransmit` may ask for.
+    pub max_retransmit_range: u64,
+    /// Most pending messages delivered per `auth`/`sync` (the client pages with `sync`).
+    pub max_sync_messages: usize,
+    /// How long an agent may stay silent before the user is told.
+    pub agent_timeout: Duration,
+    /// Agent used when a message names none and no capability matches.
+    pub default_agent: Option<String>,
+    /// An agent without a heartbeat for this long is offline.
+    pub agent_offline_after: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            event_source: "/messaging".into(),
+            max_content_bytes: 64 * 1024,
+            frame_limit: RateLimit {
+                max: 600,
+                window: Duration::from_secs(60),
+            },
+            send_limit: RateLimit {
+                max: 300,
+                window: Duration::from_secs(60),
+            },
+            max_retransmit_range: 1000,
+            max_sync_messages: 1000,
+            agent_timeout: Duration::from_secs(60),
+            default_agent: None,
+            agent_offline_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `EVENT_SOURCE`, `MAX_CONTENT_BYTES`, `FRAME_RATE_PER_MINUTE`, `SEND_RATE_PER_MINUTE`,
+    /// `MAX_RETRANSMIT_RANGE`, `MAX_SYNC_MESSAGES`, `AGENT_TIMEOUT_SECS`, `DEFAULT_AGENT_ID`,
+    /// `AGENT_OFFLINE_AFTER_SECS`.
+    pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let num = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match src.get(var) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|e| ConfigError::Invalid {
+                    var,
+                    reason: format!("`{v}`: {e}"),
+                }),
+            }
+        };
+        let max_content_bytes = num("MAX_CONTENT_BYTES", d.max_content_bytes as u64)? as usize;
+        if max_content_bytes > 100 * 1024 {
+            return Err(ConfigError::Invalid {
+                var: "MAX_CONTENT_BYTES",
+                reason: "must leave room for the frame envelope under 128 KB (at most 102400)"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            event_source: src.get("EVENT_SOURCE").unwrap_or(d.event_source),
+            max_content_bytes,
+            frame_limit: RateLimit {
+                max: num("FRAME_RATE_PER_MINUTE", d.frame_limit.max)?,
+                window: Duration::from_secs(60),
+            },
+            send_limit: RateLimit {
+                max: num("SEND_RATE_PER_MINUTE", d.send_limit.max)?,
+                window: Duration::from_secs(60),
+            },
+            max_retransmit_range: num("MAX_RETRANSMIT_RANGE", d.max_retransmit_range)?,
+            max_sync_messages: num("MAX_SYNC_MESSAGES", d.max_sync_messages as u64)? as usize,
+            agent_timeout: Duration::from_secs(num(
+                "AGENT_TIMEOUT_SECS",
+                d.agent_timeout.as_secs(),
+            )?),
+            default_agent: src.get("DEFAULT_AGENT_ID"),
+            agent_offline_after: Duration::from_secs(num(
+                "AGENT_OFFLINE_AFTER_SECS",
+                d.agent_offline_after.as_secs(),
+            )?),
+        })
+    }
+}
+
+/// The ports and settings of the messaging functions.
+#[derive(Clone)]
+pub struct Context {
+    /// Connections, presence, inboxes, typing, rate limits (Redis).
+    pub realtime: Arc<dyn RealtimeState>,
+    /// Durable state (MongoDB).
+    pub store: Arc<dyn Store>,
+    /// Frames to clients (WebSocket management API).
+    pub gateway: Arc<dyn Gateway>,
+    /// Events to the broker.
+    pub events: Arc<dyn EventPublisher>,
+    /// Token verification.
+    pub jwt: JwtVerifier,
+    /// Limits and timings.
+    pub settings: Settings,
+}
+
+impl Context {
+    /// Builds the context from the environment: connects to Redis and MongoDB, creates the
+    /// MongoDB indexes, and points the gateway and events adapters at their endpoints.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        Self::from_source(&Env).await
+    }
+
+    /// Like [`Context::from_env`] with another configuration source.
+    pub async fn from_source(src: &impl Source) -> anyhow::Result<Self> {
+        let redis = RedisConfig::from_source(src)?;
+        let mongo = MongoConfig::from_source(src)?;
+        let jwt = JwtConfig::from_source(src)?;
+        let gateway = GatewayConfig::from_source(src)?;
+        let broker = BrokerConfig::from_source(src)?;
+        let mut settings = Settings::from_source(src)?;
+        settings.event_source = broker.source.clone();
+        let realtime = RedisState::connect(&redis.url, &redis.key_prefix).await?;
+        let store = MongoStore::connect(&mongo.uri, &mongo.database, mongo.options).await?;
+        store.ensure_indexes().await?;
+        let aws = crate::config::aws_sdk_config().await;
+        Ok(Self {
+            realtime: Arc::new(realtime),
+            store: Arc::new(store),
+            gateway: Arc::new(ApiGatewayManagement::new(&aws, &gateway.endpoint)),
+            events: Arc::new(HttpBroker::new(broker.url)),
+            jwt: JwtVerifier::new(&jwt)?,
+            settings,
+        })
+    }
+}
