@@ -8,6 +8,8 @@
 //! from failures to what clients see ([`error`]).
 
 pub mod auth;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod context;

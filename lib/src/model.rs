@@ -116,6 +116,42 @@ pub struct LastMessage {
 }
 
 impl Conversation {
+    /// Checks the shape rules: at least two distinct participants, groups at most
+    /// [`MAX_GROUP_PARTICIPANTS`], admins and agent among the participants, no `.` or `$` in ids
+    /// (they become field names of `read_up_to`).
+    pub fn validate(&self) -> crate::Result<()> {
+        let mut unique: Vec<&str> = self.participants.iter().map(String::as_str).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != self.participants.len() {
+            return Err(crate::Error::invalid("participants must be distinct"));
+        }
+        if unique.len() < 2 {
+            return Err(crate::Error::invalid("a conversation needs at least two participants"));
+        }
+        if self.kind == ConversationKind::Group && unique.len() > MAX_GROUP_PARTICIPANTS {
+            return Err(crate::Error::invalid(format!(
+                "a group has at most {MAX_GROUP_PARTICIPANTS} participants ({} given)",
+                unique.len()
+            )));
+        }
+        if self.kind != ConversationKind::Group && unique.len() != 2 {
+            return Err(crate::Error::invalid("1:1 and agent conversations have two participants"));
+        }
+        if let Some(agent) = &self.agent_id
+            && !self.has_participant(agent)
+        {
+            return Err(crate::Error::invalid("the agent must be a participant"));
+        }
+        if self.admins.iter().any(|a| !self.has_participant(a)) {
+            return Err(crate::Error::invalid("admins must be participants"));
+        }
+        if unique.iter().any(|p| p.is_empty() || p.contains('.') || p.starts_with('$')) {
+            return Err(crate::Error::invalid("participant ids must be non-empty, without `.` or a leading `$`"));
+        }
+        Ok(())
+    }
+
     /// Messages `user_id` has not read yet.
     pub fn unread_for(&self, user_id: &str) -> u64 {
         self.last_sequence_number

@@ -642,6 +642,7 @@ impl Store for MongoStore {
     }
 
     async fn insert_conversation(&self, conversation: &Conversation) -> Result<()> {
+        conversation.validate()?;
         self.rt();
         match self.conversations().insert_one(conversation).await {
             Ok(_) => Ok(()),

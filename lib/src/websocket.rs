@@ -30,7 +30,7 @@ pub fn header<'a>(event: &'a ApiGatewayWebsocketProxyRequest, name: &str) -> Opt
 
 /// The bearer token of a `$connect`: `?token=` (browsers cannot set headers) or `Authorization`.
 pub fn bearer_token(event: &ApiGatewayWebsocketProxyRequest) -> Option<&str> {
-    query(event, "token").or_else(|| {
+    query(event, "token").filter(|t| !t.is_empty()).or_else(|| {
         header(event, "authorization").and_then(|h| {
             h.strip_prefix("Bearer ")
                 .or_else(|| h.strip_prefix("bearer "))

@@ -17,7 +17,7 @@
 
 use cloudevents::{AttributesReader, Event};
 use messaging::context::Context;
-use messaging::delivery::send_to_user;
+use messaging::delivery::{SYSTEM_SENDER, send_to_user};
 use messaging::events::event_data;
 use messaging::model::{LastMessage, MessageReceived, Notification, event_types};
 use messaging::protocol::{DeliveredMessage, MessageStatus, ServerFrame};
@@ -114,7 +114,17 @@ async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -
     let sends = recipients
         .iter()
         .map(|r| async { (r.clone(), send_to_user(ctx, r, &frame, None).await) });
-    for (recipient, result) in futures::future::join_all(sends).await {
+    // The sender's devices get it too, so every device of every participant sees the whole
+    // conversation, gap-free (the sending device dedupes it against its ack).
+    let own = async {
+        if data.sender_id == SYSTEM_SENDER {
+            return Ok(0);
+        }
+        send_to_user(ctx, &data.sender_id, &frame, None).await
+    };
+    let (results, own) = futures::join!(futures::future::join_all(sends), own);
+    own?;
+    for (recipient, result) in results {
         if result? > 0 {
             outcome.delivered.push(recipient);
         } else {
@@ -149,3 +159,4 @@ async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -
     );
     Ok(outcome)
 }
+

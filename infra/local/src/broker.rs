@@ -340,12 +340,21 @@ impl Broker {
                 self.spawn_delivery(index, event.clone());
             }
         }
-        tracing::debug!(
-            event_type = %event.ty(),
-            event_id = %event.id(),
-            triggers = matched,
-            "event accepted"
-        );
+        if matched == 0 {
+            // As in Knative: an event no trigger wants is accepted and dropped, but not silently.
+            tracing::info!(
+                event_type = %event.ty(),
+                event_id = %event.id(),
+                "event accepted, no trigger matches it"
+            );
+        } else {
+            tracing::debug!(
+                event_type = %event.ty(),
+                event_id = %event.id(),
+                triggers = matched,
+                "event accepted"
+            );
+        }
     }
 
     /// The dead letters, oldest first.

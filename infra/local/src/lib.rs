@@ -4,6 +4,11 @@
 //!   its `@connections` management API;
 //! - [`broker`]: a CloudEvents broker with Knative Broker/Trigger semantics;
 //! - [`s3`]: an S3 endpoint that checks SigV4 signatures (presigned URLs work with curl);
+//! - [`agent`]: a demo agent, subscribed through the broker like a real one;
 //! - [`stack`]: wires the real functions to these endpoints and to Redis and MongoDB.
 
+pub mod agent;
 pub mod broker;
+pub mod gateway;
+pub mod s3;
+pub mod stack;

@@ -1,1 +1,188 @@
-fn main() {}
+//! `local-stack`: run the whole backend on one machine, or mint a token for it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use local_stack::stack::{self, JWT_AUDIENCE, JWT_ISSUER, StackConfig};
+use messaging::auth::JwtIssuer;
+
+/// The messaging backend on one machine: a managed WebSocket API emulator with its @connections
+/// management API, a CloudEvents broker (Knative semantics), S3, every function in-process, and
+/// a demo agent. Redis and MongoDB come from REDIS_URL / MONGODB_URI; when those are unset, the
+/// stack starts redis-server and SecantusDB itself with their data under --data-dir.
+#[derive(Parser, Debug)]
+#[command(name = "local-stack", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the stack (the default).
+    Run,
+    /// Print a JWT the running stack accepts, for connecting without registration.
+    Token {
+        /// The user id (the token's subject).
+        user_id: String,
+        /// Device id to put in the token.
+        #[arg(long)]
+        device: Option<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+        /// Data directory of the stack (where its signing key is).
+        #[arg(long, env = "LOCAL_STACK_DATA", default_value = ".local-stack")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// WebSocket API and @connections management API.
+    #[arg(long, default_value_t = 8080)]
+    ws_port: u16,
+    /// Broker ingress (POST CloudEvents; GET /dead-letters).
+    #[arg(long, default_value_t = 8081)]
+    broker_port: u16,
+    /// S3 endpoint (SigV4; access key `local`, secret `local-secret-key`).
+    #[arg(long, default_value_t = 8082)]
+    s3_port: u16,
+    /// Demo agent (an HTTP subscriber of the broker).
+    #[arg(long, default_value_t = 8083)]
+    agent_port: u16,
+    /// Where S3 objects, the signing key and self-started servers keep their data.
+    #[arg(long, env = "LOCAL_STACK_DATA", default_value = ".local-stack")]
+    data_dir: PathBuf,
+    /// More broker triggers (TOML `[[trigger]]` tables), e.g. for an external agent.
+    #[arg(long)]
+    triggers: Option<PathBuf>,
+    /// Idle timeout of WebSocket connections, seconds (AWS: 600).
+    #[arg(long, default_value_t = 600)]
+    idle_timeout_secs: u64,
+    /// Maximum lifetime of WebSocket connections, seconds (AWS: 7200).
+    #[arg(long, default_value_t = 7200)]
+    max_lifetime_secs: u64,
+    /// Seconds an agent may stay silent before the user is told.
+    #[arg(long, default_value_t = 60)]
+    agent_timeout_secs: u64,
+    /// Do not run the demo agent.
+    #[arg(long)]
+    no_demo_agent: bool,
+}
+
+fn signing_secret(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(secret) = std::env::var("JWT_HS256_SECRET")
+        && !secret.is_empty()
+    {
+        return Ok(secret);
+    }
+    let path = data_dir.join("jwt-secret");
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        return Ok(secret.trim().to_string());
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let bytes: [u8; 32] = rand::random();
+    let secret = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    std::fs::write(&path, &secret)?;
+    Ok(secret)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Token {
+        user_id,
+        device,
+        ttl_secs,
+        data_dir,
+    }) = &cli.command
+    {
+        let issuer = JwtIssuer::hs256(signing_secret(data_dir)?.as_bytes(), JWT_ISSUER, JWT_AUDIENCE);
+        let mut claims = issuer.claims(user_id, Duration::from_secs(*ttl_secs));
+        claims.device_id = device.clone();
+        println!("{}", issuer.sign(&claims)?);
+        return Ok(());
+    }
+    messaging::telemetry::init();
+    let args = cli.run;
+    std::fs::create_dir_all(&args.data_dir)?;
+    let secret = signing_secret(&args.data_dir)?;
+    // Servers are started here, on the main thread, which lives as long as the process: they
+    // are tied to it and stop with it.
+    let mut own_servers = Vec::new();
+    let redis_url = match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            let dir = args.data_dir.join("redis");
+            std::fs::create_dir_all(&dir)?;
+            let server = testkit::start_redis(Some(&dir)).map_err(anyhow::Error::msg)?;
+            eprintln!("REDIS_URL not set: started redis-server at {} (data in {})", server.url, dir.display());
+            let url = server.url.clone();
+            own_servers.push(server);
+            url
+        }
+    };
+    let mongodb_uri = match std::env::var("MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => uri,
+        _ => {
+            let dir = args.data_dir.join("mongodb");
+            let server = testkit::start_mongodb(Some(&dir)).map_err(anyhow::Error::msg)?;
+            eprintln!("MONGODB_URI not set: started SecantusDB at {} (data in {})", server.url, dir.display());
+            let url = server.url.clone();
+            own_servers.push(server);
+            url
+        }
+    };
+    let mut config = StackConfig::new(redis_url, mongodb_uri, args.data_dir.clone(), secret);
+    config.host = args.host;
+    config.ws_port = args.ws_port;
+    config.broker_port = args.broker_port;
+    config.s3_port = args.s3_port;
+    config.agent_port = args.agent_port;
+    config.extra_triggers = args.triggers;
+    config.api.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
+    config.api.max_lifetime = Duration::from_secs(args.max_lifetime_secs);
+    config.settings.agent_timeout = Duration::from_secs(args.agent_timeout_secs);
+    config.demo_agent = !args.no_demo_agent;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let running = stack::start(config).await?;
+        print_banner(&running, &args.data_dir);
+        tokio::signal::ctrl_c().await?;
+        eprintln!("stopping");
+        drop(running);
+        drop(own_servers);
+        Ok(())
+    })
+}
+
+fn print_banner(running: &stack::RunningStack, data_dir: &std::path::Path) {
+    let agent = running.agent_url.as_deref().unwrap_or("(disabled)");
+    eprintln!(
+        "\nlocal stack is up
+  WebSocket API     {ws}/?token=JWT
+  @connections API  {mgmt}/@connections/{{id}}   (also under /local/@connections/{{id}})
+  broker ingress    {broker}   (GET {broker}dead-letters)
+  S3                {s3}   (access key local / secret local-secret-key, path-style)
+  demo agent        {agent}   (agent id `demo`)
+  data              {data}
+
+connect:
+  TOKEN=$(cargo run -q -p local-stack -- token alice)
+  websocat \"{ws}/?token=$TOKEN\"
+then send: {{\"type\":\"heartbeat\",\"timestamp\":0}}
+",
+        ws = running.ws_url,
+        mgmt = running.management_url,
+        broker = running.broker_url,
+        s3 = running.s3_url,
+        data = data_dir.display(),
+    );
+}

@@ -1,4 +1,5 @@
-//! Test harness: real servers for integration tests, started and stopped by the tests themselves.
+//! Real servers for tests and the local stack: `redis-server` and SecantusDB, started as child
+//! processes on free loopback ports and stopped with their parent.
 //!
 //! Every integration test in the workspace talks to a real `redis-server` and a real MongoDB-wire
 //! server (SecantusDB, `secantusd-py`). [`servers`] starts one of each per test process, on free
@@ -77,6 +78,76 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", &id[..16])
 }
 
+/// A server process started by [`start_redis`] or [`start_mongodb`]; killed when dropped, and
+/// when the process that started it exits.
+pub struct ServerProcess {
+    /// Its URL (`redis://...` or `mongodb://...`).
+    pub url: String,
+    child: Child,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a `redis-server` on a free port. With `data_dir`, data is kept there (AOF); without,
+/// nothing is written to disk.
+pub fn start_redis(data_dir: Option<&std::path::Path>) -> Result<ServerProcess, String> {
+    let (port, child) = try_start("redis-server", |port| {
+        let mut cmd = Command::new(redis_binary());
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"]);
+        match data_dir {
+            Some(dir) => {
+                cmd.arg("--dir").arg(dir).args(["--appendonly", "yes", "--save", ""]);
+            }
+            None => {
+                cmd.args(["--save", "", "--appendonly", "no"]);
+            }
+        }
+        cmd
+    })?;
+    Ok(ServerProcess {
+        url: format!("redis://127.0.0.1:{port}/"),
+        child,
+    })
+}
+
+/// Starts SecantusDB on a free port. With `data_dir`, data is kept there; without, in memory.
+pub fn start_mongodb(data_dir: Option<&std::path::Path>) -> Result<ServerProcess, String> {
+    let workdir = match data_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::temp_dir().join(unique_name("secantus")),
+    };
+    std::fs::create_dir_all(&workdir).map_err(|e| format!("create {}: {e}", workdir.display()))?;
+    let storage = match data_dir {
+        Some(dir) => dir.join("data").display().to_string(),
+        None => ":memory:".into(),
+    };
+    let (port, child) = try_start("secantusd-py", |port| {
+        let mut cmd = Command::new(secantus_binary());
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--storage-path",
+            &storage,
+            "--log-level",
+            "WARNING",
+        ])
+        // SecantusDB looks for ./secantusd.toml; run it where there is none.
+        .current_dir(&workdir);
+        cmd
+    })?;
+    Ok(ServerProcess {
+        url: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+        child,
+    })
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -85,65 +156,30 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
-fn start_all() -> (Servers, Vec<Child>) {
-    let (redis_port, redis) = start_with_retries("redis-server", |port| {
-        let mut cmd = Command::new(redis_binary());
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-        ]);
-        cmd
-    });
-    let workdir = std::env::temp_dir().join(unique_name("secantus"));
-    std::fs::create_dir_all(&workdir).expect("create SecantusDB work dir");
-    let (mongo_port, mongo) = start_with_retries("secantusd-py", |port| {
-        let mut cmd = Command::new(secantus_binary());
-        cmd.args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--storage-path",
-            ":memory:",
-            "--log-level",
-            "WARNING",
-        ])
-        // SecantusDB looks for ./secantusd.toml; run it where there is none.
-        .current_dir(&workdir);
-        cmd
-    });
+fn start_all() -> (Servers, Vec<ServerProcess>) {
+    let redis = start_redis(None).unwrap_or_else(|e| panic!("{e}"));
+    let mongo = start_mongodb(None).unwrap_or_else(|e| panic!("{e}"));
     (
         Servers {
-            redis_url: format!("redis://127.0.0.1:{redis_port}/"),
-            mongodb_uri: format!("mongodb://127.0.0.1:{mongo_port}/?directConnection=true"),
+            redis_url: redis.url.clone(),
+            mongodb_uri: mongo.url.clone(),
         },
         vec![redis, mongo],
     )
 }
 
-fn start_with_retries(name: &str, build: impl Fn(u16) -> Command) -> (u16, Child) {
+fn try_start(name: &str, build: impl Fn(u16) -> Command) -> Result<(u16, Child), String> {
     let mut last_error = String::new();
     for _ in 0..3 {
         let port = free_port();
         let mut cmd = build(port);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
         tie_to_this_thread(&mut cmd);
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => panic!(
-                "cannot start {name} ({e}); run scripts/setup, or set REDIS_SERVER / SECANTUSD"
-            ),
-        };
+        let mut child = cmd.spawn().map_err(|e| {
+            format!("cannot start {name} ({e}); run scripts/setup, or set REDIS_SERVER / SECANTUSD")
+        })?;
         match wait_for_port(port, &mut child, Duration::from_secs(30)) {
-            Ok(()) => return (port, child),
+            Ok(()) => return Ok((port, child)),
             Err(e) => {
                 last_error = e;
                 child.kill().ok();
@@ -151,7 +187,7 @@ fn start_with_retries(name: &str, build: impl Fn(u16) -> Command) -> (u16, Child
             }
         }
     }
-    panic!("{name} did not come up: {last_error}")
+    Err(format!("{name} did not come up: {last_error}"))
 }
 
 fn wait_for_port(port: u16, child: &mut Child, timeout: Duration) -> Result<(), String> {
@@ -169,6 +205,7 @@ fn wait_for_port(port: u16, child: &mut Child, timeout: Duration) -> Result<(), 
     Err(format!("port {port} not answering after {timeout:?}"))
 }
 
+/// Makes the child die with the thread that spawns it (call from a long-lived thread).
 fn tie_to_this_thread(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.

@@ -1,0 +1,564 @@
+//! A managed WebSocket API, emulated: API Gateway's WebSocket semantics and its `@connections`
+//! management API, so the functions and real AWS SDK clients cannot tell the difference.
+//!
+//! What it mimics (see DESIGN.md, "The local stack"): `$connect` runs before the upgrade and a
+//! non-2xx result refuses it with that status; every text frame becomes one route invocation
+//! (concurrently, as Lambda would), the route chosen by the route selection expression
+//! (`$request.body.type` by default) with `$default` as fallback; events are shaped like API
+//! Gateway's (`requestContext.routeKey`, `eventType`, `connectionId`, `connectedAt`, `messageId`
+//! null on CONNECT, headers and query string only on `$connect`, `disconnectStatusCode` and
+//! `disconnectReason` on `$disconnect`); frames over 128 KB close with 1009, binary frames with
+//! 1003, idle connections after 10 minutes and every connection after 2 hours with 1001. The
+//! management API answers `POST`/`GET`/`DELETE /@connections/{id}` (optionally under
+//! `/{stage}`) with AWS's status codes and error types: 410 GoneException for unknown or closed
+//! connections, 413 PayloadTooLargeException over 128 KB.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_lambda_events::apigw::{
+    ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest,
+    ApiGatewayWebsocketProxyRequestContext,
+};
+use aws_lambda_events::encodings::Body;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+/// Largest frame in either direction (128 KB).
+pub const MAX_FRAME_BYTES: usize = 128 * 1024;
+
+/// A route integration: what API Gateway would invoke (a Lambda function).
+#[async_trait]
+pub trait RouteHandler: Send + Sync {
+    /// Runs the integration for one event.
+    async fn invoke(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse;
+}
+
+#[async_trait]
+impl<F, Fut> RouteHandler for F
+where
+    F: Fn(ApiGatewayWebsocketProxyRequest) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = ApiGatewayProxyResponse> + Send,
+{
+    async fn invoke(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        self(event).await
+    }
+}
+
+/// One route: its integration, a name for logs, and whether the integration's body is sent
+/// back to the client (API Gateway's "route response", off by default as in AWS).
+#[derive(Clone)]
+pub struct Route {
+    /// Name of the function behind the route (for logs).
+    pub function: String,
+    /// The integration.
+    pub handler: Arc<dyn RouteHandler>,
+    /// Send a non-empty result body back to the client.
+    pub route_response: bool,
+}
+
+/// Settings of the emulated API.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Route selection expression, `$request.body.<path>`.
+    pub route_selection: String,
+    /// Stage name (events' `requestContext.stage`, optional path prefix of the management API).
+    pub stage: String,
+    /// API id (events' `requestContext.apiId`).
+    pub api_id: String,
+    /// Idle timeout (AWS: 10 minutes).
+    pub idle_timeout: Duration,
+    /// Maximum connection lifetime (AWS: 2 hours).
+    pub max_lifetime: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            route_selection: "$request.body.type".into(),
+            stage: "local".into(),
+            api_id: "localapi".into(),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(7200),
+        }
+    }
+}
+
+enum Outbound {
+    Text(String),
+    Binary(Vec<u8>),
+    Close(u16, String),
+}
+
+struct Connection {
+    tx: mpsc::UnboundedSender<Outbound>,
+    connected_at_ms: i64,
+    last_active_ms: AtomicI64,
+    source_ip: String,
+    user_agent: String,
+}
+
+/// The emulated WebSocket API and its management API.
+pub struct WebSocketApi {
+    settings: ApiSettings,
+    routes: HashMap<String, Route>,
+    connections: Mutex<HashMap<String, Arc<Connection>>>,
+    domain: Mutex<String>,
+    invocations: AtomicU64,
+}
+
+impl WebSocketApi {
+    /// An API with these routes (`$connect`, `$disconnect`, `$default`, or route keys).
+    pub fn new(settings: ApiSettings, routes: HashMap<String, Route>) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            routes,
+            connections: Mutex::new(HashMap::new()),
+            domain: Mutex::new("localhost".into()),
+            invocations: AtomicU64::new(0),
+        })
+    }
+
+    /// Sets the domain name put in events (`requestContext.domainName`), e.g. `127.0.0.1:8080`.
+    pub fn set_domain(&self, domain: impl Into<String>) {
+        *self.domain.lock().expect("domain lock") = domain.into();
+    }
+
+    /// Number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.lock().expect("connections lock").len()
+    }
+
+    /// Route invocations so far.
+    pub fn invocations(&self) -> u64 {
+        self.invocations.load(Ordering::Relaxed)
+    }
+
+    /// The router: WebSocket upgrades on `/` and `/{stage}`, the management API on
+    /// `/@connections/{id}` and `/{stage}/@connections/{id}`.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(upgrade))
+            .route("/{stage}", get(upgrade_staged))
+            .route("/@connections/{id}", any(manage))
+            .route("/{stage}/@connections/{id}", any(manage_staged))
+            .with_state(self)
+    }
+
+    fn connection(&self, id: &str) -> Option<Arc<Connection>> {
+        self.connections
+            .lock()
+            .expect("connections lock")
+            .get(id)
+            .cloned()
+    }
+
+    fn base_context(&self, connection_id: &str, connected_at: i64) -> ApiGatewayWebsocketProxyRequestContext {
+        let now = chrono::Utc::now();
+        let mut ctx = ApiGatewayWebsocketProxyRequestContext::default();
+        ctx.stage = Some(self.settings.stage.clone());
+        ctx.request_id = Some(uuid::Uuid::new_v4().to_string());
+        ctx.apiid = Some(self.settings.api_id.clone());
+        ctx.connected_at = connected_at;
+        ctx.connection_id = Some(connection_id.to_string());
+        ctx.domain_name = Some(self.domain.lock().expect("domain lock").clone());
+        ctx.extended_request_id = ctx.request_id.clone();
+        ctx.message_direction = Some("IN".into());
+        ctx.request_time = Some(now.format("%d/%b/%Y:%H:%M:%S %z").to_string());
+        ctx.request_time_epoch = now.timestamp_millis();
+        ctx
+    }
+
+    async fn invoke(&self, route_key: &str, event: ApiGatewayWebsocketProxyRequest) -> Option<(Route, ApiGatewayProxyResponse)> {
+        let route = self.routes.get(route_key).cloned()?;
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let connection_id = event.request_context.connection_id.clone().unwrap_or_default();
+        let request_id = event.request_context.request_id.clone().unwrap_or_default();
+        let response = route.handler.invoke(event).await;
+        tracing::info!(
+            target: "report",
+            route = route_key,
+            function = %route.function,
+            connection_id,
+            request_id,
+            status = response.status_code,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "REPORT"
+        );
+        Some((route, response))
+    }
+
+    fn select_route(&self, body: &str) -> String {
+        let Some(path) = self.settings.route_selection.strip_prefix("$request.body.") else {
+            return "$default".into();
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
+            return "$default".into();
+        };
+        let mut current = &value;
+        for part in path.split('.') {
+            match current.get(part) {
+                Some(v) => current = v,
+                None => return "$default".into(),
+            }
+        }
+        let key = match current {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => return "$default".into(),
+        };
+        if self.routes.contains_key(&key) {
+            key
+        } else {
+            "$default".into()
+        }
+    }
+}
+
+fn new_connection_id() -> String {
+    use base64::Engine;
+    let bytes: [u8; 12] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn upgrade_staged(
+    State(api): State<Arc<WebSocketApi>>,
+    Path(_stage): Path<String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    query: RawQuery,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    upgrade(State(api), ws, headers, query, ConnectInfo(peer)).await
+}
+
+async fn upgrade(
+    State(api): State<Arc<WebSocketApi>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade").into_response();
+    };
+    let connection_id = new_connection_id();
+    let connected_at = chrono::Utc::now().timestamp_millis();
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut event = ApiGatewayWebsocketProxyRequest::default();
+    let mut ctx = api.base_context(&connection_id, connected_at);
+    ctx.route_key = Some("$connect".into());
+    ctx.event_type = Some("CONNECT".into());
+    ctx.message_id = None;
+    ctx.identity.source_ip = Some(peer.ip().to_string());
+    ctx.identity.user_agent = Some(user_agent.clone());
+    event.request_context = ctx;
+    event.headers = headers.clone();
+    event.multi_value_headers = headers;
+    let query_pairs: HashMap<String, Vec<String>> = url_pairs(query.as_deref().unwrap_or(""));
+    event.query_string_parameters = query_pairs.clone().into();
+    event.multi_value_query_string_parameters = query_pairs.into();
+    event.is_base64_encoded = false;
+
+    if let Some((_, response)) = api.invoke("$connect", event).await {
+        let status = response.status_code;
+        if !(200..300).contains(&status) {
+            let body = match response.body {
+                Some(Body::Text(t)) => t,
+                Some(Body::Binary(b)) => String::from_utf8_lossy(&b).into_owned(),
+                _ => String::new(),
+            };
+            let code = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::FORBIDDEN);
+            return (code, body).into_response();
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let connection = Arc::new(Connection {
+        tx,
+        connected_at_ms: connected_at,
+        last_active_ms: AtomicI64::new(connected_at),
+        source_ip: peer.ip().to_string(),
+        user_agent,
+    });
+    ws.max_message_size(MAX_FRAME_BYTES + 1)
+        .max_frame_size(MAX_FRAME_BYTES + 1)
+        .on_upgrade(move |socket| run_connection(api, connection_id, connection, socket, rx))
+}
+
+fn url_pairs(query: &str) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        map.entry(k.into_owned()).or_default().push(v.into_owned());
+    }
+    map
+}
+
+async fn run_connection(
+    api: Arc<WebSocketApi>,
+    connection_id: String,
+    connection: Arc<Connection>,
+    socket: WebSocket,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+) {
+    api.connections
+        .lock()
+        .expect("connections lock")
+        .insert(connection_id.clone(), connection.clone());
+    let (mut sink, mut stream) = socket.split();
+    // (status, reason) of the close, for $disconnect.
+    let close_info: Arc<Mutex<Option<(u16, String)>>> = Arc::new(Mutex::new(None));
+
+    let writer_close = close_info.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let result = match out {
+                Outbound::Text(t) => sink.send(Message::Text(t.into())).await,
+                Outbound::Binary(b) => sink.send(Message::Binary(b.into())).await,
+                Outbound::Close(code, reason) => {
+                    writer_close
+                        .lock()
+                        .expect("close lock")
+                        .get_or_insert((code, reason.clone()));
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
+                        .await;
+                    break;
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let started = Instant::now();
+    let idle = api.settings.idle_timeout;
+    let lifetime = api.settings.max_lifetime;
+    let mut ticker = tokio::time::interval(Duration::from_millis(
+        (idle.min(lifetime).as_millis() as u64 / 4).clamp(10, 1000),
+    ));
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let Some(Ok(frame)) = frame else {
+                    close_info.lock().expect("close lock").get_or_insert((1006, "Connection closed abnormally".into()));
+                    break;
+                };
+                match frame {
+                    Message::Text(text) => {
+                        connection.last_active_ms.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+                        if text.len() > MAX_FRAME_BYTES {
+                            let _ = connection.tx.send(Outbound::Close(1009, "Message too big".into()));
+                            break;
+                        }
+                        let api = api.clone();
+                        let id = connection_id.clone();
+                        let connected_at = connection.connected_at_ms;
+                        let tx = connection.tx.clone();
+                        tokio::spawn(async move {
+                            on_message(api, id, connected_at, text.to_string(), tx).await;
+                        });
+                    }
+                    Message::Binary(_) => {
+                        let _ = connection.tx.send(Outbound::Close(1003, "Binary frames are not supported".into()));
+                        break;
+                    }
+                    Message::Ping(_) | Message::Pong(_) => {
+                        connection.last_active_ms.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+                    }
+                    Message::Close(frame) => {
+                        let (code, reason) = frame
+                            .map(|f| (f.code, f.reason.to_string()))
+                            .unwrap_or((1005, String::new()));
+                        close_info.lock().expect("close lock").get_or_insert((code, reason));
+                        break;
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                let now = chrono::Utc::now().timestamp_millis();
+                let last = connection.last_active_ms.load(Ordering::Relaxed);
+                if started.elapsed() >= lifetime {
+                    let _ = connection.tx.send(Outbound::Close(1001, "Going away".into()));
+                    break;
+                }
+                if now - last >= idle.as_millis() as i64 {
+                    let _ = connection.tx.send(Outbound::Close(1001, "Going away".into()));
+                    break;
+                }
+                if writer.is_finished() {
+                    break;
+                }
+            }
+        }
+    }
+    // Forget the connection first: from now on posts get 410.
+    api.connections
+        .lock()
+        .expect("connections lock")
+        .remove(&connection_id);
+    let _ = connection.tx.send(Outbound::Close(1000, String::new()));
+    let _ = writer.await;
+    let (code, reason) = close_info
+        .lock()
+        .expect("close lock")
+        .clone()
+        .unwrap_or((1000, String::new()));
+    let mut event = ApiGatewayWebsocketProxyRequest::default();
+    let mut ctx = api.base_context(&connection_id, connection.connected_at_ms);
+    ctx.route_key = Some("$disconnect".into());
+    ctx.event_type = Some("DISCONNECT".into());
+    ctx.identity.source_ip = Some(connection.source_ip.clone());
+    ctx.identity.user_agent = Some(connection.user_agent.clone());
+    ctx.disconnect_status_code = Some(i64::from(code));
+    ctx.disconnect_reason = Some(reason);
+    event.request_context = ctx;
+    event.is_base64_encoded = false;
+    api.invoke("$disconnect", event).await;
+}
+
+async fn on_message(
+    api: Arc<WebSocketApi>,
+    connection_id: String,
+    connected_at: i64,
+    body: String,
+    tx: mpsc::UnboundedSender<Outbound>,
+) {
+    let route_key = api.select_route(&body);
+    let mut event = ApiGatewayWebsocketProxyRequest::default();
+    let mut ctx = api.base_context(&connection_id, connected_at);
+    ctx.route_key = Some(route_key.clone());
+    ctx.event_type = Some("MESSAGE".into());
+    ctx.message_id = Some(new_connection_id());
+    event.request_context = ctx;
+    event.body = Some(body);
+    event.is_base64_encoded = false;
+    match api.invoke(&route_key, event).await {
+        Some((route, response)) => {
+            if route.route_response
+                && let Some(Body::Text(text)) = response.body
+                && !text.is_empty()
+            {
+                let _ = tx.send(Outbound::Text(text));
+            }
+        }
+        None => {
+            // No route and no $default: API Gateway answers with this frame.
+            let frame = serde_json::json!({
+                "message": "Forbidden",
+                "connectionId": connection_id,
+                "requestId": uuid::Uuid::new_v4().to_string(),
+            });
+            let _ = tx.send(Outbound::Text(frame.to_string()));
+        }
+    }
+}
+
+async fn manage_staged(
+    State(api): State<Arc<WebSocketApi>>,
+    Path((_stage, id)): Path<(String, String)>,
+    method: axum::http::Method,
+    body: Bytes,
+) -> Response {
+    manage(State(api), Path(id), method, body).await
+}
+
+fn aws_error(status: StatusCode, error_type: &str, message: &str) -> Response {
+    (
+        status,
+        [
+            ("x-amzn-errortype", error_type),
+            ("content-type", "application/json"),
+        ],
+        serde_json::json!({ "message": message }).to_string(),
+    )
+        .into_response()
+}
+
+fn iso8601(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn manage(
+    State(api): State<Arc<WebSocketApi>>,
+    Path(id): Path<String>,
+    method: axum::http::Method,
+    body: Bytes,
+) -> Response {
+    let Some(connection) = api.connection(&id) else {
+        return aws_error(StatusCode::GONE, "GoneException", "");
+    };
+    match method.as_str() {
+        "POST" => {
+            if body.len() > MAX_FRAME_BYTES {
+                return aws_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PayloadTooLargeException",
+                    "Message too long",
+                );
+            }
+            let out = match String::from_utf8(body.to_vec()) {
+                Ok(text) => Outbound::Text(text),
+                Err(e) => Outbound::Binary(e.into_bytes()),
+            };
+            if connection.tx.send(out).is_err() {
+                return aws_error(StatusCode::GONE, "GoneException", "");
+            }
+            StatusCode::OK.into_response()
+        }
+        "GET" => {
+            let body = serde_json::json!({
+                "connectedAt": iso8601(connection.connected_at_ms),
+                "lastActiveAt": iso8601(connection.last_active_ms.load(Ordering::Relaxed)),
+                "identity": {
+                    "sourceIp": connection.source_ip,
+                    "userAgent": connection.user_agent,
+                },
+            });
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        "DELETE" => {
+            let _ = connection.tx.send(Outbound::Close(1000, String::new()));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => aws_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "use POST, GET or DELETE",
+        ),
+    }
+}
+
+/// Route keys an API built by [`routes_for`] serves.
+pub fn route_keys(routes: &HashMap<String, Route>) -> HashSet<String> {
+    routes.keys().cloned().collect()
+}

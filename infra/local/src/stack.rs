@@ -1,0 +1,366 @@
+//! Wires the real functions to the emulated endpoints and starts everything.
+//!
+//! The functions get exactly the adapters they get on AWS, pointed elsewhere: the gateway adapter
+//! (`aws-sdk-apigatewaymanagement`) talks to the emulated management API over HTTP, the events
+//! adapter posts CloudEvents to the broker's ingress over HTTP, Redis and MongoDB are real
+//! servers. The broker calls the store and agent-response functions in-process and the demo
+//! agent over HTTP, the way Knative would.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cloudevents::Event;
+use messaging::auth::{JwtConfig, JwtIssuer, JwtVerifier};
+use messaging::context::{Context, Settings};
+use messaging::events::HttpBroker;
+use messaging::gateway::ApiGatewayManagement;
+use messaging::model::event_types;
+use messaging::realtime::RedisState;
+use messaging::store::{MongoStore, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::agent::{DEMO_AGENT_ID, DemoAgent};
+use crate::broker::{
+    BackoffPolicy, Broker, BrokerConfig, DeliverySpec, EventHandler, Filter, HandlerError, Trigger,
+};
+use crate::gateway::{ApiSettings, Route, WebSocketApi};
+
+/// Issuer of the local stack's tokens.
+pub const JWT_ISSUER: &str = "messaging";
+/// Audience of the local stack's tokens.
+pub const JWT_AUDIENCE: &str = "messaging-clients";
+
+/// Everything the stack needs to start.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Address to listen on (loopback by default).
+    pub host: IpAddr,
+    /// WebSocket API and management API port (0: any free port).
+    pub ws_port: u16,
+    /// Broker ingress port.
+    pub broker_port: u16,
+    /// S3 port.
+    pub s3_port: u16,
+    /// Demo agent port.
+    pub agent_port: u16,
+    /// Redis.
+    pub redis_url: String,
+    /// Redis key prefix.
+    pub redis_prefix: String,
+    /// MongoDB.
+    pub mongodb_uri: String,
+    /// MongoDB database.
+    pub database: String,
+    /// Where S3 objects live.
+    pub data_dir: PathBuf,
+    /// HS256 secret of the stack's tokens.
+    pub jwt_secret: String,
+    /// WebSocket API settings (timeouts, route selection).
+    pub api: ApiSettings,
+    /// Function settings (limits, agent timeout).
+    pub settings: Settings,
+    /// More triggers (e.g. an external agent), from a TOML file.
+    pub extra_triggers: Option<PathBuf>,
+    /// Run the demo agent.
+    pub demo_agent: bool,
+    /// How long the demo agent thinks before answering.
+    pub agent_think: Duration,
+    /// How often silent agents are looked for.
+    pub sweep_interval: Duration,
+    /// Retry delay of the built-in triggers.
+    pub retry_delay: Duration,
+}
+
+impl StackConfig {
+    /// Defaults for one machine: loopback, documented ports, given servers and data directory.
+    pub fn new(redis_url: String, mongodb_uri: String, data_dir: PathBuf, jwt_secret: String) -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ws_port: 8080,
+            broker_port: 8081,
+            s3_port: 8082,
+            agent_port: 8083,
+            redis_url,
+            redis_prefix: "msg:".into(),
+            mongodb_uri,
+            database: "messaging".into(),
+            data_dir,
+            jwt_secret,
+            api: ApiSettings::default(),
+            settings: Settings::default(),
+            extra_triggers: None,
+            demo_agent: true,
+            agent_think: Duration::from_millis(300),
+            sweep_interval: Duration::from_secs(1),
+            retry_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A started stack. Dropping it stops every server task.
+pub struct RunningStack {
+    /// `ws://HOST:PORT` of the WebSocket API.
+    pub ws_url: String,
+    /// `http://HOST:PORT` of the management API (`/@connections/{id}`).
+    pub management_url: String,
+    /// Broker ingress.
+    pub broker_url: String,
+    /// S3 endpoint.
+    pub s3_url: String,
+    /// Demo agent endpoint, when it runs.
+    pub agent_url: Option<String>,
+    /// The functions' context (tests use its store and realtime state).
+    pub ctx: Context,
+    /// The emulated WebSocket API.
+    pub api: Arc<WebSocketApi>,
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// Issues tokens the stack accepts.
+    pub issuer: JwtIssuer,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RunningStack {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+struct Function<F>(F);
+
+#[async_trait]
+impl<F, Fut> EventHandler for Function<F>
+where
+    F: Fn(Event) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = messaging::Result<()>> + Send,
+{
+    async fn handle(&self, event: Event) -> Result<Option<Event>, HandlerError> {
+        (self.0)(event).await.map(|()| None).map_err(|e| {
+            if e.is_server_fault() {
+                tracing::error!(error = %e, "function failed");
+            }
+            HandlerError {
+                status: e.http_status(),
+                message: e.to_string(),
+            }
+        })
+    }
+}
+
+fn trigger(name: &str, subscriber: &str, attributes: &[(&str, &str)], delay: Duration) -> Trigger {
+    Trigger {
+        name: name.into(),
+        filter: Filter {
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            prefix: Default::default(),
+        },
+        subscriber: subscriber.into(),
+        delivery: DeliverySpec {
+            retry: 5,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay_ms: delay.as_millis() as u64,
+            dead_letter_sink: None,
+        },
+    }
+}
+
+async fn serve(listener: TcpListener, router: axum::Router) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            tracing::error!(error = %e, "server stopped");
+        }
+    })
+}
+
+/// Starts the stack.
+pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
+    let ws_listener = TcpListener::bind((config.host, config.ws_port)).await?;
+    let broker_listener = TcpListener::bind((config.host, config.broker_port)).await?;
+    let s3_listener = TcpListener::bind((config.host, config.s3_port)).await?;
+    let ws_addr = ws_listener.local_addr()?;
+    let broker_addr = broker_listener.local_addr()?;
+    let s3_addr = s3_listener.local_addr()?;
+    let management_url = format!("http://{ws_addr}");
+    let broker_url = format!("http://{broker_addr}/");
+    let s3_url = format!("http://{s3_addr}");
+
+    let realtime = RedisState::connect(&config.redis_url, &config.redis_prefix).await?;
+    let store = MongoStore::connect(
+        &config.mongodb_uri,
+        &config.database,
+        StoreOptions::default(),
+    )
+    .await?;
+    store.ensure_indexes().await?;
+    let aws = local_aws_config().await;
+    let jwt = JwtConfig {
+        hs256_secret: Some(config.jwt_secret.clone().into_bytes()),
+        rs256_public_pem: None,
+        issuer: JWT_ISSUER.into(),
+        audience: JWT_AUDIENCE.into(),
+        leeway: Duration::from_secs(30),
+    };
+    let ctx = Context {
+        realtime: Arc::new(realtime),
+        store: Arc::new(store),
+        gateway: Arc::new(ApiGatewayManagement::new(&aws, &management_url)),
+        events: Arc::new(HttpBroker::new(broker_url.clone())),
+        jwt: JwtVerifier::new(&jwt)?,
+        settings: config.settings.clone(),
+    };
+
+    // The WebSocket API: $connect, $disconnect, and every frame type to the message function.
+    let mut routes = HashMap::new();
+    let route = |function: &str, handler: Arc<dyn crate::gateway::RouteHandler>| Route {
+        function: function.into(),
+        handler,
+        route_response: false,
+    };
+    let c = ctx.clone();
+    routes.insert(
+        "$connect".to_string(),
+        route("connect", Arc::new(move |e| { let c = c.clone(); async move { fn_connect::handle(&c, e).await } })),
+    );
+    let c = ctx.clone();
+    routes.insert(
+        "$disconnect".to_string(),
+        route("disconnect", Arc::new(move |e| { let c = c.clone(); async move { fn_disconnect::handle(&c, e).await } })),
+    );
+    let c = ctx.clone();
+    let message: Arc<dyn crate::gateway::RouteHandler> =
+        Arc::new(move |e| { let c = c.clone(); async move { fn_message::handle(&c, e).await } });
+    for key in [
+        "$default", "auth", "message", "delivery_ack", "read_receipt", "heartbeat", "retransmit",
+        "typing", "sync", "presence",
+    ] {
+        routes.insert(key.to_string(), route("message", message.clone()));
+    }
+    let api = WebSocketApi::new(config.api.clone(), routes);
+    api.set_domain(ws_addr.to_string());
+
+    // The broker: built-in triggers, then the operator's.
+    let mut functions: HashMap<String, Arc<dyn EventHandler>> = HashMap::new();
+    let c = ctx.clone();
+    functions.insert(
+        "store".into(),
+        Arc::new(Function(move |e| { let c = c.clone(); async move { fn_store::handle(&c, e).await.map(|_| ()) } })),
+    );
+    let c = ctx.clone();
+    functions.insert(
+        "agent-response".into(),
+        Arc::new(Function(move |e| { let c = c.clone(); async move { fn_agent_response::handle(&c, e).await } })),
+    );
+    let delay = config.retry_delay;
+    let mut triggers = vec![
+        trigger("store", "fn:store", &[("type", event_types::MESSAGE_RECEIVED)], delay),
+        trigger("agent-response", "fn:agent-response", &[("type", event_types::AGENT_RESPONSE)], delay),
+        trigger("agent-progress", "fn:agent-response", &[("type", event_types::AGENT_PROGRESS)], delay),
+    ];
+    let mut agent_listener = None;
+    let mut agent_url = None;
+    if config.demo_agent {
+        let listener = TcpListener::bind((config.host, config.agent_port)).await?;
+        let url = format!("http://{}/", listener.local_addr()?);
+        triggers.push(trigger(
+            "demo-agent",
+            &url,
+            &[
+                ("type", event_types::MESSAGE_RECEIVED),
+                (event_types::AGENT_ID_EXTENSION, DEMO_AGENT_ID),
+            ],
+            delay,
+        ));
+        agent_listener = Some(listener);
+        agent_url = Some(url);
+    }
+    let mut broker_config = BrokerConfig {
+        triggers,
+        dead_letter_sink: None,
+    };
+    if let Some(path) = &config.extra_triggers {
+        let extra = BrokerConfig::load(path)?;
+        broker_config.triggers.extend(extra.triggers);
+        broker_config.dead_letter_sink = extra.dead_letter_sink;
+    }
+    broker_config.validate()?;
+    let broker = Broker::new(broker_config, functions);
+
+    let mut tasks = vec![
+        serve(ws_listener, api.clone().router()).await,
+        serve(broker_listener, broker.clone().router()).await,
+        serve(
+            s3_listener,
+            crate::s3::router(
+                &config.data_dir.join("s3"),
+                &["messaging-media", "messaging-documents"],
+            )?,
+        )
+        .await,
+    ];
+    if let Some(listener) = agent_listener {
+        ctx.store.upsert_agent(&DemoAgent::registry_entry()).await?;
+        let agent = DemoAgent::new(&broker_url, config.agent_think);
+        tasks.push(serve(listener, agent.router()).await);
+        let store = ctx.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut beat = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                beat.tick().await;
+                let _ = store
+                    .touch_agent(DEMO_AGENT_ID, mongodb::bson::DateTime::now())
+                    .await;
+            }
+        }));
+    }
+    let c = ctx.clone();
+    let every = config.sweep_interval;
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = fn_agent_response::sweep(&c, messaging::clock::now_ms()).await {
+                tracing::warn!(error = %e, "agent timeout sweep failed");
+            }
+        }
+    }));
+
+    Ok(RunningStack {
+        ws_url: format!("ws://{ws_addr}"),
+        management_url,
+        broker_url,
+        s3_url,
+        agent_url,
+        ctx,
+        api,
+        broker,
+        issuer: JwtIssuer::hs256(config.jwt_secret.as_bytes(), JWT_ISSUER, JWT_AUDIENCE),
+        tasks,
+    })
+}
+
+/// AWS SDK configuration for the local endpoints: fixed credentials, `us-east-1`.
+pub async fn local_aws_config() -> aws_config::SdkConfig {
+    let credentials = aws_credential_types::Credentials::new(
+        crate::s3::ACCESS_KEY,
+        crate::s3::SECRET_KEY,
+        None,
+        None,
+        "local-stack",
+    );
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .load()
+        .await
+}

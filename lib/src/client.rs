@@ -1,0 +1,585 @@
+//! A WebSocket client for the messaging API (feature `client`): what apps, agents, tests and the
+//! benchmark use to talk to a deployment.
+//!
+//! It keeps the protocol's promises on the client side: every send carries a generated
+//! idempotency key and is resent with the same key after a reconnect until acknowledged;
+//! reconnects back off exponentially with jitter and resume with `sync` from the last sequence
+//! number seen per conversation; messages reach the caller in sequence order per conversation,
+//! with gaps detected and filled by `retransmit`; received messages are acknowledged with
+//! `delivery_ack` automatically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::error::ErrorCode;
+use crate::protocol::{
+    ClientFrame, DeliveredMessage, DeliveryReceiptPayload, MessageAckPayload, MessageType,
+    OutgoingMessage, PresencePayload, ReadReceiptPayload, ServerFrame, TypingPayload, TypingState,
+};
+
+/// How to reach the API.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `ws://` or `wss://` URL of the WebSocket API (without the token).
+    pub url: String,
+    /// JWT, sent as `?token=`.
+    pub token: String,
+    /// Device id, sent as `?device_id=`.
+    pub device_id: Option<String>,
+    /// Reconnect after a drop.
+    pub reconnect: bool,
+    /// First reconnect delay; doubles up to `max_backoff`, with jitter.
+    pub min_backoff: Duration,
+    /// Largest reconnect delay.
+    pub max_backoff: Duration,
+    /// Send `delivery_ack` for every message received.
+    pub auto_delivery_ack: bool,
+    /// How long `send` waits for the ack (resends happen meanwhile on reconnect).
+    pub ack_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `url` and `token`.
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: token.into(),
+            device_id: None,
+            reconnect: true,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            auto_delivery_ack: true,
+            ack_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Something the server told the client, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// `auth_success` after (re)connecting and syncing.
+    Ready {
+        /// Messages waiting at that moment.
+        unread_count: u64,
+    },
+    /// A message, in sequence order for its conversation.
+    Message(DeliveredMessage),
+    /// Messages one sent were delivered.
+    Delivered(DeliveryReceiptPayload),
+    /// Messages one sent were read.
+    Read(ReadReceiptPayload),
+    /// Someone is typing.
+    Typing(TypingPayload),
+    /// Someone's presence.
+    Presence(PresencePayload),
+    /// An error frame not tied to a send.
+    Error {
+        /// Code.
+        code: ErrorCode,
+        /// Explanation.
+        message: String,
+    },
+    /// The connection dropped; the client is reconnecting (if configured to).
+    Disconnected,
+}
+
+/// Why a client operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// The upgrade was refused with this HTTP status.
+    #[error("connection refused with HTTP {0}")]
+    Refused(u16),
+    /// Network or protocol failure.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// The server answered the request with an `error` frame.
+    #[error("{code:?}: {message}")]
+    Server {
+        /// Code.
+        code: ErrorCode,
+        /// Explanation.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// The client was closed.
+    #[error("client closed")]
+    Closed,
+}
+
+type AckSender = oneshot::Sender<Result<MessageAckPayload, ClientError>>;
+
+struct Pending {
+    frame: String,
+    reply: Option<AckSender>,
+}
+
+#[derive(Default)]
+struct Ordering {
+    /// Last sequence number handed to the caller, per conversation.
+    last: BTreeMap<String, u64>,
+    /// Messages ahead of a gap, per conversation.
+    held: HashMap<String, BTreeMap<u64, DeliveredMessage>>,
+    /// Gaps asked for, per conversation: up to which sequence number.
+    requested: HashMap<String, u64>,
+}
+
+struct Shared {
+    config: ClientConfig,
+    out: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    order: Mutex<Ordering>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// A connected client. Dropping it closes the connection.
+pub struct Client {
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.abort();
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+async fn open(config: &ClientConfig) -> Result<Socket, ClientError> {
+    let mut url = format!("{}/?token={}", config.url.trim_end_matches('/'), config.token);
+    if let Some(device) = &config.device_id {
+        url.push_str("&device_id=");
+        url.push_str(device);
+    }
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(ClientError::Refused(response.status().as_u16()))
+        }
+        Err(e) => Err(ClientError::Connection(e.to_string())),
+    }
+}
+
+impl Client {
+    /// Connects, then sends `sync` (empty) and waits for the first `Ready` event to be queued.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        Self::connect_with_state(config, BTreeMap::new()).await
+    }
+
+    /// Connects resuming from known state: the last sequence number seen per conversation.
+    pub async fn connect_with_state(
+        config: ClientConfig,
+        since: BTreeMap<String, u64>,
+    ) -> Result<Self, ClientError> {
+        let socket = open(&config).await?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            config,
+            out: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            order: Mutex::new(Ordering {
+                last: since,
+                ..Ordering::default()
+            }),
+            events: events_tx,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let task = tokio::spawn(run(shared.clone(), socket));
+        Ok(Self {
+            shared,
+            events,
+            task,
+        })
+    }
+
+    /// The next event, or `None` once the client is closed for good.
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        self.events.recv().await
+    }
+
+    /// The next event within `timeout`.
+    pub async fn next_event_within(&mut self, timeout: Duration) -> Option<ClientEvent> {
+        tokio::time::timeout(timeout, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits (up to `timeout`) for the next event `pick` accepts, dropping the others.
+    pub async fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next_event_within(left).await?;
+            if let Some(t) = pick(&event) {
+                return Some(t);
+            }
+        }
+    }
+
+    /// Last sequence number delivered to the caller per conversation (to persist and resume).
+    pub fn state(&self) -> BTreeMap<String, u64> {
+        self.shared.order.lock().expect("order lock").last.clone()
+    }
+
+    /// Sends a text frame as is (for tools and tests).
+    pub fn send_raw(&self, text: impl Into<String>) -> Result<(), ClientError> {
+        self.shared.send(text.into())
+    }
+
+    /// Sends a client frame.
+    pub fn send_frame(&self, frame: &ClientFrame) -> Result<(), ClientError> {
+        self.send_raw(serde_json::to_string(frame).map_err(|e| ClientError::Connection(e.to_string()))?)
+    }
+
+    /// Sends a text message and waits for its ack.
+    pub async fn send_text(
+        &self,
+        conversation_id: &str,
+        content: &str,
+    ) -> Result<MessageAckPayload, ClientError> {
+        self.send_message(OutgoingMessage {
+            conversation_id: conversation_id.into(),
+            receiver_id: None,
+            content: content.into(),
+            message_type: MessageType::Text,
+            media_url: None,
+            reply_to_message_id: None,
+            forwarded_from: None,
+            location: None,
+            timestamp: crate::clock::now_ms(),
+        })
+        .await
+    }
+
+    /// Sends a message with a fresh idempotency key and waits for its ack. If the connection
+    /// drops first, the same frame (same key) is resent after reconnecting.
+    pub async fn send_message(
+        &self,
+        payload: OutgoingMessage,
+    ) -> Result<MessageAckPayload, ClientError> {
+        self.send_with_key(&uuid::Uuid::new_v4().to_string(), payload).await
+    }
+
+    /// Like [`Client::send_message`] with a chosen idempotency key (to retry a send made
+    /// elsewhere, e.g. on another device).
+    pub async fn send_with_key(
+        &self,
+        idempotency_key: &str,
+        payload: OutgoingMessage,
+    ) -> Result<MessageAckPayload, ClientError> {
+        let client_message_id = uuid::Uuid::new_v4().to_string();
+        let frame = serde_json::to_string(&ClientFrame::Message {
+            client_message_id: Some(client_message_id.clone()),
+            idempotency_key: idempotency_key.into(),
+            payload,
+        })
+        .map_err(|e| ClientError::Connection(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.lock().expect("pending lock").insert(
+            client_message_id.clone(),
+            Pending {
+                frame: frame.clone(),
+                reply: Some(tx),
+            },
+        );
+        // A failed send now is fine: the frame is resent on reconnect.
+        let _ = self.shared.send(frame);
+        match tokio::time::timeout(self.shared.config.ack_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => {
+                self.shared
+                    .pending
+                    .lock()
+                    .expect("pending lock")
+                    .remove(&client_message_id);
+                Err(ClientError::Timeout)
+            }
+        }
+    }
+
+    /// Marks messages as read.
+    pub fn read(&self, message_ids: Vec<String>) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::ReadReceipt {
+            message_ids,
+            timestamp: crate::clock::now_ms(),
+        })
+    }
+
+    /// Typing indicator.
+    pub fn typing(&self, conversation_id: &str, state: TypingState) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Typing {
+            conversation_id: conversation_id.into(),
+            state,
+        })
+    }
+
+    /// Asks for the presence of users.
+    pub fn presence(&self, user_ids: Vec<String>) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Presence { user_ids })
+    }
+
+    /// Closes the connection from the client side (no reconnect).
+    pub fn close(&self) {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.shared.send_close();
+    }
+
+    /// Drops the connection without a close handshake, as a network failure would; the client
+    /// reconnects if configured to. For tests of resilience.
+    pub fn drop_connection(&self) {
+        let _ = self.shared.send(DROP_SENTINEL.into());
+    }
+}
+
+const CLOSE_SENTINEL: &str = "\u{0}close";
+const DROP_SENTINEL: &str = "\u{0}drop";
+
+impl Shared {
+    fn send(&self, text: String) -> Result<(), ClientError> {
+        match self.out.lock().expect("out lock").as_ref() {
+            Some(tx) => tx.send(text).map_err(|_| ClientError::Closed),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    fn send_close(&self) -> Result<(), ClientError> {
+        self.send(CLOSE_SENTINEL.into())
+    }
+
+    fn emit(&self, event: ClientEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Takes a message through the ordering: emits what is in order, holds what is ahead of a
+    /// gap and asks for the gap.
+    fn accept(&self, m: DeliveredMessage) {
+        let Some(conversation) = m.conversation_id.clone() else {
+            self.emit(ClientEvent::Message(m));
+            return;
+        };
+        if self.config.auto_delivery_ack {
+            let _ = self.send(
+                serde_json::to_string(&ClientFrame::DeliveryAck {
+                    message_id: m.message_id.clone(),
+                    timestamp: crate::clock::now_ms(),
+                })
+                .unwrap_or_default(),
+            );
+        }
+        let mut order = self.order.lock().expect("order lock");
+        let seq = m.sequence_number;
+        let last = match order.last.get(&conversation) {
+            Some(l) => *l,
+            // First message of a conversation this client knows nothing about: start here.
+            None => seq - 1,
+        };
+        if seq <= last {
+            return; // duplicate
+        }
+        order.held.entry(conversation.clone()).or_default().insert(seq, m);
+        self.release(&mut order, &conversation, last);
+    }
+
+    /// Sequence numbers the server says will never exist.
+    fn skip(&self, conversation: &str, missing: &[u64]) {
+        let mut order = self.order.lock().expect("order lock");
+        let last = order.last.get(conversation).copied().unwrap_or(0);
+        let mut next = last;
+        let mut sorted = missing.to_vec();
+        sorted.sort_unstable();
+        for s in sorted {
+            if s == next + 1 {
+                next = s;
+            }
+        }
+        if next > last {
+            order.last.insert(conversation.to_string(), next);
+            self.release(&mut order, conversation, next);
+        }
+    }
+
+    fn release(&self, order: &mut Ordering, conversation: &str, mut last: u64) {
+        let held = order.held.entry(conversation.to_string()).or_default();
+        while let Some(m) = held.remove(&(last + 1)) {
+            last += 1;
+            let _ = self.events.send(ClientEvent::Message(m));
+        }
+        let next_held = held.keys().next().copied();
+        order.last.insert(conversation.to_string(), last);
+        if let Some(ahead) = next_held {
+            let wanted = ahead - 1;
+            if order.requested.get(conversation).copied().unwrap_or(0) < wanted {
+                order.requested.insert(conversation.to_string(), wanted);
+                let frame = ClientFrame::Retransmit {
+                    conversation_id: conversation.to_string(),
+                    from_sequence: last + 1,
+                    to_sequence: wanted,
+                };
+                let _ = self.send(serde_json::to_string(&frame).unwrap_or_default());
+            }
+        } else {
+            order.requested.remove(conversation);
+        }
+    }
+
+    fn on_frame(&self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::AuthSuccess { payload } => self.emit(ClientEvent::Ready {
+                unread_count: payload.unread_count,
+            }),
+            ServerFrame::AuthError { error, code } => self.emit(ClientEvent::Error {
+                code: code.unwrap_or(ErrorCode::Unauthenticated),
+                message: error,
+            }),
+            ServerFrame::Message { payload } => self.accept(payload),
+            ServerFrame::Messages { payload } => {
+                for m in payload.messages {
+                    let mut m = m;
+                    m.conversation_id.get_or_insert(payload.conversation_id.clone());
+                    self.accept(m);
+                }
+                if !payload.missing.is_empty() {
+                    self.skip(&payload.conversation_id, &payload.missing);
+                }
+            }
+            ServerFrame::MessageAck {
+                client_message_id,
+                payload,
+            } => {
+                if let Some(id) = client_message_id
+                    && let Some(mut pending) = self.pending.lock().expect("pending lock").remove(&id)
+                    && let Some(reply) = pending.reply.take()
+                {
+                    let _ = reply.send(Ok(payload));
+                }
+            }
+            ServerFrame::Error {
+                code,
+                message,
+                client_message_id,
+                ..
+            } => {
+                let pending = client_message_id
+                    .and_then(|id| self.pending.lock().expect("pending lock").remove(&id));
+                match pending {
+                    Some(mut p) => {
+                        if let Some(reply) = p.reply.take() {
+                            let _ = reply.send(Err(ClientError::Server { code, message }));
+                        }
+                    }
+                    None => self.emit(ClientEvent::Error { code, message }),
+                }
+            }
+            ServerFrame::DeliveryAck { payload } => self.emit(ClientEvent::Delivered(payload)),
+            ServerFrame::ReadReceipt { payload } => self.emit(ClientEvent::Read(payload)),
+            ServerFrame::Typing { payload } => self.emit(ClientEvent::Typing(payload)),
+            ServerFrame::Presence { payload } => self.emit(ClientEvent::Presence(payload)),
+            ServerFrame::HeartbeatAck { .. } | ServerFrame::Migration { .. } => {}
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>, first: Socket) {
+    let mut socket = Some(first);
+    let mut backoff = shared.config.min_backoff;
+    loop {
+        let s = match socket.take() {
+            Some(s) => s,
+            None => {
+                if !shared.config.reconnect || shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let jitter = rand::random::<f64>() * backoff.as_secs_f64() * 0.5;
+                tokio::time::sleep(backoff + Duration::from_secs_f64(jitter)).await;
+                backoff = (backoff * 2).min(shared.config.max_backoff);
+                match open(&shared.config).await {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                }
+            }
+        };
+        session(&shared, s).await;
+        backoff = shared.config.min_backoff.max(backoff / 2);
+        if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        shared.emit(ClientEvent::Disconnected);
+    }
+}
+
+/// One connection's life: resume (sync + resend), then pump frames until it drops.
+async fn session(shared: &Arc<Shared>, socket: Socket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    *shared.out.lock().expect("out lock") = Some(tx);
+    let since = shared.order.lock().expect("order lock").last.clone();
+    let _ = shared.send(serde_json::to_string(&ClientFrame::Sync { since }).unwrap_or_default());
+    let resend: Vec<String> = shared
+        .pending
+        .lock()
+        .expect("pending lock")
+        .values()
+        .map(|p| p.frame.clone())
+        .collect();
+    for frame in resend {
+        let _ = shared.send(frame);
+    }
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(30));
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(text) = out else { break };
+                if text == CLOSE_SENTINEL {
+                    let _ = sink.send(WsMessage::Close(None)).await;
+                    break;
+                }
+                if text == DROP_SENTINEL {
+                    // Vanish without a close handshake, as a network failure would.
+                    break;
+                }
+                if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
+            frame = stream.next() => {
+                match frame {
+                    Some(Ok(WsMessage::Text(text))) => {
+                        if let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) {
+                            shared.on_frame(frame);
+                        }
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                let frame = ClientFrame::Heartbeat { timestamp: crate::clock::now_ms() };
+                let _ = shared.send(serde_json::to_string(&frame).unwrap_or_default());
+            }
+        }
+    }
+    *shared.out.lock().expect("out lock") = None;
+}

@@ -1,0 +1,132 @@
+//! Shared set-up of the end-to-end tests: a local stack per test on free ports, against the
+//! harness's real Redis and SecantusDB (a fresh database and key prefix each), users with
+//! tokens, conversations, and connected clients.
+
+use std::time::Duration;
+
+use local_stack::stack::{RunningStack, StackConfig};
+use messaging::client::{Client, ClientConfig};
+use messaging::model::{Conversation, ConversationKind, User};
+use messaging::protocol::PresenceStatus;
+use mongodb::bson::DateTime;
+
+/// How long tests wait for something that should happen at once.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A stack for one test, with settings made for tests: fast agent, short timeouts.
+pub async fn stack() -> RunningStack {
+    stack_with(|_| {}).await
+}
+
+/// A stack for one test, with its configuration adjusted by `adjust`.
+pub async fn stack_with(adjust: impl FnOnce(&mut StackConfig)) -> RunningStack {
+    let servers = testkit::servers();
+    let data = std::env::temp_dir().join(testkit::unique_name("stack"));
+    let mut config = StackConfig::new(
+        servers.redis_url.clone(),
+        servers.mongodb_uri.clone(),
+        data,
+        "e2e-secret-e2e-secret-e2e-secret-e2e".into(),
+    );
+    config.ws_port = 0;
+    config.broker_port = 0;
+    config.s3_port = 0;
+    config.agent_port = 0;
+    config.database = testkit::unique_name("e2e");
+    config.redis_prefix = format!("{}:", testkit::unique_name("e2e"));
+    config.agent_think = Duration::from_millis(50);
+    config.sweep_interval = Duration::from_millis(100);
+    config.retry_delay = Duration::from_millis(20);
+    config.settings.agent_timeout = Duration::from_secs(2);
+    adjust(&mut config);
+    local_stack::stack::start(config).await.expect("stack starts")
+}
+
+/// Creates a user and returns its id.
+pub async fn user(stack: &RunningStack, name: &str) -> String {
+    let user_id = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    stack
+        .ctx
+        .store
+        .insert_user(&User {
+            user_id: user_id.clone(),
+            phone: None,
+            email: None,
+            name: name.into(),
+            avatar_url: None,
+            created_at: DateTime::now(),
+            last_seen: None,
+            status: PresenceStatus::Offline,
+        })
+        .await
+        .expect("user stored");
+    user_id
+}
+
+/// Creates a conversation and returns its id.
+pub async fn conversation(
+    stack: &RunningStack,
+    kind: ConversationKind,
+    participants: &[&str],
+    agent_id: Option<&str>,
+) -> String {
+    let conversation_id = uuid::Uuid::new_v4().to_string();
+    stack
+        .ctx
+        .store
+        .insert_conversation(&Conversation {
+            conversation_id: conversation_id.clone(),
+            kind,
+            participants: participants.iter().map(|p| p.to_string()).collect(),
+            admins: vec![participants[0].to_string()],
+            agent_id: agent_id.map(str::to_string),
+            name: None,
+            description: None,
+            created_at: DateTime::now(),
+            last_message_at: None,
+            last_sequence_number: 0,
+            last_message: None,
+            read_up_to: Default::default(),
+        })
+        .await
+        .expect("conversation stored");
+    conversation_id
+}
+
+/// A token for `user_id`.
+pub fn token(stack: &RunningStack, user_id: &str) -> String {
+    stack
+        .issuer
+        .issue(user_id, Duration::from_secs(3600))
+        .expect("token")
+}
+
+/// Client settings for `user_id` on `device`.
+pub fn client_config(stack: &RunningStack, user_id: &str, device: &str) -> ClientConfig {
+    let mut config = ClientConfig::new(&stack.ws_url, token(stack, user_id));
+    config.device_id = Some(device.into());
+    config.min_backoff = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(500);
+    config.ack_timeout = WAIT;
+    config
+}
+
+/// A connected, synced client for `user_id` on `device`.
+pub async fn client(stack: &RunningStack, user_id: &str, device: &str) -> Client {
+    let mut client = Client::connect(client_config(stack, user_id, device))
+        .await
+        .expect("client connects");
+    ready(&mut client).await;
+    client
+}
+
+/// Waits for the client's `Ready` event (sync done).
+pub async fn ready(client: &mut Client) -> u64 {
+    client
+        .wait_for(WAIT, |e| match e {
+            messaging::client::ClientEvent::Ready { unread_count } => Some(*unread_count),
+            _ => None,
+        })
+        .await
+        .expect("auth_success")
+}

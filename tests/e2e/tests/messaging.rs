@@ -1,0 +1,496 @@
+//! The messaging guarantees, end to end: real WebSocket clients (the client library) through the
+//! local stack's WebSocket API, the real functions, the broker, real Redis and SecantusDB.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use e2e::{WAIT, client, client_config, conversation, ready, stack, stack_with, user};
+use messaging::client::{Client, ClientError, ClientEvent};
+use messaging::model::ConversationKind;
+use messaging::protocol::{
+    DeliveredMessage, MessageStatus, MessageType, OutgoingMessage, TypingState,
+};
+use messaging::realtime::ConnectionInfo;
+use messaging::ErrorCode;
+
+fn text(conversation_id: &str, content: &str) -> OutgoingMessage {
+    OutgoingMessage {
+        conversation_id: conversation_id.into(),
+        receiver_id: None,
+        content: content.into(),
+        message_type: MessageType::Text,
+        media_url: None,
+        reply_to_message_id: None,
+        forwarded_from: None,
+        location: None,
+        timestamp: 1,
+    }
+}
+
+/// Collects `n` messages of `conversation_id` from a client, in the order it delivers them.
+async fn messages(client: &mut Client, conversation_id: &str, n: usize) -> Vec<DeliveredMessage> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = client
+            .wait_for(WAIT, |e| match e {
+                ClientEvent::Message(m) if m.conversation_id.as_deref() == Some(conversation_id) => {
+                    Some(m.clone())
+                }
+                _ => None,
+            })
+            .await
+            .unwrap_or_else(|| panic!("only {} of {n} messages arrived", got.len()));
+        got.push(m);
+    }
+    got
+}
+
+async fn error_code(client: &mut Client) -> ErrorCode {
+    client
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .await
+        .expect("an error frame")
+}
+
+async fn stored_count(stack: &local_stack::stack::RunningStack, conversation_id: &str) -> usize {
+    stack
+        .ctx
+        .store
+        .messages_in_range(conversation_id, 1, 1_000_000, 100_000)
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_three_devices_get_everything_in_order() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut alice_phone = client(&stack, &alice, "phone").await;
+    let mut alice_laptop = client(&stack, &alice, "laptop").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+
+    for i in 0..10 {
+        let ack = alice_phone.send_text(&conv, &format!("a{i}")).await.unwrap();
+        assert_eq!(ack.status, MessageStatus::Sent);
+        bob_phone.send_text(&conv, &format!("b{i}")).await.unwrap();
+    }
+    for device in [&mut alice_phone, &mut alice_laptop, &mut bob_phone] {
+        let got = messages(device, &conv, 20).await;
+        let seqs: Vec<u64> = got.iter().map(|m| m.sequence_number).collect();
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "every device, in order");
+        let contents: Vec<&str> = got.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents[..4], ["a0", "b0", "a1", "b1"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_retried_on_another_device_after_a_drop_is_stored_once() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    let laptop = client(&stack, &alice, "laptop").await;
+
+    // The phone sends and loses its connection before it can see the ack.
+    let frame = serde_json::json!({
+        "type": "message", "client_message_id": "c1", "idempotency_key": "key-1",
+        "payload": {"conversation_id": conv, "content": "hello", "type": "text", "timestamp": 1}
+    });
+    phone.send_raw(frame.to_string()).unwrap();
+    phone.drop_connection();
+    // The user retries on the laptop with the same key.
+    let retried = laptop.send_with_key("key-1", text(&conv, "hello")).await.unwrap();
+    assert_eq!(retried.sequence_number, 1);
+    let again = laptop.send_with_key("key-1", text(&conv, "hello")).await.unwrap();
+    assert_eq!(again, retried);
+    assert_eq!(stored_count(&stack, &conv).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_duplicates_yield_one_message() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = std::sync::Arc::new(client(&stack, &alice, "phone").await);
+    let sends: Vec<_> = (0..50)
+        .map(|_| {
+            let phone = phone.clone();
+            let conv = conv.clone();
+            tokio::spawn(async move { phone.send_with_key("dup", text(&conv, "once")).await })
+        })
+        .collect();
+    let mut acks = HashSet::new();
+    for s in sends {
+        let ack = s.await.unwrap().unwrap();
+        acks.insert((ack.message_id, ack.sequence_number));
+    }
+    assert_eq!(acks.len(), 1, "50 identical acks");
+    assert_eq!(stored_count(&stack, &conv).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_gets_500_messages_in_order_on_reconnect() {
+    let stack = stack_with(|c| {
+        c.settings.send_limit.max = 10_000;
+        c.settings.frame_limit.max = 10_000;
+    })
+    .await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    for i in 0..500 {
+        phone.send_text(&conv, &format!("m{i}")).await.unwrap();
+    }
+    // Bob was never online: everything waits in his inbox.
+    stack.broker.idle().await;
+    assert_eq!(stack.ctx.realtime.inbox_len(&bob).await.unwrap(), 500);
+    let mut bob_phone = Client::connect(client_config(&stack, &bob, "phone"))
+        .await
+        .unwrap();
+    assert_eq!(ready(&mut bob_phone).await, 500);
+    let got = messages(&mut bob_phone, &conv, 500).await;
+    let seqs: Vec<u64> = got.iter().map(|m| m.sequence_number).collect();
+    assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
+    assert_eq!(got[499].content, "m499");
+    // Delivery acks drain the inbox.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stack.ctx.realtime.inbox_len(&bob).await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "inbox drained by delivery acks");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_from_lost_frames_is_detected_and_filled_by_retransmit() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let alice_phone = client(&stack, &alice, "phone").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    alice_phone.send_text(&conv, "m1").await.unwrap();
+    assert_eq!(messages(&mut bob_phone, &conv, 1).await[0].sequence_number, 1);
+
+    // Frames 2 and 3 are lost on the way to Bob: his connection is hidden from the fan-out.
+    let id = stack.ctx.realtime.user_connections(&bob).await.unwrap()[0].clone();
+    let info: ConnectionInfo = stack.ctx.realtime.connection(&id).await.unwrap().unwrap();
+    stack.ctx.realtime.remove_connection(&id).await.unwrap();
+    alice_phone.send_text(&conv, "m2").await.unwrap();
+    alice_phone.send_text(&conv, "m3").await.unwrap();
+    stack.broker.idle().await;
+    stack.ctx.realtime.register_connection(&info).await.unwrap();
+    alice_phone.send_text(&conv, "m4").await.unwrap();
+
+    let got = messages(&mut bob_phone, &conv, 3).await;
+    let contents: Vec<&str> = got.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["m2", "m3", "m4"], "gap filled, order kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_receipts_reach_the_sender_on_all_devices() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut alice_phone = client(&stack, &alice, "phone").await;
+    let mut alice_laptop = client(&stack, &alice, "laptop").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    let ack = alice_phone.send_text(&conv, "read me").await.unwrap();
+    messages(&mut bob_phone, &conv, 1).await;
+    bob_phone.read(vec![ack.message_id.clone()]).unwrap();
+    for device in [&mut alice_phone, &mut alice_laptop] {
+        let receipt = device
+            .wait_for(WAIT, |e| match e {
+                ClientEvent::Read(r) => Some(r.clone()),
+                _ => None,
+            })
+            .await
+            .expect("read receipt");
+        assert_eq!(receipt.message_ids, [ack.message_id.clone()]);
+        assert_eq!(receipt.read_by, bob);
+    }
+    let stored = stack.ctx.store.message(&ack.message_id).await.unwrap().unwrap();
+    assert_eq!(stored.status, MessageStatus::Read);
+    let c = stack.ctx.store.conversation(&conv).await.unwrap().unwrap();
+    assert_eq!(c.unread_for(&bob), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_the_peer_and_is_not_stored() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let alice_phone = client(&stack, &alice, "phone").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    alice_phone.typing(&conv, TypingState::Start).unwrap();
+    let typing = bob_phone
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Typing(t) => Some(t.clone()),
+            _ => None,
+        })
+        .await
+        .expect("typing frame");
+    assert_eq!((typing.user_id.as_str(), typing.state), (alice.as_str(), TypingState::Start));
+    assert_eq!(stored_count(&stack, &conv).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_connection_is_pruned_and_the_other_device_still_gets_the_message() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let alice_phone = client(&stack, &alice, "phone").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    // A connection the gateway no longer has (its $disconnect never ran).
+    stack
+        .ctx
+        .realtime
+        .register_connection(&ConnectionInfo {
+            connection_id: "stale-connection".into(),
+            user_id: bob.clone(),
+            device_id: "old-tablet".into(),
+            connected_at: 1,
+        })
+        .await
+        .unwrap();
+    alice_phone.send_text(&conv, "hi").await.unwrap();
+    assert_eq!(messages(&mut bob_phone, &conv, 1).await[0].content, "hi");
+    stack.broker.idle().await;
+    let left = stack.ctx.realtime.user_connections(&bob).await.unwrap();
+    assert_eq!(left.len(), 1, "only the stale connection was removed: {left:?}");
+    assert!(!left.contains(&"stale-connection".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_member_group_fans_out_to_everyone_and_a_hundred_and_first_is_refused() {
+    let stack = stack().await;
+    let mut members = Vec::new();
+    for i in 0..100 {
+        members.push(user(&stack, &format!("m{i}")).await);
+    }
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    let group = conversation(&stack, ConversationKind::Group, &refs, None).await;
+    let mut clients = Vec::new();
+    for m in &members {
+        clients.push(client(&stack, m, "phone").await);
+    }
+    clients[0].send_text(&group, "hello group").await.unwrap();
+    for c in clients.iter_mut() {
+        let got = messages(c, &group, 1).await;
+        assert_eq!(got[0].content, "hello group");
+    }
+
+    let mut too_many = refs.clone();
+    let extra = user(&stack, "extra").await;
+    too_many.push(&extra);
+    let conversation = messaging::model::Conversation {
+        conversation_id: "too-big".into(),
+        kind: ConversationKind::Group,
+        participants: too_many.iter().map(|s| s.to_string()).collect(),
+        admins: vec![],
+        agent_id: None,
+        name: None,
+        description: None,
+        created_at: mongodb::bson::DateTime::now(),
+        last_message_at: None,
+        last_sequence_number: 0,
+        last_message: None,
+        read_up_to: Default::default(),
+    };
+    let refused = stack.ctx.store.insert_conversation(&conversation).await.unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::InvalidRequest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_members_cannot_send_read_or_retransmit() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let mallory = user(&stack, "mallory").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let alice_phone = client(&stack, &alice, "phone").await;
+    let ack = alice_phone.send_text(&conv, "private").await.unwrap();
+    let mut intruder = client(&stack, &mallory, "phone").await;
+
+    let err = intruder.send_text(&conv, "let me in").await.unwrap_err();
+    assert!(matches!(err, ClientError::Server { code: ErrorCode::Forbidden, .. }));
+    intruder.read(vec![ack.message_id.clone()]).unwrap();
+    assert_eq!(error_code(&mut intruder).await, ErrorCode::Forbidden);
+    intruder
+        .send_raw(
+            serde_json::json!({"type": "retransmit", "conversation_id": conv,
+                "from_sequence": 1, "to_sequence": 1})
+            .to_string(),
+        )
+        .unwrap();
+    assert_eq!(error_code(&mut intruder).await, ErrorCode::Forbidden);
+    let stored = stack.ctx.store.message(&ack.message_id).await.unwrap().unwrap();
+    assert_eq!(stored.status, MessageStatus::Sent, "the intruder's receipt changed nothing");
+    assert_eq!(stored_count(&stack, &conv).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_agent_answers_with_progress_and_a_silent_agent_leads_to_a_timeout_notice() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let conv = conversation(
+        &stack,
+        ConversationKind::Agent,
+        &[&alice, local_stack::agent::DEMO_AGENT_ID],
+        Some(local_stack::agent::DEMO_AGENT_ID),
+    )
+    .await;
+    let mut phone = client(&stack, &alice, "phone").await;
+    phone.send_text(&conv, "hello agent").await.unwrap();
+    let typing = phone
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Typing(t) => Some(t.clone()),
+            _ => None,
+        })
+        .await
+        .expect("agent progress shown as typing");
+    assert_eq!(typing.user_id, local_stack::agent::DEMO_AGENT_ID);
+    let got = messages(&mut phone, &conv, 2).await;
+    assert_eq!(got[0].content, "hello agent");
+    assert_eq!(got[1].sender_id.as_deref(), Some(local_stack::agent::DEMO_AGENT_ID));
+    assert_eq!(got[1].content, "Demo agent here. You said: hello agent");
+    assert_eq!(got[1].reply_to_message_id.as_deref(), Some(got[0].message_id.as_str()));
+
+    // The agent stays silent: after the timeout (2 s here) the user is told.
+    phone.send_text(&conv, "/silent").await.unwrap();
+    let got = messages(&mut phone, &conv, 2).await;
+    assert_eq!(got[0].content, "/silent");
+    assert_eq!(got[1].message_type, Some(MessageType::System));
+    assert!(got[1].content.contains("did not answer"), "{}", got[1].content);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_typed_errors_and_the_connection_stays_usable() {
+    let stack = stack_with(|c| c.settings.max_content_bytes = 1000).await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut phone = client(&stack, &alice, "phone").await;
+    let send = |payload: serde_json::Value| {
+        serde_json::json!({"type": "message", "idempotency_key": uuid::Uuid::new_v4().to_string(),
+            "payload": payload})
+        .to_string()
+    };
+    let big = "x".repeat(1001);
+    let table: Vec<(String, ErrorCode)> = vec![
+        ("{not json".into(), ErrorCode::MalformedJson),
+        (r#"{"type": "teleport"}"#.into(), ErrorCode::UnknownType),
+        (r#"{"no": "type"}"#.into(), ErrorCode::InvalidRequest),
+        (r#"{"type": "retransmit", "conversation_id": "c"}"#.into(), ErrorCode::InvalidRequest),
+        (r#"{"type": "heartbeat", "timestamp": "yesterday"}"#.into(), ErrorCode::InvalidRequest),
+        (
+            send(serde_json::json!({"conversation_id": conv, "content": big, "type": "text", "timestamp": 1})),
+            ErrorCode::PayloadTooLarge,
+        ),
+        (
+            send(serde_json::json!({"conversation_id": conv, "content": "x", "type": "image", "timestamp": 1})),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            send(serde_json::json!({"conversation_id": conv, "content": "x", "type": "system", "timestamp": 1})),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            send(serde_json::json!({"conversation_id": conv, "content": "", "type": "location", "timestamp": 1})),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            send(serde_json::json!({"conversation_id": conv, "content": "x", "type": "reaction", "timestamp": 1})),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            send(serde_json::json!({"conversation_id": conv, "content": "x", "type": "text",
+                "reply_to_message_id": "nope", "timestamp": 1})),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            send(serde_json::json!({"conversation_id": "no-such-conversation", "content": "x", "type": "text", "timestamp": 1})),
+            ErrorCode::NotFound,
+        ),
+        (
+            serde_json::json!({"type": "retransmit", "conversation_id": conv,
+                "from_sequence": 1, "to_sequence": 1_000_000})
+            .to_string(),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            serde_json::json!({"type": "retransmit", "conversation_id": conv,
+                "from_sequence": 5, "to_sequence": 2})
+            .to_string(),
+            ErrorCode::InvalidRequest,
+        ),
+        (r#"{"type": "read_receipt", "message_ids": [], "timestamp": 1}"#.into(), ErrorCode::InvalidRequest),
+        (r#"{"type": "presence", "user_ids": ["stranger"]}"#.into(), ErrorCode::Forbidden),
+    ];
+    for (frame, expected) in table {
+        phone.send_raw(frame.clone()).unwrap();
+        assert_eq!(error_code(&mut phone).await, expected, "frame: {frame}");
+    }
+    // Still usable: a valid send goes through.
+    let ack = phone.send_text(&conv, "still here").await.unwrap();
+    assert_eq!(ack.sequence_number, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_on_connect_and_with_an_auth_frame() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    // A bad token refuses the upgrade with 401.
+    let mut bad = client_config(&stack, &alice, "phone");
+    bad.token = "not-a-token".into();
+    assert_eq!(Client::connect(bad).await.err(), Some(ClientError::Refused(401)));
+    let mut expired = client_config(&stack, &alice, "phone");
+    let mut claims = stack.issuer.claims(&alice, Duration::from_secs(60));
+    claims.exp -= 3600;
+    claims.nbf = Some(claims.exp - 60);
+    claims.iat = claims.exp - 60;
+    expired.token = stack.issuer.sign(&claims).unwrap();
+    assert_eq!(Client::connect(expired).await.err(), Some(ClientError::Refused(401)));
+
+    // Without a token: everything but `auth` is refused, then `auth` works.
+    let mut anonymous = client_config(&stack, &alice, "phone");
+    anonymous.token = String::new();
+    let mut c = Client::connect(anonymous).await.unwrap();
+    assert_eq!(error_code(&mut c).await, ErrorCode::Unauthenticated); // the client's own sync
+    c.send_raw(r#"{"type":"heartbeat","timestamp":1}"#).unwrap();
+    assert_eq!(error_code(&mut c).await, ErrorCode::Unauthenticated);
+    let auth = serde_json::json!({"type": "auth", "payload": {
+        "user_id": alice, "auth_token": e2e::token(&stack, &alice), "device_id": "web",
+        "platform": "web", "app_version": "1.0.0"}});
+    c.send_raw(auth.to_string()).unwrap();
+    assert_eq!(ready(&mut c).await, 0);
+    let wrong = serde_json::json!({"type": "auth", "payload": {"auth_token": "garbage"}});
+    c.send_raw(wrong.to_string()).unwrap();
+    assert_eq!(error_code(&mut c).await, ErrorCode::InvalidToken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_over_their_rate_limit_get_rate_limited_with_a_wait() {
+    let stack = stack_with(|c| c.settings.send_limit.max = 3).await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    for i in 0..3 {
+        phone.send_text(&conv, &format!("{i}")).await.unwrap();
+    }
+    let err = phone.send_text(&conv, "one too many").await.unwrap_err();
+    assert!(matches!(err, ClientError::Server { code: ErrorCode::RateLimited, .. }), "{err:?}");
+    assert_eq!(stored_count(&stack, &conv).await, 3, "nothing stored past the limit");
+}
