@@ -89,10 +89,7 @@ pub struct JwtVerifier {
 impl JwtVerifier {
     /// A verifier; fails when no key is configured or the RS256 key is not a valid PEM.
     pub fn new(config: &JwtConfig) -> Result<Self> {
-        let hs256 = config
-            .hs256_secret
-            .as_deref()
-            .map(DecodingKey::from_secret);
+        let hs256 = config.hs256_secret.as_deref().map(DecodingKey::from_secret);
         let rs256 = match &config.rs256_public_pem {
             Some(pem) => Some(
                 DecodingKey::from_rsa_pem(pem.as_bytes())

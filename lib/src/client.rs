@@ -68,7 +68,7 @@ pub enum ClientEvent {
         unread_count: u64,
     },
     /// A message, in sequence order for its conversation.
-    Message(DeliveredMessage),
+    Message(Box<DeliveredMessage>),
     /// Messages one sent were delivered.
     Delivered(DeliveryReceiptPayload),
     /// Messages one sent were read.
@@ -155,12 +155,15 @@ impl Drop for Client {
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open(config: &ClientConfig) -> Result<Socket, ClientError> {
-    let mut url = format!("{}/?token={}", config.url.trim_end_matches('/'), config.token);
+    let mut url = format!(
+        "{}/?token={}",
+        config.url.trim_end_matches('/'),
+        config.token
+    );
     if let Some(device) = &config.device_id {
         url.push_str("&device_id=");
         url.push_str(device);
@@ -247,7 +250,9 @@ impl Client {
 
     /// Sends a client frame.
     pub fn send_frame(&self, frame: &ClientFrame) -> Result<(), ClientError> {
-        self.send_raw(serde_json::to_string(frame).map_err(|e| ClientError::Connection(e.to_string()))?)
+        self.send_raw(
+            serde_json::to_string(frame).map_err(|e| ClientError::Connection(e.to_string()))?,
+        )
     }
 
     /// Sends a text message and waits for its ack.
@@ -276,7 +281,8 @@ impl Client {
         &self,
         payload: OutgoingMessage,
     ) -> Result<MessageAckPayload, ClientError> {
-        self.send_with_key(&uuid::Uuid::new_v4().to_string(), payload).await
+        self.send_with_key(&uuid::Uuid::new_v4().to_string(), payload)
+            .await
     }
 
     /// Like [`Client::send_message`] with a chosen idempotency key (to retry a send made
@@ -376,7 +382,7 @@ impl Shared {
     /// gap and asks for the gap.
     fn accept(&self, m: DeliveredMessage) {
         let Some(conversation) = m.conversation_id.clone() else {
-            self.emit(ClientEvent::Message(m));
+            self.emit(ClientEvent::Message(Box::new(m)));
             return;
         };
         if self.config.auto_delivery_ack {
@@ -398,7 +404,11 @@ impl Shared {
         if seq <= last {
             return; // duplicate
         }
-        order.held.entry(conversation.clone()).or_default().insert(seq, m);
+        order
+            .held
+            .entry(conversation.clone())
+            .or_default()
+            .insert(seq, m);
         self.release(&mut order, &conversation, last);
     }
 
@@ -424,7 +434,7 @@ impl Shared {
         let held = order.held.entry(conversation.to_string()).or_default();
         while let Some(m) = held.remove(&(last + 1)) {
             last += 1;
-            let _ = self.events.send(ClientEvent::Message(m));
+            let _ = self.events.send(ClientEvent::Message(Box::new(m)));
         }
         let next_held = held.keys().next().copied();
         order.last.insert(conversation.to_string(), last);
@@ -457,7 +467,8 @@ impl Shared {
             ServerFrame::Messages { payload } => {
                 for m in payload.messages {
                     let mut m = m;
-                    m.conversation_id.get_or_insert(payload.conversation_id.clone());
+                    m.conversation_id
+                        .get_or_insert(payload.conversation_id.clone());
                     self.accept(m);
                 }
                 if !payload.missing.is_empty() {
@@ -469,7 +480,8 @@ impl Shared {
                 payload,
             } => {
                 if let Some(id) = client_message_id
-                    && let Some(mut pending) = self.pending.lock().expect("pending lock").remove(&id)
+                    && let Some(mut pending) =
+                        self.pending.lock().expect("pending lock").remove(&id)
                     && let Some(reply) = pending.reply.take()
                 {
                     let _ = reply.send(Ok(payload));
@@ -508,7 +520,9 @@ async fn run(shared: Arc<Shared>, first: Socket) {
         let s = match socket.take() {
             Some(s) => s,
             None => {
-                if !shared.config.reconnect || shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                if !shared.config.reconnect
+                    || shared.closed.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     return;
                 }
                 let jitter = rand::random::<f64>() * backoff.as_secs_f64() * 0.5;

@@ -76,7 +76,10 @@ fn url(src: &impl Source, var: &'static str, schemes: &[&str]) -> Result<String,
     {
         return Err(ConfigError::Invalid {
             var,
-            reason: format!("expected a URL starting with {}", schemes.join("://, ") + "://"),
+            reason: format!(
+                "expected a URL starting with {}",
+                schemes.join("://, ") + "://"
+            ),
         });
     }
     Ok(value)
@@ -159,7 +162,9 @@ impl JwtConfig {
             });
         }
         if hs256_secret.is_none() && rs256_public_pem.is_none() {
-            return Err(ConfigError::Missing("JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY"));
+            return Err(ConfigError::Missing(
+                "JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY",
+            ));
         }
         Ok(Self {
             hs256_secret,
@@ -203,7 +208,9 @@ impl BrokerConfig {
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
             url: url(src, "BROKER_URL", &["http", "https"])?,
-            source: src.get("EVENT_SOURCE").unwrap_or_else(|| "/messaging".into()),
+            source: src
+                .get("EVENT_SOURCE")
+                .unwrap_or_else(|| "/messaging".into()),
         })
     }
 }
@@ -249,7 +256,8 @@ impl S3Config {
 /// Loads the AWS SDK configuration (credentials, region) from the environment, as every AWS SDK
 /// does; the region defaults to `us-east-1` so the local stack needs no AWS setup.
 pub async fn aws_sdk_config() -> aws_config::SdkConfig {
-    let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+    let region =
+        aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(region)
         .load()

@@ -9,8 +9,8 @@ use futures::future::join_all;
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::model::{Conversation, ConversationKind, MessageReceived, StoredMessage, event_types};
 use crate::gateway::GatewayError;
+use crate::model::{Conversation, ConversationKind, MessageReceived, StoredMessage, event_types};
 use crate::protocol::{DeliveredMessage, MAX_FRAME_BYTES, MessagesPayload, ServerFrame};
 
 /// What happened to one frame sent to one connection.

@@ -224,6 +224,8 @@ fn is_mongo_unavailable(e: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
     matches!(
         *e.kind,
-        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
     )
 }

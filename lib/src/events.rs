@@ -56,7 +56,9 @@ pub fn new_event_with_id<T: Serialize>(
     for (name, value) in extensions {
         builder = builder.extension(name, *value);
     }
-    builder.build().map_err(|e| Error::dependency("cloudevent", e))
+    builder
+        .build()
+        .map_err(|e| Error::dependency("cloudevent", e))
 }
 
 /// Reads an event's JSON data as `T`.

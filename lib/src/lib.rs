@@ -7,6 +7,8 @@
 //! [`objects`] for S3), JWT handling ([`auth`]), configuration ([`config`]) and the single mapping
 //! from failures to what clients see ([`error`]).
 
+#![warn(missing_docs)]
+
 pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;

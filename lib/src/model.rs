@@ -127,7 +127,9 @@ impl Conversation {
             return Err(crate::Error::invalid("participants must be distinct"));
         }
         if unique.len() < 2 {
-            return Err(crate::Error::invalid("a conversation needs at least two participants"));
+            return Err(crate::Error::invalid(
+                "a conversation needs at least two participants",
+            ));
         }
         if self.kind == ConversationKind::Group && unique.len() > MAX_GROUP_PARTICIPANTS {
             return Err(crate::Error::invalid(format!(
@@ -136,7 +138,9 @@ impl Conversation {
             )));
         }
         if self.kind != ConversationKind::Group && unique.len() != 2 {
-            return Err(crate::Error::invalid("1:1 and agent conversations have two participants"));
+            return Err(crate::Error::invalid(
+                "1:1 and agent conversations have two participants",
+            ));
         }
         if let Some(agent) = &self.agent_id
             && !self.has_participant(agent)
@@ -146,8 +150,13 @@ impl Conversation {
         if self.admins.iter().any(|a| !self.has_participant(a)) {
             return Err(crate::Error::invalid("admins must be participants"));
         }
-        if unique.iter().any(|p| p.is_empty() || p.contains('.') || p.starts_with('$')) {
-            return Err(crate::Error::invalid("participant ids must be non-empty, without `.` or a leading `$`"));
+        if unique
+            .iter()
+            .any(|p| p.is_empty() || p.contains('.') || p.starts_with('$'))
+        {
+            return Err(crate::Error::invalid(
+                "participant ids must be non-empty, without `.` or a leading `$`",
+            ));
         }
         Ok(())
     }

@@ -71,8 +71,13 @@ pub struct S3Objects {
 impl S3Objects {
     /// A client with credentials and region from `sdk_config`, at `endpoint` when given (local
     /// stack, MinIO), path-style when `path_style`.
-    pub fn new(sdk_config: &aws_config::SdkConfig, endpoint: Option<&str>, path_style: bool) -> Self {
-        let mut builder = aws_sdk_s3::config::Builder::from(sdk_config).force_path_style(path_style);
+    pub fn new(
+        sdk_config: &aws_config::SdkConfig,
+        endpoint: Option<&str>,
+        path_style: bool,
+    ) -> Self {
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(sdk_config).force_path_style(path_style);
         if let Some(endpoint) = endpoint {
             builder = builder.endpoint_url(endpoint);
         }
@@ -147,7 +152,14 @@ impl ObjectStore for S3Objects {
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
-        match self.client.head_object().bucket(bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => Ok(Some(ObjectInfo {
                 size_bytes: out.content_length().unwrap_or_default().max(0) as u64,
                 content_type: out.content_type().map(str::to_string),

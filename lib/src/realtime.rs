@@ -228,7 +228,10 @@ impl RealtimeState for RedisState {
             .expire(&set_key, secs(CONNECTION_TTL))
             .hset_multiple(
                 &presence_key,
-                &[("status", "online"), ("last_seen", &c.connected_at.to_string())],
+                &[
+                    ("status", "online"),
+                    ("last_seen", &c.connected_at.to_string()),
+                ],
             )
             .expire(&presence_key, secs(PRESENCE_TTL))
             .exec_async(&mut self.conn())
@@ -313,7 +316,10 @@ impl RealtimeState for RedisState {
             .atomic()
             .hset_multiple(
                 &key,
-                &[("status", "offline"), ("last_seen", &last_seen_ms.to_string())],
+                &[
+                    ("status", "offline"),
+                    ("last_seen", &last_seen_ms.to_string()),
+                ],
             )
             .expire(&key, 24 * 3600)
             .exec_async(&mut self.conn())

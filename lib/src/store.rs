@@ -268,8 +268,14 @@ impl MongoStore {
                 collections::USERS,
                 vec![
                     index(doc! {"user_id": 1}, unique("user_id_unique")),
-                    index(doc! {"phone": 1}, unique_when_present("phone_unique", "phone")),
-                    index(doc! {"email": 1}, unique_when_present("email_unique", "email")),
+                    index(
+                        doc! {"phone": 1},
+                        unique_when_present("phone_unique", "phone"),
+                    ),
+                    index(
+                        doc! {"email": 1},
+                        unique_when_present("email_unique", "email"),
+                    ),
                 ],
             ),
             (
@@ -292,10 +298,7 @@ impl MongoStore {
             (
                 collections::DEAD_LETTERS,
                 vec![
-                    index(
-                        doc! {"dead_letter_id": 1},
-                        unique("dead_letter_id_unique"),
-                    ),
+                    index(doc! {"dead_letter_id": 1}, unique("dead_letter_id_unique")),
                     index(doc! {"created_at": -1}, named("created_at_desc")),
                     index(
                         doc! {"expires_at": 1},
@@ -702,8 +705,7 @@ impl Store for MongoStore {
     async fn record_message(&self, last: &LastMessage, conversation_id: &str) -> Result<()> {
         let seq = last.sequence_number as i64;
         let sender_marker = format!("read_up_to.{}", last.sender_id);
-        let preview = mongodb::bson::to_bson(last)
-            .map_err(|e| Error::dependency("bson", e))?;
+        let preview = mongodb::bson::to_bson(last).map_err(|e| Error::dependency("bson", e))?;
         // An aggregation-pipeline update would do this in one round trip, but not every
         // MongoDB-wire server supports it; two plain updates are idempotent as well.
         self.rt();

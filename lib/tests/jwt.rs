@@ -12,8 +12,11 @@ const ISS: &str = "messaging";
 const AUD: &str = "messaging-clients";
 
 fn rsa_public() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa_public.pem"))
-        .unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rsa_public.pem"
+    ))
+    .unwrap()
 }
 
 fn rsa_private(name: &str) -> String {
@@ -42,7 +45,11 @@ mod base64_helpers {
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..=chunk.len() {
                 out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -72,8 +79,14 @@ fn valid_hs256_and_rs256_tokens_are_accepted() {
 
     // Both configured: each algorithm with its own key.
     let both = verifier(true, true);
-    assert!(both.verify(&hs.issue("a", Duration::from_secs(60)).unwrap()).is_ok());
-    assert!(both.verify(&rs.issue("b", Duration::from_secs(60)).unwrap()).is_ok());
+    assert!(
+        both.verify(&hs.issue("a", Duration::from_secs(60)).unwrap())
+            .is_ok()
+    );
+    assert!(
+        both.verify(&rs.issue("b", Duration::from_secs(60)).unwrap())
+            .is_ok()
+    );
 }
 
 #[test]

@@ -75,7 +75,12 @@ async fn sixty_four_concurrent_sends_with_one_key_store_one_message() {
     assert_eq!(ids.len(), 1, "all 64 answers are identical: {ids:?}");
     assert_eq!(answers[0].message.sequence_number, 1);
     assert_eq!(
-        count(&store, collections::MESSAGES, doc! {"conversation_id": "conv-a"}).await,
+        count(
+            &store,
+            collections::MESSAGES,
+            doc! {"conversation_id": "conv-a"}
+        )
+        .await,
         1
     );
     // The counter was advanced once: the next message gets 2.
@@ -257,7 +262,12 @@ async fn range_reads_are_ordered_and_bounded() {
     let store = store().await;
     for i in 0..12 {
         store
-            .insert_message(new_message(&format!("k{i}"), "conv-r", "alice", &format!("m{i}")))
+            .insert_message(new_message(
+                &format!("k{i}"),
+                "conv-r",
+                "alice",
+                &format!("m{i}"),
+            ))
             .await
             .unwrap();
     }
@@ -268,7 +278,13 @@ async fn range_reads_are_ordered_and_bounded() {
     let capped = store.messages_in_range("conv-r", 1, 12, 4).await.unwrap();
     assert_eq!(capped.len(), 4);
     assert_eq!(capped[3].sequence_number, 4);
-    assert!(store.messages_in_range("conv-none", 1, 5, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .messages_in_range("conv-none", 1, 5, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -280,8 +296,20 @@ async fn status_only_moves_forward() {
         .unwrap()
         .message;
     let ids = vec![m.message_id.clone()];
-    assert_eq!(store.advance_status(&ids, MessageStatus::Read).await.unwrap(), 1);
-    assert_eq!(store.advance_status(&ids, MessageStatus::Delivered).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .advance_status(&ids, MessageStatus::Read)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .advance_status(&ids, MessageStatus::Delivered)
+            .await
+            .unwrap(),
+        0
+    );
     let stored = store.message(&m.message_id).await.unwrap().unwrap();
     assert_eq!(stored.status, MessageStatus::Read);
     assert_eq!(store.messages_by_ids(&ids).await.unwrap().len(), 1);
@@ -300,10 +328,19 @@ async fn users_are_unique_by_phone_and_email_when_present() {
         last_seen: None,
         status: PresenceStatus::Offline,
     };
-    store.insert_user(&user("u1", Some("+4915112345678"), None)).await.unwrap();
-    store.insert_user(&user("u2", None, Some("a@example.com"))).await.unwrap();
+    store
+        .insert_user(&user("u1", Some("+4915112345678"), None))
+        .await
+        .unwrap();
+    store
+        .insert_user(&user("u2", None, Some("a@example.com")))
+        .await
+        .unwrap();
     // Two users without a phone (or without an email) are fine.
-    store.insert_user(&user("u3", None, Some("b@example.com"))).await.unwrap();
+    store
+        .insert_user(&user("u3", None, Some("b@example.com")))
+        .await
+        .unwrap();
     let dup = store
         .insert_user(&user("u4", Some("+4915112345678"), None))
         .await
@@ -315,7 +352,10 @@ async fn users_are_unique_by_phone_and_email_when_present() {
         .unwrap_err();
     assert_eq!(dup.code(), ErrorCode::Conflict);
 
-    store.set_last_seen("u1", DateTime::from_millis(42)).await.unwrap();
+    store
+        .set_last_seen("u1", DateTime::from_millis(42))
+        .await
+        .unwrap();
     let u1 = store.user("u1").await.unwrap().unwrap();
     assert_eq!(u1.last_seen, Some(DateTime::from_millis(42)));
 }

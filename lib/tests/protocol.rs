@@ -268,7 +268,9 @@ fn migration_seed() {
 
 #[test]
 fn auth_error_and_error_frames() {
-    round_trip_server(r#"{"type": "auth_error", "error": "token expired", "code": "token_expired"}"#);
+    round_trip_server(
+        r#"{"type": "auth_error", "error": "token expired", "code": "token_expired"}"#,
+    );
     let frame = round_trip_server(
         r#"{"type": "error", "code": "rate_limited", "message": "slow down", "retry_after": 3}"#,
     );

@@ -10,7 +10,9 @@ use redis::AsyncCommands;
 async fn state() -> RedisState {
     let servers = testkit::servers();
     let prefix = format!("{}:", testkit::unique_name("t"));
-    RedisState::connect(&servers.redis_url, &prefix).await.unwrap()
+    RedisState::connect(&servers.redis_url, &prefix)
+        .await
+        .unwrap()
 }
 
 fn conn(id: &str, user: &str, device: &str) -> ConnectionInfo {
@@ -26,15 +28,25 @@ fn conn(id: &str, user: &str, device: &str) -> ConnectionInfo {
 async fn registry_across_three_devices() {
     let s = state().await;
     for (id, device) in [("c1", "phone"), ("c2", "laptop"), ("c3", "tablet")] {
-        s.register_connection(&conn(id, "alice", device)).await.unwrap();
+        s.register_connection(&conn(id, "alice", device))
+            .await
+            .unwrap();
     }
-    s.register_connection(&conn("b1", "bob", "phone")).await.unwrap();
-    assert_eq!(s.user_connections("alice").await.unwrap(), ["c1", "c2", "c3"]);
+    s.register_connection(&conn("b1", "bob", "phone"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.user_connections("alice").await.unwrap(),
+        ["c1", "c2", "c3"]
+    );
     assert_eq!(
         s.connection("c2").await.unwrap(),
         Some(conn("c2", "alice", "laptop"))
     );
-    assert_eq!(s.presence("alice").await.unwrap().status, PresenceStatus::Online);
+    assert_eq!(
+        s.presence("alice").await.unwrap().status,
+        PresenceStatus::Online
+    );
 
     // Removing one device leaves the others (and other users) alone.
     let removed = s.remove_connection("c2").await.unwrap().unwrap();
@@ -47,8 +59,14 @@ async fn registry_across_three_devices() {
     assert_eq!(s.remove_connection("c2").await.unwrap(), None);
     assert_eq!(s.remove_connection("nope").await.unwrap(), None);
 
-    assert_eq!(s.remove_connection("c1").await.unwrap().unwrap().remaining, 1);
-    assert_eq!(s.remove_connection("c3").await.unwrap().unwrap().remaining, 0);
+    assert_eq!(
+        s.remove_connection("c1").await.unwrap().unwrap().remaining,
+        1
+    );
+    assert_eq!(
+        s.remove_connection("c3").await.unwrap().unwrap().remaining,
+        0
+    );
     assert!(s.user_connections("alice").await.unwrap().is_empty());
 }
 
@@ -143,7 +161,12 @@ async fn typing_expires_on_its_own() {
     s.clear_typing("conv", "u1").await.unwrap();
     assert_eq!(s.typing_users("conv", now).await.unwrap(), ["u2"]);
     // Seen from later than the expiry, nobody is typing.
-    assert!(s.typing_users("conv", now + 6_000).await.unwrap().is_empty());
+    assert!(
+        s.typing_users("conv", now + 6_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let mut raw = s.connection_manager();
     let pttl: i64 = raw.pttl(s.keys().typing("conv")).await.unwrap();
     assert!(pttl > 0 && pttl <= 6_000, "typing key expires: {pttl}");
@@ -181,7 +204,9 @@ async fn rate_limit_refuses_past_the_limit_and_names_the_wait() {
         RateDecision::Allowed { .. }
     ));
     assert!(matches!(
-        s.rate_limit("send", "frank", limit, t + 10_000).await.unwrap(),
+        s.rate_limit("send", "frank", limit, t + 10_000)
+            .await
+            .unwrap(),
         RateDecision::Allowed { remaining: 2 }
     ));
 }
@@ -190,7 +215,9 @@ async fn rate_limit_refuses_past_the_limit_and_names_the_wait() {
 async fn round_trips_are_counted() {
     let s = state().await;
     let before = s.round_trips();
-    s.register_connection(&conn("r1", "hank", "phone")).await.unwrap();
+    s.register_connection(&conn("r1", "hank", "phone"))
+        .await
+        .unwrap();
     s.inbox_push("hank", "m", 1).await.unwrap();
     assert_eq!(s.round_trips() - before, 2, "one round trip per operation");
 }

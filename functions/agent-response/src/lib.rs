@@ -11,6 +11,8 @@
 //! not answer; the local stack runs it every second, on AWS a schedule sends
 //! `messaging.agent.sweep`.
 
+#![warn(missing_docs)]
+
 use cloudevents::{AttributesReader, Event};
 use messaging::context::Context;
 use messaging::delivery::{post_system_message, publish_received, send_to_user};
@@ -48,7 +50,9 @@ async fn agent_conversation(
         .store
         .conversation(conversation_id)
         .await?
-        .ok_or_else(|| Error::not_found(format!("conversation {conversation_id} does not exist")))?;
+        .ok_or_else(|| {
+            Error::not_found(format!("conversation {conversation_id} does not exist"))
+        })?;
     let agent_of_conversation = match conversation.kind {
         ConversationKind::Agent => conversation
             .agent_id

@@ -8,6 +8,8 @@
 //! so this function only records state: the connection (one of possibly many devices of the
 //! user) and presence online, announced with `presence.changed` when it is the user's first.
 
+#![warn(missing_docs)]
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use messaging::context::Context;
 use messaging::model::{PresenceChanged, event_types};
@@ -18,7 +20,10 @@ use messaging::websocket::{bearer_token, connection_id, error_response, ok, quer
 use messaging::{Error, Result};
 
 /// Handles one `$connect` event.
-pub async fn handle(ctx: &Context, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+pub async fn handle(
+    ctx: &Context,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
     match connect(ctx, &event).await {
         Ok(()) => ok(),
         Err(e) => {
@@ -35,7 +40,10 @@ pub async fn handle(ctx: &Context, event: ApiGatewayWebsocketProxyRequest) -> Ap
 async fn connect(ctx: &Context, event: &ApiGatewayWebsocketProxyRequest) -> Result<()> {
     let connection_id = connection_id(event)?;
     let Some(token) = bearer_token(event) else {
-        tracing::info!(connection_id, "unauthenticated connection; awaiting auth frame");
+        tracing::info!(
+            connection_id,
+            "unauthenticated connection; awaiting auth frame"
+        );
         return Ok(());
     };
     let claims = ctx.jwt.verify(token)?;
@@ -48,7 +56,14 @@ async fn connect(ctx: &Context, event: &ApiGatewayWebsocketProxyRequest) -> Resu
         .map(str::to_string)
         .or(claims.device_id.clone())
         .unwrap_or_else(|| "default".into());
-    register(ctx, connection_id, &claims.sub, &device_id, event.request_context.connected_at).await
+    register(
+        ctx,
+        connection_id,
+        &claims.sub,
+        &device_id,
+        event.request_context.connected_at,
+    )
+    .await
 }
 
 /// Records an authenticated connection and announces the user online if it is their first.

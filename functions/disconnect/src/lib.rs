@@ -5,17 +5,22 @@
 //! published. API Gateway delivers `$disconnect` at most once and not always (a crashed gateway
 //! node skips it), which is why a 410 on a later post prunes a connection as well.
 
+#![warn(missing_docs)]
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use messaging::Result;
 use messaging::context::Context;
 use messaging::model::{PresenceChanged, event_types};
 use messaging::protocol::PresenceStatus;
 use messaging::telemetry::hashed_id;
 use messaging::websocket::{connection_id, error_response, ok};
-use messaging::Result;
 use mongodb::bson::DateTime;
 
 /// Handles one `$disconnect` event.
-pub async fn handle(ctx: &Context, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+pub async fn handle(
+    ctx: &Context,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
     match disconnect(ctx, &event).await {
         Ok(()) => ok(),
         Err(e) => {

@@ -12,15 +12,15 @@
 //! (consumers dedupe) and answers with the original ack, so a crash anywhere after the insert
 //! still ends with the message delivered once the client retries.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, HashMap};
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use messaging::context::Context;
 use messaging::delivery::{batch_frames, post, send_to_user};
 use messaging::error::ErrorCode;
-use messaging::model::{
-    Conversation, ConversationKind, NewMessage, StoredMessage,
-};
+use messaging::model::{Conversation, ConversationKind, NewMessage, StoredMessage};
 use messaging::protocol::{
     AuthPayload, AuthSuccessPayload, ClientFrame, DeliveredMessage, DeliveryReceiptPayload,
     MAX_FRAME_BYTES, MessageAckPayload, MessageStatus, MessageType, OutgoingMessage,
@@ -40,7 +40,10 @@ pub const MAX_RECEIPT_IDS: usize = 500;
 pub const MAX_PRESENCE_IDS: usize = 100;
 
 /// Handles one frame. Always answers 200: the outcome travels as frames to the client.
-pub async fn handle(ctx: &Context, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+pub async fn handle(
+    ctx: &Context,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
     let Ok(connection_id) = connection_id(&event) else {
         return messaging::websocket::response(400, "missing connectionId");
     };
@@ -147,9 +150,13 @@ async fn membership(ctx: &Context, user_id: &str, conversation_id: &str) -> Resu
         .store
         .conversation(conversation_id)
         .await?
-        .ok_or_else(|| Error::not_found(format!("conversation {conversation_id} does not exist")))?;
+        .ok_or_else(|| {
+            Error::not_found(format!("conversation {conversation_id} does not exist"))
+        })?;
     if !conversation.has_participant(user_id) {
-        return Err(Error::forbidden("you are not a participant of this conversation"));
+        return Err(Error::forbidden(
+            "you are not a participant of this conversation",
+        ));
     }
     Ok(conversation)
 }
@@ -271,7 +278,8 @@ async fn deliver_pending(
         }
         messages.sort_by_key(|m| m.sequence_number);
         messages.dedup_by_key(|m| m.sequence_number);
-        let delivered: Vec<DeliveredMessage> = messages.iter().map(StoredMessage::to_delivered).collect();
+        let delivered: Vec<DeliveredMessage> =
+            messages.iter().map(StoredMessage::to_delivered).collect();
         for frame in batch_frames(&conversation_id, delivered) {
             reply(ctx, conn, &frame).await?;
         }
@@ -296,7 +304,9 @@ fn validate(payload: &OutgoingMessage, idempotency_key: &str, max_content: usize
     }
     let kind = payload.message_type;
     if kind == MessageType::System {
-        return Err(Error::invalid("system messages are written by the server only"));
+        return Err(Error::invalid(
+            "system messages are written by the server only",
+        ));
     }
     if kind.is_media() && payload.media_url.as_deref().is_none_or(str::is_empty) {
         return Err(Error::invalid(format!(
@@ -321,8 +331,7 @@ fn validate(payload: &OutgoingMessage, idempotency_key: &str, max_content: usize
             "reactions need reply_to_message_id (the message reacted to)",
         ));
     }
-    if kind == MessageType::Text && payload.content.is_empty() && payload.forwarded_from.is_none()
-    {
+    if kind == MessageType::Text && payload.content.is_empty() && payload.forwarded_from.is_none() {
         return Err(Error::invalid("text messages need content"));
     }
     Ok(())
@@ -352,7 +361,9 @@ async fn send(
             .map_err(|_| Error::forbidden("you cannot forward from that conversation"))?;
         let original = ctx.store.message(&origin.message_id).await?;
         if original.is_none_or(|m| m.conversation_id != origin.conversation_id) {
-            return Err(Error::invalid("forwarded_from does not name an existing message"));
+            return Err(Error::invalid(
+                "forwarded_from does not name an existing message",
+            ));
         }
     }
     let receiver_id = match conversation.kind {
@@ -420,11 +431,16 @@ async fn route_to_agent(
 ) -> Result<()> {
     let now = messaging::clock::now_ms();
     let agent = ctx.store.agent(agent_id).await?;
-    let online = agent.as_ref().and_then(|a| a.last_heartbeat_at).is_some_and(|at| {
-        now - at.timestamp_millis() <= ctx.settings.agent_offline_after.as_millis() as i64
-    });
+    let online = agent
+        .as_ref()
+        .and_then(|a| a.last_heartbeat_at)
+        .is_some_and(|at| {
+            now - at.timestamp_millis() <= ctx.settings.agent_offline_after.as_millis() as i64
+        });
     if !online {
-        let name = agent.map(|a| a.name).unwrap_or_else(|| agent_id.to_string());
+        let name = agent
+            .map(|a| a.name)
+            .unwrap_or_else(|| agent_id.to_string());
         messaging::delivery::post_system_message(
             ctx,
             conversation,
@@ -480,7 +496,9 @@ async fn receipts(
             conversations.insert(m.conversation_id.clone(), c);
         }
     }
-    ctx.realtime.inbox_remove(&conn.user_id, &message_ids).await?;
+    ctx.realtime
+        .inbox_remove(&conn.user_id, &message_ids)
+        .await?;
     let updated = ctx
         .store
         .record_receipts(&message_ids, &conn.user_id, status)
@@ -560,9 +578,7 @@ async fn retransmit(
     to: u64,
 ) -> Result<()> {
     if from == 0 || from > to {
-        return Err(Error::invalid(
-            "need 1 <= from_sequence <= to_sequence",
-        ));
+        return Err(Error::invalid("need 1 <= from_sequence <= to_sequence"));
     }
     let cap = ctx.settings.max_retransmit_range;
     if to - from + 1 > cap {
@@ -611,7 +627,11 @@ async fn typing(
                 .set_typing(conversation_id, &conn.user_id, until)
                 .await?
         }
-        TypingState::Stop => ctx.realtime.clear_typing(conversation_id, &conn.user_id).await?,
+        TypingState::Stop => {
+            ctx.realtime
+                .clear_typing(conversation_id, &conn.user_id)
+                .await?
+        }
     }
     let frame = ServerFrame::Typing {
         payload: TypingPayload {
@@ -637,7 +657,12 @@ async fn presence(ctx: &Context, conn: &ConnectionInfo, user_ids: Vec<String>) -
     }
     for user_id in user_ids {
         // Presence is visible only to people one shares a conversation with.
-        if user_id != conn.user_id && !ctx.store.share_conversation(&conn.user_id, &user_id).await? {
+        if user_id != conn.user_id
+            && !ctx
+                .store
+                .share_conversation(&conn.user_id, &user_id)
+                .await?
+        {
             return Err(Error::forbidden(format!(
                 "you share no conversation with {user_id}"
             )));

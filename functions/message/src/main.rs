@@ -7,9 +7,11 @@ use lambda_runtime::{LambdaEvent, service_fn};
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
     let ctx = messaging::context::Context::from_env().await?;
-    lambda_runtime::run(service_fn(|e: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
-        let ctx = &ctx;
-        async move { Ok::<_, lambda_runtime::Error>(fn_message::handle(ctx, e.payload).await) }
-    }))
+    lambda_runtime::run(service_fn(
+        |e: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+            let ctx = &ctx;
+            async move { Ok::<_, lambda_runtime::Error>(fn_message::handle(ctx, e.payload).await) }
+        },
+    ))
     .await
 }

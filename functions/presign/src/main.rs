@@ -1,1 +1,12 @@
-fn main() {}
+//! Lambda entry point of the presign function (HTTP).
+
+use lambda_http::{Error, Request, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    messaging::telemetry::init();
+    lambda_http::run(service_fn(|request: Request| async move {
+        Ok::<_, Error>(fn_presign::handle(request).await)
+    }))
+    .await
+}

@@ -15,6 +15,8 @@
 //! Agents are not delivered to here: the broker routes the same event to the conversation's agent
 //! by its `agentid` extension.
 
+#![warn(missing_docs)]
+
 use cloudevents::{AttributesReader, Event};
 use messaging::context::Context;
 use messaging::delivery::{SYSTEM_SENDER, send_to_user};
@@ -86,7 +88,9 @@ pub async fn handle(ctx: &Context, event: Event) -> Result<FanOut> {
         Ok(outcome) => Ok(outcome),
         Err(e) => {
             // Let the broker's retry do the fan-out again.
-            ctx.realtime.release_once("fanout", &data.message_id).await?;
+            ctx.realtime
+                .release_once("fanout", &data.message_id)
+                .await?;
             Err(e)
         }
     }
@@ -159,4 +163,3 @@ async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -
     );
     Ok(outcome)
 }
-

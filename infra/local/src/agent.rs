@@ -90,7 +90,9 @@ impl DemoAgent {
 async fn receive(State(agent): State<Arc<DemoAgent>>, headers: HeaderMap, body: Bytes) -> Response {
     let event: Event = match cloudevents::binding::http::to_event(&headers, body.to_vec()) {
         Ok(e) => e,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("not a CloudEvent: {e}")).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("not a CloudEvent: {e}")).into_response();
+        }
     };
     if event.ty() != event_types::MESSAGE_RECEIVED {
         return StatusCode::ACCEPTED.into_response();

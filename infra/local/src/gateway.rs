@@ -165,7 +165,11 @@ impl WebSocketApi {
             .cloned()
     }
 
-    fn base_context(&self, connection_id: &str, connected_at: i64) -> ApiGatewayWebsocketProxyRequestContext {
+    fn base_context(
+        &self,
+        connection_id: &str,
+        connected_at: i64,
+    ) -> ApiGatewayWebsocketProxyRequestContext {
         let now = chrono::Utc::now();
         let mut ctx = ApiGatewayWebsocketProxyRequestContext::default();
         ctx.stage = Some(self.settings.stage.clone());
@@ -181,11 +185,19 @@ impl WebSocketApi {
         ctx
     }
 
-    async fn invoke(&self, route_key: &str, event: ApiGatewayWebsocketProxyRequest) -> Option<(Route, ApiGatewayProxyResponse)> {
+    async fn invoke(
+        &self,
+        route_key: &str,
+        event: ApiGatewayWebsocketProxyRequest,
+    ) -> Option<(Route, ApiGatewayProxyResponse)> {
         let route = self.routes.get(route_key).cloned()?;
         self.invocations.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let connection_id = event.request_context.connection_id.clone().unwrap_or_default();
+        let connection_id = event
+            .request_context
+            .connection_id
+            .clone()
+            .unwrap_or_default();
         let request_id = event.request_context.request_id.clone().unwrap_or_default();
         let response = route.handler.invoke(event).await;
         tracing::info!(

@@ -7,6 +7,8 @@
 //! - [`agent`]: a demo agent, subscribed through the broker like a real one;
 //! - [`stack`]: wires the real functions to these endpoints and to Redis and MongoDB.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod broker;
 pub mod gateway;

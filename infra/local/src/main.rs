@@ -103,7 +103,11 @@ fn main() -> anyhow::Result<()> {
         data_dir,
     }) = &cli.command
     {
-        let issuer = JwtIssuer::hs256(signing_secret(data_dir)?.as_bytes(), JWT_ISSUER, JWT_AUDIENCE);
+        let issuer = JwtIssuer::hs256(
+            signing_secret(data_dir)?.as_bytes(),
+            JWT_ISSUER,
+            JWT_AUDIENCE,
+        );
         let mut claims = issuer.claims(user_id, Duration::from_secs(*ttl_secs));
         claims.device_id = device.clone();
         println!("{}", issuer.sign(&claims)?);
@@ -122,7 +126,11 @@ fn main() -> anyhow::Result<()> {
             let dir = args.data_dir.join("redis");
             std::fs::create_dir_all(&dir)?;
             let server = testkit::start_redis(Some(&dir)).map_err(anyhow::Error::msg)?;
-            eprintln!("REDIS_URL not set: started redis-server at {} (data in {})", server.url, dir.display());
+            eprintln!(
+                "REDIS_URL not set: started redis-server at {} (data in {})",
+                server.url,
+                dir.display()
+            );
             let url = server.url.clone();
             own_servers.push(server);
             url
@@ -133,7 +141,11 @@ fn main() -> anyhow::Result<()> {
         _ => {
             let dir = args.data_dir.join("mongodb");
             let server = testkit::start_mongodb(Some(&dir)).map_err(anyhow::Error::msg)?;
-            eprintln!("MONGODB_URI not set: started SecantusDB at {} (data in {})", server.url, dir.display());
+            eprintln!(
+                "MONGODB_URI not set: started SecantusDB at {} (data in {})",
+                server.url,
+                dir.display()
+            );
             let url = server.url.clone();
             own_servers.push(server);
             url

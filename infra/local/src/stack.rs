@@ -78,7 +78,12 @@ pub struct StackConfig {
 
 impl StackConfig {
     /// Defaults for one machine: loopback, documented ports, given servers and data directory.
-    pub fn new(redis_url: String, mongodb_uri: String, data_dir: PathBuf, jwt_secret: String) -> Self {
+    pub fn new(
+        redis_url: String,
+        mongodb_uri: String,
+        data_dir: PathBuf,
+        jwt_secret: String,
+    ) -> Self {
         Self {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ws_port: 8080,
@@ -230,19 +235,41 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let c = ctx.clone();
     routes.insert(
         "$connect".to_string(),
-        route("connect", Arc::new(move |e| { let c = c.clone(); async move { fn_connect::handle(&c, e).await } })),
+        route(
+            "connect",
+            Arc::new(move |e| {
+                let c = c.clone();
+                async move { fn_connect::handle(&c, e).await }
+            }),
+        ),
     );
     let c = ctx.clone();
     routes.insert(
         "$disconnect".to_string(),
-        route("disconnect", Arc::new(move |e| { let c = c.clone(); async move { fn_disconnect::handle(&c, e).await } })),
+        route(
+            "disconnect",
+            Arc::new(move |e| {
+                let c = c.clone();
+                async move { fn_disconnect::handle(&c, e).await }
+            }),
+        ),
     );
     let c = ctx.clone();
-    let message: Arc<dyn crate::gateway::RouteHandler> =
-        Arc::new(move |e| { let c = c.clone(); async move { fn_message::handle(&c, e).await } });
+    let message: Arc<dyn crate::gateway::RouteHandler> = Arc::new(move |e| {
+        let c = c.clone();
+        async move { fn_message::handle(&c, e).await }
+    });
     for key in [
-        "$default", "auth", "message", "delivery_ack", "read_receipt", "heartbeat", "retransmit",
-        "typing", "sync", "presence",
+        "$default",
+        "auth",
+        "message",
+        "delivery_ack",
+        "read_receipt",
+        "heartbeat",
+        "retransmit",
+        "typing",
+        "sync",
+        "presence",
     ] {
         routes.insert(key.to_string(), route("message", message.clone()));
     }
@@ -254,18 +281,39 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let c = ctx.clone();
     functions.insert(
         "store".into(),
-        Arc::new(Function(move |e| { let c = c.clone(); async move { fn_store::handle(&c, e).await.map(|_| ()) } })),
+        Arc::new(Function(move |e| {
+            let c = c.clone();
+            async move { fn_store::handle(&c, e).await.map(|_| ()) }
+        })),
     );
     let c = ctx.clone();
     functions.insert(
         "agent-response".into(),
-        Arc::new(Function(move |e| { let c = c.clone(); async move { fn_agent_response::handle(&c, e).await } })),
+        Arc::new(Function(move |e| {
+            let c = c.clone();
+            async move { fn_agent_response::handle(&c, e).await }
+        })),
     );
     let delay = config.retry_delay;
     let mut triggers = vec![
-        trigger("store", "fn:store", &[("type", event_types::MESSAGE_RECEIVED)], delay),
-        trigger("agent-response", "fn:agent-response", &[("type", event_types::AGENT_RESPONSE)], delay),
-        trigger("agent-progress", "fn:agent-response", &[("type", event_types::AGENT_PROGRESS)], delay),
+        trigger(
+            "store",
+            "fn:store",
+            &[("type", event_types::MESSAGE_RECEIVED)],
+            delay,
+        ),
+        trigger(
+            "agent-response",
+            "fn:agent-response",
+            &[("type", event_types::AGENT_RESPONSE)],
+            delay,
+        ),
+        trigger(
+            "agent-progress",
+            "fn:agent-response",
+            &[("type", event_types::AGENT_PROGRESS)],
+            delay,
+        ),
     ];
     let mut agent_listener = None;
     let mut agent_url = None;

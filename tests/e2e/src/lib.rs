@@ -2,6 +2,8 @@
 //! harness's real Redis and SecantusDB (a fresh database and key prefix each), users with
 //! tokens, conversations, and connected clients.
 
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 use local_stack::stack::{RunningStack, StackConfig};
@@ -39,7 +41,9 @@ pub async fn stack_with(adjust: impl FnOnce(&mut StackConfig)) -> RunningStack {
     config.retry_delay = Duration::from_millis(20);
     config.settings.agent_timeout = Duration::from_secs(2);
     adjust(&mut config);
-    local_stack::stack::start(config).await.expect("stack starts")
+    local_stack::stack::start(config)
+        .await
+        .expect("stack starts")
 }
 
 /// Creates a user and returns its id.

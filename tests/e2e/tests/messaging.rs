@@ -5,13 +5,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use e2e::{WAIT, client, client_config, conversation, ready, stack, stack_with, user};
+use messaging::ErrorCode;
 use messaging::client::{Client, ClientError, ClientEvent};
 use messaging::model::ConversationKind;
 use messaging::protocol::{
     DeliveredMessage, MessageStatus, MessageType, OutgoingMessage, TypingState,
 };
 use messaging::realtime::ConnectionInfo;
-use messaging::ErrorCode;
 
 fn text(conversation_id: &str, content: &str) -> OutgoingMessage {
     OutgoingMessage {
@@ -33,8 +33,10 @@ async fn messages(client: &mut Client, conversation_id: &str, n: usize) -> Vec<D
     while got.len() < n {
         let m = client
             .wait_for(WAIT, |e| match e {
-                ClientEvent::Message(m) if m.conversation_id.as_deref() == Some(conversation_id) => {
-                    Some(m.clone())
+                ClientEvent::Message(m)
+                    if m.conversation_id.as_deref() == Some(conversation_id) =>
+                {
+                    Some((**m).clone())
                 }
                 _ => None,
             })
@@ -76,7 +78,10 @@ async fn two_users_three_devices_get_everything_in_order() {
     let mut bob_phone = client(&stack, &bob, "phone").await;
 
     for i in 0..10 {
-        let ack = alice_phone.send_text(&conv, &format!("a{i}")).await.unwrap();
+        let ack = alice_phone
+            .send_text(&conv, &format!("a{i}"))
+            .await
+            .unwrap();
         assert_eq!(ack.status, MessageStatus::Sent);
         bob_phone.send_text(&conv, &format!("b{i}")).await.unwrap();
     }
@@ -106,9 +111,15 @@ async fn a_send_retried_on_another_device_after_a_drop_is_stored_once() {
     phone.send_raw(frame.to_string()).unwrap();
     phone.drop_connection();
     // The user retries on the laptop with the same key.
-    let retried = laptop.send_with_key("key-1", text(&conv, "hello")).await.unwrap();
+    let retried = laptop
+        .send_with_key("key-1", text(&conv, "hello"))
+        .await
+        .unwrap();
     assert_eq!(retried.sequence_number, 1);
-    let again = laptop.send_with_key("key-1", text(&conv, "hello")).await.unwrap();
+    let again = laptop
+        .send_with_key("key-1", text(&conv, "hello"))
+        .await
+        .unwrap();
     assert_eq!(again, retried);
     assert_eq!(stored_count(&stack, &conv).await, 1);
 }
@@ -164,7 +175,10 @@ async fn an_offline_recipient_gets_500_messages_in_order_on_reconnect() {
     // Delivery acks drain the inbox.
     let deadline = tokio::time::Instant::now() + WAIT;
     while stack.ctx.realtime.inbox_len(&bob).await.unwrap() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "inbox drained by delivery acks");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "inbox drained by delivery acks"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -178,7 +192,10 @@ async fn a_gap_from_lost_frames_is_detected_and_filled_by_retransmit() {
     let alice_phone = client(&stack, &alice, "phone").await;
     let mut bob_phone = client(&stack, &bob, "phone").await;
     alice_phone.send_text(&conv, "m1").await.unwrap();
-    assert_eq!(messages(&mut bob_phone, &conv, 1).await[0].sequence_number, 1);
+    assert_eq!(
+        messages(&mut bob_phone, &conv, 1).await[0].sequence_number,
+        1
+    );
 
     // Frames 2 and 3 are lost on the way to Bob: his connection is hidden from the fan-out.
     let id = stack.ctx.realtime.user_connections(&bob).await.unwrap()[0].clone();
@@ -215,10 +232,16 @@ async fn read_receipts_reach_the_sender_on_all_devices() {
             })
             .await
             .expect("read receipt");
-        assert_eq!(receipt.message_ids, [ack.message_id.clone()]);
+        assert_eq!(receipt.message_ids, std::slice::from_ref(&ack.message_id));
         assert_eq!(receipt.read_by, bob);
     }
-    let stored = stack.ctx.store.message(&ack.message_id).await.unwrap().unwrap();
+    let stored = stack
+        .ctx
+        .store
+        .message(&ack.message_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.status, MessageStatus::Read);
     let c = stack.ctx.store.conversation(&conv).await.unwrap().unwrap();
     assert_eq!(c.unread_for(&bob), 0);
@@ -240,7 +263,10 @@ async fn typing_reaches_the_peer_and_is_not_stored() {
         })
         .await
         .expect("typing frame");
-    assert_eq!((typing.user_id.as_str(), typing.state), (alice.as_str(), TypingState::Start));
+    assert_eq!(
+        (typing.user_id.as_str(), typing.state),
+        (alice.as_str(), TypingState::Start)
+    );
     assert_eq!(stored_count(&stack, &conv).await, 0);
 }
 
@@ -268,7 +294,11 @@ async fn a_stale_connection_is_pruned_and_the_other_device_still_gets_the_messag
     assert_eq!(messages(&mut bob_phone, &conv, 1).await[0].content, "hi");
     stack.broker.idle().await;
     let left = stack.ctx.realtime.user_connections(&bob).await.unwrap();
-    assert_eq!(left.len(), 1, "only the stale connection was removed: {left:?}");
+    assert_eq!(
+        left.len(),
+        1,
+        "only the stale connection was removed: {left:?}"
+    );
     assert!(!left.contains(&"stale-connection".to_string()));
 }
 
@@ -308,7 +338,12 @@ async fn a_hundred_member_group_fans_out_to_everyone_and_a_hundred_and_first_is_
         last_message: None,
         read_up_to: Default::default(),
     };
-    let refused = stack.ctx.store.insert_conversation(&conversation).await.unwrap_err();
+    let refused = stack
+        .ctx
+        .store
+        .insert_conversation(&conversation)
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), ErrorCode::InvalidRequest);
 }
 
@@ -324,7 +359,13 @@ async fn non_members_cannot_send_read_or_retransmit() {
     let mut intruder = client(&stack, &mallory, "phone").await;
 
     let err = intruder.send_text(&conv, "let me in").await.unwrap_err();
-    assert!(matches!(err, ClientError::Server { code: ErrorCode::Forbidden, .. }));
+    assert!(matches!(
+        err,
+        ClientError::Server {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    ));
     intruder.read(vec![ack.message_id.clone()]).unwrap();
     assert_eq!(error_code(&mut intruder).await, ErrorCode::Forbidden);
     intruder
@@ -335,8 +376,18 @@ async fn non_members_cannot_send_read_or_retransmit() {
         )
         .unwrap();
     assert_eq!(error_code(&mut intruder).await, ErrorCode::Forbidden);
-    let stored = stack.ctx.store.message(&ack.message_id).await.unwrap().unwrap();
-    assert_eq!(stored.status, MessageStatus::Sent, "the intruder's receipt changed nothing");
+    let stored = stack
+        .ctx
+        .store
+        .message(&ack.message_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.status,
+        MessageStatus::Sent,
+        "the intruder's receipt changed nothing"
+    );
     assert_eq!(stored_count(&stack, &conv).await, 1);
 }
 
@@ -363,16 +414,26 @@ async fn the_demo_agent_answers_with_progress_and_a_silent_agent_leads_to_a_time
     assert_eq!(typing.user_id, local_stack::agent::DEMO_AGENT_ID);
     let got = messages(&mut phone, &conv, 2).await;
     assert_eq!(got[0].content, "hello agent");
-    assert_eq!(got[1].sender_id.as_deref(), Some(local_stack::agent::DEMO_AGENT_ID));
+    assert_eq!(
+        got[1].sender_id.as_deref(),
+        Some(local_stack::agent::DEMO_AGENT_ID)
+    );
     assert_eq!(got[1].content, "Demo agent here. You said: hello agent");
-    assert_eq!(got[1].reply_to_message_id.as_deref(), Some(got[0].message_id.as_str()));
+    assert_eq!(
+        got[1].reply_to_message_id.as_deref(),
+        Some(got[0].message_id.as_str())
+    );
 
     // The agent stays silent: after the timeout (2 s here) the user is told.
     phone.send_text(&conv, "/silent").await.unwrap();
     let got = messages(&mut phone, &conv, 2).await;
     assert_eq!(got[0].content, "/silent");
     assert_eq!(got[1].message_type, Some(MessageType::System));
-    assert!(got[1].content.contains("did not answer"), "{}", got[1].content);
+    assert!(
+        got[1].content.contains("did not answer"),
+        "{}",
+        got[1].content
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,35 +453,55 @@ async fn bad_frames_get_typed_errors_and_the_connection_stays_usable() {
         ("{not json".into(), ErrorCode::MalformedJson),
         (r#"{"type": "teleport"}"#.into(), ErrorCode::UnknownType),
         (r#"{"no": "type"}"#.into(), ErrorCode::InvalidRequest),
-        (r#"{"type": "retransmit", "conversation_id": "c"}"#.into(), ErrorCode::InvalidRequest),
-        (r#"{"type": "heartbeat", "timestamp": "yesterday"}"#.into(), ErrorCode::InvalidRequest),
         (
-            send(serde_json::json!({"conversation_id": conv, "content": big, "type": "text", "timestamp": 1})),
+            r#"{"type": "retransmit", "conversation_id": "c"}"#.into(),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            r#"{"type": "heartbeat", "timestamp": "yesterday"}"#.into(),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            send(
+                serde_json::json!({"conversation_id": conv, "content": big, "type": "text", "timestamp": 1}),
+            ),
             ErrorCode::PayloadTooLarge,
         ),
         (
-            send(serde_json::json!({"conversation_id": conv, "content": "x", "type": "image", "timestamp": 1})),
+            send(
+                serde_json::json!({"conversation_id": conv, "content": "x", "type": "image", "timestamp": 1}),
+            ),
             ErrorCode::InvalidRequest,
         ),
         (
-            send(serde_json::json!({"conversation_id": conv, "content": "x", "type": "system", "timestamp": 1})),
+            send(
+                serde_json::json!({"conversation_id": conv, "content": "x", "type": "system", "timestamp": 1}),
+            ),
             ErrorCode::InvalidRequest,
         ),
         (
-            send(serde_json::json!({"conversation_id": conv, "content": "", "type": "location", "timestamp": 1})),
+            send(
+                serde_json::json!({"conversation_id": conv, "content": "", "type": "location", "timestamp": 1}),
+            ),
             ErrorCode::InvalidRequest,
         ),
         (
-            send(serde_json::json!({"conversation_id": conv, "content": "x", "type": "reaction", "timestamp": 1})),
+            send(
+                serde_json::json!({"conversation_id": conv, "content": "x", "type": "reaction", "timestamp": 1}),
+            ),
             ErrorCode::InvalidRequest,
         ),
         (
-            send(serde_json::json!({"conversation_id": conv, "content": "x", "type": "text",
-                "reply_to_message_id": "nope", "timestamp": 1})),
+            send(
+                serde_json::json!({"conversation_id": conv, "content": "x", "type": "text",
+                "reply_to_message_id": "nope", "timestamp": 1}),
+            ),
             ErrorCode::InvalidRequest,
         ),
         (
-            send(serde_json::json!({"conversation_id": "no-such-conversation", "content": "x", "type": "text", "timestamp": 1})),
+            send(
+                serde_json::json!({"conversation_id": "no-such-conversation", "content": "x", "type": "text", "timestamp": 1}),
+            ),
             ErrorCode::NotFound,
         ),
         (
@@ -435,8 +516,14 @@ async fn bad_frames_get_typed_errors_and_the_connection_stays_usable() {
             .to_string(),
             ErrorCode::InvalidRequest,
         ),
-        (r#"{"type": "read_receipt", "message_ids": [], "timestamp": 1}"#.into(), ErrorCode::InvalidRequest),
-        (r#"{"type": "presence", "user_ids": ["stranger"]}"#.into(), ErrorCode::Forbidden),
+        (
+            r#"{"type": "read_receipt", "message_ids": [], "timestamp": 1}"#.into(),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            r#"{"type": "presence", "user_ids": ["stranger"]}"#.into(),
+            ErrorCode::Forbidden,
+        ),
     ];
     for (frame, expected) in table {
         phone.send_raw(frame.clone()).unwrap();
@@ -454,14 +541,20 @@ async fn authentication_on_connect_and_with_an_auth_frame() {
     // A bad token refuses the upgrade with 401.
     let mut bad = client_config(&stack, &alice, "phone");
     bad.token = "not-a-token".into();
-    assert_eq!(Client::connect(bad).await.err(), Some(ClientError::Refused(401)));
+    assert_eq!(
+        Client::connect(bad).await.err(),
+        Some(ClientError::Refused(401))
+    );
     let mut expired = client_config(&stack, &alice, "phone");
     let mut claims = stack.issuer.claims(&alice, Duration::from_secs(60));
     claims.exp -= 3600;
     claims.nbf = Some(claims.exp - 60);
     claims.iat = claims.exp - 60;
     expired.token = stack.issuer.sign(&claims).unwrap();
-    assert_eq!(Client::connect(expired).await.err(), Some(ClientError::Refused(401)));
+    assert_eq!(
+        Client::connect(expired).await.err(),
+        Some(ClientError::Refused(401))
+    );
 
     // Without a token: everything but `auth` is refused, then `auth` works.
     let mut anonymous = client_config(&stack, &alice, "phone");
@@ -491,6 +584,19 @@ async fn senders_over_their_rate_limit_get_rate_limited_with_a_wait() {
         phone.send_text(&conv, &format!("{i}")).await.unwrap();
     }
     let err = phone.send_text(&conv, "one too many").await.unwrap_err();
-    assert!(matches!(err, ClientError::Server { code: ErrorCode::RateLimited, .. }), "{err:?}");
-    assert_eq!(stored_count(&stack, &conv).await, 3, "nothing stored past the limit");
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        stored_count(&stack, &conv).await,
+        3,
+        "nothing stored past the limit"
+    );
 }

@@ -11,6 +11,8 @@
 //! Where the servers come from: `REDIS_SERVER` or `redis-server` on `PATH`; `SECANTUSD` or the
 //! project's venv (`.tools/venv/bin/secantusd-py`, made by `scripts/setup`) or `secantusd-py` on `PATH`.
 
+#![warn(missing_docs)]
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -98,10 +100,19 @@ impl Drop for ServerProcess {
 pub fn start_redis(data_dir: Option<&std::path::Path>) -> Result<ServerProcess, String> {
     let (port, child) = try_start("redis-server", |port| {
         let mut cmd = Command::new(redis_binary());
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"]);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+        ]);
         match data_dir {
             Some(dir) => {
-                cmd.arg("--dir").arg(dir).args(["--appendonly", "yes", "--save", ""]);
+                cmd.arg("--dir")
+                    .arg(dir)
+                    .args(["--appendonly", "yes", "--save", ""]);
             }
             None => {
                 cmd.args(["--save", "", "--appendonly", "no"]);
@@ -173,7 +184,9 @@ fn try_start(name: &str, build: impl Fn(u16) -> Command) -> Result<(u16, Child),
     for _ in 0..3 {
         let port = free_port();
         let mut cmd = build(port);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
         tie_to_this_thread(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| {
             format!("cannot start {name} ({e}); run scripts/setup, or set REDIS_SERVER / SECANTUSD")
