@@ -120,32 +120,49 @@ pub fn batch_frames(conversation_id: &str, messages: Vec<DeliveredMessage>) -> V
         .collect()
 }
 
-/// The agent that should answer a message in `conversation`, if any: the conversation's own
-/// agent, else the configured default agent; never the message's own sender.
-pub fn agent_for(ctx: &Context, conversation: &Conversation, sender_id: &str) -> Option<String> {
-    match conversation.kind {
-        ConversationKind::Agent => conversation
-            .agent_id
-            .clone()
-            .or(ctx.settings.default_agent.clone())
-            .filter(|a| a != sender_id),
-        _ => None,
+/// The agent that should answer a message `sender_id` wrote in `conversation`, if any
+/// (seeds' Agent Gateway): the conversation's own agent; else an online agent of the registry
+/// with the conversation's capability; else the configured default agent. Never the sender
+/// itself, and never for a server-written message.
+pub async fn route_agent(
+    ctx: &Context,
+    conversation: &Conversation,
+    sender_id: &str,
+) -> Result<Option<String>> {
+    if conversation.kind != ConversationKind::Agent || sender_id == SYSTEM_SENDER {
+        return Ok(None);
     }
+    let chosen = match (&conversation.agent_id, &conversation.agent_capability) {
+        (Some(agent), _) => Some(agent.clone()),
+        (None, Some(capability)) => {
+            let online_since = mongodb::bson::DateTime::from_millis(
+                crate::clock::now_ms() - ctx.settings.agent_offline_after.as_millis() as i64,
+            );
+            match ctx
+                .store
+                .agent_with_capability(capability, online_since)
+                .await?
+            {
+                Some(agent) => Some(agent.agent_id),
+                None => ctx.settings.default_agent.clone(),
+            }
+        }
+        (None, None) => ctx.settings.default_agent.clone(),
+    };
+    Ok(chosen.filter(|a| a != sender_id))
 }
 
 /// Publishes `messaging.message.received` for a stored message, with the message id as the
-/// event id (consumers dedupe on it) and the `agentid` extension when an agent should answer
-/// (Triggers filter on it).
+/// event id (consumers dedupe on it) and, when `agent` is given, the `agentid` extension that
+/// Triggers filter on.
 pub async fn publish_received(
     ctx: &Context,
-    conversation: &Conversation,
     message: &StoredMessage,
+    agent: Option<&str>,
 ) -> Result<()> {
     let data = MessageReceived::from_stored(message);
-    let agent = agent_for(ctx, conversation, &message.sender_id)
-        .filter(|_| message.sender_id != SYSTEM_SENDER);
-    let extensions: Vec<(&str, &str)> = match &agent {
-        Some(a) => vec![(event_types::AGENT_ID_EXTENSION, a.as_str())],
+    let extensions: Vec<(&str, &str)> = match agent {
+        Some(a) => vec![(event_types::AGENT_ID_EXTENSION, a)],
         None => vec![],
     };
     let event = crate::events::new_event_with_id(
@@ -186,6 +203,6 @@ pub async fn post_system_message(
             client_timestamp: crate::clock::now_ms(),
         })
         .await?;
-    publish_received(ctx, conversation, &inserted.message).await?;
+    publish_received(ctx, &inserted.message, None).await?;
     Ok(inserted.message)
 }

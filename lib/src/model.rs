@@ -78,6 +78,10 @@ pub struct Conversation {
     /// The agent of an agent conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
+    /// For agent conversations without a fixed agent: the capability an agent must have to be
+    /// routed the user's messages (else the default agent answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_capability: Option<String>,
     /// Group name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

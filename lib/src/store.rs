@@ -143,6 +143,13 @@ pub trait Store: Send + Sync {
     async fn upsert_agent(&self, agent: &Agent) -> Result<()>;
     /// Records an agent's heartbeat.
     async fn touch_agent(&self, agent_id: &str, at: DateTime) -> Result<()>;
+    /// The most recently seen agent with `capability` whose heartbeat is not older than
+    /// `online_since`.
+    async fn agent_with_capability(
+        &self,
+        capability: &str,
+        online_since: DateTime,
+    ) -> Result<Option<Agent>>;
 }
 
 /// Options of the MongoDB adapter.
@@ -798,6 +805,23 @@ impl Store for MongoStore {
             .upsert(true)
             .await?;
         Ok(())
+    }
+
+    async fn agent_with_capability(
+        &self,
+        capability: &str,
+        online_since: DateTime,
+    ) -> Result<Option<Agent>> {
+        self.rt();
+        Ok(self
+            .db
+            .collection::<Agent>(collections::AGENTS)
+            .find_one(doc! {
+                "capabilities": capability,
+                "last_heartbeat_at": {"$gte": online_since},
+            })
+            .sort(doc! {"last_heartbeat_at": -1})
+            .await?)
     }
 
     async fn touch_agent(&self, agent_id: &str, at: DateTime) -> Result<()> {

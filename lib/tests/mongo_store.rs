@@ -369,6 +369,7 @@ async fn conversations_round_trip() {
         participants: vec!["a".into(), "b".into(), "c".into()],
         admins: vec!["a".into()],
         agent_id: None,
+        agent_capability: None,
         name: Some("Team".into()),
         description: None,
         created_at: DateTime::now(),

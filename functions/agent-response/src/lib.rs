@@ -15,11 +15,10 @@
 
 use cloudevents::{AttributesReader, Event};
 use messaging::context::Context;
-use messaging::delivery::{post_system_message, publish_received, send_to_user};
+use messaging::delivery::{post_system_message, publish_received, route_agent, send_to_user};
 use messaging::events::event_data;
 use messaging::model::{
-    AgentProgress, AgentResponse, Conversation, ConversationKind, NewMessage, ProgressKind,
-    event_types,
+    AgentProgress, AgentResponse, Conversation, NewMessage, ProgressKind, event_types,
 };
 use messaging::protocol::{ServerFrame, TypingPayload, TypingState};
 use messaging::{Error, Result};
@@ -53,14 +52,9 @@ async fn agent_conversation(
         .ok_or_else(|| {
             Error::not_found(format!("conversation {conversation_id} does not exist"))
         })?;
-    let agent_of_conversation = match conversation.kind {
-        ConversationKind::Agent => conversation
-            .agent_id
-            .clone()
-            .or(ctx.settings.default_agent.clone()),
-        _ => None,
-    };
-    if agent_of_conversation.as_deref() != Some(agent_id) {
+    // The agent the conversation's messages are routed to is the one allowed to answer.
+    let routed = route_agent(ctx, &conversation, user_id).await?;
+    if routed.as_deref() != Some(agent_id) {
         return Err(Error::forbidden(format!(
             "agent {agent_id} is not the agent of conversation {conversation_id}"
         )));
@@ -128,7 +122,7 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
         "agent response stored"
     );
     // Republished on a duplicate too: the first attempt may have died before publishing.
-    publish_received(ctx, &conversation, &inserted.message).await
+    publish_received(ctx, &inserted.message, None).await
 }
 
 async fn progress(ctx: &Context, progress: AgentProgress) -> Result<()> {

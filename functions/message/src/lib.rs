@@ -397,7 +397,8 @@ async fn send(
         duplicate = inserted.duplicate,
         "message stored"
     );
-    messaging::delivery::publish_received(ctx, &conversation, message).await?;
+    let agent = messaging::delivery::route_agent(ctx, &conversation, &conn.user_id).await?;
+    messaging::delivery::publish_received(ctx, message, agent.as_deref()).await?;
     reply(
         ctx,
         conn,
@@ -413,7 +414,7 @@ async fn send(
     )
     .await?;
     if !inserted.duplicate
-        && let Some(agent_id) = messaging::delivery::agent_for(ctx, &conversation, &conn.user_id)
+        && let Some(agent_id) = agent
     {
         route_to_agent(ctx, &conversation, message, &agent_id).await?;
     }

@@ -374,9 +374,18 @@ async fn run_connection(
     loop {
         tokio::select! {
             frame = stream.next() => {
-                let Some(Ok(frame)) = frame else {
-                    close_info.lock().expect("close lock").get_or_insert((1006, "Connection closed abnormally".into()));
-                    break;
+                let frame = match frame {
+                    Some(Ok(frame)) => frame,
+                    // Over the size limit tungstenite refuses the frame itself, before the
+                    // length check below can see it: that is still "message too big".
+                    Some(Err(e)) if is_size_limit_error(&e) => {
+                        let _ = connection.tx.send(Outbound::Close(1009, "Message too big".into()));
+                        break;
+                    }
+                    _ => {
+                        close_info.lock().expect("close lock").get_or_insert((1006, "Connection closed abnormally".into()));
+                        break;
+                    }
                 };
                 match frame {
                     Message::Text(text) => {
@@ -449,6 +458,14 @@ async fn run_connection(
     event.request_context = ctx;
     event.is_base64_encoded = false;
     api.invoke("$disconnect", event).await;
+}
+
+/// Whether a read error is tungstenite refusing a frame or message over the configured size
+/// (`Space limit exceeded: Message too long: N > M`). axum hides tungstenite's error type, so
+/// this looks at the message.
+fn is_size_limit_error(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("Message too long")
 }
 
 async fn on_message(

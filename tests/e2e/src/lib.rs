@@ -84,6 +84,7 @@ pub async fn conversation(
             participants: participants.iter().map(|p| p.to_string()).collect(),
             admins: vec![participants[0].to_string()],
             agent_id: agent_id.map(str::to_string),
+            agent_capability: None,
             name: None,
             description: None,
             created_at: DateTime::now(),

@@ -330,6 +330,7 @@ async fn a_hundred_member_group_fans_out_to_everyone_and_a_hundred_and_first_is_
         participants: too_many.iter().map(|s| s.to_string()).collect(),
         admins: vec![],
         agent_id: None,
+        agent_capability: None,
         name: None,
         description: None,
         created_at: mongodb::bson::DateTime::now(),
