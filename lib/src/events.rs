@@ -99,6 +99,7 @@ impl HttpBroker {
 #[async_trait]
 impl EventPublisher for HttpBroker {
     async fn publish(&self, event: Event) -> Result<()> {
+        let _timer = crate::metrics::time(crate::metrics::Stage::BrokerPublish);
         let mut last = String::new();
         for attempt in 0..3u32 {
             if attempt > 0 {

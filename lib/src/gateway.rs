@@ -82,6 +82,7 @@ fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
 #[async_trait]
 impl Gateway for ApiGatewayManagement {
     async fn post(&self, connection_id: &str, data: &[u8]) -> Result<(), GatewayError> {
+        let _timer = crate::metrics::time(crate::metrics::Stage::GatewayPost);
         match self
             .client
             .post_to_connection()

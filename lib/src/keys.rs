@@ -79,6 +79,19 @@ impl Keys {
         format!("{}agent-waits:{conversation_id}", self.prefix)
     }
 
+    /// `SCAN` pattern of every key of one user (all share the `{u:ID}:` hash tag); glob
+    /// characters in the id are escaped.
+    pub fn user_keys_pattern(&self, user_id: &str) -> String {
+        let mut escaped = String::with_capacity(user_id.len());
+        for c in user_id.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        format!("{}{{u:{escaped}}}:*", self.prefix)
+    }
+
     /// Counter of one fixed rate-limit window.
     pub fn rate_limit(&self, scope: &str, subject: &str, window: u64) -> String {
         format!("{}{{u:{subject}}}:rl:{scope}:{window}", self.prefix)

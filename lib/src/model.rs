@@ -130,7 +130,14 @@ impl Conversation {
         if unique.len() != self.participants.len() {
             return Err(crate::Error::invalid("participants must be distinct"));
         }
-        if unique.len() < 2 {
+        // An agent conversation without a fixed agent is the user alone; the agent is routed.
+        let routed = self.kind == ConversationKind::Agent && self.agent_id.is_none();
+        if routed && unique.len() != 1 {
+            return Err(crate::Error::invalid(
+                "an agent conversation without a fixed agent has the user as its only participant",
+            ));
+        }
+        if !routed && unique.len() < 2 {
             return Err(crate::Error::invalid(
                 "a conversation needs at least two participants",
             ));
@@ -141,7 +148,7 @@ impl Conversation {
                 unique.len()
             )));
         }
-        if self.kind != ConversationKind::Group && unique.len() != 2 {
+        if self.kind != ConversationKind::Group && !routed && unique.len() != 2 {
             return Err(crate::Error::invalid(
                 "1:1 and agent conversations have two participants",
             ));
@@ -558,4 +565,253 @@ pub struct PresenceChanged {
     pub status: PresenceStatus,
     /// Last activity, milliseconds.
     pub last_seen: i64,
+}
+
+// ---- The HTTP API (functions/api): accounts, tokens, devices, per-user conversation state ----
+
+/// How a verification code reaches its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeChannel {
+    /// Text message to an E.164 phone number.
+    Sms,
+    /// Email.
+    Email,
+}
+
+/// What a verification code proves when it is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodePurpose {
+    /// Creates the account (the phone or email becomes its verified channel).
+    Register,
+    /// Signs in without a password.
+    Login,
+    /// Recovers the account through its verified channel (revokes every session).
+    Recover,
+}
+
+/// A pending verification code (collection `verification_codes`): at most one per destination.
+/// The code itself is never stored, only its argon2id hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerificationCode {
+    /// The destination, `phone:+E164` or `email:address`.
+    #[serde(rename = "_id")]
+    pub destination: String,
+    /// Channel the code went out on.
+    pub channel: CodeChannel,
+    /// What the code is for.
+    pub purpose: CodePurpose,
+    /// PHC string of the code's argon2id hash.
+    pub code_hash: String,
+    /// Wrong entries so far.
+    pub attempts: u32,
+    /// Codes sent in the current throttle window.
+    pub sends: u32,
+    /// Start of the current throttle window.
+    pub window_started_at: DateTime,
+    /// Last time a code went out.
+    pub last_sent_at: DateTime,
+    /// The code is refused after this time.
+    pub expires_at: DateTime,
+    /// The TTL index removes the record (and its throttle state) at this time.
+    pub purge_at: DateTime,
+    /// The existing account, for login and recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Display name of the account to create (registration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Argon2id hash of the password chosen at registration, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+/// A user's password (collection `credentials`), kept apart from the profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The user.
+    #[serde(rename = "_id")]
+    pub user_id: String,
+    /// PHC string of the argon2id hash.
+    pub password_hash: String,
+    /// Last change.
+    pub updated_at: DateTime,
+}
+
+/// One refresh token (collection `refresh_tokens`), stored as the SHA-256 of the opaque token.
+/// Tokens of one sign-in form a family: each use rotates to a new token of the family, and a
+/// second use of a token revokes the whole family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    /// Hex SHA-256 of the token.
+    #[serde(rename = "_id")]
+    pub token_hash: String,
+    /// The sign-in this token descends from.
+    pub family_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Device the sign-in was made on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Issue time.
+    pub created_at: DateTime,
+    /// Refused after this time; the TTL index removes it then.
+    pub expires_at: DateTime,
+    /// When it was exchanged for its successor (a second use is a reuse).
+    #[serde(default)]
+    pub used_at: Option<DateTime>,
+    /// When its family was revoked (logout, reuse, recovery, account deletion).
+    #[serde(default)]
+    pub revoked_at: Option<DateTime>,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefreshUse {
+    /// The token was valid and is now used: issue its successor.
+    Rotated(RefreshToken),
+    /// The token had been used before: a copy is in someone else's hands.
+    Reused(RefreshToken),
+    /// The token's family was revoked.
+    Revoked(RefreshToken),
+    /// The token expired.
+    Expired(RefreshToken),
+    /// No such token.
+    Unknown,
+}
+
+/// Push service of a device token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushPlatform {
+    /// Firebase Cloud Messaging.
+    Fcm,
+    /// Apple Push Notification service.
+    Apns,
+}
+
+/// A device's push token (collection `devices`): one per (user, device); a token belongs to one
+/// user at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceToken {
+    /// Owner.
+    pub user_id: String,
+    /// The client's device id (as in JWTs and connections).
+    pub device_id: String,
+    /// Push service.
+    pub platform: PushPlatform,
+    /// The FCM registration token or APNs device token.
+    pub token: String,
+    /// First registration.
+    pub created_at: DateTime,
+    /// Last registration.
+    pub updated_at: DateTime,
+}
+
+/// One participant's own view of a conversation (`member_state.{user_id}` in the conversation
+/// document): pinned, archived, deleted for them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberState {
+    /// Shown first in their list.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Hidden from their list unless asked.
+    #[serde(default)]
+    pub archived: bool,
+    /// Deleted for them: hidden until a message newer than `cleared_up_to` arrives.
+    #[serde(default)]
+    pub deleted: bool,
+    /// Messages up to this sequence number are gone for them (delete for me).
+    #[serde(default)]
+    pub cleared_up_to: u64,
+}
+
+impl MemberState {
+    /// Whether the conversation shows in their list.
+    pub fn visible(&self, conversation: &Conversation) -> bool {
+        !self.deleted || conversation.last_sequence_number > self.cleared_up_to
+    }
+
+    /// Their unread count (messages they deleted do not count).
+    pub fn unread(&self, conversation: &Conversation, user_id: &str) -> u64 {
+        let read = conversation
+            .read_up_to
+            .get(user_id)
+            .copied()
+            .unwrap_or(0)
+            .max(self.cleared_up_to);
+        conversation.last_sequence_number.saturating_sub(read)
+    }
+}
+
+/// A change of a participant's [`MemberState`]; `None` leaves a field alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberStateUpdate {
+    /// Pin or unpin.
+    pub pinned: Option<bool>,
+    /// Archive or unarchive.
+    pub archived: Option<bool>,
+    /// Delete for them, clearing history up to this sequence number (also unpins and unarchives).
+    pub delete_up_to: Option<u64>,
+    /// Show a deleted conversation again (its cleared history stays cleared).
+    pub restore: bool,
+}
+
+/// A conversation with one participant's own state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberConversation {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The participant's state in it.
+    pub state: MemberState,
+}
+
+/// Filters of an agent registry search; every given filter must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentQuery {
+    /// Case-insensitive substring of the name, a capability or a category.
+    pub text: Option<String>,
+    /// Exact capability.
+    pub capability: Option<String>,
+    /// Exact category or tag.
+    pub category: Option<String>,
+    /// Only agents with a heartbeat at or after this time.
+    pub online_since: Option<DateTime>,
+    /// Only agents whose id sorts after this one (pagination).
+    pub after: Option<String>,
+    /// Most agents returned.
+    pub limit: usize,
+}
+
+/// Everything stored about one user (the GDPR export).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserData {
+    /// The profile.
+    pub user: User,
+    /// Whether a password is set (its hash is never exported).
+    pub has_password: bool,
+    /// Refresh tokens (their hashes are never exported).
+    pub sessions: Vec<RefreshToken>,
+    /// Push device tokens.
+    pub devices: Vec<DeviceToken>,
+    /// Conversations they take part in, with their own state.
+    pub conversations: Vec<MemberConversation>,
+    /// Every message they sent.
+    pub messages: Vec<StoredMessage>,
+    /// Media they uploaded.
+    pub media: Vec<Media>,
+}
+
+/// What erasing a user removed or anonymised.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erasure {
+    /// Agent conversations deleted with their messages.
+    pub conversations_deleted: u64,
+    /// Conversations kept for the others, the user replaced by the tombstone id.
+    pub conversations_anonymised: u64,
+    /// Messages they sent that stay in conversations, attributed to the tombstone id.
+    pub messages_anonymised: u64,
+    /// Messages deleted with their conversations.
+    pub messages_deleted: u64,
 }

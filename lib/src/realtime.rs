@@ -160,6 +160,10 @@ pub trait RealtimeState: Send + Sync {
         limit: RateLimit,
         now_ms: i64,
     ) -> Result<RateDecision>;
+    /// Forgets everything held about a user (account deletion): their connection records,
+    /// presence, inbox and rate-limit counters. Returns the connection ids they had, for the
+    /// caller to close.
+    async fn forget_user(&self, user_id: &str) -> Result<Vec<String>>;
 }
 
 /// The Redis adapter: one multiplexed, auto-reconnecting connection shared by all tasks.
@@ -197,9 +201,40 @@ impl RedisState {
         self.conn.clone()
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> TimedConnection {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.conn.clone()
+        TimedConnection(self.conn.clone())
+    }
+}
+
+/// The shared connection, timing every round trip for [`crate::metrics`].
+struct TimedConnection(ConnectionManager);
+
+impl redis::aio::ConnectionLike for TimedConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let _timer = crate::metrics::time(crate::metrics::Stage::Redis);
+            self.0.req_packed_command(cmd).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let _timer = crate::metrics::time(crate::metrics::Stage::Redis);
+            self.0.req_packed_commands(cmd, offset, count).await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
     }
 }
 
@@ -502,6 +537,10 @@ impl RealtimeState for RedisState {
         Ok(())
     }
 
+    async fn forget_user(&self, user_id: &str) -> Result<Vec<String>> {
+        self.forget_user_keys(user_id).await
+    }
+
     async fn rate_limit(
         &self,
         scope: &str,
@@ -533,6 +572,41 @@ impl RealtimeState for RedisState {
                 retry_after_secs: ((reset_ms + 999) / 1000).max(1) as u64,
             })
         }
+    }
+}
+
+impl RedisState {
+    async fn forget_user_keys(&self, user_id: &str) -> Result<Vec<String>> {
+        let connections = self.user_connections(user_id).await?;
+        let mut doomed: Vec<String> = connections
+            .iter()
+            .map(|c| self.keys.connection(c))
+            .collect();
+        // Every per-user key shares the `{u:ID}:` hash tag: find them all with one pattern.
+        let pattern = self.keys.user_keys_pattern(user_id);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn())
+                .await?;
+            doomed.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        for chunk in doomed.chunks(500) {
+            redis::cmd("DEL")
+                .arg(chunk)
+                .exec_async(&mut self.conn())
+                .await?;
+        }
+        Ok(connections)
     }
 }
 

@@ -41,6 +41,10 @@ use crate::model::{
     Agent, Conversation, DeadLetter, IdempotencyRecord, LastMessage, NewMessage, SequenceCounter,
     StoredMessage, User,
 };
+use crate::model::{
+    AgentQuery, ConversationKind, Credentials, DeviceToken, Erasure, Media, MemberConversation,
+    MemberState, MemberStateUpdate, RefreshToken, RefreshUse, UserData, VerificationCode,
+};
 use crate::protocol::MessageStatus;
 
 /// Collection names and the indexes on them: the one place that knows the schema.
@@ -61,6 +65,16 @@ pub mod collections {
     pub const DEAD_LETTERS: &str = "dead_letters";
     /// Agent registry (`agents`).
     pub const AGENTS: &str = "agents";
+    /// Password hashes, apart from profiles (`credentials`).
+    pub const CREDENTIALS: &str = "credentials";
+    /// Pending verification codes, hashed (`verification_codes`).
+    pub const VERIFICATION_CODES: &str = "verification_codes";
+    /// Refresh tokens, hashed, with their families (`refresh_tokens`).
+    pub const REFRESH_TOKENS: &str = "refresh_tokens";
+    /// Push device tokens (`devices`).
+    pub const DEVICES: &str = "devices";
+    /// Codes recorded by the local code sender instead of being sent (`code_outbox`, local use).
+    pub const CODE_OUTBOX: &str = "code_outbox";
 }
 
 /// Claimed idempotency keys expire after 24 hours (seeds).
@@ -71,6 +85,8 @@ pub const DEFAULT_MESSAGE_RETENTION: Duration = Duration::from_secs(90 * 24 * 36
 pub const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a claimer of an idempotency key is presumed alive.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
+/// Records of the local code sender are kept this long.
+pub const CODE_OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Name of the TTL index on `messages.created_at` (changed in place when retention changes).
 pub const MESSAGE_TTL_INDEX: &str = "created_at_ttl";
 
@@ -150,6 +166,146 @@ pub trait Store: Send + Sync {
         capability: &str,
         online_since: DateTime,
     ) -> Result<Option<Agent>>;
+
+    // ---- The HTTP API: accounts and tokens ----
+
+    /// The user with this E.164 phone number.
+    async fn user_by_phone(&self, phone: &str) -> Result<Option<User>>;
+    /// The user with this (normalised) email address.
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
+    /// Users by id (any order; unknown ids are skipped).
+    async fn users_by_ids(&self, user_ids: &[String]) -> Result<Vec<User>>;
+    /// Changes a profile's name and/or avatar (`Some(None)` removes the avatar); returns it as
+    /// updated, `None` when the user does not exist.
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        name: Option<&str>,
+        avatar_url: Option<Option<&str>>,
+    ) -> Result<Option<User>>;
+    /// A user's password hash, if they set a password.
+    async fn password_hash(&self, user_id: &str) -> Result<Option<String>>;
+    /// Sets a user's password hash.
+    async fn set_password_hash(&self, user_id: &str, password_hash: &str) -> Result<()>;
+    /// Creates or replaces the pending code of a destination.
+    async fn put_verification_code(&self, code: &VerificationCode) -> Result<()>;
+    /// The pending code of a destination.
+    async fn verification_code(&self, destination: &str) -> Result<Option<VerificationCode>>;
+    /// Counts one attempt at a destination's code, atomically, unless it expired or already had
+    /// `max_attempts`; returns the record as it was before this attempt (`None`: no usable code).
+    async fn count_code_attempt(
+        &self,
+        destination: &str,
+        max_attempts: u32,
+        now: DateTime,
+    ) -> Result<Option<VerificationCode>>;
+    /// Deletes a destination's code (only if its hash is still `code_hash`, when given); true when
+    /// this call deleted it, so a code is used once.
+    async fn delete_verification_code(
+        &self,
+        destination: &str,
+        code_hash: Option<&str>,
+    ) -> Result<bool>;
+    /// Stores a new refresh token.
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<()>;
+    /// One refresh token by hash.
+    async fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshToken>>;
+    /// Presents a refresh token: marks it used, atomically, if it is valid; otherwise says why not.
+    async fn use_refresh_token(&self, token_hash: &str, now: DateTime) -> Result<RefreshUse>;
+    /// Revokes every token of a family; returns how many were live.
+    async fn revoke_refresh_family(&self, family_id: &str, now: DateTime) -> Result<u64>;
+    /// Revokes every refresh token of a user.
+    async fn revoke_refresh_tokens_of(&self, user_id: &str, now: DateTime) -> Result<u64>;
+
+    // ---- The HTTP API: conversations and groups ----
+
+    /// Every conversation `user_id` takes part in, with their own state (any order).
+    async fn conversations_of(&self, user_id: &str) -> Result<Vec<MemberConversation>>;
+    /// One conversation with `user_id`'s own state, if they take part in it.
+    async fn member_conversation(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+    ) -> Result<Option<MemberConversation>>;
+    /// Stores a 1:1 or agent conversation unless one with the same `pair_key` exists; returns the
+    /// stored one and whether this call created it.
+    async fn insert_pair_conversation(
+        &self,
+        conversation: &Conversation,
+        pair_key: &str,
+    ) -> Result<(Conversation, bool)>;
+    /// A two-party conversation of `kind` between `a` and `b`, however it was created.
+    async fn conversation_between(
+        &self,
+        kind: ConversationKind,
+        a: &str,
+        b: &str,
+    ) -> Result<Option<Conversation>>;
+    /// Changes a participant's own state; false when they are not a participant.
+    async fn update_member_state(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        update: &MemberStateUpdate,
+    ) -> Result<bool>;
+    /// Highest sequence number handed out in a conversation (0 when none).
+    async fn last_allocated_sequence(&self, conversation_id: &str) -> Result<u64>;
+    /// Compare-and-set of a group's members: replaces participants and admins only if they are
+    /// still exactly `expected_participants` and `expected_admins`; removed participants lose
+    /// their read marker and state. False when someone changed them first.
+    async fn replace_group_members(
+        &self,
+        conversation_id: &str,
+        expected_participants: &[String],
+        expected_admins: &[String],
+        participants: &[String],
+        admins: &[String],
+    ) -> Result<bool>;
+    /// Changes a group's name and/or description (`Some(None)` removes the description).
+    async fn update_group_info(
+        &self,
+        conversation_id: &str,
+        name: Option<&str>,
+        description: Option<Option<&str>>,
+    ) -> Result<bool>;
+    /// Messages with `from <= sequence_number <= to`, at most `limit`: the lowest ones in
+    /// ascending order, or with `newest_first` the highest ones in descending order.
+    async fn messages_page(
+        &self,
+        conversation_id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<StoredMessage>>;
+    /// Deletes a conversation with its messages, counter, claims and media records; returns how
+    /// many messages went.
+    async fn delete_conversation_data(&self, conversation_id: &str) -> Result<u64>;
+
+    // ---- The HTTP API: agent registry and devices ----
+
+    /// Adds an agent to the registry (`conflict` when the id is taken).
+    async fn insert_agent(&self, agent: &Agent) -> Result<()>;
+    /// Removes an agent from the registry; false when it was not there.
+    async fn delete_agent(&self, agent_id: &str) -> Result<bool>;
+    /// Agents matching every filter of `query`, by ascending id.
+    async fn search_agents(&self, query: &AgentQuery) -> Result<Vec<Agent>>;
+    /// Registers a device's push token (moving the token away from any other user or device).
+    async fn upsert_device(&self, device: &DeviceToken) -> Result<()>;
+    /// Unregisters a device; false when it was not registered.
+    async fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool>;
+    /// A user's registered devices.
+    async fn devices_of(&self, user_id: &str) -> Result<Vec<DeviceToken>>;
+
+    // ---- The HTTP API: personal data (GDPR) ----
+
+    /// Everything stored about a user, for the data export; `None` when the user does not exist.
+    async fn user_data(&self, user_id: &str) -> Result<Option<UserData>>;
+    /// Erases a user: profile, password, tokens, devices, codes and agent conversations are
+    /// deleted; 1:1 conversations stay for the other person and messages they sent stay in
+    /// conversations, both attributed to `tombstone` instead of the user (also in system
+    /// messages); they leave every group; their receipts and read markers are removed.
+    async fn erase_user(&self, user_id: &str, tombstone: &str) -> Result<Erasure>;
 }
 
 /// Options of the MongoDB adapter.
@@ -179,7 +335,23 @@ impl MongoStore {
     /// Connects to `uri` and uses database `db_name`. Does not create indexes: call
     /// [`MongoStore::ensure_indexes`] once at start.
     pub async fn connect(uri: &str, db_name: &str, options: StoreOptions) -> Result<Self> {
-        let client = mongodb::Client::with_uri_str(uri).await?;
+        let mut client_options = mongodb::options::ClientOptions::parse(uri).await?;
+        // Every command is one round trip: time them all for `crate::metrics`.
+        client_options.command_event_handler = Some(mongodb::event::EventHandler::callback(
+            |event: mongodb::event::command::CommandEvent| {
+                use mongodb::event::command::CommandEvent;
+                match event {
+                    CommandEvent::Succeeded(e) => {
+                        crate::metrics::record(crate::metrics::Stage::Mongo, e.duration)
+                    }
+                    CommandEvent::Failed(e) => {
+                        crate::metrics::record(crate::metrics::Stage::Mongo, e.duration)
+                    }
+                    _ => {}
+                }
+            },
+        ));
+        let client = mongodb::Client::with_options(client_options)?;
         Ok(Self {
             db: client.database(db_name),
             options,
@@ -219,6 +391,30 @@ impl MongoStore {
 
     fn users(&self) -> Collection<User> {
         self.db.collection(collections::USERS)
+    }
+
+    fn conversation_docs(&self) -> Collection<Document> {
+        self.db.collection(collections::CONVERSATIONS)
+    }
+
+    fn credentials(&self) -> Collection<Credentials> {
+        self.db.collection(collections::CREDENTIALS)
+    }
+
+    fn codes(&self) -> Collection<VerificationCode> {
+        self.db.collection(collections::VERIFICATION_CODES)
+    }
+
+    fn refresh_tokens(&self) -> Collection<RefreshToken> {
+        self.db.collection(collections::REFRESH_TOKENS)
+    }
+
+    fn devices(&self) -> Collection<DeviceToken> {
+        self.db.collection(collections::DEVICES)
+    }
+
+    fn agents(&self) -> Collection<Agent> {
+        self.db.collection(collections::AGENTS)
     }
 
     /// Creates every collection's indexes; safe to run at every start and concurrently. When the
@@ -262,6 +458,8 @@ impl MongoStore {
                         doc! {"conversation_id": 1, "timestamp": -1},
                         named("conversation_timestamp"),
                     ),
+                    // A user's own messages: data export and erasure.
+                    index(doc! {"sender_id": 1}, named("sender")),
                 ],
             ),
             (
@@ -293,6 +491,11 @@ impl MongoStore {
                         unique("conversation_id_unique"),
                     ),
                     index(doc! {"participants": 1}, named("participants")),
+                    // One 1:1 or agent conversation per pair (set by the HTTP API).
+                    index(
+                        doc! {"pair_key": 1},
+                        unique_when_present("pair_key_unique", "pair_key"),
+                    ),
                 ],
             ),
             (
@@ -300,6 +503,7 @@ impl MongoStore {
                 vec![
                     index(doc! {"media_id": 1}, unique("media_id_unique")),
                     index(doc! {"conversation_id": 1}, named("conversation")),
+                    index(doc! {"uploader_id": 1}, named("uploader")),
                 ],
             ),
             (
@@ -316,6 +520,41 @@ impl MongoStore {
             (
                 collections::AGENTS,
                 vec![index(doc! {"agent_id": 1}, unique("agent_id_unique"))],
+            ),
+            (
+                collections::VERIFICATION_CODES,
+                vec![index(
+                    doc! {"purge_at": 1},
+                    ttl("purge_at_ttl", Duration::ZERO),
+                )],
+            ),
+            (
+                collections::REFRESH_TOKENS,
+                vec![
+                    index(doc! {"family_id": 1}, named("family")),
+                    index(doc! {"user_id": 1}, named("user")),
+                    index(
+                        doc! {"expires_at": 1},
+                        ttl("expires_at_ttl", Duration::ZERO),
+                    ),
+                ],
+            ),
+            (
+                collections::DEVICES,
+                vec![
+                    index(
+                        doc! {"user_id": 1, "device_id": 1},
+                        unique("user_device_unique"),
+                    ),
+                    index(doc! {"token": 1}, unique("token_unique")),
+                ],
+            ),
+            (
+                collections::CODE_OUTBOX,
+                vec![index(
+                    doc! {"created_at": 1},
+                    ttl("created_at_ttl", CODE_OUTBOX_RETENTION),
+                )],
             ),
         ];
         for (collection, indexes) in plan {
@@ -475,6 +714,37 @@ pub fn fingerprint(m: &NewMessage) -> String {
         h.update(part.as_bytes());
     }
     hex::encode(h.finalize())
+}
+
+/// `text` as a regular expression matching itself literally.
+pub fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A conversation document with `user_id`'s own state (`member_state.{user_id}`).
+fn member_conversation_from(document: Document, user_id: &str) -> Result<MemberConversation> {
+    let state = match document
+        .get_document("member_state")
+        .ok()
+        .and_then(|m| m.get_document(user_id).ok())
+    {
+        Some(state) => mongodb::bson::from_document::<MemberState>(state.clone())
+            .map_err(|e| Error::dependency("bson", e))?,
+        None => MemberState::default(),
+    };
+    let conversation = mongodb::bson::from_document::<Conversation>(document)
+        .map_err(|e| Error::dependency("bson", e))?;
+    Ok(MemberConversation {
+        conversation,
+        state,
+    })
 }
 
 /// The stored form of a client key: scoped by sender.
@@ -781,7 +1051,8 @@ impl Store for MongoStore {
     async fn share_conversation(&self, a: &str, b: &str) -> Result<bool> {
         self.rt();
         let found = self
-            .conversations()
+            .db
+            .collection::<Document>(collections::CONVERSATIONS)
             .find_one(doc! {"participants": {"$all": [a, b]}})
             .projection(doc! {"_id": 1})
             .await?;
@@ -834,6 +1105,796 @@ impl Store for MongoStore {
             )
             .await?;
         Ok(())
+    }
+
+    // ---- The HTTP API: accounts and tokens ----
+
+    async fn user_by_phone(&self, phone: &str) -> Result<Option<User>> {
+        self.rt();
+        Ok(self.users().find_one(doc! {"phone": phone}).await?)
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        self.rt();
+        Ok(self.users().find_one(doc! {"email": email}).await?)
+    }
+
+    async fn users_by_ids(&self, user_ids: &[String]) -> Result<Vec<User>> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.rt();
+        let cursor = self
+            .users()
+            .find(doc! {"user_id": {"$in": user_ids}})
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        name: Option<&str>,
+        avatar_url: Option<Option<&str>>,
+    ) -> Result<Option<User>> {
+        let mut set = doc! {};
+        let mut unset = doc! {};
+        if let Some(name) = name {
+            set.insert("name", name);
+        }
+        match avatar_url {
+            Some(Some(url)) => {
+                set.insert("avatar_url", url);
+            }
+            Some(None) => {
+                unset.insert("avatar_url", "");
+            }
+            None => {}
+        }
+        let mut update = doc! {};
+        if !set.is_empty() {
+            update.insert("$set", set);
+        }
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        if update.is_empty() {
+            return self.user(user_id).await;
+        }
+        self.rt();
+        Ok(self
+            .users()
+            .find_one_and_update(doc! {"user_id": user_id}, update)
+            .return_document(ReturnDocument::After)
+            .await?)
+    }
+
+    async fn password_hash(&self, user_id: &str) -> Result<Option<String>> {
+        self.rt();
+        Ok(self
+            .credentials()
+            .find_one(doc! {"_id": user_id})
+            .await?
+            .map(|c| c.password_hash))
+    }
+
+    async fn set_password_hash(&self, user_id: &str, password_hash: &str) -> Result<()> {
+        self.rt();
+        self.credentials()
+            .replace_one(
+                doc! {"_id": user_id},
+                Credentials {
+                    user_id: user_id.to_string(),
+                    password_hash: password_hash.to_string(),
+                    updated_at: DateTime::now(),
+                },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    async fn put_verification_code(&self, code: &VerificationCode) -> Result<()> {
+        self.rt();
+        self.codes()
+            .replace_one(doc! {"_id": &code.destination}, code)
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    async fn verification_code(&self, destination: &str) -> Result<Option<VerificationCode>> {
+        self.rt();
+        Ok(self.codes().find_one(doc! {"_id": destination}).await?)
+    }
+
+    async fn count_code_attempt(
+        &self,
+        destination: &str,
+        max_attempts: u32,
+        now: DateTime,
+    ) -> Result<Option<VerificationCode>> {
+        self.rt();
+        Ok(self
+            .codes()
+            .find_one_and_update(
+                doc! {
+                    "_id": destination,
+                    "attempts": {"$lt": max_attempts as i64},
+                    "expires_at": {"$gt": now},
+                },
+                doc! {"$inc": {"attempts": 1_i64}},
+            )
+            .return_document(ReturnDocument::Before)
+            .await?)
+    }
+
+    async fn delete_verification_code(
+        &self,
+        destination: &str,
+        code_hash: Option<&str>,
+    ) -> Result<bool> {
+        let mut filter = doc! {"_id": destination};
+        if let Some(hash) = code_hash {
+            filter.insert("code_hash", hash);
+        }
+        self.rt();
+        Ok(self.codes().delete_one(filter).await?.deleted_count == 1)
+    }
+
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<()> {
+        self.rt();
+        self.refresh_tokens().insert_one(token).await?;
+        Ok(())
+    }
+
+    async fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshToken>> {
+        self.rt();
+        Ok(self
+            .refresh_tokens()
+            .find_one(doc! {"_id": token_hash})
+            .await?)
+    }
+
+    async fn use_refresh_token(&self, token_hash: &str, now: DateTime) -> Result<RefreshUse> {
+        self.rt();
+        let taken = self
+            .refresh_tokens()
+            .find_one_and_update(
+                doc! {
+                    "_id": token_hash,
+                    "used_at": null,
+                    "revoked_at": null,
+                    "expires_at": {"$gt": now},
+                },
+                doc! {"$set": {"used_at": now}},
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        if let Some(token) = taken {
+            return Ok(RefreshUse::Rotated(token));
+        }
+        Ok(match self.refresh_token(token_hash).await? {
+            None => RefreshUse::Unknown,
+            Some(t) if t.revoked_at.is_some() => RefreshUse::Revoked(t),
+            Some(t) if t.used_at.is_some() => RefreshUse::Reused(t),
+            Some(t) => RefreshUse::Expired(t),
+        })
+    }
+
+    async fn revoke_refresh_family(&self, family_id: &str, now: DateTime) -> Result<u64> {
+        self.rt();
+        let result = self
+            .refresh_tokens()
+            .update_many(
+                doc! {"family_id": family_id, "revoked_at": null},
+                doc! {"$set": {"revoked_at": now}},
+            )
+            .await?;
+        Ok(result.modified_count)
+    }
+
+    async fn revoke_refresh_tokens_of(&self, user_id: &str, now: DateTime) -> Result<u64> {
+        self.rt();
+        let result = self
+            .refresh_tokens()
+            .update_many(
+                doc! {"user_id": user_id, "revoked_at": null},
+                doc! {"$set": {"revoked_at": now}},
+            )
+            .await?;
+        Ok(result.modified_count)
+    }
+
+    // ---- The HTTP API: conversations and groups ----
+
+    async fn conversations_of(&self, user_id: &str) -> Result<Vec<MemberConversation>> {
+        self.rt();
+        let docs: Vec<Document> = self
+            .conversation_docs()
+            .find(doc! {"participants": user_id})
+            .await?
+            .try_collect()
+            .await?;
+        docs.into_iter()
+            .map(|d| member_conversation_from(d, user_id))
+            .collect()
+    }
+
+    async fn member_conversation(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+    ) -> Result<Option<MemberConversation>> {
+        self.rt();
+        let found = self
+            .conversation_docs()
+            .find_one(doc! {"conversation_id": conversation_id, "participants": user_id})
+            .await?;
+        found
+            .map(|d| member_conversation_from(d, user_id))
+            .transpose()
+    }
+
+    async fn insert_pair_conversation(
+        &self,
+        conversation: &Conversation,
+        pair_key: &str,
+    ) -> Result<(Conversation, bool)> {
+        conversation.validate()?;
+        let mut document =
+            mongodb::bson::to_document(conversation).map_err(|e| Error::dependency("bson", e))?;
+        document.insert("pair_key", pair_key);
+        self.rt();
+        match self.conversation_docs().insert_one(document).await {
+            Ok(_) => Ok((conversation.clone(), true)),
+            Err(e) if is_duplicate_key(&e) => {
+                self.rt();
+                let existing = self
+                    .conversations()
+                    .find_one(doc! {"pair_key": pair_key})
+                    .await?
+                    .ok_or_else(|| {
+                        Error::client(ErrorCode::Conflict, "conversation already exists")
+                    })?;
+                Ok((existing, false))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn conversation_between(
+        &self,
+        kind: ConversationKind,
+        a: &str,
+        b: &str,
+    ) -> Result<Option<Conversation>> {
+        let kind = mongodb::bson::to_bson(&kind).map_err(|e| Error::dependency("bson", e))?;
+        self.rt();
+        let found: Vec<Conversation> = self
+            .conversations()
+            .find(doc! {"kind": kind, "participants": {"$all": [a, b]}})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().find(|c| c.participants.len() == 2))
+    }
+
+    async fn update_member_state(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        update: &MemberStateUpdate,
+    ) -> Result<bool> {
+        let base = format!("member_state.{user_id}");
+        let mut set = doc! {};
+        let mut max = doc! {};
+        if let Some(pinned) = update.pinned {
+            set.insert(format!("{base}.pinned"), pinned);
+        }
+        if let Some(archived) = update.archived {
+            set.insert(format!("{base}.archived"), archived);
+        }
+        if let Some(seq) = update.delete_up_to {
+            set.insert(format!("{base}.deleted"), true);
+            set.insert(format!("{base}.pinned"), false);
+            set.insert(format!("{base}.archived"), false);
+            max.insert(format!("{base}.cleared_up_to"), seq as i64);
+        }
+        if update.restore {
+            set.insert(format!("{base}.deleted"), false);
+        }
+        let mut change = doc! {};
+        if !set.is_empty() {
+            change.insert("$set", set);
+        }
+        if !max.is_empty() {
+            change.insert("$max", max);
+        }
+        let filter = doc! {"conversation_id": conversation_id, "participants": user_id};
+        self.rt();
+        if change.is_empty() {
+            let found = self
+                .conversation_docs()
+                .find_one(filter)
+                .projection(doc! {"_id": 1})
+                .await?;
+            return Ok(found.is_some());
+        }
+        Ok(self
+            .conversation_docs()
+            .update_one(filter, change)
+            .await?
+            .matched_count
+            == 1)
+    }
+
+    async fn last_allocated_sequence(&self, conversation_id: &str) -> Result<u64> {
+        self.rt();
+        Ok(self
+            .counters()
+            .find_one(doc! {"_id": conversation_id})
+            .await?
+            .map(|c| c.last_sequence_number)
+            .unwrap_or(0))
+    }
+
+    async fn replace_group_members(
+        &self,
+        conversation_id: &str,
+        expected_participants: &[String],
+        expected_admins: &[String],
+        participants: &[String],
+        admins: &[String],
+    ) -> Result<bool> {
+        let mut filter = doc! {
+            "conversation_id": conversation_id,
+            "kind": "group",
+            "participants": expected_participants,
+        };
+        if expected_admins.is_empty() {
+            filter.insert(
+                "$or",
+                vec![doc! {"admins": {"$exists": false}}, doc! {"admins": []}],
+            );
+        } else {
+            filter.insert("admins", expected_admins);
+        }
+        let mut update = doc! {"$set": {"participants": participants, "admins": admins}};
+        let mut unset = doc! {};
+        for gone in expected_participants
+            .iter()
+            .filter(|p| !participants.contains(p))
+        {
+            unset.insert(format!("read_up_to.{gone}"), "");
+            unset.insert(format!("member_state.{gone}"), "");
+        }
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        self.rt();
+        Ok(self
+            .conversation_docs()
+            .update_one(filter, update)
+            .await?
+            .matched_count
+            == 1)
+    }
+
+    async fn update_group_info(
+        &self,
+        conversation_id: &str,
+        name: Option<&str>,
+        description: Option<Option<&str>>,
+    ) -> Result<bool> {
+        let mut set = doc! {};
+        let mut unset = doc! {};
+        if let Some(name) = name {
+            set.insert("name", name);
+        }
+        match description {
+            Some(Some(d)) => {
+                set.insert("description", d);
+            }
+            Some(None) => {
+                unset.insert("description", "");
+            }
+            None => {}
+        }
+        let mut update = doc! {};
+        if !set.is_empty() {
+            update.insert("$set", set);
+        }
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        let filter = doc! {"conversation_id": conversation_id, "kind": "group"};
+        self.rt();
+        if update.is_empty() {
+            return Ok(self.conversation_docs().find_one(filter).await?.is_some());
+        }
+        Ok(self
+            .conversation_docs()
+            .update_one(filter, update)
+            .await?
+            .matched_count
+            == 1)
+    }
+
+    async fn messages_page(
+        &self,
+        conversation_id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<StoredMessage>> {
+        let to = to.min(i64::MAX as u64);
+        self.rt();
+        let cursor = self
+            .messages()
+            .find(doc! {
+                "conversation_id": conversation_id,
+                "sequence_number": {"$gte": from as i64, "$lte": to as i64},
+            })
+            .sort(doc! {"sequence_number": if newest_first { -1 } else { 1 }})
+            .limit(limit as i64)
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    async fn delete_conversation_data(&self, conversation_id: &str) -> Result<u64> {
+        let by_conversation = doc! {"conversation_id": conversation_id};
+        self.rt();
+        let messages = self
+            .messages()
+            .delete_many(by_conversation.clone())
+            .await?
+            .deleted_count;
+        self.rt();
+        self.claims().delete_many(by_conversation.clone()).await?;
+        self.rt();
+        self.db
+            .collection::<Document>(collections::MEDIA)
+            .delete_many(by_conversation.clone())
+            .await?;
+        self.rt();
+        self.counters()
+            .delete_one(doc! {"_id": conversation_id})
+            .await?;
+        self.rt();
+        self.conversation_docs().delete_one(by_conversation).await?;
+        Ok(messages)
+    }
+
+    // ---- The HTTP API: agent registry and devices ----
+
+    async fn insert_agent(&self, agent: &Agent) -> Result<()> {
+        self.rt();
+        match self.agents().insert_one(agent).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Err(Error::client(
+                ErrorCode::Conflict,
+                format!("agent {} already exists", agent.agent_id),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_agent(&self, agent_id: &str) -> Result<bool> {
+        self.rt();
+        Ok(self
+            .agents()
+            .delete_one(doc! {"agent_id": agent_id})
+            .await?
+            .deleted_count
+            == 1)
+    }
+
+    async fn search_agents(&self, query: &AgentQuery) -> Result<Vec<Agent>> {
+        let mut filter = doc! {};
+        if let Some(text) = query.text.as_deref().filter(|t| !t.is_empty()) {
+            let pattern = regex_escape(text);
+            let like = |field: &str| doc! {field: {"$regex": &pattern, "$options": "i"}};
+            filter.insert(
+                "$or",
+                vec![like("name"), like("capabilities"), like("categories")],
+            );
+        }
+        if let Some(capability) = &query.capability {
+            filter.insert("capabilities", capability);
+        }
+        if let Some(category) = &query.category {
+            filter.insert("categories", category);
+        }
+        if let Some(since) = query.online_since {
+            filter.insert("last_heartbeat_at", doc! {"$gte": since});
+        }
+        if let Some(after) = &query.after {
+            filter.insert("agent_id", doc! {"$gt": after});
+        }
+        self.rt();
+        let cursor = self
+            .agents()
+            .find(filter)
+            .sort(doc! {"agent_id": 1})
+            .limit(query.limit as i64)
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    async fn upsert_device(&self, device: &DeviceToken) -> Result<()> {
+        let platform =
+            mongodb::bson::to_bson(&device.platform).map_err(|e| Error::dependency("bson", e))?;
+        for attempt in 0..3 {
+            // A token belongs to one user and device at a time: take it away from any other.
+            self.rt();
+            self.devices()
+                .delete_many(doc! {
+                    "token": &device.token,
+                    "$or": [
+                        {"user_id": {"$ne": &device.user_id}},
+                        {"device_id": {"$ne": &device.device_id}},
+                    ],
+                })
+                .await?;
+            self.rt();
+            let result = self
+                .devices()
+                .update_one(
+                    doc! {"user_id": &device.user_id, "device_id": &device.device_id},
+                    doc! {
+                        "$set": {
+                            "platform": platform.clone(),
+                            "token": &device.token,
+                            "updated_at": device.updated_at,
+                        },
+                        "$setOnInsert": {"created_at": device.created_at},
+                    },
+                )
+                .upsert(true)
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) if is_duplicate_key(&e) && attempt < 2 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    async fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool> {
+        self.rt();
+        Ok(self
+            .devices()
+            .delete_one(doc! {"user_id": user_id, "device_id": device_id})
+            .await?
+            .deleted_count
+            == 1)
+    }
+
+    async fn devices_of(&self, user_id: &str) -> Result<Vec<DeviceToken>> {
+        self.rt();
+        let cursor = self
+            .devices()
+            .find(doc! {"user_id": user_id})
+            .sort(doc! {"device_id": 1})
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    // ---- The HTTP API: personal data (GDPR) ----
+
+    async fn user_data(&self, user_id: &str) -> Result<Option<UserData>> {
+        let Some(user) = self.user(user_id).await? else {
+            return Ok(None);
+        };
+        let has_password = self.password_hash(user_id).await?.is_some();
+        self.rt();
+        let sessions: Vec<RefreshToken> = self
+            .refresh_tokens()
+            .find(doc! {"user_id": user_id})
+            .sort(doc! {"created_at": 1})
+            .await?
+            .try_collect()
+            .await?;
+        let devices = self.devices_of(user_id).await?;
+        let conversations = self.conversations_of(user_id).await?;
+        self.rt();
+        let messages: Vec<StoredMessage> = self
+            .messages()
+            .find(doc! {"sender_id": user_id})
+            .sort(doc! {"conversation_id": 1, "sequence_number": 1})
+            .await?
+            .try_collect()
+            .await?;
+        self.rt();
+        let media: Vec<Media> = self
+            .db
+            .collection::<Media>(collections::MEDIA)
+            .find(doc! {"uploader_id": user_id})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(Some(UserData {
+            user,
+            has_password,
+            sessions,
+            devices,
+            conversations,
+            messages,
+            media,
+        }))
+    }
+
+    async fn erase_user(&self, user_id: &str, tombstone: &str) -> Result<Erasure> {
+        let mut report = Erasure::default();
+        let user = self.user(user_id).await?;
+        let swap = |ids: &[String]| -> Vec<String> {
+            ids.iter()
+                .map(|p| if p == user_id { tombstone } else { p.as_str() })
+                .map(str::to_string)
+                .collect()
+        };
+        for MemberConversation { conversation, .. } in self.conversations_of(user_id).await? {
+            let id = conversation.conversation_id.as_str();
+            let mut unset = doc! {
+                format!("read_up_to.{user_id}"): "",
+                format!("member_state.{user_id}"): "",
+            };
+            let set = match conversation.kind {
+                ConversationKind::Agent => {
+                    report.messages_deleted += self.delete_conversation_data(id).await?;
+                    report.conversations_deleted += 1;
+                    continue;
+                }
+                ConversationKind::Direct => {
+                    unset.insert("pair_key", "");
+                    report.conversations_anonymised += 1;
+                    doc! {
+                        "participants": swap(&conversation.participants),
+                        "admins": swap(&conversation.admins),
+                    }
+                }
+                ConversationKind::Group => {
+                    let participants: Vec<String> = conversation
+                        .participants
+                        .iter()
+                        .filter(|p| *p != user_id)
+                        .cloned()
+                        .collect();
+                    let mut admins: Vec<String> = conversation
+                        .admins
+                        .iter()
+                        .filter(|a| *a != user_id)
+                        .cloned()
+                        .collect();
+                    if admins.is_empty()
+                        && let Some(first) = participants.first()
+                    {
+                        admins.push(first.clone());
+                    }
+                    doc! {"participants": participants, "admins": admins}
+                }
+            };
+            self.rt();
+            self.conversation_docs()
+                .update_one(
+                    doc! {"conversation_id": id},
+                    doc! {"$set": set, "$unset": unset},
+                )
+                .await?;
+        }
+        self.rt();
+        self.conversation_docs()
+            .update_many(
+                doc! {"last_message.sender_id": user_id},
+                doc! {"$set": {"last_message.sender_id": tombstone}},
+            )
+            .await?;
+
+        // Messages they sent stay, attributed to the tombstone (keys re-scoped to it).
+        self.rt();
+        let sent: Vec<Document> = self
+            .db
+            .collection::<Document>(collections::MESSAGES)
+            .find(doc! {"sender_id": user_id})
+            .projection(doc! {"message_id": 1, "idempotency_key": 1})
+            .await?
+            .try_collect()
+            .await?;
+        let scope = format!("{user_id}/");
+        for m in &sent {
+            let message_id = m.get_str("message_id").unwrap_or_default();
+            let key = m.get_str("idempotency_key").unwrap_or_default();
+            let key = format!("{tombstone}/{}", key.strip_prefix(&scope).unwrap_or(key));
+            self.rt();
+            self.messages()
+                .update_one(
+                    doc! {"message_id": message_id},
+                    doc! {"$set": {"sender_id": tombstone, "idempotency_key": key}},
+                )
+                .await?;
+        }
+        report.messages_anonymised = sent.len() as u64;
+        self.rt();
+        self.messages()
+            .update_many(
+                doc! {"receiver_id": user_id},
+                doc! {"$set": {"receiver_id": tombstone}},
+            )
+            .await?;
+        for field in ["delivered_to", "read_by"] {
+            self.rt();
+            self.messages()
+                .update_many(doc! {field: user_id}, doc! {"$pull": {field: user_id}})
+                .await?;
+        }
+        // System messages name users by id: name the tombstone instead.
+        self.rt();
+        let mentions: Vec<StoredMessage> = self
+            .messages()
+            .find(doc! {"type": "system", "content": {"$regex": regex_escape(user_id)}})
+            .await?
+            .try_collect()
+            .await?;
+        for m in mentions {
+            self.rt();
+            self.messages()
+                .update_one(
+                    doc! {"message_id": &m.message_id},
+                    doc! {"$set": {"content": m.content.replace(user_id, tombstone)}},
+                )
+                .await?;
+        }
+        self.rt();
+        self.db
+            .collection::<Document>(collections::MEDIA)
+            .update_many(
+                doc! {"uploader_id": user_id},
+                doc! {"$set": {"uploader_id": tombstone}},
+            )
+            .await?;
+        self.rt();
+        self.claims()
+            .delete_many(doc! {"_id": {"$regex": format!("^{}", regex_escape(&scope))}})
+            .await?;
+
+        // Account records.
+        let mut destinations = Vec::new();
+        if let Some(user) = &user {
+            if let Some(phone) = &user.phone {
+                destinations.push(format!("phone:{phone}"));
+            }
+            if let Some(email) = &user.email {
+                destinations.push(format!("email:{email}"));
+            }
+        }
+        self.rt();
+        self.codes()
+            .delete_many(doc! {"$or": [
+                {"_id": {"$in": &destinations}},
+                {"user_id": user_id},
+            ]})
+            .await?;
+        self.rt();
+        self.db
+            .collection::<Document>(collections::CODE_OUTBOX)
+            .delete_many(doc! {"destination": {"$in": &destinations}})
+            .await?;
+        self.rt();
+        self.credentials().delete_one(doc! {"_id": user_id}).await?;
+        self.rt();
+        self.refresh_tokens()
+            .delete_many(doc! {"user_id": user_id})
+            .await?;
+        self.rt();
+        self.devices()
+            .delete_many(doc! {"user_id": user_id})
+            .await?;
+        self.rt();
+        self.users().delete_one(doc! {"user_id": user_id}).await?;
+        Ok(report)
     }
 }
 

@@ -1,19 +1,14 @@
-//! Lambda entry point of the agent-response function (`agent.response`, `agent.progress`, sweeps).
-
-use lambda_runtime::{LambdaEvent, service_fn};
+//! Entry point of the agent-response function (`agent.response`, `agent.progress` and the
+//! scheduled `messaging.agent.sweep`): under Lambda (EventBridge rules and schedule) or, when
+//! `AWS_LAMBDA_RUNTIME_API` is not set, as an HTTP CloudEvents subscriber on `$PORT` (Knative).
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
     let ctx = messaging::context::Context::from_env().await?;
-    lambda_runtime::run(service_fn(|e: LambdaEvent<cloudevents::Event>| {
-        let ctx = &ctx;
-        async move {
-            fn_agent_response::handle(ctx, e.payload)
-                .await
-                .map(|_| ())
-                .map_err(lambda_runtime::Error::from)
-        }
-    }))
+    messaging::runtime::run_cloudevent_function(move |event| {
+        let ctx = ctx.clone();
+        async move { fn_agent_response::handle(&ctx, event).await.map(|()| None) }
+    })
     .await
 }

@@ -1,44 +1,698 @@
-//! The HTTP API (accounts and tokens, conversations, groups, agents, data export): not built yet.
+//! The HTTP API: accounts and tokens, profiles, conversations, groups, the agent registry, push
+//! devices, and personal data export and erasure (API Gateway HTTP API events via `lambda_http`).
 //!
-//! Every request is answered `501 Not Implemented` with a JSON error body naming the open issue,
-//! never a fake success, so clients and operators see at once what is missing.
+//! Every route is in [`ROUTES`] and, with its request and response schemas, in the OpenAPI 3
+//! document [`openapi`] (served at `GET /openapi.json`); a test checks that the two agree. Requests
+//! and answers are JSON; every refusal is a 4xx with `{"error": {"code", "message"}}` built by
+//! `messaging::Error`, and a 429 carries `Retry-After`. Every route is rate limited in Redis: per
+//! user with an access token (`API_RATE_PER_MINUTE`), per client address without one
+//! (`AUTH_RATE_PER_MINUTE`), and the sign-in routes also per phone number or email.
+//!
+//! | method | path | who | what |
+//! |---|---|---|---|
+//! | POST | `/v1/auth/register` | anyone | phone (E.164) or email, name, optional password: sends a code |
+//! | POST | `/v1/auth/verify` | anyone | enters a code: creates the account, signs in, or recovers it; returns tokens |
+//! | POST | `/v1/auth/resend` | anyone | sends a new code for the pending purpose (throttled) |
+//! | POST | `/v1/auth/login` | anyone | with password: tokens; without: sends a sign-in code |
+//! | POST | `/v1/auth/recover` | anyone | sends a recovery code to the account's verified phone or email |
+//! | POST | `/v1/auth/refresh` | anyone | rotates a refresh token; a reused one revokes its whole family |
+//! | POST | `/v1/auth/logout` | anyone | revokes a session (or every session) by its refresh token |
+//! | GET, PATCH, DELETE | `/v1/me` | user | own profile; name and avatar; delete the account and personal data |
+//! | GET | `/v1/me/export` | user | everything stored about the caller as one JSON document |
+//! | GET | `/v1/users/{user_id}` | user | public profile of someone the caller shares a conversation with |
+//! | POST, GET | `/v1/conversations` | user | start 1:1 or agent conversation (one per pair); list and search |
+//! | GET, PATCH, DELETE | `/v1/conversations/{id}` | member | view; pin/archive; delete for me |
+//! | GET | `/v1/conversations/{id}/messages` | member | history page by sequence range |
+//! | POST | `/v1/groups` | user | create a group (up to 100 participants, all existing users) |
+//! | GET, PATCH | `/v1/groups/{id}` | member, admin | group with members; rename / describe |
+//! | GET, POST | `/v1/groups/{id}/participants` | member, admin | list members; add members |
+//! | DELETE | `/v1/groups/{id}/participants/{user_id}` | admin, self | remove a member (or leave) |
+//! | POST | `/v1/groups/{id}/leave` | member | leave (the last admin's leaving promotes the longest-standing member) |
+//! | POST | `/v1/groups/{id}/admins` | admin | promote a member |
+//! | DELETE | `/v1/groups/{id}/admins/{user_id}` | admin | demote an admin (never the last one) |
+//! | GET, POST | `/v1/agents` | user, operator | browse and search the registry; register an agent |
+//! | GET, PATCH, DELETE | `/v1/agents/{agent_id}` | user, operator | view; update; remove |
+//! | POST | `/v1/agents/{agent_id}/heartbeat` | operator, the agent | marks the agent online |
+//! | GET | `/v1/devices` | user | registered push devices |
+//! | PUT, DELETE | `/v1/devices/{device_id}` | user | register / unregister an FCM or APNs token |
+//! | GET | `/openapi.json` | anyone | this API's OpenAPI document |
+//!
+//! # Accounts and tokens
+//!
+//! Registration, code sign-in and recovery all go through one verification code per destination
+//! (collection `verification_codes`): six random digits, stored only as an argon2id hash, valid
+//! 10 minutes and for 5 wrong attempts (counted atomically), resent at most every 30 seconds and
+//! 5 times an hour; codes go out through a [`CodeSender`] (an HTTP provider in production, printed
+//! and recorded locally). Passwords are optional and hashed with argon2id (collection
+//! `credentials`). A sign-in returns a short access JWT (15 minutes, signed by the same keys the
+//! WebSocket connect function verifies) and an opaque refresh token, stored as its SHA-256 in a
+//! family; each refresh rotates it, and presenting a used token again revokes the whole family.
+//! Recovery revokes every session of the account.
+//!
+//! # Conversations
+//!
+//! Each participant's own view of a conversation (pinned, archived, deleted for them with the
+//! sequence number up to which history is cleared) lives in the conversation document under
+//! `member_state.{user_id}`, beside the existing `read_up_to` markers, so one query gives a user's
+//! list with unread counts. 1:1 and agent conversations carry a unique `pair_key`, so creating one
+//! twice (even concurrently) returns the first. Search matches titles, group names and
+//! descriptions, and participants' and agents' names; message content is end-to-end encrypted and
+//! never searched. Group changes are compare-and-set on the member lists, and every change posts a
+//! `system` message whose content is JSON naming users by id only (`{"event": ...}`).
+//!
+//! # Personal data
+//!
+//! `GET /v1/me/export` returns profile, sessions (without tokens), devices, conversations with the
+//! caller's state, every message they sent (content as stored, i.e. encrypted) and their media
+//! records. `DELETE /v1/me` erases the account: profile, password, tokens, devices, pending codes,
+//! Redis state (connections are closed) and agent conversations are deleted; the user leaves every
+//! group (a system message says an account was deleted); messages they sent in groups and 1:1
+//! conversations stay for the other participants so their histories keep every sequence number,
+//! but are attributed to a random `deleted-user-…` id that nothing links to the person, as are
+//! their 1:1 conversations and any system message that named them.
 
 #![warn(missing_docs)]
 
-use lambda_http::{Body, Request, Response};
+mod accounts;
+mod agents;
+pub mod codes;
+mod conversations;
+mod devices;
+mod docs;
+mod gdpr;
+mod groups;
+mod http;
+pub mod views;
 
-/// Answers every request with 501 and an explanation.
-pub async fn handle(request: Request) -> Response<Body> {
-    let what = format!("{} {}", request.method(), request.uri().path());
-    let error = messaging::Error::not_implemented(&format!("the HTTP API ({what})"));
-    Response::builder()
-        .status(error.http_status())
-        .header("content-type", "application/json")
-        .body(Body::Text(error.to_http_body().to_string()))
-        .expect("static response parts are valid")
+use std::sync::Arc;
+use std::time::Duration;
+
+use lambda_http::{Body, Request, Response};
+use messaging::auth::JwtIssuer;
+use messaging::config::{ConfigError, Env, MongoConfig, Source};
+use messaging::context::Context;
+use messaging::realtime::{RateDecision, RateLimit};
+use messaging::telemetry::hashed_id;
+use messaging::{Error, Result};
+
+pub use codes::{CodeMessage, CodeSender, HttpCodeSender, LocalCodeSender};
+use http::{Call, Reply};
+
+/// Cost of the argon2id hashes of passwords and verification codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    /// Memory in KiB (OWASP: 19456).
+    pub memory_kib: u32,
+    /// Passes (OWASP: 2).
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// Settings of the API beyond the shared [`Context`].
+#[derive(Clone)]
+pub struct ApiOptions {
+    /// Signs access tokens (the messaging functions verify them).
+    pub issuer: JwtIssuer,
+    /// Delivers verification codes.
+    pub code_sender: Arc<dyn CodeSender>,
+    /// Secret of the `X-Operator-Key` header for the agent registry (else only the role claim).
+    pub operator_key: Option<String>,
+    /// Lifetime of access tokens.
+    pub access_token_ttl: Duration,
+    /// Lifetime of refresh tokens.
+    pub refresh_token_ttl: Duration,
+    /// Lifetime of verification codes.
+    pub code_ttl: Duration,
+    /// Wrong entries allowed per code.
+    pub code_max_attempts: u32,
+    /// Least time between two codes to one destination.
+    pub code_resend_interval: Duration,
+    /// Most codes to one destination per [`ApiOptions::code_send_window`].
+    pub code_max_sends: u32,
+    /// Window of [`ApiOptions::code_max_sends`].
+    pub code_send_window: Duration,
+    /// Per-user budget of requests with an access token.
+    pub rate_limit: RateLimit,
+    /// Per-address (and per phone or email) budget of requests without one.
+    pub auth_rate_limit: RateLimit,
+    /// Cost of argon2id hashing.
+    pub hash_cost: HashCost,
+}
+
+impl ApiOptions {
+    /// Defaults: 15-minute access tokens, 30-day refresh tokens, 10-minute codes with 5
+    /// attempts, resent every 30 s at most and 5 times an hour, 300 requests a minute per user,
+    /// 30 a minute per address without a token, OWASP argon2id cost, no operator key, and codes
+    /// printed by a [`LocalCodeSender`] (configure a real sender outside development).
+    pub fn new(issuer: JwtIssuer) -> Self {
+        Self {
+            issuer,
+            code_sender: Arc::new(LocalCodeSender::new(None)),
+            operator_key: None,
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            code_ttl: Duration::from_secs(10 * 60),
+            code_max_attempts: 5,
+            code_resend_interval: Duration::from_secs(30),
+            code_max_sends: 5,
+            code_send_window: Duration::from_secs(3600),
+            rate_limit: RateLimit {
+                max: 300,
+                window: Duration::from_secs(60),
+            },
+            auth_rate_limit: RateLimit {
+                max: 30,
+                window: Duration::from_secs(60),
+            },
+            hash_cost: HashCost::default(),
+        }
+    }
+
+    /// Reads the options from configuration:
+    /// `JWT_RS256_PRIVATE_KEY` (PEM) or `JWT_HS256_SECRET`, `JWT_ISSUER`, `JWT_AUDIENCE`;
+    /// `OPERATOR_KEY` (at least 16 characters); `ACCESS_TOKEN_TTL_SECS` (900),
+    /// `REFRESH_TOKEN_TTL_SECS` (2592000); `API_RATE_PER_MINUTE` (300), `AUTH_RATE_PER_MINUTE`
+    /// (30); `CODE_SENDER_URL` and `CODE_SENDER_TOKEN` for the HTTP code sender, or
+    /// `CODE_SENDER=local` for the local one (recording in no database: see [`Api::from_env`]).
+    pub fn from_source(src: &impl Source) -> std::result::Result<Self, ConfigError> {
+        let issuer_name = src.get("JWT_ISSUER").unwrap_or_else(|| "messaging".into());
+        let audience = src
+            .get("JWT_AUDIENCE")
+            .unwrap_or_else(|| "messaging-clients".into());
+        let issuer = match (
+            src.get("JWT_RS256_PRIVATE_KEY"),
+            src.get("JWT_HS256_SECRET"),
+        ) {
+            (Some(pem), _) => JwtIssuer::rs256(&pem, &issuer_name, &audience).map_err(|e| {
+                ConfigError::Invalid {
+                    var: "JWT_RS256_PRIVATE_KEY",
+                    reason: e.to_string(),
+                }
+            })?,
+            (None, Some(secret)) if secret.len() >= 32 => {
+                JwtIssuer::hs256(secret.as_bytes(), &issuer_name, &audience)
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    var: "JWT_HS256_SECRET",
+                    reason: "must be at least 32 bytes".into(),
+                });
+            }
+            (None, None) => {
+                return Err(ConfigError::Missing(
+                    "JWT_RS256_PRIVATE_KEY or JWT_HS256_SECRET",
+                ));
+            }
+        };
+        let mut options = Self::new(issuer);
+        let num = |var: &'static str, default: u64| -> std::result::Result<u64, ConfigError> {
+            match src.get(var) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|e| ConfigError::Invalid {
+                    var,
+                    reason: format!("`{v}`: {e}"),
+                }),
+            }
+        };
+        if let Some(key) = src.get("OPERATOR_KEY") {
+            if key.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    var: "OPERATOR_KEY",
+                    reason: "must be at least 16 characters".into(),
+                });
+            }
+            options.operator_key = Some(key);
+        }
+        options.access_token_ttl = Duration::from_secs(num("ACCESS_TOKEN_TTL_SECS", 900)?);
+        options.refresh_token_ttl =
+            Duration::from_secs(num("REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?);
+        options.rate_limit.max = num("API_RATE_PER_MINUTE", 300)?;
+        options.auth_rate_limit.max = num("AUTH_RATE_PER_MINUTE", 30)?;
+        options.code_sender = match (
+            src.get("CODE_SENDER").as_deref(),
+            src.get("CODE_SENDER_URL"),
+        ) {
+            (Some("local"), _) => Arc::new(LocalCodeSender::new(None)),
+            (Some("http") | None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError::Invalid {
+                        var: "CODE_SENDER_URL",
+                        reason: "expected an http(s) URL".into(),
+                    });
+                }
+                Arc::new(HttpCodeSender::new(url, src.get("CODE_SENDER_TOKEN")))
+            }
+            (Some("http") | None, None) => return Err(ConfigError::Missing("CODE_SENDER_URL")),
+            (Some(other), _) => {
+                return Err(ConfigError::Invalid {
+                    var: "CODE_SENDER",
+                    reason: format!("`{other}`: expected `http` or `local`"),
+                });
+            }
+        };
+        Ok(options)
+    }
+}
+
+/// The api function: the shared context plus its own options.
+#[derive(Clone)]
+pub struct Api {
+    ctx: Context,
+    options: ApiOptions,
+}
+
+impl Api {
+    /// An API over `ctx` (the local stack and tests build both themselves).
+    pub fn new(ctx: Context, options: ApiOptions) -> Self {
+        Self { ctx, options }
+    }
+
+    /// Builds everything from the environment (Lambda): the shared [`Context`] (Redis, MongoDB,
+    /// gateway, broker, JWT verification) and [`ApiOptions::from_source`]. With
+    /// `CODE_SENDER=local`, codes are also recorded in MongoDB's `code_outbox`.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let ctx = Context::from_env().await?;
+        let mut options = ApiOptions::from_source(&Env)?;
+        if Env.get("CODE_SENDER").as_deref() == Some("local") {
+            let mongo = MongoConfig::from_source(&Env)?;
+            let client = mongodb::Client::with_uri_str(&mongo.uri).await?;
+            options.code_sender =
+                Arc::new(LocalCodeSender::new(Some(client.database(&mongo.database))));
+        }
+        Ok(Self::new(ctx, options))
+    }
+
+    /// The shared context.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ApiOptions {
+        &self.options
+    }
+
+    /// Counts one request of `subject` in `scope`; `rate_limited` when over `limit`.
+    async fn limit(&self, scope: &str, subject: &str, limit: RateLimit) -> Result<u64> {
+        match self
+            .ctx
+            .realtime
+            .rate_limit(scope, subject, limit, messaging::clock::now_ms())
+            .await?
+        {
+            RateDecision::Allowed { remaining } => Ok(remaining),
+            RateDecision::Limited { retry_after_secs } => {
+                Err(Error::RateLimited { retry_after_secs })
+            }
+        }
+    }
+}
+
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Register,
+    Verify,
+    ResendCode,
+    Login,
+    Recover,
+    Refresh,
+    Logout,
+    GetMe,
+    UpdateMe,
+    DeleteMe,
+    ExportMe,
+    GetUser,
+    CreateConversation,
+    ListConversations,
+    GetConversation,
+    UpdateConversation,
+    DeleteConversation,
+    ConversationMessages,
+    CreateGroup,
+    GetGroup,
+    UpdateGroup,
+    ListParticipants,
+    AddParticipants,
+    RemoveParticipant,
+    LeaveGroup,
+    PromoteAdmin,
+    DemoteAdmin,
+    ListAgents,
+    CreateAgent,
+    GetAgent,
+    UpdateAgent,
+    DeleteAgent,
+    AgentHeartbeat,
+    ListDevices,
+    PutDevice,
+    DeleteDevice,
+    OpenApi,
+}
+
+/// One route: method, path template (`{name}` segments are parameters), operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path template, as in the OpenAPI document.
+    pub path: &'static str,
+    op: Op,
+}
+
+const fn route(method: &'static str, path: &'static str, op: Op) -> Route {
+    Route { method, path, op }
+}
+
+/// Every route [`handle`] serves.
+pub const ROUTES: &[Route] = &[
+    route("POST", "/v1/auth/register", Op::Register),
+    route("POST", "/v1/auth/verify", Op::Verify),
+    route("POST", "/v1/auth/resend", Op::ResendCode),
+    route("POST", "/v1/auth/login", Op::Login),
+    route("POST", "/v1/auth/recover", Op::Recover),
+    route("POST", "/v1/auth/refresh", Op::Refresh),
+    route("POST", "/v1/auth/logout", Op::Logout),
+    route("GET", "/v1/me", Op::GetMe),
+    route("PATCH", "/v1/me", Op::UpdateMe),
+    route("DELETE", "/v1/me", Op::DeleteMe),
+    route("GET", "/v1/me/export", Op::ExportMe),
+    route("GET", "/v1/users/{user_id}", Op::GetUser),
+    route("POST", "/v1/conversations", Op::CreateConversation),
+    route("GET", "/v1/conversations", Op::ListConversations),
+    route(
+        "GET",
+        "/v1/conversations/{conversation_id}",
+        Op::GetConversation,
+    ),
+    route(
+        "PATCH",
+        "/v1/conversations/{conversation_id}",
+        Op::UpdateConversation,
+    ),
+    route(
+        "DELETE",
+        "/v1/conversations/{conversation_id}",
+        Op::DeleteConversation,
+    ),
+    route(
+        "GET",
+        "/v1/conversations/{conversation_id}/messages",
+        Op::ConversationMessages,
+    ),
+    route("POST", "/v1/groups", Op::CreateGroup),
+    route("GET", "/v1/groups/{conversation_id}", Op::GetGroup),
+    route("PATCH", "/v1/groups/{conversation_id}", Op::UpdateGroup),
+    route(
+        "GET",
+        "/v1/groups/{conversation_id}/participants",
+        Op::ListParticipants,
+    ),
+    route(
+        "POST",
+        "/v1/groups/{conversation_id}/participants",
+        Op::AddParticipants,
+    ),
+    route(
+        "DELETE",
+        "/v1/groups/{conversation_id}/participants/{user_id}",
+        Op::RemoveParticipant,
+    ),
+    route("POST", "/v1/groups/{conversation_id}/leave", Op::LeaveGroup),
+    route(
+        "POST",
+        "/v1/groups/{conversation_id}/admins",
+        Op::PromoteAdmin,
+    ),
+    route(
+        "DELETE",
+        "/v1/groups/{conversation_id}/admins/{user_id}",
+        Op::DemoteAdmin,
+    ),
+    route("GET", "/v1/agents", Op::ListAgents),
+    route("POST", "/v1/agents", Op::CreateAgent),
+    route("GET", "/v1/agents/{agent_id}", Op::GetAgent),
+    route("PATCH", "/v1/agents/{agent_id}", Op::UpdateAgent),
+    route("DELETE", "/v1/agents/{agent_id}", Op::DeleteAgent),
+    route(
+        "POST",
+        "/v1/agents/{agent_id}/heartbeat",
+        Op::AgentHeartbeat,
+    ),
+    route("GET", "/v1/devices", Op::ListDevices),
+    route("PUT", "/v1/devices/{device_id}", Op::PutDevice),
+    route("DELETE", "/v1/devices/{device_id}", Op::DeleteDevice),
+    route("GET", "/openapi.json", Op::OpenApi),
+];
+
+/// `(method, path template)` of every route [`handle`] serves.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    ROUTES.iter().map(|r| (r.method, r.path)).collect()
+}
+
+/// The OpenAPI 3 document of this API, generated from the handlers' annotations and the views.
+pub fn openapi() -> serde_json::Value {
+    docs::document()
+}
+
+/// The path of a request without any stage prefix (`/prod/v1/me` -> `/v1/me`).
+fn route_path(path: &str) -> &str {
+    if path.starts_with("/v1/") || path == "/openapi.json" {
+        return path;
+    }
+    if let Some(i) = path.find("/v1/") {
+        return &path[i..];
+    }
+    if path.ends_with("/openapi.json") {
+        return "/openapi.json";
+    }
+    path
+}
+
+fn decode_segment(segment: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", segment.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The route for a path: `Ok` with the route and its parameters, `Err` with the methods the path
+/// allows (empty when no route has this path).
+#[allow(clippy::type_complexity)]
+fn find_route(
+    method: &str,
+    path: &str,
+) -> std::result::Result<(Route, std::collections::HashMap<&'static str, String>), Vec<&'static str>>
+{
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut allowed = Vec::new();
+    for r in ROUTES {
+        let template: Vec<&'static str> = r.path.split('/').collect();
+        if template.len() != segments.len() {
+            continue;
+        }
+        let mut params = std::collections::HashMap::new();
+        let matched = template.iter().zip(&segments).all(|(t, s)| {
+            if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                params.insert(name, decode_segment(s));
+                !s.is_empty()
+            } else {
+                t == s
+            }
+        });
+        if !matched {
+            continue;
+        }
+        if r.method == method {
+            return Ok((*r, params));
+        }
+        allowed.push(r.method);
+    }
+    Err(allowed)
+}
+
+/// Handles one HTTP request: route, authenticate, rate limit, run, answer. Never panics; every
+/// failure is a JSON error answer.
+pub async fn handle(api: &Api, request: Request) -> Response<Body> {
+    let method = request.method().as_str().to_ascii_uppercase();
+    let path = route_path(request.uri().path()).to_string();
+    let (route, params) = match find_route(&method, &path) {
+        Ok(found) => found,
+        Err(allowed) if allowed.is_empty() => {
+            return http::error_response(&Error::not_found(format!(
+                "no route {method} {path}; see /openapi.json"
+            )));
+        }
+        Err(allowed) => {
+            let error = Error::invalid(format!(
+                "{method} is not allowed on {path}; allowed: {}",
+                allowed.join(", ")
+            ));
+            return http::respond(
+                Reply {
+                    status: 405,
+                    body: Some(error.to_http_body()),
+                },
+                &[("allow", allowed.join(", "))],
+            );
+        }
+    };
+    let body = http::body_bytes(&request);
+    if body.len() > http::MAX_BODY_BYTES {
+        return http::error_response(&Error::client(
+            messaging::ErrorCode::PayloadTooLarge,
+            format!("request body exceeds {} bytes", http::MAX_BODY_BYTES),
+        ));
+    }
+    let (claims, token_error) = match http::bearer(&request) {
+        Some(token) => match api.ctx.jwt.verify(token) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e)),
+        },
+        None => (None, None),
+    };
+    let operator_key = match (
+        &api.options.operator_key,
+        request.headers().get("x-operator-key"),
+    ) {
+        (Some(expected), Some(given)) => given
+            .to_str()
+            .is_ok_and(|given| http::same_secret(expected, given)),
+        _ => false,
+    };
+    let call = Call {
+        params,
+        query: http::query_of(&request),
+        body,
+        claims,
+        token_error,
+        operator_key,
+        client_ip: http::client_ip(&request),
+    };
+    let (scope, subject, limit) = match &call.claims {
+        Some(c) => ("api", c.sub.clone(), api.options.rate_limit),
+        None if call.operator_key => ("api", "operator".to_string(), api.options.rate_limit),
+        None => (
+            "api-anon",
+            format!("ip:{}", call.client_ip),
+            api.options.auth_rate_limit,
+        ),
+    };
+    let started = std::time::Instant::now();
+    let outcome = match api.limit(scope, &subject, limit).await {
+        Ok(remaining) => dispatch(api, route.op, &call).await.map(|r| (r, remaining)),
+        Err(e) => Err(e),
+    };
+    let who = call
+        .claims
+        .as_ref()
+        .map(|c| hashed_id(&c.sub))
+        .unwrap_or_default();
+    match outcome {
+        Ok((reply, remaining)) => {
+            tracing::info!(
+                method = %method,
+                route = route.path,
+                status = reply.status,
+                user = %who,
+                ms = started.elapsed().as_millis() as u64,
+                "request served"
+            );
+            http::respond(reply, &[("x-ratelimit-remaining", remaining.to_string())])
+        }
+        Err(e) => {
+            if e.is_server_fault() {
+                tracing::error!(method = %method, route = route.path, error = %e, "request failed");
+            } else {
+                tracing::info!(
+                    method = %method,
+                    route = route.path,
+                    status = e.http_status(),
+                    code = ?e.code(),
+                    user = %who,
+                    "request refused"
+                );
+            }
+            http::error_response(&e)
+        }
+    }
+}
+
+async fn dispatch(api: &Api, op: Op, call: &Call) -> Result<Reply> {
+    match op {
+        Op::Register => accounts::register(api, call).await,
+        Op::Verify => accounts::verify(api, call).await,
+        Op::ResendCode => accounts::resend(api, call).await,
+        Op::Login => accounts::login(api, call).await,
+        Op::Recover => accounts::recover(api, call).await,
+        Op::Refresh => accounts::refresh(api, call).await,
+        Op::Logout => accounts::logout(api, call).await,
+        Op::GetMe => accounts::get_me(api, call).await,
+        Op::UpdateMe => accounts::update_me(api, call).await,
+        Op::DeleteMe => gdpr::delete_me(api, call).await,
+        Op::ExportMe => gdpr::export_me(api, call).await,
+        Op::GetUser => accounts::get_user(api, call).await,
+        Op::CreateConversation => conversations::create(api, call).await,
+        Op::ListConversations => conversations::list(api, call).await,
+        Op::GetConversation => conversations::get(api, call).await,
+        Op::UpdateConversation => conversations::update(api, call).await,
+        Op::DeleteConversation => conversations::delete(api, call).await,
+        Op::ConversationMessages => conversations::messages(api, call).await,
+        Op::CreateGroup => groups::create(api, call).await,
+        Op::GetGroup => groups::get(api, call).await,
+        Op::UpdateGroup => groups::update(api, call).await,
+        Op::ListParticipants => groups::participants(api, call).await,
+        Op::AddParticipants => groups::add_participants(api, call).await,
+        Op::RemoveParticipant => groups::remove_participant(api, call).await,
+        Op::LeaveGroup => groups::leave(api, call).await,
+        Op::PromoteAdmin => groups::promote(api, call).await,
+        Op::DemoteAdmin => groups::demote(api, call).await,
+        Op::ListAgents => agents::list(api, call).await,
+        Op::CreateAgent => agents::create(api, call).await,
+        Op::GetAgent => agents::get(api, call).await,
+        Op::UpdateAgent => agents::update(api, call).await,
+        Op::DeleteAgent => agents::delete(api, call).await,
+        Op::AgentHeartbeat => agents::heartbeat(api, call).await,
+        Op::ListDevices => devices::list(api, call).await,
+        Op::PutDevice => devices::put(api, call).await,
+        Op::DeleteDevice => devices::delete(api, call).await,
+        Op::OpenApi => docs::serve(api, call).await,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
-    async fn every_request_gets_a_clear_501() {
-        let request = lambda_http::http::Request::builder()
-            .method("POST")
-            .uri("/v1/anything")
-            .body(lambda_http::Body::Empty)
-            .unwrap();
-        let response = super::handle(request).await;
-        assert_eq!(response.status(), 501);
-        let lambda_http::Body::Text(body) = response.body() else {
-            panic!("text body expected");
-        };
-        let json: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(json["error"]["code"], "not_implemented");
-        assert!(
-            json["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("/v1/anything")
+    use super::*;
+
+    #[test]
+    fn routes_match_templates_and_decode_parameters() {
+        let (r, params) = find_route("GET", "/v1/conversations/a%20b/messages").unwrap();
+        assert_eq!(r.op, Op::ConversationMessages);
+        assert_eq!(params["conversation_id"], "a b");
+        assert_eq!(
+            find_route("PUT", "/v1/me").unwrap_err(),
+            vec!["GET", "PATCH", "DELETE"]
         );
+        assert!(find_route("GET", "/v1/nothing").unwrap_err().is_empty());
+        assert_eq!(route_path("/prod/v1/me"), "/v1/me");
+    }
+
+    #[test]
+    fn every_route_is_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ROUTES {
+            assert!(seen.insert((r.method, r.path)), "{} {}", r.method, r.path);
+        }
     }
 }

@@ -1,19 +1,14 @@
-//! Lambda entry point of the store function (`messaging.message.received`).
-
-use lambda_runtime::{LambdaEvent, service_fn};
+//! Entry point of the store function (`messaging.message.received`): under Lambda (EventBridge
+//! rule) or, when `AWS_LAMBDA_RUNTIME_API` is not set, as an HTTP CloudEvents subscriber on
+//! `$PORT` (Knative Service behind a Trigger).
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
     let ctx = messaging::context::Context::from_env().await?;
-    lambda_runtime::run(service_fn(|e: LambdaEvent<cloudevents::Event>| {
-        let ctx = &ctx;
-        async move {
-            fn_store::handle(ctx, e.payload)
-                .await
-                .map(|_| ())
-                .map_err(lambda_runtime::Error::from)
-        }
-    }))
+    messaging::runtime::run_cloudevent_function(move |event| {
+        let ctx = ctx.clone();
+        async move { fn_store::handle(&ctx, event).await.map(|_| None) }
+    })
     .await
 }

@@ -446,6 +446,7 @@ impl Broker {
             attempt += 1;
             let started = Instant::now();
             let outcome = self.attempt(trigger, &event).await;
+            messaging::metrics::record(messaging::metrics::Stage::EventDelivery, started.elapsed());
             let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match outcome {
                 Outcome::Delivered { status, reply } => {

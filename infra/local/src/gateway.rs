@@ -13,7 +13,7 @@
 //! `/{stage}`) with AWS's status codes and error types: 410 GoneException for unknown or closed
 //! connections, 413 PayloadTooLargeException over 128 KB.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,7 @@ use aws_lambda_events::apigw::{
 use aws_lambda_events::encodings::Body;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -200,6 +201,10 @@ impl WebSocketApi {
             .unwrap_or_default();
         let request_id = event.request_context.request_id.clone().unwrap_or_default();
         let response = route.handler.invoke(event).await;
+        messaging::metrics::record(
+            messaging::metrics::Stage::RouteInvocation,
+            started.elapsed(),
+        );
         tracing::info!(
             target: "report",
             route = route_key,
@@ -339,6 +344,9 @@ async fn run_connection(
     let close_info: Arc<Mutex<Option<(u16, String)>>> = Arc::new(Mutex::new(None));
 
     let writer_close = close_info.clone();
+    // The writer says when it stopped (after a server-side close, or a dead socket), so the
+    // connection ends at once rather than at the next timer tick.
+    let (writer_done_tx, mut writer_done) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let result = match out {
@@ -363,6 +371,7 @@ async fn run_connection(
             }
         }
         let _ = sink.close().await;
+        let _ = writer_done_tx.send(());
     });
 
     let started = Instant::now();
@@ -418,6 +427,9 @@ async fn run_connection(
                     }
                 }
             }
+            _ = &mut writer_done => {
+                break;
+            }
             _ = ticker.tick() => {
                 let now = chrono::Utc::now().timestamp_millis();
                 let last = connection.last_active_ms.load(Ordering::Relaxed);
@@ -427,9 +439,6 @@ async fn run_connection(
                 }
                 if now - last >= idle.as_millis() as i64 {
                     let _ = connection.tx.send(Outbound::Close(1001, "Going away".into()));
-                    break;
-                }
-                if writer.is_finished() {
                     break;
                 }
             }
@@ -509,7 +518,7 @@ async fn manage_staged(
     State(api): State<Arc<WebSocketApi>>,
     Path((_stage, id)): Path<(String, String)>,
     method: axum::http::Method,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     manage(State(api), Path(id), method, body).await
 }
@@ -536,20 +545,29 @@ async fn manage(
     State(api): State<Arc<WebSocketApi>>,
     Path(id): Path<String>,
     method: axum::http::Method,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(connection) = api.connection(&id) else {
         return aws_error(StatusCode::GONE, "GoneException", "");
     };
     match method.as_str() {
         "POST" => {
-            if body.len() > MAX_FRAME_BYTES {
+            // Over axum's body limit the extractor refuses the body itself: still AWS's 413.
+            let too_large = match &body {
+                Ok(body) => body.len() > MAX_FRAME_BYTES,
+                Err(rejection) => rejection.status() == StatusCode::PAYLOAD_TOO_LARGE,
+            };
+            if too_large {
                 return aws_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "PayloadTooLargeException",
                     "Message too long",
                 );
             }
+            let body = match body {
+                Ok(body) => body,
+                Err(rejection) => return rejection.into_response(),
+            };
             let out = match String::from_utf8(body.to_vec()) {
                 Ok(text) => Outbound::Text(text),
                 Err(e) => Outbound::Binary(e.into_bytes()),
@@ -585,9 +603,4 @@ async fn manage(
             "use POST, GET or DELETE",
         ),
     }
-}
-
-/// Route keys an API built by [`routes_for`] serves.
-pub fn route_keys(routes: &HashMap<String, Route>) -> HashSet<String> {
-    routes.keys().cloned().collect()
 }

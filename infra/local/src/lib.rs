@@ -12,5 +12,6 @@
 pub mod agent;
 pub mod broker;
 pub mod gateway;
+pub mod http_api;
 pub mod s3;
 pub mod stack;

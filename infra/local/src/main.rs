@@ -77,23 +77,6 @@ struct RunArgs {
     no_demo_agent: bool,
 }
 
-fn signing_secret(data_dir: &std::path::Path) -> anyhow::Result<String> {
-    if let Ok(secret) = std::env::var("JWT_HS256_SECRET")
-        && !secret.is_empty()
-    {
-        return Ok(secret);
-    }
-    let path = data_dir.join("jwt-secret");
-    if let Ok(secret) = std::fs::read_to_string(&path) {
-        return Ok(secret.trim().to_string());
-    }
-    std::fs::create_dir_all(data_dir)?;
-    let bytes: [u8; 32] = rand::random();
-    let secret = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    std::fs::write(&path, &secret)?;
-    Ok(secret)
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Token {
@@ -104,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     }) = &cli.command
     {
         let issuer = JwtIssuer::hs256(
-            signing_secret(data_dir)?.as_bytes(),
+            stack::signing_secret(data_dir)?.as_bytes(),
             JWT_ISSUER,
             JWT_AUDIENCE,
         );
@@ -116,7 +99,7 @@ fn main() -> anyhow::Result<()> {
     messaging::telemetry::init();
     let args = cli.run;
     std::fs::create_dir_all(&args.data_dir)?;
-    let secret = signing_secret(&args.data_dir)?;
+    let secret = stack::signing_secret(&args.data_dir)?;
     // Servers are started here, on the main thread, which lives as long as the process: they
     // are tied to it and stop with it.
     let mut own_servers = Vec::new();
@@ -152,6 +135,8 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let mut config = StackConfig::new(redis_url, mongodb_uri, args.data_dir.clone(), secret);
+    // Limits and timings come from the same variables as on AWS (MAX_CONTENT_BYTES, ...).
+    config.settings = messaging::context::Settings::from_source(&messaging::config::Env)?;
     config.host = args.host;
     config.ws_port = args.ws_port;
     config.broker_port = args.broker_port;

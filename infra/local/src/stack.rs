@@ -346,7 +346,15 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
 
     let mut tasks = vec![
         serve(ws_listener, api.clone().router()).await,
-        serve(broker_listener, broker.clone().router()).await,
+        serve(
+            broker_listener,
+            broker.clone().router().merge(
+                axum::Router::new()
+                    .route("/metrics", axum::routing::get(metrics))
+                    .with_state(api.clone()),
+            ),
+        )
+        .await,
         serve(
             s3_listener,
             crate::s3::router(
@@ -411,4 +419,66 @@ pub async fn local_aws_config() -> aws_config::SdkConfig {
         .credentials_provider(credentials)
         .load()
         .await
+}
+
+/// The local stack's token signing secret: `JWT_HS256_SECRET`, else the one kept in
+/// `data_dir/jwt-secret` (made on first use), so `token` and `chat` mint tokens the running
+/// stack accepts.
+pub fn signing_secret(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(secret) = std::env::var("JWT_HS256_SECRET")
+        && !secret.is_empty()
+    {
+        return Ok(secret);
+    }
+    let path = data_dir.join("jwt-secret");
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        return Ok(secret.trim().to_string());
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let bytes: [u8; 32] = rand::random();
+    let secret = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    std::fs::write(&path, &secret)?;
+    Ok(secret)
+}
+
+/// A day-long token for `user_id` (and `device`) signed with the stack's key.
+pub fn local_token(
+    data_dir: &std::path::Path,
+    user_id: &str,
+    device: Option<&str>,
+) -> anyhow::Result<String> {
+    let issuer = JwtIssuer::hs256(
+        signing_secret(data_dir)?.as_bytes(),
+        JWT_ISSUER,
+        JWT_AUDIENCE,
+    );
+    let mut claims = issuer.claims(user_id, Duration::from_secs(86_400));
+    claims.device_id = device.map(str::to_string);
+    Ok(issuer.sign(&claims)?)
+}
+
+/// `GET /metrics` on the broker port: per-stage counters, open connections, resident memory.
+async fn metrics(
+    axum::extract::State(api): axum::extract::State<Arc<WebSocketApi>>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "stages": messaging::metrics::snapshot(),
+        "connections": api.connection_count(),
+        "invocations": api.invocations(),
+        "rss_bytes": resident_memory_bytes(),
+    }))
+}
+
+/// Resident memory of this process (Linux), in bytes.
+pub fn resident_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }

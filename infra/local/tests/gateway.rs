@@ -238,11 +238,16 @@ async fn next_text(ws: &mut Ws) -> String {
     }
 }
 
-/// Reads until the server's close frame; returns its code and reason.
+/// Reads until the server's close frame, then to the end of the socket; returns the frame's
+/// code and reason.
 async fn expect_close(ws: &mut Ws) -> (u16, String) {
     loop {
         match next_message(ws).await {
             Some(Message::Close(Some(frame))) => {
+                // Keep reading so tungstenite sends its close reply and sees the end: the
+                // server then finishes the handshake without waiting for its own timer.
+                let _ =
+                    tokio::time::timeout(WAIT, async { while ws.next().await.is_some() {} }).await;
                 return (u16::from(frame.code), frame.reason.to_string());
             }
             Some(Message::Close(None)) => panic!("close frame without a status code"),
@@ -832,6 +837,21 @@ async fn management_api_over_http() {
             Some("PayloadTooLargeException")
         );
 
+        // Far over the limit (beyond axum's default 2 MB body limit) is still AWS's 413.
+        let res = http
+            .post(&url)
+            .body("x".repeat(3 * 1024 * 1024))
+            .send()
+            .await
+            .expect("POST 3 MB");
+        assert_eq!(res.status(), 413);
+        assert_eq!(
+            res.headers()
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok()),
+            Some("PayloadTooLargeException")
+        );
+
         // Unknown id -> 410 GoneException.
         let res = http
             .post(connection_url(&base, "AAAAAAAAAAAAAAAA"))
@@ -923,6 +943,23 @@ async fn management_api_through_the_aws_sdk() {
             .await
             .unwrap_or_else(|e| panic!("post_to_connection at {base}: {e:?}"));
         assert_eq!(next_text(&mut ws).await, "via the sdk");
+
+        for size in [MAX_FRAME_BYTES + 1, 3 * 1024 * 1024] {
+            let err = client
+                .post_to_connection()
+                .connection_id(&id)
+                .data(Blob::new(vec![b'z'; size]))
+                .send()
+                .await
+                .expect_err("post over 128 KB");
+            assert!(
+                matches!(
+                    err.as_service_error(),
+                    Some(PostToConnectionError::PayloadTooLargeException(_))
+                ),
+                "expected PayloadTooLargeException for {size} bytes, got {err:?}"
+            );
+        }
 
         let info = client
             .get_connection()

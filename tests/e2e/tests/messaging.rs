@@ -601,3 +601,382 @@ async fn senders_over_their_rate_limit_get_rate_limited_with_a_wait() {
         "nothing stored past the limit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_for_different_content_is_an_idempotency_conflict() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    let first = phone.send_with_key("k", text(&conv, "one")).await.unwrap();
+    let repeat = phone.send_with_key("k", text(&conv, "one")).await.unwrap();
+    assert_eq!(first, repeat, "a repeated key gets the original ack");
+    let err = phone
+        .send_with_key("k", text(&conv, "two"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::IdempotencyConflict,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(stored_count(&stack, &conv).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_disconnect_sets_presence_offline_and_saves_last_seen() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    let laptop = client(&stack, &alice, "laptop").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    bob_phone.presence(vec![alice.clone()]).unwrap();
+    let p = bob_phone
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Presence(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(p.status, messaging::protocol::PresenceStatus::Online);
+
+    phone.close();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stack
+        .ctx
+        .realtime
+        .user_connections(&alice)
+        .await
+        .unwrap()
+        .len()
+        != 1
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "phone's connection forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One device left: still online, no last seen yet.
+    let presence = stack.ctx.realtime.presence(&alice).await.unwrap();
+    assert_eq!(presence.status, messaging::protocol::PresenceStatus::Online);
+    assert!(
+        stack
+            .ctx
+            .store
+            .user(&alice)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen
+            .is_none()
+    );
+
+    laptop.close();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let user = stack.ctx.store.user(&alice).await.unwrap().unwrap();
+        if user.last_seen.is_some() {
+            assert_eq!(user.status, messaging::protocol::PresenceStatus::Offline);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "last_seen saved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bob_phone.presence(vec![alice.clone()]).unwrap();
+    let p = bob_phone
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Presence(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(p.status, messaging::protocol::PresenceStatus::Offline);
+    assert!(p.last_seen.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_changes_nothing() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    let ack = phone.send_text(&conv, "once").await.unwrap();
+    messages(&mut bob_phone, &conv, 1).await;
+    stack.broker.idle().await;
+    let before = stack.ctx.store.conversation(&conv).await.unwrap().unwrap();
+
+    // The broker delivers the same event again (at-least-once).
+    let stored = stack
+        .ctx
+        .store
+        .message(&ack.message_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let event = messaging::events::new_event_with_id(
+        &stored.message_id,
+        messaging::model::event_types::MESSAGE_RECEIVED,
+        "/messaging",
+        &messaging::model::MessageReceived::from_stored(&stored),
+        &[],
+    )
+    .unwrap();
+    stack.broker.ingest(event).await;
+    stack.broker.idle().await;
+    phone.send_text(&conv, "next").await.unwrap();
+    let got = messages(&mut bob_phone, &conv, 1).await;
+    assert_eq!(
+        got[0].content, "next",
+        "no second copy of the first message"
+    );
+    let after = stack.ctx.store.conversation(&conv).await.unwrap().unwrap();
+    assert_eq!(before.last_sequence_number, 1);
+    assert_eq!(after.last_sequence_number, 2);
+    assert_eq!(after.unread_for(&bob), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_and_forwards_are_messages_with_their_references() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let carol = user(&stack, "carol").await;
+    let with_bob = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let with_carol = conversation(&stack, ConversationKind::Direct, &[&alice, &carol], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    let mut carol_phone = client(&stack, &carol, "phone").await;
+    let original = phone.send_text(&with_bob, "look at this").await.unwrap();
+
+    let mut reaction = text(&with_bob, "👍");
+    reaction.message_type = MessageType::Reaction;
+    reaction.reply_to_message_id = Some(original.message_id.clone());
+    phone.send_message(reaction).await.unwrap();
+    let got = messages(&mut bob_phone, &with_bob, 2).await;
+    assert_eq!(got[1].message_type, Some(MessageType::Reaction));
+    assert_eq!(
+        got[1].reply_to_message_id.as_deref(),
+        Some(original.message_id.as_str())
+    );
+
+    let mut forward = text(&with_carol, "look at this");
+    forward.forwarded_from = Some(messaging::protocol::ForwardedFrom {
+        message_id: original.message_id.clone(),
+        conversation_id: with_bob.clone(),
+    });
+    phone.send_message(forward).await.unwrap();
+    let got = messages(&mut carol_phone, &with_carol, 1).await;
+    assert_eq!(
+        got[0]
+            .forwarded_from
+            .as_ref()
+            .map(|f| f.message_id.as_str()),
+        Some(original.message_id.as_str())
+    );
+    // Carol cannot forward from a conversation she is not in.
+    let mut stolen = text(&with_carol, "x");
+    stolen.forwarded_from = Some(messaging::protocol::ForwardedFrom {
+        message_id: original.message_id.clone(),
+        conversation_id: with_bob.clone(),
+    });
+    let err = carol_phone.send_message(stolen).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_receipts_aggregate_per_member() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let carol = user(&stack, "carol").await;
+    let group = conversation(
+        &stack,
+        ConversationKind::Group,
+        &[&alice, &bob, &carol],
+        None,
+    )
+    .await;
+    let mut phone = client(&stack, &alice, "phone").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    let ack = phone.send_text(&group, "hi all").await.unwrap();
+    messages(&mut bob_phone, &group, 1).await; // bob's client acks delivery by itself
+    let receipt = phone
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Delivered(d) => Some(d.clone()),
+            _ => None,
+        })
+        .await
+        .expect("delivery receipt from bob");
+    assert_eq!(receipt.delivered_to, bob);
+    let m = stack
+        .ctx
+        .store
+        .message(&ack.message_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.status,
+        MessageStatus::Sent,
+        "carol has not received it yet"
+    );
+    assert_eq!(m.delivered_to, [bob.clone()]);
+
+    let mut carol_phone = client(&stack, &carol, "phone").await;
+    messages(&mut carol_phone, &group, 1).await;
+    let receipt = phone
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Delivered(d) => Some(d.clone()),
+            _ => None,
+        })
+        .await
+        .expect("delivery receipt from carol");
+    assert_eq!(receipt.delivered_to, carol);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = stack
+            .ctx
+            .store
+            .message(&ack.message_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if m.status == MessageStatus::Delivered {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivered once every member has it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmit_answers_in_frames_under_128_kb_and_heartbeat_is_acknowledged() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = stack_with(|c| c.settings.max_content_bytes = 60_000).await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    for i in 0..6 {
+        phone
+            .send_text(&conv, &format!("{i}{}", "x".repeat(59_000)))
+            .await
+            .unwrap();
+    }
+    let url = format!("{}/?token={}", stack.ws_url, e2e::token(&stack, &bob));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::Text(
+        r#"{"type":"heartbeat","timestamp":1}"#.into(),
+    ))
+    .await
+    .unwrap();
+    let retransmit = serde_json::json!({"type": "retransmit", "conversation_id": conv,
+        "from_sequence": 1, "to_sequence": 6});
+    ws.send(Message::Text(retransmit.to_string().into()))
+        .await
+        .unwrap();
+    let mut seqs = Vec::new();
+    let mut frames = 0;
+    let mut heartbeat_acked = false;
+    while seqs.len() < 6 || !heartbeat_acked {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = frame else { continue };
+        assert!(text.len() <= 128 * 1024, "frame of {} bytes", text.len());
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match json["type"].as_str() {
+            Some("heartbeat_ack") => heartbeat_acked = json["server_time"].as_i64().unwrap() > 0,
+            Some("messages") => {
+                frames += 1;
+                for m in json["payload"]["messages"].as_array().unwrap() {
+                    seqs.push(m["sequence_number"].as_u64().unwrap());
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    assert!(frames >= 3, "split into several frames, got {frames}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capability_routing_and_unavailable_agents() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    // No fixed agent: the conversation asks for the `echo` capability, which the demo agent has.
+    let routed = messaging::model::Conversation {
+        conversation_id: uuid::Uuid::new_v4().to_string(),
+        kind: ConversationKind::Agent,
+        participants: vec![alice.clone()],
+        admins: vec![],
+        agent_id: None,
+        agent_capability: Some("echo".into()),
+        name: None,
+        description: None,
+        created_at: mongodb::bson::DateTime::now(),
+        last_message_at: None,
+        last_sequence_number: 0,
+        last_message: None,
+        read_up_to: Default::default(),
+    };
+    stack.ctx.store.insert_conversation(&routed).await.unwrap();
+    let mut phone = client(&stack, &alice, "phone").await;
+    phone
+        .send_text(&routed.conversation_id, "route me")
+        .await
+        .unwrap();
+    let got = messages(&mut phone, &routed.conversation_id, 2).await;
+    assert_eq!(
+        got[1].sender_id.as_deref(),
+        Some(local_stack::agent::DEMO_AGENT_ID)
+    );
+
+    // An agent that never sent a heartbeat is unavailable: the user is told at once.
+    let mut ghost = local_stack::agent::DemoAgent::registry_entry();
+    ghost.agent_id = "ghost".into();
+    ghost.name = "Ghost".into();
+    ghost.last_heartbeat_at = None;
+    stack.ctx.store.upsert_agent(&ghost).await.unwrap();
+    let conv = conversation(
+        &stack,
+        ConversationKind::Agent,
+        &[&alice, "ghost"],
+        Some("ghost"),
+    )
+    .await;
+    phone.send_text(&conv, "anyone?").await.unwrap();
+    let got = messages(&mut phone, &conv, 2).await;
+    assert_eq!(got[1].message_type, Some(MessageType::System));
+    assert!(
+        got[1].content.contains("Ghost is unavailable"),
+        "{}",
+        got[1].content
+    );
+}

@@ -1,0 +1,833 @@
+//! What travels over HTTP: request bodies and responses, with their OpenAPI schemas.
+//!
+//! Stored documents (`messaging::model`) never go out as they are: these views choose what a
+//! client may see (no password or code hashes, no other users' phone numbers) and put every time
+//! in milliseconds since the epoch, as on the WebSocket.
+
+use messaging::model::{
+    Agent, DeviceToken, LastMessage, Media, PushPlatform, RefreshToken, StoredMessage, User,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+/// Milliseconds since the epoch of a BSON date.
+pub(crate) fn ms(t: mongodb::bson::DateTime) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The snake_case wire name of a serde enum value.
+pub(crate) fn wire_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+pub(crate) fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+// ---- errors ----
+
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A stable code and a message safe to show.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code (`invalid_request`, `unauthenticated`, `forbidden`, `not_found`,
+    /// `conflict`, `rate_limited`, `payload_too_large`, `invalid_token`, `token_expired`,
+    /// `internal`, `unavailable`).
+    pub code: String,
+    /// Explanation.
+    pub message: String,
+}
+
+// ---- accounts ----
+
+/// Registration: a phone number (E.164) or an email address, a display name, optionally a
+/// password. A verification code goes to the phone or email.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    /// E.164 phone number, e.g. `+14155550123` (give this or `email`).
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Email address (give this or `phone`).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Display name (1 to 100 characters).
+    pub name: String,
+    /// Optional password (8 to 128 characters), for signing in without a code.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A phone number or an email address.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ContactRequest {
+    /// E.164 phone number (give this or `email`).
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Email address (give this or `phone`).
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// Entering a verification code (registration, code sign-in or recovery).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyRequest {
+    /// The phone number the code went to (or `email`).
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// The email address the code went to (or `phone`).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The six-digit code.
+    pub code: String,
+    /// Device to bind the session to (carried in the access token).
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// Recovery only: a new password to set.
+    #[serde(default)]
+    pub new_password: Option<String>,
+}
+
+/// Sign-in: with a password, or without one to receive a code.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// E.164 phone number (give this or `email`).
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Email address (give this or `phone`).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The password; without it a sign-in code is sent.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Device to bind the session to.
+    #[serde(default)]
+    pub device_id: Option<String>,
+}
+
+/// Exchanging a refresh token for a new pair.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    /// The refresh token (used once: the answer carries its successor).
+    pub refresh_token: String,
+}
+
+/// Signing out.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LogoutRequest {
+    /// The session's refresh token.
+    pub refresh_token: String,
+    /// Also end every other session of the account.
+    #[serde(default)]
+    pub everywhere: bool,
+}
+
+/// A code was sent.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CodeSent {
+    /// `sms` or `email`.
+    pub channel: String,
+    /// Where it went, partly masked.
+    pub destination: String,
+    /// What entering it will do: `register`, `login` or `recover`.
+    pub purpose: String,
+    /// Seconds until the code expires.
+    pub expires_in: u64,
+    /// Seconds until another code may be requested.
+    pub resend_after: u64,
+}
+
+/// A new session: a short-lived access token and a refresh token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenPair {
+    /// JWT for `Authorization: Bearer` and the WebSocket `?token=`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Opaque; exchange it at `/v1/auth/refresh` (once).
+    pub refresh_token: String,
+    /// Seconds until the refresh token expires.
+    pub refresh_expires_in: u64,
+    /// The signed-in user.
+    pub user: Profile,
+}
+
+/// The signed-in user's own profile.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Profile {
+    /// Stable id.
+    pub user_id: String,
+    /// Verified phone number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// Verified email address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Display name.
+    pub name: String,
+    /// Avatar URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Last time the user went offline (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<i64>,
+}
+
+impl From<&User> for Profile {
+    fn from(u: &User) -> Self {
+        Self {
+            user_id: u.user_id.clone(),
+            phone: u.phone.clone(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            avatar_url: u.avatar_url.clone(),
+            created_at: ms(u.created_at),
+            last_seen: u.last_seen.map(ms),
+        }
+    }
+}
+
+/// What others see of a user.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PublicProfile {
+    /// Stable id.
+    pub user_id: String,
+    /// Display name.
+    pub name: String,
+    /// Avatar URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+}
+
+impl From<&User> for PublicProfile {
+    fn from(u: &User) -> Self {
+        Self {
+            user_id: u.user_id.clone(),
+            name: u.name.clone(),
+            avatar_url: u.avatar_url.clone(),
+        }
+    }
+}
+
+/// Profile changes; absent fields stay, `avatar_url: null` removes the avatar.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateProfileRequest {
+    /// New display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New avatar URL (http or https), or null.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub avatar_url: Option<Option<String>>,
+}
+
+// ---- conversations ----
+
+/// Starts (or returns) the 1:1 conversation with a user, or the conversation with an agent.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateConversationRequest {
+    /// The other user's id.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Or the other user's phone number.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Or the other user's email address.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Or an agent's id.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+}
+
+/// Pin, unpin, archive, unarchive (for the caller only).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateConversationRequest {
+    /// Show it first.
+    #[serde(default)]
+    pub pinned: Option<bool>,
+    /// Hide it from the default list.
+    #[serde(default)]
+    pub archived: Option<bool>,
+}
+
+/// Preview of the last message: who, when, what kind; never its content.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LastMessageView {
+    /// The message.
+    pub message_id: String,
+    /// Its position.
+    pub sequence_number: u64,
+    /// Its author (`system` for server messages).
+    pub sender_id: String,
+    /// Its kind (`text`, `image`, ..., `system`).
+    pub message_type: String,
+    /// Server time (ms).
+    pub at: i64,
+}
+
+impl From<&LastMessage> for LastMessageView {
+    fn from(m: &LastMessage) -> Self {
+        Self {
+            message_id: m.message_id.clone(),
+            sequence_number: m.sequence_number,
+            sender_id: m.sender_id.clone(),
+            message_type: wire_name(&m.message_type),
+            at: ms(m.at),
+        }
+    }
+}
+
+/// One conversation as the caller sees it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConversationView {
+    /// Stable id.
+    pub conversation_id: String,
+    /// `direct`, `group` or `agent`.
+    pub kind: String,
+    /// What to show: the group's name, the other user's or the agent's name.
+    pub title: String,
+    /// Picture to show (other user's or agent's avatar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    /// Participant ids (users and agents).
+    pub participants: Vec<String>,
+    /// Group admins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<String>,
+    /// The agent of an agent conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Group description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Last activity (ms): the last message, else creation.
+    pub last_activity_at: i64,
+    /// Highest sequence number stored.
+    pub last_sequence_number: u64,
+    /// Preview of the last message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<LastMessageView>,
+    /// Messages the caller has not read.
+    pub unread_count: u64,
+    /// Pinned by the caller.
+    pub pinned: bool,
+    /// Archived by the caller.
+    pub archived: bool,
+    /// Messages up to this sequence number were deleted by the caller.
+    pub cleared_up_to: u64,
+}
+
+/// A page of the caller's conversations: pinned first, then by last activity.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConversationPage {
+    /// The conversations.
+    pub conversations: Vec<ConversationView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// Unread messages over every conversation matching the filters.
+    pub total_unread: u64,
+}
+
+/// A stored message as clients receive it (content stays encrypted).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessageView {
+    /// Server id.
+    pub message_id: String,
+    /// Conversation.
+    pub conversation_id: String,
+    /// Position in the conversation.
+    pub sequence_number: u64,
+    /// Author.
+    pub sender_id: String,
+    /// Receiver in 1:1 conversations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<String>,
+    /// Kind.
+    #[serde(rename = "type")]
+    pub message_type: String,
+    /// Opaque, end-to-end encrypted (system messages: JSON written by the server).
+    pub content: String,
+    /// Media id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
+    /// Answered or reacted-to message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to_message_id: Option<String>,
+    /// Origin of a forwarded message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub forwarded_from: Option<serde_json::Value>,
+    /// Coordinates of a location message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub location: Option<serde_json::Value>,
+    /// Client clock at send time (ms).
+    pub client_timestamp: i64,
+    /// Server time (ms).
+    pub timestamp: i64,
+    /// `sent`, `delivered` or `read`.
+    pub status: String,
+}
+
+impl From<&StoredMessage> for MessageView {
+    fn from(m: &StoredMessage) -> Self {
+        Self {
+            message_id: m.message_id.clone(),
+            conversation_id: m.conversation_id.clone(),
+            sequence_number: m.sequence_number,
+            sender_id: m.sender_id.clone(),
+            receiver_id: m.receiver_id.clone(),
+            message_type: wire_name(&m.message_type),
+            content: m.content.clone(),
+            media_url: m.media_url.clone(),
+            reply_to_message_id: m.reply_to_message_id.clone(),
+            forwarded_from: m
+                .forwarded_from
+                .as_ref()
+                .and_then(|f| serde_json::to_value(f).ok()),
+            location: m
+                .location
+                .as_ref()
+                .and_then(|l| serde_json::to_value(l).ok()),
+            client_timestamp: m.client_timestamp,
+            timestamp: ms(m.timestamp),
+            status: wire_name(&m.status),
+        }
+    }
+}
+
+/// A page of history, ascending by sequence number.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessagePage {
+    /// Conversation.
+    pub conversation_id: String,
+    /// The messages, ascending (missing sequence numbers were never stored or have expired).
+    pub messages: Vec<MessageView>,
+    /// Pass as `to` for the previous (older) page; absent when this page reaches the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_to: Option<u64>,
+    /// Pass as `from` for the next (newer) page; absent when nothing newer was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer_from: Option<u64>,
+    /// Lowest sequence number the caller may read (after a delete for them).
+    pub first_available: u64,
+}
+
+// ---- groups ----
+
+/// A new group.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateGroupRequest {
+    /// Name (1 to 100 characters).
+    pub name: String,
+    /// Description (at most 1000 characters).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Other members' user ids (all must exist; with the creator at most 100).
+    #[serde(default)]
+    pub participants: Vec<String>,
+}
+
+/// Group info changes (admins only); `description: null` removes it.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateGroupRequest {
+    /// New name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New description, or null.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub description: Option<Option<String>>,
+}
+
+/// Users to add (admins only).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddParticipantsRequest {
+    /// User ids (all must exist).
+    pub user_ids: Vec<String>,
+}
+
+/// A member to make admin.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PromoteRequest {
+    /// The member's user id.
+    pub user_id: String,
+}
+
+/// A member of a group.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ParticipantView {
+    /// User id.
+    pub user_id: String,
+    /// Display name (absent for deleted accounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Avatar URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    /// `admin` or `member`.
+    pub role: String,
+}
+
+/// A group and its members.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupView {
+    /// The conversation id of the group.
+    pub conversation_id: String,
+    /// Name.
+    pub name: String,
+    /// Description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Members in joining order, with their roles.
+    pub participants: Vec<ParticipantView>,
+    /// The caller's role.
+    pub your_role: String,
+}
+
+/// Members of a group.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ParticipantList {
+    /// Members in joining order.
+    pub participants: Vec<ParticipantView>,
+}
+
+// ---- agents ----
+
+/// A new agent of the registry (operators only).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateAgentRequest {
+    /// Id: 1 to 64 of `a-z`, `0-9`, `_`, `-`, starting with a letter or digit.
+    pub agent_id: String,
+    /// Display name.
+    pub name: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// Capabilities, for search and routing.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Categories and tags.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Example prompts.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Avatar URL.
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    /// HTTP endpoint the broker delivers its messages to (subscription).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// Agent changes (operators only); absent fields stay, null removes optional ones.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateAgentRequest {
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What it does.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Capabilities.
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    /// Categories and tags.
+    #[serde(default)]
+    pub categories: Option<Vec<String>>,
+    /// Example prompts.
+    #[serde(default)]
+    pub examples: Option<Vec<String>>,
+    /// Avatar URL, or null.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub avatar_url: Option<Option<String>>,
+    /// Endpoint, or null.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub endpoint: Option<Option<String>>,
+}
+
+/// An agent of the registry.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    /// Id (also its participant id in conversations).
+    pub agent_id: String,
+    /// Display name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Capabilities.
+    pub capabilities: Vec<String>,
+    /// Categories and tags.
+    pub categories: Vec<String>,
+    /// Example prompts.
+    pub examples: Vec<String>,
+    /// Avatar URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    /// Delivery endpoint (shown to operators only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `online` when it sent a heartbeat recently enough, else `offline`.
+    pub status: String,
+    /// Last heartbeat (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<i64>,
+    /// Registration time (ms).
+    pub created_at: i64,
+}
+
+impl AgentView {
+    /// The view of `agent`; online when its last heartbeat is at or after `online_since_ms`.
+    pub(crate) fn of(agent: &Agent, online_since_ms: i64, operator: bool) -> Self {
+        let last = agent.last_heartbeat_at.map(ms);
+        Self {
+            agent_id: agent.agent_id.clone(),
+            name: agent.name.clone(),
+            description: agent.description.clone(),
+            capabilities: agent.capabilities.clone(),
+            categories: agent.categories.clone(),
+            examples: agent.examples.clone(),
+            avatar_url: agent.avatar_url.clone(),
+            endpoint: if operator {
+                agent.endpoint.clone()
+            } else {
+                None
+            },
+            status: if last.is_some_and(|l| l >= online_since_ms) {
+                "online".into()
+            } else {
+                "offline".into()
+            },
+            last_heartbeat_at: last,
+            created_at: ms(agent.created_at),
+        }
+    }
+}
+
+/// A page of agents, by id.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentPage {
+    /// The agents.
+    pub agents: Vec<AgentView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+// ---- devices ----
+
+/// Push service.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// Firebase Cloud Messaging.
+    Fcm,
+    /// Apple Push Notification service.
+    Apns,
+}
+
+impl From<Platform> for PushPlatform {
+    fn from(p: Platform) -> Self {
+        match p {
+            Platform::Fcm => Self::Fcm,
+            Platform::Apns => Self::Apns,
+        }
+    }
+}
+
+/// A device's push token.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeviceRequest {
+    /// `fcm` or `apns`.
+    pub platform: Platform,
+    /// The FCM registration token or APNs device token.
+    pub token: String,
+}
+
+/// A registered device.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    /// Device id.
+    pub device_id: String,
+    /// `fcm` or `apns`.
+    pub platform: String,
+    /// The push token.
+    pub token: String,
+    /// First registration (ms).
+    pub created_at: i64,
+    /// Last registration (ms).
+    pub updated_at: i64,
+}
+
+impl From<&DeviceToken> for DeviceView {
+    fn from(d: &DeviceToken) -> Self {
+        Self {
+            device_id: d.device_id.clone(),
+            platform: wire_name(&d.platform),
+            token: d.token.clone(),
+            created_at: ms(d.created_at),
+            updated_at: ms(d.updated_at),
+        }
+    }
+}
+
+/// The caller's devices.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceList {
+    /// Devices by id.
+    pub devices: Vec<DeviceView>,
+}
+
+// ---- GDPR export ----
+
+/// One sign-in session (refresh-token family member), without the token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    /// The sign-in it belongs to.
+    pub family_id: String,
+    /// Device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Issue time (ms).
+    pub created_at: i64,
+    /// Expiry (ms).
+    pub expires_at: i64,
+    /// When it was rotated (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at: Option<i64>,
+    /// When it was revoked (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}
+
+impl From<&RefreshToken> for SessionView {
+    fn from(t: &RefreshToken) -> Self {
+        Self {
+            family_id: t.family_id.clone(),
+            device_id: t.device_id.clone(),
+            created_at: ms(t.created_at),
+            expires_at: ms(t.expires_at),
+            used_at: t.used_at.map(ms),
+            revoked_at: t.revoked_at.map(ms),
+        }
+    }
+}
+
+/// A media object the user uploaded (metadata; the bytes are in object storage).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MediaView {
+    /// Media id.
+    pub media_id: String,
+    /// Conversation.
+    pub conversation_id: String,
+    /// Object key.
+    pub object_key: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Uploaded encrypted.
+    pub encrypted: bool,
+    /// `pending`, `ready` or `rejected`.
+    pub state: String,
+    /// Creation time (ms).
+    pub created_at: i64,
+}
+
+impl From<&Media> for MediaView {
+    fn from(m: &Media) -> Self {
+        Self {
+            media_id: m.media_id.clone(),
+            conversation_id: m.conversation_id.clone(),
+            object_key: m.object_key.clone(),
+            content_type: m.content_type.clone(),
+            size_bytes: m.size_bytes,
+            encrypted: m.encrypted,
+            state: wire_name(&m.state),
+            created_at: ms(m.created_at),
+        }
+    }
+}
+
+/// A conversation in the export: metadata, the user's role, read marker and own state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExportConversation {
+    /// Conversation id.
+    pub conversation_id: String,
+    /// `direct`, `group` or `agent`.
+    pub kind: String,
+    /// Participant ids.
+    pub participants: Vec<String>,
+    /// `admin` or `member`.
+    pub role: String,
+    /// Group name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Group description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Highest sequence number the user read.
+    pub read_up_to: u64,
+    /// Pinned.
+    pub pinned: bool,
+    /// Archived.
+    pub archived: bool,
+    /// Deleted for the user.
+    pub deleted: bool,
+    /// Messages up to this sequence number deleted for the user.
+    pub cleared_up_to: u64,
+}
+
+/// Everything stored about the caller, as one machine-readable document.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExportArchive {
+    /// `messaging-export/1`.
+    pub format: String,
+    /// Export time (ms).
+    pub exported_at: i64,
+    /// The profile.
+    pub profile: Profile,
+    /// Whether a password is set (the hash is not exported).
+    pub has_password: bool,
+    /// Sign-in sessions (tokens are not exported).
+    pub sessions: Vec<SessionView>,
+    /// Push devices.
+    pub devices: Vec<DeviceView>,
+    /// Conversations taken part in.
+    pub conversations: Vec<ExportConversation>,
+    /// Every message the user sent (content as stored: end-to-end encrypted).
+    pub messages_sent: Vec<MessageView>,
+    /// Media uploaded.
+    pub media: Vec<MediaView>,
+}

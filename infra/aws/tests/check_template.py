@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Checks infra/aws/template.yaml against the workspace and the system's contracts.
+
+    check_template.py TEMPLATE CARGO_METADATA_JSON
+
+- every AWS::Serverless::Function is built with rust-cargolambda for arm64 / provided.al2023,
+  with Handler `bootstrap`, from a CodeUri that is the workspace root, and its
+  BuildProperties.Binary is a binary of the workspace (`cargo metadata --no-deps`);
+- every function binary of the workspace (packages fn-*) is deployed exactly once;
+- each consumed CloudEvent type has an EventBridge rule to the right binary, with a retry policy
+  and a dead-letter queue, and the function's async invocation failures go to a queue too;
+- the agent sweep is scheduled every minute with a valid `messaging.agent.sweep` CloudEvent;
+- the WebSocket API selects routes on `$request.body.type` and has exactly the expected routes,
+  each integrated with the expected function;
+- secrets are dynamic references, never literal values.
+
+Run by scripts/validate-infra with the python of .tools/venv-infra (it uses cfn-lint's YAML
+decoder, which understands the short intrinsic-function tags).
+"""
+
+import json
+import os
+import sys
+
+from cfnlint.decode import decode
+
+EVENT_ROUTES = {
+    "messaging.message.received": "store",
+    "agent.response": "agent-response",
+    "agent.progress": "agent-response",
+    "messaging.notification": "push",
+}
+WEBSOCKET_ROUTES = {
+    "$connect": "connect",
+    "$disconnect": "disconnect",
+    "$default": "message",
+    "auth": "message",
+    "message": "message",
+    "delivery_ack": "message",
+    "read_receipt": "message",
+    "heartbeat": "message",
+    "retransmit": "message",
+    "typing": "message",
+    "sync": "message",
+    "presence": "message",
+}
+SECRET_VARIABLES = ("REDIS_URL", "MONGODB_URI", "JWT_HS256_SECRET")
+
+failures = []
+checks = 0
+
+
+def check(condition, message):
+    global checks
+    checks += 1
+    if not condition:
+        failures.append(message)
+
+
+def logical_id_of(value):
+    """The logical id an intrinsic refers to (Ref, GetAtt, or a Sub naming ${Id.Arn})."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return value["Ref"]
+        if "Fn::GetAtt" in value:
+            target = value["Fn::GetAtt"]
+            return target[0] if isinstance(target, list) else target.split(".")[0]
+        if "Fn::Sub" in value:
+            text = value["Fn::Sub"] if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"][0]
+            start = text.find("/functions/${")
+            if start >= 0:
+                return text[start + len("/functions/${"):].split("}")[0].split(".")[0]
+    return None
+
+
+def main(template_path, metadata_path):
+    template, matches = decode(template_path)
+    if matches:
+        for m in matches:
+            print(f"  cannot parse {template_path}: {m}")
+        return 1
+    with open(metadata_path) as f:
+        metadata = json.load(f)
+    workspace_root = os.path.realpath(metadata["workspace_root"])
+    binaries = {}
+    for package in metadata["packages"]:
+        for target in package["targets"]:
+            if "bin" in target["kind"]:
+                binaries[target["name"]] = package["name"]
+    function_binaries = {b for b, p in binaries.items() if p.startswith("fn-")}
+
+    globals_ = template.get("Globals", {}).get("Function", {})
+    resources = template["Resources"]
+    functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
+    binary_of = {}
+    template_dir = os.path.dirname(os.path.realpath(template_path))
+    for name, fn in functions.items():
+        props = fn.get("Properties", {})
+        meta = fn.get("Metadata", {})
+        eff = lambda key: props.get(key, globals_.get(key))  # noqa: E731
+        check(meta.get("BuildMethod") == "rust-cargolambda", f"{name}: BuildMethod is not rust-cargolambda")
+        binary = meta.get("BuildProperties", {}).get("Binary")
+        check(binary in binaries, f"{name}: binary {binary!r} is not a binary of the workspace")
+        binary_of[name] = binary
+        check(eff("Handler") == "bootstrap", f"{name}: Handler must be bootstrap (cargo-lambda's output)")
+        check(eff("Runtime") == "provided.al2023", f"{name}: Runtime must be provided.al2023")
+        check(eff("Architectures") == ["arm64"], f"{name}: Architectures must be [arm64]")
+        code_uri = eff("CodeUri")
+        resolved = os.path.realpath(os.path.join(template_dir, code_uri)) if isinstance(code_uri, str) else None
+        check(resolved == workspace_root, f"{name}: CodeUri {code_uri!r} is not the workspace root {workspace_root}")
+        env = dict(globals_.get("Environment", {}).get("Variables", {}))
+        env.update(props.get("Environment", {}).get("Variables", {}))
+        for var in SECRET_VARIABLES:
+            if var in env:
+                text = json.dumps(env[var])
+                check("{{resolve:" in text, f"{name}: {var} must be a dynamic reference, not a value")
+    deployed = sorted(binary_of.values())
+    for b in sorted(function_binaries):
+        check(deployed.count(b) == 1, f"binary {b} is deployed {deployed.count(b)} times (expected once)")
+    fn_by_binary = {b: n for n, b in binary_of.items()}
+
+    # Event routing.
+    for event_type, binary in EVENT_ROUTES.items():
+        fn_name = fn_by_binary.get(binary)
+        fn = functions.get(fn_name, {})
+        rules = [
+            e["Properties"]
+            for e in fn.get("Properties", {}).get("Events", {}).values()
+            if e["Type"] == "EventBridgeRule" and event_type in e["Properties"].get("Pattern", {}).get("detail-type", [])
+        ]
+        check(len(rules) == 1, f"{event_type}: expected one EventBridge rule to {binary}, found {len(rules)}")
+        for rule in rules:
+            check("RetryPolicy" in rule, f"{event_type}: rule without RetryPolicy")
+            check("Arn" in rule.get("DeadLetterConfig", {}), f"{event_type}: rule without a dead-letter queue")
+            check(rule.get("EventBusName") is not None, f"{event_type}: rule on the default bus")
+        on_failure = fn.get("Properties", {}).get("EventInvokeConfig", {}).get("DestinationConfig", {}).get("OnFailure", {})
+        check(on_failure.get("Type") == "SQS", f"{binary}: failed invocations must go to an SQS queue")
+
+    # The sweep.
+    sweeps = [
+        e["Properties"]
+        for e in functions.get(fn_by_binary.get("agent-response"), {}).get("Properties", {}).get("Events", {}).values()
+        if e["Type"] in ("ScheduleV2", "Schedule")
+    ]
+    check(len(sweeps) == 1, "agent-response: expected one schedule (the sweep)")
+    for sweep in sweeps:
+        check(sweep.get("ScheduleExpression") == "rate(1 minute)", "sweep: not every minute")
+        try:
+            event = json.loads(sweep.get("Input", ""))
+        except ValueError as e:
+            event = {}
+            check(False, f"sweep: Input is not JSON: {e}")
+        check(event.get("type") == "messaging.agent.sweep", "sweep: Input is not a messaging.agent.sweep CloudEvent")
+        check(event.get("specversion") == "1.0" and event.get("id") and event.get("source"), "sweep: Input lacks CloudEvent attributes")
+
+    # The agent rule filters on the agentid extension.
+    agent_rules = [r for r in resources.values() if r["Type"] == "AWS::Events::Rule"]
+    check(
+        any("agentid" in r["Properties"].get("EventPattern", {}).get("detail", {}) for r in agent_rules),
+        "no EventBridge rule filters agents on detail.agentid",
+    )
+
+    # The WebSocket API.
+    apis = {k: v for k, v in resources.items() if v["Type"] == "AWS::ApiGatewayV2::Api" and v["Properties"].get("ProtocolType") == "WEBSOCKET"}
+    check(len(apis) == 1, f"expected one WebSocket API, found {len(apis)}")
+    for api_id, api in apis.items():
+        check(api["Properties"].get("RouteSelectionExpression") == "$request.body.type", "WebSocket API: route selection must be $request.body.type")
+        integrations = {
+            k: logical_id_of(v["Properties"].get("IntegrationUri"))
+            for k, v in resources.items()
+            if v["Type"] == "AWS::ApiGatewayV2::Integration" and logical_id_of(v["Properties"].get("ApiId")) == api_id
+        }
+        routes = {}
+        for k, v in resources.items():
+            if v["Type"] == "AWS::ApiGatewayV2::Route" and logical_id_of(v["Properties"].get("ApiId")) == api_id:
+                target = v["Properties"].get("Target", {})
+                text = target.get("Fn::Sub", "") if isinstance(target, dict) else str(target)
+                integration = text.replace("integrations/${", "").rstrip("}")
+                routes[v["Properties"]["RouteKey"]] = binary_of.get(integrations.get(integration))
+        check(routes == WEBSOCKET_ROUTES, f"WebSocket routes differ: {routes} != {WEBSOCKET_ROUTES}")
+        stages = [v for v in resources.values() if v["Type"] == "AWS::ApiGatewayV2::Stage" and logical_id_of(v["Properties"].get("ApiId")) == api_id]
+        check(
+            len(stages) == 1 and "ThrottlingRateLimit" in stages[0]["Properties"].get("DefaultRouteSettings", {}),
+            "WebSocket stage without throttling",
+        )
+
+    print(f"  {checks} checks on {len(functions)} functions ({', '.join(sorted(deployed))}) against the workspace at {workspace_root}")
+    for failure in failures:
+        print(f"  FAIL: {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

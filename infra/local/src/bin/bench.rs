@@ -1,0 +1,646 @@
+//! `bench`: load generator and measurement for the local stack, over real WebSockets.
+//!
+//! It starts (or is pointed at) Redis and a MongoDB-wire server, starts `local-stack` as a child
+//! process (so the stack's memory is measured alone), creates users and conversations directly
+//! in MongoDB, then:
+//! 1. ramps up `--connections` idle WebSocket connections and measures the stack's resident
+//!    memory per connection;
+//! 2. runs `--senders` senders at `--rate` messages per second in total (or flat out with
+//!    `--rate 0`) for `--duration` seconds in 1:1, group or agent conversations, measuring ACK
+//!    latency (send to `message_ack`) and end-to-end delivery latency (send to the recipient's
+//!    `message` frame), and counting errors;
+//! 3. measures the floor in the same run: the Redis and MongoDB round trips one message needs,
+//!    issued directly, so latency can be read as a multiple of what the servers themselves cost;
+//! 4. reads the stack's per-stage counters (`GET /metrics`) to report round trips and time per
+//!    message by stage.
+//!
+//! Output: a table on stdout and, with `--json FILE`, the same figures as JSON. Loopback only;
+//! every loop is bounded by counts and `--duration`, so it always stops by itself.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use messaging::auth::JwtIssuer;
+use messaging::client::{Client, ClientConfig, ClientEvent};
+use messaging::metrics::StageTotals;
+use messaging::model::{Conversation, ConversationKind};
+use messaging::store::{MongoStore, Store, StoreOptions};
+use mongodb::bson::DateTime;
+use tokio::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    /// 1:1 conversations, one receiver per sender.
+    Direct,
+    /// One group of `--group-size` members; senders are members.
+    Group,
+    /// Conversations with the demo agent (answers counted as deliveries).
+    Agent,
+}
+
+/// Load generator for the local stack.
+#[derive(Parser, Debug)]
+#[command(name = "bench")]
+struct Args {
+    /// Idle connections to hold (ramped).
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Idle connections opened per second while ramping.
+    #[arg(long, default_value_t = 2000)]
+    ramp_per_sec: usize,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 20)]
+    senders: usize,
+    /// Messages per second in total; 0 = as fast as acks come back.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Conversation shape.
+    #[arg(long, value_enum, default_value_t = Scenario::Direct)]
+    scenario: Scenario,
+    /// Members of the group scenario.
+    #[arg(long, default_value_t = 100)]
+    group_size: usize,
+    /// The local-stack binary (default: next to this one).
+    #[arg(long)]
+    stack_bin: Option<PathBuf>,
+    /// Use this Redis instead of starting one.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Use this MongoDB instead of starting SecantusDB (`SECANTUSD` picks the binary).
+    #[arg(long, env = "MONGODB_URI")]
+    mongodb_uri: Option<String>,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const SECRET: &str = "bench-secret-bench-secret-bench-secret";
+
+#[derive(Default)]
+struct Latencies {
+    ack: Vec<u64>,
+    delivery: Vec<u64>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+fn summary(name: &str, micros: &mut [u64]) -> serde_json::Value {
+    micros.sort_unstable();
+    let s = serde_json::json!({
+        "count": micros.len(),
+        "p50_ms": percentile(micros, 50.0),
+        "p90_ms": percentile(micros, 90.0),
+        "p99_ms": percentile(micros, 99.0),
+        "p99_9_ms": percentile(micros, 99.9),
+        "max_ms": micros.last().map(|m| *m as f64 / 1000.0).unwrap_or(f64::NAN),
+    });
+    println!(
+        "{name:<22} n={:<7} p50={:>8.2} p90={:>8.2} p99={:>8.2} p99.9={:>8.2} max={:>8.2} ms",
+        micros.len(),
+        s["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        s["p90_ms"].as_f64().unwrap_or(f64::NAN),
+        s["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        s["p99_9_ms"].as_f64().unwrap_or(f64::NAN),
+        s["max_ms"].as_f64().unwrap_or(f64::NAN),
+    );
+    s
+}
+
+fn raise_fd_limit() {
+    // 10,000 connections need more than the usual 1024 descriptors.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+struct StackProcess {
+    child: std::process::Child,
+    ws_url: String,
+    metrics_url: String,
+}
+
+impl Drop for StackProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_stack(
+    args: &Args,
+    redis: &str,
+    mongo: &str,
+    data: &std::path::Path,
+) -> anyhow::Result<StackProcess> {
+    let bin = match &args.stack_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("local-stack"),
+    };
+    let ports: Vec<u16> = (0..4).map(|_| testkit::free_port()).collect();
+    let child = std::process::Command::new(&bin)
+        .args([
+            "--ws-port",
+            &ports[0].to_string(),
+            "--broker-port",
+            &ports[1].to_string(),
+            "--s3-port",
+            &ports[2].to_string(),
+            "--agent-port",
+            &ports[3].to_string(),
+            "--data-dir",
+        ])
+        .arg(data)
+        .env("REDIS_URL", redis)
+        .env("MONGODB_URI", mongo)
+        .env("JWT_HS256_SECRET", SECRET)
+        .env("SEND_RATE_PER_MINUTE", "100000000")
+        .env("FRAME_RATE_PER_MINUTE", "100000000")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start {} ({e}); build it with `cargo build --release -p local-stack`",
+                bin.display()
+            )
+        })?;
+    let stack = StackProcess {
+        child,
+        ws_url: format!("ws://127.0.0.1:{}", ports[0]),
+        metrics_url: format!("http://127.0.0.1:{}/metrics", ports[1]),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "local-stack did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(stack)
+}
+
+async fn metrics(url: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(reqwest::get(url).await?.json().await?)
+}
+
+fn stage_delta(
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> BTreeMap<String, StageTotals> {
+    let mut out = BTreeMap::new();
+    if let (Some(b), Some(a)) = (before["stages"].as_object(), after["stages"].as_object()) {
+        for (name, totals) in a {
+            let a: StageTotals = serde_json::from_value(totals.clone()).unwrap_or_default();
+            let b: StageTotals = b
+                .get(name)
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            out.insert(
+                name.clone(),
+                StageTotals {
+                    calls: a.calls.saturating_sub(b.calls),
+                    nanos: a.nanos.saturating_sub(b.nanos),
+                },
+            );
+        }
+    }
+    out
+}
+
+async fn connect(
+    url: &str,
+    issuer: &JwtIssuer,
+    user: &str,
+    device: &str,
+) -> anyhow::Result<Client> {
+    let mut config = ClientConfig::new(url, issuer.issue(user, Duration::from_secs(7200))?);
+    config.device_id = Some(device.into());
+    config.reconnect = false;
+    config.auto_delivery_ack = true;
+    let mut client = Client::connect(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    client
+        .wait_for(Duration::from_secs(30), |e| {
+            matches!(e, ClientEvent::Ready { .. }).then_some(())
+        })
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no auth_success for {user}"))?;
+    Ok(client)
+}
+
+fn conversation(
+    id: String,
+    kind: ConversationKind,
+    participants: Vec<String>,
+    agent: Option<&str>,
+) -> Conversation {
+    Conversation {
+        conversation_id: id,
+        kind,
+        admins: vec![participants[0].clone()],
+        participants,
+        agent_id: agent.map(str::to_string),
+        agent_capability: None,
+        name: None,
+        description: None,
+        created_at: DateTime::now(),
+        last_message_at: None,
+        last_sequence_number: 0,
+        last_message: None,
+        read_up_to: Default::default(),
+    }
+}
+
+/// The floor: what one message costs the servers, measured directly in the same run.
+async fn floor(
+    redis_url: &str,
+    store: &MongoStore,
+    redis_rt: f64,
+    mongo_rt: f64,
+) -> anyhow::Result<serde_json::Value> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = redis::aio::ConnectionManager::new(client).await?;
+    let n = 500;
+    let mut redis_samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        redis_samples.push(t.elapsed().as_micros() as u64);
+    }
+    let mut mongo_samples = Vec::with_capacity(n);
+    let coll = store
+        .database()
+        .collection::<mongodb::bson::Document>("bench_floor");
+    for i in 0..n {
+        let t = Instant::now();
+        coll.find_one_and_update(
+            mongodb::bson::doc! {"_id": "floor"},
+            mongodb::bson::doc! {"$inc": {"n": 1}},
+        )
+        .upsert(true)
+        .await?;
+        coll.insert_one(mongodb::bson::doc! {"i": i as i64, "payload": "x".repeat(64)})
+            .await?;
+        mongo_samples.push(t.elapsed().as_micros() as u64 / 2);
+    }
+    redis_samples.sort_unstable();
+    mongo_samples.sort_unstable();
+    let redis_p50 = percentile(&redis_samples, 50.0);
+    let mongo_p50 = percentile(&mongo_samples, 50.0);
+    let floor_ms = redis_p50 * redis_rt + mongo_p50 * mongo_rt;
+    println!(
+        "floor: redis round trip p50 {redis_p50:.3} ms x {redis_rt:.1} + mongodb op p50 {mongo_p50:.3} ms x {mongo_rt:.1} = {floor_ms:.2} ms per message"
+    );
+    Ok(serde_json::json!({
+        "redis_rtt_p50_ms": redis_p50,
+        "mongodb_op_p50_ms": mongo_p50,
+        "redis_round_trips_per_message": redis_rt,
+        "mongodb_round_trips_per_message": mongo_rt,
+        "floor_ms": floor_ms,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    raise_fd_limit();
+    let data = std::env::temp_dir().join(testkit::unique_name("bench"));
+    std::fs::create_dir_all(&data)?;
+    // Servers are tied to the thread that starts them: start them on this (main) thread.
+    let mut own = Vec::new();
+    let redis_url = match &args.redis_url {
+        Some(u) => u.clone(),
+        None => {
+            let s = testkit::start_redis(None).map_err(anyhow::Error::msg)?;
+            let u = s.url.clone();
+            own.push(s);
+            u
+        }
+    };
+    let mongodb_uri = match &args.mongodb_uri {
+        Some(u) => u.clone(),
+        None => {
+            let s = testkit::start_mongodb(None).map_err(anyhow::Error::msg)?;
+            let u = s.url.clone();
+            own.push(s);
+            u
+        }
+    };
+    let stack = start_stack(&args, &redis_url, &mongodb_uri, &data)?;
+    let store = MongoStore::connect(&mongodb_uri, "messaging", StoreOptions::default()).await?;
+    store.ensure_indexes().await?;
+    let issuer = JwtIssuer::hs256(SECRET.as_bytes(), "messaging", "messaging-clients");
+    let machine = format!(
+        "{} cores, {} MiB memory",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok()))
+            .unwrap_or(0)
+            / 1024
+    );
+    println!("machine: {machine}; scenario {:?}", args.scenario);
+
+    // 1. Idle connections.
+    let base = metrics(&stack.metrics_url).await?;
+    let rss_before = base["rss_bytes"].as_u64().unwrap_or(0);
+    let ramp_started = Instant::now();
+    let mut idle = Vec::with_capacity(args.connections);
+    let batch = args.ramp_per_sec.max(1) / 10 + 1;
+    let mut opened = 0;
+    while opened < args.connections {
+        let n = batch.min(args.connections - opened);
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let url = stack.ws_url.clone();
+                let issuer = issuer.clone();
+                let user = format!("idle-{}", opened + i);
+                tokio::spawn(async move { connect(&url, &issuer, &user, "d").await })
+            })
+            .collect();
+        for t in tasks {
+            idle.push(t.await??);
+        }
+        opened += n;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = metrics(&stack.metrics_url).await?;
+    let peak_connections = held["connections"].as_u64().unwrap_or(0);
+    let rss_held = held["rss_bytes"].as_u64().unwrap_or(0);
+    let per_connection = if args.connections > 0 {
+        rss_held.saturating_sub(rss_before) as f64 / args.connections as f64
+    } else {
+        0.0
+    };
+    println!(
+        "idle connections: {} held (ramped in {:.1} s); stack RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection",
+        peak_connections,
+        ramp_started.elapsed().as_secs_f64(),
+        rss_before as f64 / 1048576.0,
+        rss_held as f64 / 1048576.0,
+        per_connection / 1024.0
+    );
+
+    // 2. Conversations and senders.
+    let mut pairs: Vec<(Arc<Mutex<Client>>, String)> = Vec::new();
+    let mut all_receivers: Vec<Client> = Vec::new();
+    match args.scenario {
+        Scenario::Direct | Scenario::Agent => {
+            for i in 0..args.senders {
+                let sender = format!("sender-{i}");
+                let (receiver, agent) = match args.scenario {
+                    Scenario::Agent => ("demo".to_string(), Some("demo")),
+                    _ => (format!("receiver-{i}"), None),
+                };
+                let kind = if agent.is_some() {
+                    ConversationKind::Agent
+                } else {
+                    ConversationKind::Direct
+                };
+                let id = format!("bench-{i}");
+                store
+                    .insert_conversation(&conversation(
+                        id.clone(),
+                        kind,
+                        vec![sender.clone(), receiver.clone()],
+                        agent,
+                    ))
+                    .await?;
+                let s = connect(&stack.ws_url, &issuer, &sender, "phone").await?;
+                let r = if agent.is_some() {
+                    // Agent answers come back to the sender's own connection.
+                    connect(&stack.ws_url, &issuer, &sender, "tablet").await?
+                } else {
+                    connect(&stack.ws_url, &issuer, &receiver, "phone").await?
+                };
+                all_receivers.push(r);
+                pairs.push((Arc::new(Mutex::new(s)), id));
+            }
+        }
+        Scenario::Group => {
+            let members: Vec<String> = (0..args.group_size)
+                .map(|i| format!("member-{i}"))
+                .collect();
+            store
+                .insert_conversation(&conversation(
+                    "bench-group".into(),
+                    ConversationKind::Group,
+                    members.clone(),
+                    None,
+                ))
+                .await?;
+            for m in &members {
+                all_receivers.push(connect(&stack.ws_url, &issuer, m, "phone").await?);
+            }
+            for member in members.iter().take(args.senders) {
+                let s = connect(&stack.ws_url, &issuer, member, "laptop").await?;
+                pairs.push((Arc::new(Mutex::new(s)), "bench-group".into()));
+            }
+        }
+    }
+
+    let before = metrics(&stack.metrics_url).await?;
+    let latencies = Arc::new(std::sync::Mutex::new(Latencies::default()));
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let started = Instant::now();
+    let interval = if args.rate == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(args.senders as f64 / args.rate as f64)
+    };
+    let mut tasks = Vec::new();
+    let mut receivers = Vec::new();
+    let expect_agent = args.scenario == Scenario::Agent;
+    let senders = pairs.len().max(1);
+    for mut receiver in all_receivers {
+        let latencies = latencies.clone();
+        let delivered = delivered.clone();
+        receivers.push(tokio::spawn(async move {
+            let stop = deadline + Duration::from_secs(5);
+            while Instant::now() < stop {
+                let left = stop.saturating_duration_since(Instant::now());
+                let Some(event) = receiver.next_event_within(left).await else {
+                    break;
+                };
+                if let ClientEvent::Message(m) = event {
+                    let sender = m.sender_id.clone().unwrap_or_default();
+                    if expect_agent != (sender == "demo") {
+                        continue;
+                    }
+                    let content = if expect_agent {
+                        m.content
+                            .rsplit(": ")
+                            .next()
+                            .unwrap_or_default()
+                            .to_string()
+                    } else {
+                        m.content.clone()
+                    };
+                    if let Some(sent_us) = content
+                        .split('|')
+                        .next()
+                        .and_then(|t| t.parse::<u64>().ok())
+                    {
+                        let now = now_micros();
+                        latencies
+                            .lock()
+                            .expect("latencies")
+                            .delivery
+                            .push(now.saturating_sub(sent_us));
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for (i, (sender, conversation_id)) in pairs.iter().enumerate() {
+        let sender = sender.clone();
+        let conversation_id = conversation_id.clone();
+        let latencies = latencies.clone();
+        let sent = sent.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            // Spread the senders' phases over one interval.
+            tokio::time::sleep(interval.mul_f64(i as f64 / senders as f64)).await;
+            let mut next = tokio::time::Instant::now();
+            while Instant::now() < deadline {
+                let content = format!("{}|{}", now_micros(), "x".repeat(64));
+                let t = Instant::now();
+                let result = sender
+                    .lock()
+                    .await
+                    .send_text(&conversation_id, &content)
+                    .await;
+                match result {
+                    Ok(_) => {
+                        latencies
+                            .lock()
+                            .expect("latencies")
+                            .ack
+                            .push(t.elapsed().as_micros() as u64);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if !interval.is_zero() {
+                    next += interval;
+                    tokio::time::sleep_until(next).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    for r in receivers {
+        r.await?;
+    }
+    let after = metrics(&stack.metrics_url).await?;
+    let sent_n = sent.load(Ordering::Relaxed);
+    let delivered_n = delivered.load(Ordering::Relaxed);
+    let stages = stage_delta(&before, &after);
+    let per_message = |name: &str| -> (f64, f64) {
+        let t = stages.get(name).copied().unwrap_or_default();
+        if sent_n == 0 {
+            return (0.0, 0.0);
+        }
+        (
+            t.calls as f64 / sent_n as f64,
+            t.nanos as f64 / 1e6 / sent_n as f64,
+        )
+    };
+    println!(
+        "\nsent {sent_n} messages in {send_secs:.1} s ({:.0}/s acknowledged), {delivered_n} deliveries ({:.0}/s), {} errors",
+        sent_n as f64 / send_secs,
+        delivered_n as f64 / send_secs,
+        errors.load(Ordering::Relaxed)
+    );
+    let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    let ack = summary("ack latency", &mut l.ack);
+    let delivery = summary("delivery latency", &mut l.delivery);
+    println!("\nper message, by stage (calls, ms of work summed over concurrent calls):");
+    let mut stage_json = serde_json::Map::new();
+    for name in [
+        "route_invocation",
+        "redis",
+        "mongodb",
+        "broker_publish",
+        "event_delivery",
+        "gateway_post",
+    ] {
+        let (calls, ms) = per_message(name);
+        println!("  {name:<18} {calls:>7.2} calls  {ms:>8.3} ms");
+        stage_json.insert(
+            name.into(),
+            serde_json::json!({"calls_per_message": calls, "ms_per_message": ms}),
+        );
+    }
+    let (redis_rt, _) = per_message("redis");
+    let (mongo_rt, _) = per_message("mongodb");
+    let floor = floor(&redis_url, &store, redis_rt, mongo_rt).await?;
+    let floor_ms = floor["floor_ms"].as_f64().unwrap_or(f64::NAN);
+    let ack_p50 = ack["p50_ms"].as_f64().unwrap_or(f64::NAN);
+    println!("ack p50 / floor = {:.1}x", ack_p50 / floor_ms);
+
+    let report = serde_json::json!({
+        "machine": machine,
+        "scenario": format!("{:?}", args.scenario),
+        "args": {"connections": args.connections, "senders": args.senders, "rate": args.rate, "duration_s": args.duration, "group_size": args.group_size},
+        "idle": {"held": peak_connections, "rss_before_bytes": rss_before, "rss_held_bytes": rss_held, "bytes_per_connection": per_connection},
+        "sent": sent_n, "delivered": delivered_n, "errors": errors.load(Ordering::Relaxed),
+        "acked_per_s": sent_n as f64 / send_secs, "delivered_per_s": delivered_n as f64 / send_secs,
+        "ack_latency": ack, "delivery_latency": delivery,
+        "stages": stage_json, "floor": floor,
+        "stack_rss_bytes_end": after["rss_bytes"],
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    drop(idle);
+    drop(stack);
+    drop(own);
+    Ok(())
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,94 @@
+//! An HTTP API (API Gateway HTTP API semantics) in front of `lambda_http` functions.
+//!
+//! Each request becomes the `lambda_http::Request` a Lambda behind an HTTP API would get: method,
+//! path, headers, body, and the query string as `query_string_parameters()` (a request
+//! extension, as `lambda_http` sets it). The function's `Response` goes back as it is.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body as AxumBody, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use lambda_http::RequestExt;
+
+/// Largest request body accepted (API Gateway HTTP APIs accept 10 MB).
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// A `lambda_http` function.
+#[async_trait::async_trait]
+pub trait HttpFunction: Send + Sync {
+    /// Handles one request.
+    async fn call(&self, request: lambda_http::Request)
+    -> lambda_http::Response<lambda_http::Body>;
+}
+
+#[async_trait::async_trait]
+impl<F, Fut> HttpFunction for F
+where
+    F: Fn(lambda_http::Request) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = lambda_http::Response<lambda_http::Body>> + Send,
+{
+    async fn call(
+        &self,
+        request: lambda_http::Request,
+    ) -> lambda_http::Response<lambda_http::Body> {
+        self(request).await
+    }
+}
+
+/// A router sending every request to `function`, with a REPORT log line per invocation.
+pub fn router(name: &'static str, function: Arc<dyn HttpFunction>) -> Router {
+    Router::new().fallback(invoke).with_state((name, function))
+}
+
+async fn invoke(
+    State((name, function)): State<(&'static str, Arc<dyn HttpFunction>)>,
+    request: Request,
+) -> Response {
+    let started = std::time::Instant::now();
+    let (parts, body) = request.into_parts();
+    let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request body over 10 MB").into_response();
+        }
+    };
+    let query: std::collections::HashMap<String, Vec<String>> = {
+        let mut map: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (k, v) in url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+            map.entry(k.into_owned()).or_default().push(v.into_owned());
+        }
+        map
+    };
+    let body = if bytes.is_empty() {
+        lambda_http::Body::Empty
+    } else {
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => lambda_http::Body::Text(text),
+            Err(e) => lambda_http::Body::Binary(e.into_bytes()),
+        }
+    };
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let request = lambda_http::Request::from_parts(parts, body).with_query_string_parameters(query);
+    let response = function.call(request).await;
+    tracing::info!(
+        target: "report",
+        function = name,
+        method = %method,
+        path,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "REPORT"
+    );
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        lambda_http::Body::Empty => AxumBody::empty(),
+        lambda_http::Body::Text(t) => AxumBody::from(t),
+        lambda_http::Body::Binary(b) => AxumBody::from(b),
+        _ => AxumBody::empty(),
+    };
+    Response::from_parts(parts, body)
+}

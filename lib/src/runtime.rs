@@ -1,0 +1,380 @@
+//! How a function binary runs: under AWS Lambda, or as a plain HTTP server (Knative, Kubernetes).
+//!
+//! The choice is made at start from the environment: when `AWS_LAMBDA_RUNTIME_API` is set the
+//! binary talks to the Lambda runtime API (`lambda_runtime` / `lambda_http`); otherwise it
+//! listens on `0.0.0.0:$PORT` (default 8080), which is what a Knative Service expects. Either
+//! way the same `handle` runs with the same event types.
+//!
+//! - [`run_cloudevent_function`]: CloudEvent consumers (store, agent-response, push). Under
+//!   Lambda the payload is an EventBridge event whose `detail` is a structured CloudEvent (or a
+//!   bare structured CloudEvent for direct invokes and schedules); a handler error is a Lambda
+//!   error, so EventBridge/Lambda retry and then dead-letter. Over HTTP it is a Knative
+//!   subscriber: `POST /` in binary or structured mode, `200` with the reply event in binary
+//!   mode, `202` without one, the error's status and JSON body on failure (Knative retries 5xx,
+//!   429 and 404/408/409 and dead-letters the rest).
+//! - [`run_websocket_function`]: WebSocket routes (connect, message, disconnect). Over HTTP:
+//!   `POST /` with an `ApiGatewayWebsocketProxyRequest` JSON, answered with the
+//!   `ApiGatewayProxyResponse` JSON (what the Kubernetes gateway's remote integration calls).
+//! - [`run_http_function`]: HTTP functions (api, presign). Over HTTP every request is handed to
+//!   the handler as a `lambda_http::Request`.
+//!
+//! Every HTTP server answers `GET /healthz` (for probes) and stops gracefully on SIGTERM.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cloudevents::{AttributesReader, Event};
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use crate::error::Error;
+use crate::events::EventPublisher;
+
+/// Environment variable the Lambda runtime sets; its presence selects Lambda mode.
+pub const LAMBDA_RUNTIME_API_VAR: &str = "AWS_LAMBDA_RUNTIME_API";
+/// Port of the HTTP mode when `PORT` is not set.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// Where a function runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Under the Lambda runtime API.
+    Lambda,
+    /// As an HTTP server on this port.
+    Http(u16),
+}
+
+/// The mode `src` selects: Lambda when `AWS_LAMBDA_RUNTIME_API` is set, else HTTP on `$PORT`.
+pub fn mode_from(src: &impl crate::config::Source) -> Result<Mode, crate::config::ConfigError> {
+    if src.get(LAMBDA_RUNTIME_API_VAR).is_some() {
+        return Ok(Mode::Lambda);
+    }
+    match src.get("PORT") {
+        None => Ok(Mode::Http(DEFAULT_PORT)),
+        Some(port) => {
+            port.trim()
+                .parse()
+                .map(Mode::Http)
+                .map_err(|e| crate::config::ConfigError::Invalid {
+                    var: "PORT",
+                    reason: format!("`{port}`: {e}"),
+                })
+        }
+    }
+}
+
+/// The mode of this process.
+pub fn mode() -> Result<Mode, crate::config::ConfigError> {
+    mode_from(&crate::config::Env)
+}
+
+async fn listen(port: u16) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await?;
+    tracing::info!(address = %listener.local_addr()?, "listening (HTTP mode)");
+    Ok(listener)
+}
+
+/// Serves `router` on `listener` until SIGTERM or Ctrl-C, then drains in-flight requests.
+pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(term) => { term.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// A JSON error response: the error's status, its public JSON body, `Retry-After` for rate limits.
+pub fn error_response(error: &Error) -> Response {
+    if error.is_server_fault() {
+        tracing::error!(error = %error, "function failed");
+    } else {
+        tracing::warn!(code = ?error.code(), error = %error, "event refused");
+    }
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, axum::Json(error.to_http_body())).into_response();
+    if let Some(secs) = error.retry_after()
+        && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn boxed_error(error: Error) -> lambda_runtime::Error {
+    if error.is_server_fault() {
+        tracing::error!(error = %error, "function failed");
+    } else {
+        tracing::warn!(code = ?error.code(), error = %error, "event refused");
+    }
+    lambda_runtime::Error::from(error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// CloudEvent functions
+
+/// Runs a CloudEvent consumer under Lambda or as a Knative-style HTTP subscriber (see the
+/// module documentation). The handler may return a reply event: over HTTP it is the response
+/// (the broker publishes it); under Lambda it is published to the configured events adapter
+/// ([`crate::eventbridge::publisher_from_env`]) and also returned as the invocation's result.
+pub async fn run_cloudevent_function<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
+where
+    F: Fn(Event) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = crate::Result<Option<Event>>> + Send + 'static,
+{
+    match mode()? {
+        Mode::Lambda => run_cloudevent_lambda(handler).await,
+        Mode::Http(port) => {
+            let listener = listen(port).await?;
+            serve(listener, cloudevent_router(handler)).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn run_cloudevent_lambda<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
+where
+    F: Fn(Event) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = crate::Result<Option<Event>>> + Send + 'static,
+{
+    let replies: Arc<tokio::sync::OnceCell<Arc<dyn EventPublisher>>> = Arc::default();
+    let handler = Arc::new(handler);
+    lambda_runtime::run(service_fn(move |invocation: LambdaEvent<Value>| {
+        let replies = replies.clone();
+        let handler = handler.clone();
+        async move {
+            let event = crate::eventbridge::event_from_invocation(invocation.payload)
+                .map_err(boxed_error)?;
+            tracing::info!(event_type = %event.ty(), event_id = %event.id(), "event received");
+            match handler(event).await.map_err(boxed_error)? {
+                None => Ok::<Value, lambda_runtime::Error>(Value::Null),
+                Some(reply) => {
+                    let publisher = replies
+                        .get_or_try_init(crate::eventbridge::publisher_from_env)
+                        .await
+                        .map_err(|e| lambda_runtime::Error::from(format!("{e:#}")))?;
+                    let detail = crate::eventbridge::to_detail(&reply).map_err(boxed_error)?;
+                    publisher.publish(reply).await.map_err(boxed_error)?;
+                    Ok(detail)
+                }
+            }
+        }
+    }))
+    .await
+}
+
+/// The HTTP subscriber of [`run_cloudevent_function`]: `POST /` and `GET /healthz`.
+pub fn cloudevent_router<F, Fut>(handler: F) -> Router
+where
+    F: Fn(Event) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = crate::Result<Option<Event>>> + Send + 'static,
+{
+    let handler: Arc<F> = Arc::new(handler);
+    Router::new()
+        .route("/", post(receive_cloudevent::<F, Fut>))
+        .route("/healthz", get(healthz))
+        .with_state(handler)
+}
+
+async fn receive_cloudevent<F, Fut>(
+    State(handler): State<Arc<F>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response
+where
+    F: Fn(Event) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = crate::Result<Option<Event>>> + Send + 'static,
+{
+    let event = match cloudevents::binding::http::to_event(&headers, body.to_vec()) {
+        Ok(event) => event,
+        Err(e) => return error_response(&Error::invalid(format!("not a valid CloudEvent: {e}"))),
+    };
+    tracing::info!(event_type = %event.ty(), event_id = %event.id(), "event received");
+    match handler(event).await {
+        Ok(Some(reply)) => reply.into_response(),
+        Ok(None) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket route functions
+
+/// Runs a WebSocket route integration under Lambda (`ApiGatewayWebsocketProxyRequest` in,
+/// `ApiGatewayProxyResponse` out) or as an HTTP server taking the same JSON on `POST /`.
+pub async fn run_websocket_function<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
+where
+    F: Fn(ApiGatewayWebsocketProxyRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ApiGatewayProxyResponse> + Send + 'static,
+{
+    match mode()? {
+        Mode::Lambda => {
+            let handler = Arc::new(handler);
+            lambda_runtime::run(service_fn(
+                move |e: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, lambda_runtime::Error>(handler(e.payload).await) }
+                },
+            ))
+            .await
+        }
+        Mode::Http(port) => {
+            let listener = listen(port).await?;
+            serve(listener, websocket_router(handler)).await?;
+            Ok(())
+        }
+    }
+}
+
+/// The HTTP server of [`run_websocket_function`]: `POST /` and `GET /healthz`.
+pub fn websocket_router<F, Fut>(handler: F) -> Router
+where
+    F: Fn(ApiGatewayWebsocketProxyRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ApiGatewayProxyResponse> + Send + 'static,
+{
+    let handler: Arc<F> = Arc::new(handler);
+    Router::new()
+        .route("/", post(receive_websocket_event::<F, Fut>))
+        .route("/healthz", get(healthz))
+        .with_state(handler)
+}
+
+async fn receive_websocket_event<F, Fut>(State(handler): State<Arc<F>>, body: Bytes) -> Response
+where
+    F: Fn(ApiGatewayWebsocketProxyRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ApiGatewayProxyResponse> + Send + 'static,
+{
+    let event: ApiGatewayWebsocketProxyRequest = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(e) => {
+            return error_response(&Error::invalid(format!(
+                "not an API Gateway WebSocket event: {e}"
+            )));
+        }
+    };
+    axum::Json(handler(event).await).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP functions
+
+/// Runs an HTTP function under Lambda (`lambda_http`) or as an HTTP server that hands every
+/// request (any method, any path except `GET /healthz`) to the handler.
+pub async fn run_http_function<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
+where
+    F: Fn(lambda_http::Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = lambda_http::Response<lambda_http::Body>> + Send + 'static,
+{
+    match mode()? {
+        Mode::Lambda => {
+            let handler = Arc::new(handler);
+            lambda_http::run(lambda_http::service_fn(
+                move |request: lambda_http::Request| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, lambda_http::Error>(handler(request).await) }
+                },
+            ))
+            .await
+        }
+        Mode::Http(port) => {
+            let listener = listen(port).await?;
+            serve(listener, http_router(handler)).await?;
+            Ok(())
+        }
+    }
+}
+
+/// The HTTP server of [`run_http_function`].
+pub fn http_router<F, Fut>(handler: F) -> Router
+where
+    F: Fn(lambda_http::Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = lambda_http::Response<lambda_http::Body>> + Send + 'static,
+{
+    let handler: Arc<F> = Arc::new(handler);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .fallback(receive_http::<F, Fut>)
+        .with_state(handler)
+}
+
+async fn receive_http<F, Fut>(
+    State(handler): State<Arc<F>>,
+    request: axum::extract::Request,
+) -> Response
+where
+    F: Fn(lambda_http::Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = lambda_http::Response<lambda_http::Body>> + Send + 'static,
+{
+    use lambda_http::RequestExt as _;
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return error_response(&Error::client(
+                crate::ErrorCode::PayloadTooLarge,
+                format!("cannot read the request body: {e}"),
+            ));
+        }
+    };
+    let body = if bytes.is_empty() {
+        lambda_http::Body::Empty
+    } else {
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => lambda_http::Body::Text(text),
+            Err(e) => lambda_http::Body::Binary(e.into_bytes()),
+        }
+    };
+    let mut query: HashMap<String, Vec<String>> = HashMap::new();
+    if let Some(q) = parts.uri.query() {
+        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+            query
+                .entry(k.into_owned())
+                .or_default()
+                .push(v.into_owned());
+        }
+    }
+    let request = lambda_http::Request::from_parts(parts, body).with_query_string_parameters(query);
+    let response = handler(request).await;
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        lambda_http::Body::Empty => axum::body::Body::empty(),
+        lambda_http::Body::Text(text) => axum::body::Body::from(text),
+        lambda_http::Body::Binary(bytes) => axum::body::Body::from(bytes),
+        _ => axum::body::Body::empty(),
+    };
+    Response::from_parts(parts, body)
+}
