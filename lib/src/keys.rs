@@ -92,6 +92,11 @@ impl Keys {
         format!("{}{{u:{escaped}}}:*", self.prefix)
     }
 
+    /// A cached value (e.g. `conversation:ID`, a conversation's routing fields).
+    pub fn cache(&self, name: &str) -> String {
+        format!("{}cache:{name}", self.prefix)
+    }
+
     /// Counter of one fixed rate-limit window.
     pub fn rate_limit(&self, scope: &str, subject: &str, window: u64) -> String {
         format!("{}{{u:{subject}}}:rl:{scope}:{window}", self.prefix)

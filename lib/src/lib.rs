@@ -15,6 +15,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod context;
+pub mod conversations;
 pub mod delivery;
 pub mod error;
 pub mod eventbridge;

@@ -160,6 +160,20 @@ pub trait RealtimeState: Send + Sync {
         limit: RateLimit,
         now_ms: i64,
     ) -> Result<RateDecision>;
+    /// Counts one request of `subject` against several limits at once (one round trip); the
+    /// decisions come back in the order of `limits`.
+    async fn rate_limits(
+        &self,
+        subject: &str,
+        limits: &[(&str, RateLimit)],
+        now_ms: i64,
+    ) -> Result<Vec<RateDecision>>;
+    /// A cached value (see [`crate::keys::Keys::cache`]), if present.
+    async fn cache_get(&self, name: &str) -> Result<Option<String>>;
+    /// Caches a value for `ttl`.
+    async fn cache_put(&self, name: &str, value: &str, ttl: Duration) -> Result<()>;
+    /// Drops a cached value.
+    async fn cache_delete(&self, name: &str) -> Result<()>;
     /// Forgets everything held about a user (account deletion): their connection records,
     /// presence, inbox and rate-limit counters. Returns the connection ids they had, for the
     /// caller to close.
@@ -548,30 +562,77 @@ impl RealtimeState for RedisState {
         limit: RateLimit,
         now_ms: i64,
     ) -> Result<RateDecision> {
-        // Fixed window: INCR the window's counter and give it a TTL of one window, one round trip.
-        let window_ms = limit.window.as_millis().max(1) as i64;
-        let window = now_ms.div_euclid(window_ms);
-        let key = self.keys.rate_limit(scope, subject, window as u64);
-        let (count,): (u64,) = redis::pipe()
-            .atomic()
-            .incr(&key, 1u64)
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(window_ms)
-            .arg("NX")
-            .ignore()
-            .query_async(&mut self.conn())
-            .await?;
-        if count <= limit.max {
-            Ok(RateDecision::Allowed {
-                remaining: limit.max - count,
-            })
-        } else {
-            let reset_ms = (window + 1) * window_ms - now_ms;
-            Ok(RateDecision::Limited {
-                retry_after_secs: ((reset_ms + 999) / 1000).max(1) as u64,
-            })
+        let decisions = self.rate_limits(subject, &[(scope, limit)], now_ms).await?;
+        Ok(decisions[0])
+    }
+
+    async fn rate_limits(
+        &self,
+        subject: &str,
+        limits: &[(&str, RateLimit)],
+        now_ms: i64,
+    ) -> Result<Vec<RateDecision>> {
+        // Fixed windows: INCR each window's counter and give it a TTL of one window, all in one
+        // round trip.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut windows = Vec::with_capacity(limits.len());
+        for (scope, limit) in limits {
+            let window_ms = limit.window.as_millis().max(1) as i64;
+            let window = now_ms.div_euclid(window_ms);
+            let key = self.keys.rate_limit(scope, subject, window as u64);
+            pipe.incr(&key, 1u64)
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(window_ms)
+                .arg("NX")
+                .ignore();
+            windows.push((window, window_ms));
         }
+        let counts: Vec<u64> = pipe.query_async(&mut self.conn()).await?;
+        Ok(counts
+            .into_iter()
+            .zip(limits)
+            .zip(windows)
+            .map(|((count, (_, limit)), (window, window_ms))| {
+                if count <= limit.max {
+                    RateDecision::Allowed {
+                        remaining: limit.max - count,
+                    }
+                } else {
+                    let reset_ms = (window + 1) * window_ms - now_ms;
+                    RateDecision::Limited {
+                        retry_after_secs: ((reset_ms + 999) / 1000).max(1) as u64,
+                    }
+                }
+            })
+            .collect())
+    }
+
+    async fn cache_get(&self, name: &str) -> Result<Option<String>> {
+        Ok(redis::cmd("GET")
+            .arg(self.keys.cache(name))
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    async fn cache_put(&self, name: &str, value: &str, ttl: Duration) -> Result<()> {
+        redis::cmd("SET")
+            .arg(self.keys.cache(name))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn cache_delete(&self, name: &str) -> Result<()> {
+        redis::cmd("DEL")
+            .arg(self.keys.cache(name))
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
     }
 }
 

@@ -221,3 +221,56 @@ async fn round_trips_are_counted() {
     s.inbox_push("hank", "m", 1).await.unwrap();
     assert_eq!(s.round_trips() - before, 2, "one round trip per operation");
 }
+
+#[tokio::test]
+async fn several_budgets_are_counted_in_one_round_trip() {
+    let s = state().await;
+    let frames = RateLimit {
+        max: 10,
+        window: Duration::from_secs(60),
+    };
+    let sends = RateLimit {
+        max: 1,
+        window: Duration::from_secs(60),
+    };
+    let t = 1_700_000_000_000;
+    let before = s.round_trips();
+    let first = s
+        .rate_limits("ivy", &[("frames", frames), ("send", sends)], t)
+        .await
+        .unwrap();
+    assert_eq!(s.round_trips() - before, 1);
+    assert_eq!(
+        first,
+        [
+            RateDecision::Allowed { remaining: 9 },
+            RateDecision::Allowed { remaining: 0 }
+        ]
+    );
+    let second = s
+        .rate_limits("ivy", &[("frames", frames), ("send", sends)], t)
+        .await
+        .unwrap();
+    assert_eq!(second[0], RateDecision::Allowed { remaining: 8 });
+    assert!(matches!(second[1], RateDecision::Limited { .. }));
+}
+
+#[tokio::test]
+async fn cached_values_expire_and_can_be_dropped() {
+    let s = state().await;
+    assert_eq!(s.cache_get("conversation:c1").await.unwrap(), None);
+    s.cache_put("conversation:c1", "{}", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.cache_get("conversation:c1").await.unwrap().as_deref(),
+        Some("{}")
+    );
+    s.cache_delete("conversation:c1").await.unwrap();
+    assert_eq!(s.cache_get("conversation:c1").await.unwrap(), None);
+    s.cache_put("conversation:c2", "x", Duration::from_millis(50))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(s.cache_get("conversation:c2").await.unwrap(), None);
+}

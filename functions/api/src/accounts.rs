@@ -203,9 +203,13 @@ pub(crate) async fn hash_secret(api: &Api, secret: &str) -> Result<String> {
 pub(crate) async fn verify_secret(api: &Api, secret: &str, hash: &str) -> Result<bool> {
     let verifier = argon2(api.options.hash_cost)?;
     let (secret, hash) = (secret.to_string(), hash.to_string());
-    tokio::task::spawn_blocking(move || verifier.verify_password(secret.as_bytes(), hash.as_str()).is_ok())
-        .await
-        .map_err(|e| Error::dependency("argon2", e))
+    tokio::task::spawn_blocking(move || {
+        verifier
+            .verify_password(secret.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .map_err(|e| Error::dependency("argon2", e))
 }
 
 fn sha256_hex(text: &str) -> String {

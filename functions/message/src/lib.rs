@@ -96,7 +96,20 @@ async fn on_frame(ctx: &Context, connection_id: &str, body: &str) -> Result<()> 
         (frame, Some(connection)) => (frame, connection),
     };
     let (frame, conn) = connection;
-    limit(ctx, "frames", &conn.user_id, ctx.settings.frame_limit).await?;
+    // One round trip for every budget this frame counts against.
+    let mut budgets = vec![("frames", ctx.settings.frame_limit)];
+    if matches!(frame, ClientFrame::Message { .. }) {
+        budgets.push(("send", ctx.settings.send_limit));
+    }
+    let decisions = ctx
+        .realtime
+        .rate_limits(&conn.user_id, &budgets, messaging::clock::now_ms())
+        .await?;
+    for decision in decisions {
+        if let RateDecision::Limited { retry_after_secs } = decision {
+            return Err(Error::RateLimited { retry_after_secs });
+        }
+    }
     match frame {
         ClientFrame::Auth { .. } => unreachable!("handled above"),
         ClientFrame::Message {
@@ -146,9 +159,7 @@ async fn limit(ctx: &Context, scope: &str, user_id: &str, limit: RateLimit) -> R
 
 /// A conversation the user takes part in; `not_found` / `forbidden` otherwise.
 async fn membership(ctx: &Context, user_id: &str, conversation_id: &str) -> Result<Conversation> {
-    let conversation = ctx
-        .store
-        .conversation(conversation_id)
+    let conversation = messaging::conversations::routing(ctx, conversation_id)
         .await?
         .ok_or_else(|| {
             Error::not_found(format!("conversation {conversation_id} does not exist"))
@@ -345,7 +356,6 @@ async fn send(
     payload: OutgoingMessage,
 ) -> Result<()> {
     validate(&payload, &idempotency_key, ctx.settings.max_content_bytes)?;
-    limit(ctx, "send", &conn.user_id, ctx.settings.send_limit).await?;
     let conversation = membership(ctx, &conn.user_id, &payload.conversation_id).await?;
     if let Some(reply_to) = &payload.reply_to_message_id {
         let target = ctx.store.message(reply_to).await?;
@@ -588,7 +598,15 @@ async fn retransmit(
             to - from + 1
         )));
     }
-    let conversation = membership(ctx, &conn.user_id, conversation_id).await?;
+    membership(ctx, &conn.user_id, conversation_id).await?;
+    // The highest sequence number moves with every message: read it from the store.
+    let conversation = ctx
+        .store
+        .conversation(conversation_id)
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!("conversation {conversation_id} does not exist"))
+        })?;
     let messages = ctx
         .store
         .messages_in_range(conversation_id, from, to, cap as usize)

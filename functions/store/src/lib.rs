@@ -47,9 +47,7 @@ pub async fn handle(ctx: &Context, event: Event) -> Result<FanOut> {
         )));
     }
     let data: MessageReceived = event_data(&event)?;
-    let conversation = ctx
-        .store
-        .conversation(&data.conversation_id)
+    let conversation = messaging::conversations::routing(ctx, &data.conversation_id)
         .await?
         .ok_or_else(|| Error::not_found(format!("conversation {}", data.conversation_id)))?;
     let at = DateTime::from_millis(data.timestamp);

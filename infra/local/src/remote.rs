@@ -176,7 +176,9 @@ mod tests {
             axum::routing::post(move |Json(event): Json<ApiGatewayWebsocketProxyRequest>| {
                 let s = s.clone();
                 async move {
-                    s.lock().unwrap().push(event.request_context.route_key.clone());
+                    s.lock()
+                        .unwrap()
+                        .push(event.request_context.route_key.clone());
                     let mut response = ApiGatewayProxyResponse::default();
                     response.status_code = 401;
                     response.body = Some(Body::Text("no token".into()));
@@ -195,28 +197,37 @@ mod tests {
     async fn failures_become_api_gateway_integration_errors() {
         let url = serve(axum::Router::new().route(
             "/",
-            axum::routing::post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down").into_response() }),
+            axum::routing::post(|| async {
+                (StatusCode::SERVICE_UNAVAILABLE, "down").into_response()
+            }),
         ))
         .await;
         let response = RemoteFunction::new(&url).invoke(request("message")).await;
         assert_eq!(response.status_code, 502);
 
-        let url = serve(axum::Router::new().route(
-            "/",
-            axum::routing::post(|| async { "not json" }),
-        ))
-        .await;
-        let error = RemoteFunction::new(&url).call(&request("message")).await.unwrap_err();
+        let url =
+            serve(axum::Router::new().route("/", axum::routing::post(|| async { "not json" })))
+                .await;
+        let error = RemoteFunction::new(&url)
+            .call(&request("message"))
+            .await
+            .unwrap_err();
         assert!(error.contains("not an API Gateway response"), "{error}");
 
         // Nothing listens there: retried, then a 502.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         drop(listener);
-        let error = RemoteFunction::new(&url).call(&request("message")).await.unwrap_err();
+        let error = RemoteFunction::new(&url)
+            .call(&request("message"))
+            .await
+            .unwrap_err();
         assert!(error.contains("cannot reach"), "{error}");
         assert_eq!(
-            RemoteFunction::new(&url).invoke(request("message")).await.status_code,
+            RemoteFunction::new(&url)
+                .invoke(request("message"))
+                .await
+                .status_code,
             502
         );
     }
