@@ -364,6 +364,7 @@ async fn issue_tokens(
 
 /// Register with a phone number or email address.
 #[utoipa::path(
+    operation_id = "register",
     post, path = "/v1/auth/register", tag = "auth",
     request_body = RegisterRequest,
     responses(
@@ -403,6 +404,7 @@ pub(crate) async fn register(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Send a new code for whatever is pending (registration, sign-in or recovery).
 #[utoipa::path(
+    operation_id = "resendCode",
     post, path = "/v1/auth/resend", tag = "auth",
     request_body = ContactRequest,
     responses(
@@ -439,6 +441,7 @@ pub(crate) async fn resend(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Enter a code: creates the account (201), signs in or recovers it (200).
 #[utoipa::path(
+    operation_id = "verifyCode",
     post, path = "/v1/auth/verify", tag = "auth",
     request_body = VerifyRequest,
     responses(
@@ -545,6 +548,7 @@ pub(crate) async fn verify(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Sign in with a password (200 with tokens), or without one to get a sign-in code (202).
 #[utoipa::path(
+    operation_id = "login",
     post, path = "/v1/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses(
@@ -599,6 +603,7 @@ pub(crate) async fn login(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Send a recovery code to the account's verified phone number or email.
 #[utoipa::path(
+    operation_id = "recoverAccount",
     post, path = "/v1/auth/recover", tag = "auth",
     request_body = ContactRequest,
     responses(
@@ -629,6 +634,7 @@ pub(crate) async fn recover(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Exchange a refresh token for a new pair (rotation; a reused token revokes its family).
 #[utoipa::path(
+    operation_id = "refreshTokens",
     post, path = "/v1/auth/refresh", tag = "auth",
     request_body = RefreshRequest,
     responses(
@@ -678,6 +684,7 @@ pub(crate) async fn refresh(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Sign out: revoke this session's refresh tokens (or every session with `everywhere`).
 #[utoipa::path(
+    operation_id = "logout",
     post, path = "/v1/auth/logout", tag = "auth",
     request_body = LogoutRequest,
     responses(
@@ -704,6 +711,7 @@ pub(crate) async fn logout(api: &Api, call: &Call) -> Result<Reply> {
 
 /// The caller's profile.
 #[utoipa::path(
+    operation_id = "getMe",
     get, path = "/v1/me", tag = "profile", security(("bearer" = [])),
     responses(
         (status = 200, description = "The profile", body = Profile),
@@ -723,6 +731,7 @@ pub(crate) async fn get_me(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Change the caller's name and avatar.
 #[utoipa::path(
+    operation_id = "updateMe",
     patch, path = "/v1/me", tag = "profile", security(("bearer" = [])),
     request_body = UpdateProfileRequest,
     responses(
@@ -760,6 +769,7 @@ pub(crate) async fn update_me(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Someone's public profile (yourself, or someone you share a conversation with).
 #[utoipa::path(
+    operation_id = "getUser",
     get, path = "/v1/users/{user_id}", tag = "profile", security(("bearer" = [])),
     params(("user_id" = String, Path, description = "The user")),
     responses(

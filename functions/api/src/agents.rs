@@ -70,6 +70,7 @@ async fn existing(api: &Api, agent_id: &str) -> Result<Agent> {
 
 /// Browse and search the registry.
 #[utoipa::path(
+    operation_id = "listAgents",
     get, path = "/v1/agents", tag = "agents", security(("bearer" = []), ("operator_key" = [])),
     params(
         ("q" = Option<String>, Query, description = "Case-insensitive text in the name, a capability or a category"),
@@ -128,6 +129,7 @@ pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
 
 /// One agent: description, capabilities, examples, status.
 #[utoipa::path(
+    operation_id = "getAgent",
     get, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = []), ("operator_key" = [])),
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
@@ -150,6 +152,7 @@ pub(crate) async fn get(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Register an agent (operators only).
 #[utoipa::path(
+    operation_id = "createAgent",
     post, path = "/v1/agents", tag = "agents", security(("operator_key" = []), ("bearer" = [])),
     request_body = CreateAgentRequest,
     responses(
@@ -190,6 +193,7 @@ pub(crate) async fn create(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Change an agent (operators only).
 #[utoipa::path(
+    operation_id = "updateAgent",
     patch, path = "/v1/agents/{agent_id}", tag = "agents", security(("operator_key" = []), ("bearer" = [])),
     params(("agent_id" = String, Path, description = "The agent")),
     request_body = UpdateAgentRequest,
@@ -236,6 +240,7 @@ pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
 /// Remove an agent from the registry (operators only). Its conversations stay; messages to it
 /// are no longer routed to a registered endpoint.
 #[utoipa::path(
+    operation_id = "deleteAgent",
     delete, path = "/v1/agents/{agent_id}", tag = "agents", security(("operator_key" = []), ("bearer" = [])),
     params(("agent_id" = String, Path, description = "The agent")),
     responses(
@@ -256,6 +261,7 @@ pub(crate) async fn delete(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Record an agent's heartbeat (operators, or the agent with a token for its own id).
 #[utoipa::path(
+    operation_id = "agentHeartbeat",
     post, path = "/v1/agents/{agent_id}/heartbeat", tag = "agents", security(("operator_key" = []), ("bearer" = [])),
     params(("agent_id" = String, Path, description = "The agent")),
     responses(

@@ -211,6 +211,7 @@ fn pair_key(kind: &str, a: &str, b: &str) -> String {
 /// Start the 1:1 conversation with a user (by id, phone or email) or the conversation with an
 /// agent; one per pair, so asking again returns the existing one.
 #[utoipa::path(
+    operation_id = "createConversation",
     post, path = "/v1/conversations", tag = "conversations", security(("bearer" = [])),
     request_body = CreateConversationRequest,
     responses(
@@ -351,6 +352,7 @@ fn matches_search(mc: &MemberConversation, user_id: &str, names: &Names, needle:
 /// asked; optionally searched by title, group name or description, and participant or agent
 /// names (never message content: it is end-to-end encrypted).
 #[utoipa::path(
+    operation_id = "listConversations",
     get, path = "/v1/conversations", tag = "conversations", security(("bearer" = [])),
     params(
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
@@ -415,6 +417,7 @@ pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
 
 /// One conversation as the caller sees it.
 #[utoipa::path(
+    operation_id = "getConversation",
     get, path = "/v1/conversations/{conversation_id}", tag = "conversations", security(("bearer" = [])),
     params(("conversation_id" = String, Path, description = "The conversation")),
     responses(
@@ -433,6 +436,7 @@ pub(crate) async fn get(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Pin, unpin, archive or unarchive a conversation for the caller.
 #[utoipa::path(
+    operation_id = "updateConversation",
     patch, path = "/v1/conversations/{conversation_id}", tag = "conversations", security(("bearer" = [])),
     params(("conversation_id" = String, Path, description = "The conversation")),
     request_body = UpdateConversationRequest,
@@ -472,6 +476,7 @@ pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
 /// Delete a conversation for the caller: hidden from their list, its history up to now cleared
 /// for them; a new message shows it again. Others keep everything.
 #[utoipa::path(
+    operation_id = "deleteConversation",
     delete, path = "/v1/conversations/{conversation_id}", tag = "conversations", security(("bearer" = [])),
     params(("conversation_id" = String, Path, description = "The conversation")),
     responses(
@@ -508,6 +513,7 @@ pub(crate) async fn delete(api: &Api, call: &Call) -> Result<Reply> {
 /// A page of history by sequence range (members only; content stays encrypted). Without `from`
 /// and `to`: the newest page.
 #[utoipa::path(
+    operation_id = "listMessages",
     get, path = "/v1/conversations/{conversation_id}/messages", tag = "conversations", security(("bearer" = [])),
     params(
         ("conversation_id" = String, Path, description = "The conversation"),

@@ -27,6 +27,7 @@ fn valid_device_id(id: &str) -> Result<()> {
 
 /// The caller's registered devices.
 #[utoipa::path(
+    operation_id = "listDevices",
     get, path = "/v1/devices", tag = "devices", security(("bearer" = [])),
     responses(
         (status = 200, description = "Devices by id", body = DeviceList),
@@ -42,6 +43,7 @@ pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Register (or replace) a device's push token.
 #[utoipa::path(
+    operation_id = "putDevice",
     put, path = "/v1/devices/{device_id}", tag = "devices", security(("bearer" = [])),
     params(("device_id" = String, Path, description = "The device (as in tokens and connections)")),
     request_body = DeviceRequest,
@@ -88,6 +90,7 @@ pub(crate) async fn put(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Unregister a device.
 #[utoipa::path(
+    operation_id = "deleteDevice",
     delete, path = "/v1/devices/{device_id}", tag = "devices", security(("bearer" = [])),
     params(("device_id" = String, Path, description = "The device")),
     responses(

@@ -104,6 +104,7 @@ pub(crate) fn document() -> serde_json::Value {
 
 /// This API's OpenAPI 3 document.
 #[utoipa::path(
+    operation_id = "getOpenApi",
     get, path = "/openapi.json", tag = "meta",
     responses(
         (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),

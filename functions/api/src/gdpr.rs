@@ -28,6 +28,7 @@ pub const DELETED_USER_PREFIX: &str = "deleted-user-";
 
 /// Everything stored about the caller, as one JSON document.
 #[utoipa::path(
+    operation_id = "exportMe",
     get, path = "/v1/me/export", tag = "profile", security(("bearer" = [])),
     responses(
         (status = 200, description = "The archive", body = ExportArchive),
@@ -84,6 +85,7 @@ pub(crate) async fn export_me(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Delete the caller's account and personal data (see the module docs for what stays).
 #[utoipa::path(
+    operation_id = "deleteMe",
     delete, path = "/v1/me", tag = "profile", security(("bearer" = [])),
     responses(
         (status = 204, description = "Erased; the access token is useless from now on"),
@@ -98,7 +100,13 @@ pub(crate) async fn delete_me(api: &Api, call: &Call) -> Result<Reply> {
         return Err(Error::not_found("the account no longer exists"));
     }
     let tombstone = format!("{DELETED_USER_PREFIX}{}", uuid::Uuid::new_v4().simple());
-    for mc in store.conversations_of(user_id).await? {
+    let memberships = store.conversations_of(user_id).await?;
+    // Their conversations' cached routing names them: drop it once they are gone.
+    let touched: Vec<String> = memberships
+        .iter()
+        .map(|mc| mc.conversation.conversation_id.clone())
+        .collect();
+    for mc in memberships {
         if mc.conversation.kind == ConversationKind::Group {
             leave_group(
                 api,
@@ -110,6 +118,9 @@ pub(crate) async fn delete_me(api: &Api, call: &Call) -> Result<Reply> {
         }
     }
     let erasure = store.erase_user(user_id, &tombstone).await?;
+    for conversation_id in &touched {
+        messaging::conversations::changed(&api.ctx, conversation_id).await?;
+    }
     let connections = api.ctx.realtime.forget_user(user_id).await?;
     for connection_id in &connections {
         if let Err(e) = api.ctx.gateway.close(connection_id).await {

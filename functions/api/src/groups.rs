@@ -157,6 +157,8 @@ where
             )
             .await?
         {
+            // Membership is cached for the messaging functions: this change must reach them.
+            messaging::conversations::changed(&api.ctx, &group.conversation_id).await?;
             return Ok(Some(Conversation {
                 participants,
                 admins,
@@ -172,6 +174,7 @@ where
 
 /// Create a group; the creator is its first admin.
 #[utoipa::path(
+    operation_id = "createGroup",
     post, path = "/v1/groups", tag = "groups", security(("bearer" = [])),
     request_body = CreateGroupRequest,
     responses(
@@ -238,6 +241,7 @@ pub(crate) async fn create(api: &Api, call: &Call) -> Result<Reply> {
 
 /// A group with its members (members only).
 #[utoipa::path(
+    operation_id = "getGroup",
     get, path = "/v1/groups/{conversation_id}", tag = "groups", security(("bearer" = [])),
     params(("conversation_id" = String, Path, description = "The group")),
     responses(
@@ -254,6 +258,7 @@ pub(crate) async fn get(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Rename or describe a group (admins only).
 #[utoipa::path(
+    operation_id = "updateGroup",
     patch, path = "/v1/groups/{conversation_id}", tag = "groups", security(("bearer" = [])),
     params(("conversation_id" = String, Path, description = "The group")),
     request_body = UpdateGroupRequest,
@@ -307,6 +312,7 @@ pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
 
 /// The members of a group, in joining order, with roles (members only).
 #[utoipa::path(
+    operation_id = "listParticipants",
     get, path = "/v1/groups/{conversation_id}/participants", tag = "groups", security(("bearer" = [])),
     params(("conversation_id" = String, Path, description = "The group")),
     responses(
@@ -325,6 +331,7 @@ pub(crate) async fn participants(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Add users to a group (admins only; all must exist; at most 100 members).
 #[utoipa::path(
+    operation_id = "addParticipants",
     post, path = "/v1/groups/{conversation_id}/participants", tag = "groups", security(("bearer" = [])),
     params(("conversation_id" = String, Path, description = "The group")),
     request_body = AddParticipantsRequest,
@@ -433,6 +440,7 @@ pub(crate) async fn leave_group(
             .store
             .delete_conversation_data(&conversation_id)
             .await?;
+        messaging::conversations::changed(&api.ctx, &conversation_id).await?;
         return Ok(());
     }
     if let Some(group) = changed {
@@ -451,6 +459,7 @@ pub(crate) async fn leave_group(
 
 /// Remove a member (admins only), or yourself (= leave).
 #[utoipa::path(
+    operation_id = "removeParticipant",
     delete, path = "/v1/groups/{conversation_id}/participants/{user_id}", tag = "groups", security(("bearer" = [])),
     params(
         ("conversation_id" = String, Path, description = "The group"),
@@ -506,6 +515,7 @@ pub(crate) async fn remove_participant(api: &Api, call: &Call) -> Result<Reply> 
 
 /// Leave a group.
 #[utoipa::path(
+    operation_id = "leaveGroup",
     post, path = "/v1/groups/{conversation_id}/leave", tag = "groups", security(("bearer" = [])),
     params(("conversation_id" = String, Path, description = "The group")),
     responses(
@@ -529,6 +539,7 @@ pub(crate) async fn leave(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Make a member admin (admins only).
 #[utoipa::path(
+    operation_id = "promoteAdmin",
     post, path = "/v1/groups/{conversation_id}/admins", tag = "groups", security(("bearer" = [])),
     params(("conversation_id" = String, Path, description = "The group")),
     request_body = PromoteRequest,
@@ -577,6 +588,7 @@ pub(crate) async fn promote(api: &Api, call: &Call) -> Result<Reply> {
 
 /// Make an admin a plain member again (admins only; never the last admin).
 #[utoipa::path(
+    operation_id = "demoteAdmin",
     delete, path = "/v1/groups/{conversation_id}/admins/{user_id}", tag = "groups", security(("bearer" = [])),
     params(
         ("conversation_id" = String, Path, description = "The group"),

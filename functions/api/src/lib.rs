@@ -689,6 +689,42 @@ mod tests {
     }
 
     #[test]
+    fn options_from_configuration_name_the_bad_variable() {
+        let secret = "s".repeat(32);
+        let source = |vars: Vec<(&'static str, String)>| {
+            move |var: &str| vars.iter().find(|(k, _)| *k == var).map(|(_, v)| v.clone())
+        };
+        let err = |vars| {
+            ApiOptions::from_source(&source(vars))
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(err(vec![]).contains("JWT_RS256_PRIVATE_KEY or JWT_HS256_SECRET"));
+        assert!(err(vec![("JWT_HS256_SECRET", "short".into())]).contains("JWT_HS256_SECRET"));
+        assert!(err(vec![("JWT_HS256_SECRET", secret.clone())]).contains("CODE_SENDER_URL"));
+        assert!(
+            err(vec![
+                ("JWT_HS256_SECRET", secret.clone()),
+                ("CODE_SENDER", "local".into()),
+                ("OPERATOR_KEY", "short".into()),
+            ])
+            .contains("OPERATOR_KEY")
+        );
+        let options = ApiOptions::from_source(&source(vec![
+            ("JWT_HS256_SECRET", secret),
+            ("CODE_SENDER_URL", "https://sms.example.com/send".into()),
+            ("API_RATE_PER_MINUTE", "10".into()),
+            ("ACCESS_TOKEN_TTL_SECS", "60".into()),
+        ]))
+        .unwrap();
+        assert_eq!(options.rate_limit.max, 10);
+        assert_eq!(options.access_token_ttl, Duration::from_secs(60));
+        assert_eq!(options.code_ttl, Duration::from_secs(600));
+        assert_eq!(options.code_max_attempts, 5);
+    }
+
+    #[test]
     fn every_route_is_unique() {
         let mut seen = std::collections::HashSet::new();
         for r in ROUTES {

@@ -23,8 +23,13 @@ async fn one_conversation_per_pair_even_concurrently() {
             };
             let env = &env;
             async move {
-                env.call("POST", "/v1/conversations", Some(&token), Some(json!({"user_id": other})))
-                    .await
+                env.call(
+                    "POST",
+                    "/v1/conversations",
+                    Some(&token),
+                    Some(json!({"user_id": other})),
+                )
+                .await
             }
         })
         .collect();
@@ -48,11 +53,21 @@ async fn one_conversation_per_pair_even_concurrently() {
 
     // By email or phone too, and never with yourself.
     let r = env
-        .call("POST", "/v1/conversations", Some(&alice_token), Some(json!({"user_id": alice})))
+        .call(
+            "POST",
+            "/v1/conversations",
+            Some(&alice_token),
+            Some(json!({"user_id": alice})),
+        )
         .await;
     assert_eq!(r.status, 400);
     let r = env
-        .call("POST", "/v1/conversations", Some(&alice_token), Some(json!({"user_id": "nobody"})))
+        .call(
+            "POST",
+            "/v1/conversations",
+            Some(&alice_token),
+            Some(json!({"user_id": "nobody"})),
+        )
         .await;
     assert_eq!(r.status, 404);
     let r = env
@@ -81,19 +96,34 @@ async fn agent_conversations_are_one_per_user_and_agent() {
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     let r = env
-        .call("POST", "/v1/conversations", Some(&token), Some(json!({"agent_id": "demo"})))
+        .call(
+            "POST",
+            "/v1/conversations",
+            Some(&token),
+            Some(json!({"agent_id": "demo"})),
+        )
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(r.body["kind"], "agent");
     assert_eq!(r.body["agent_id"], "demo");
     assert_eq!(r.body["title"], "Demo Agent");
     let again = env
-        .call("POST", "/v1/conversations", Some(&token), Some(json!({"agent_id": "demo"})))
+        .call(
+            "POST",
+            "/v1/conversations",
+            Some(&token),
+            Some(json!({"agent_id": "demo"})),
+        )
         .await;
     assert_eq!(again.status, 200);
     assert_eq!(again.body["conversation_id"], r.body["conversation_id"]);
     let r = env
-        .call("POST", "/v1/conversations", Some(&token), Some(json!({"agent_id": "nope"})))
+        .call(
+            "POST",
+            "/v1/conversations",
+            Some(&token),
+            Some(json!({"agent_id": "nope"})),
+        )
         .await;
     assert_eq!(r.status, 404);
 }
@@ -111,7 +141,12 @@ async fn list_order_pagination_unread_pin_archive_delete() {
     // written to is the newest; conversation 3 also gets one from me.
     for (i, c) in convs.iter().enumerate() {
         let conv = env.store.conversation(c).await.unwrap().unwrap();
-        let friend = conv.participants.iter().find(|p| **p != me).unwrap().clone();
+        let friend = conv
+            .participants
+            .iter()
+            .find(|p| **p != me)
+            .unwrap()
+            .clone();
         for _ in 0..=i {
             env.message(c, &friend).await;
         }
@@ -122,7 +157,15 @@ async fn list_order_pagination_unread_pin_archive_delete() {
     let list = |query: &'static str| {
         let env = &env;
         let token = token.clone();
-        async move { env.call("GET", &format!("/v1/conversations{query}"), Some(&token), None).await }
+        async move {
+            env.call(
+                "GET",
+                &format!("/v1/conversations{query}"),
+                Some(&token),
+                None,
+            )
+            .await
+        }
     };
     let r = list("").await;
     assert_eq!(r.status, 200);
@@ -132,7 +175,10 @@ async fn list_order_pagination_unread_pin_archive_delete() {
         .iter()
         .map(|c| c["conversation_id"].as_str().unwrap())
         .collect();
-    let expected: Vec<&str> = [3, 6, 5, 4, 2, 1, 0].iter().map(|i| convs[*i].as_str()).collect();
+    let expected: Vec<&str> = [3, 6, 5, 4, 2, 1, 0]
+        .iter()
+        .map(|i| convs[*i].as_str())
+        .collect();
     assert_eq!(ids, expected, "newest activity first");
     let unread: Vec<u64> = r.body["conversations"]
         .as_array()
@@ -146,23 +192,39 @@ async fn list_order_pagination_unread_pin_archive_delete() {
     let first = &r.body["conversations"][0];
     assert_eq!(first["last_message"]["sender_id"], me.as_str());
     assert_eq!(first["last_message"]["message_type"], "text");
-    assert!(first["last_message"].get("content").is_none(), "previews carry no content");
+    assert!(
+        first["last_message"].get("content").is_none(),
+        "previews carry no content"
+    );
     assert_eq!(first["title"], "Friend 3");
 
     // Read markers move unread counts.
-    env.store.advance_read_marker(&convs[6], &me, 5).await.unwrap();
+    env.store
+        .advance_read_marker(&convs[6], &me, 5)
+        .await
+        .unwrap();
     let r = list("").await;
     assert_eq!(r.body["conversations"][1]["unread_count"], 2);
 
     // Pin one old conversation: it comes first.
     let r = env
-        .call("PATCH", &format!("/v1/conversations/{}", convs[0]), Some(&token), Some(json!({"pinned": true})))
+        .call(
+            "PATCH",
+            &format!("/v1/conversations/{}", convs[0]),
+            Some(&token),
+            Some(json!({"pinned": true})),
+        )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["pinned"], true);
     // Archive another: hidden unless asked.
-    env.call("PATCH", &format!("/v1/conversations/{}", convs[5]), Some(&token), Some(json!({"archived": true})))
-        .await;
+    env.call(
+        "PATCH",
+        &format!("/v1/conversations/{}", convs[5]),
+        Some(&token),
+        Some(json!({"archived": true})),
+    )
+    .await;
     let r = list("").await;
     let ids: Vec<&str> = r.body["conversations"]
         .as_array()
@@ -170,11 +232,17 @@ async fn list_order_pagination_unread_pin_archive_delete() {
         .iter()
         .map(|c| c["conversation_id"].as_str().unwrap())
         .collect();
-    let expected: Vec<&str> = [0, 3, 6, 4, 2, 1].iter().map(|i| convs[*i].as_str()).collect();
+    let expected: Vec<&str> = [0, 3, 6, 4, 2, 1]
+        .iter()
+        .map(|i| convs[*i].as_str())
+        .collect();
     assert_eq!(ids, expected);
     let r = list("?archived=true").await;
     assert_eq!(r.body["conversations"].as_array().unwrap().len(), 1);
-    assert_eq!(r.body["conversations"][0]["conversation_id"], convs[5].as_str());
+    assert_eq!(
+        r.body["conversations"][0]["conversation_id"],
+        convs[5].as_str()
+    );
     assert_eq!(r.body["conversations"][0]["archived"], true);
     let r = list("?archived=any").await;
     assert_eq!(r.body["conversations"].as_array().unwrap().len(), 7);
@@ -191,7 +259,10 @@ async fn list_order_pagination_unread_pin_archive_delete() {
         assert_eq!(r.status, 200, "{r:?}");
         let page = r.body["conversations"].as_array().unwrap();
         assert!(page.len() <= 2);
-        walked.extend(page.iter().map(|c| c["conversation_id"].as_str().unwrap().to_string()));
+        walked.extend(
+            page.iter()
+                .map(|c| c["conversation_id"].as_str().unwrap().to_string()),
+        );
         match r.body["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,
@@ -203,12 +274,24 @@ async fn list_order_pagination_unread_pin_archive_delete() {
 
     // Delete for me: gone from my list, history cleared for me; a new message brings it back.
     let victim = convs[4].clone();
-    let r = env.call("DELETE", &format!("/v1/conversations/{victim}"), Some(&token), None).await;
+    let r = env
+        .call(
+            "DELETE",
+            &format!("/v1/conversations/{victim}"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 204);
     let r = list("?archived=any").await;
     assert!(!r.body.to_string().contains(&victim));
     let conv = env.store.conversation(&victim).await.unwrap().unwrap();
-    let friend = conv.participants.iter().find(|p| **p != me).unwrap().clone();
+    let friend = conv
+        .participants
+        .iter()
+        .find(|p| **p != me)
+        .unwrap()
+        .clone();
     let seq = env.message(&victim, &friend).await;
     assert_eq!(seq, 6);
     let r = list("").await;
@@ -222,7 +305,12 @@ async fn list_order_pagination_unread_pin_archive_delete() {
     assert_eq!(back["unread_count"], 1);
     assert_eq!(back["cleared_up_to"], 5);
     let r = env
-        .call("GET", &format!("/v1/conversations/{victim}/messages"), Some(&token), None)
+        .call(
+            "GET",
+            &format!("/v1/conversations/{victim}/messages"),
+            Some(&token),
+            None,
+        )
         .await;
     let seqs: Vec<u64> = r.body["messages"]
         .as_array()
@@ -230,11 +318,23 @@ async fn list_order_pagination_unread_pin_archive_delete() {
         .iter()
         .map(|m| m["sequence_number"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, vec![6], "history before the delete stays cleared for me");
+    assert_eq!(
+        seqs,
+        vec![6],
+        "history before the delete stays cleared for me"
+    );
     // The friend still has everything.
-    let friend_token = env.issuer.issue(&friend, std::time::Duration::from_secs(60)).unwrap();
+    let friend_token = env
+        .issuer
+        .issue(&friend, std::time::Duration::from_secs(60))
+        .unwrap();
     let r = env
-        .call("GET", &format!("/v1/conversations/{victim}/messages"), Some(&friend_token), None)
+        .call(
+            "GET",
+            &format!("/v1/conversations/{victim}/messages"),
+            Some(&friend_token),
+            None,
+        )
         .await;
     assert_eq!(r.body["messages"].as_array().unwrap().len(), 6);
 }
@@ -265,7 +365,11 @@ async fn history_pages_by_sequence_for_members_only() {
     };
     let r = page("?limit=10").await;
     assert_eq!(r.status, 200);
-    assert_eq!(seqs(&r), (16..=25).collect::<Vec<_>>(), "newest page, ascending");
+    assert_eq!(
+        seqs(&r),
+        (16..=25).collect::<Vec<_>>(),
+        "newest page, ascending"
+    );
     assert_eq!(r.body["older_to"], 15);
     assert!(r.body.get("newer_from").is_none());
     assert_eq!(r.body["messages"][0]["content"], "ciphertext");
@@ -281,14 +385,40 @@ async fn history_pages_by_sequence_for_members_only() {
     assert_eq!(page("?from=x").await.status, 400);
 
     let r = env
-        .call("GET", &format!("/v1/conversations/{c}/messages"), Some(&outsider), None)
+        .call(
+            "GET",
+            &format!("/v1/conversations/{c}/messages"),
+            Some(&outsider),
+            None,
+        )
         .await;
     assert_eq!(r.status, 403);
-    let r = env.call("GET", &format!("/v1/conversations/{c}"), Some(&outsider), None).await;
+    let r = env
+        .call(
+            "GET",
+            &format!("/v1/conversations/{c}"),
+            Some(&outsider),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 403);
-    let r = env.call("GET", "/v1/conversations/missing/messages", Some(&outsider), None).await;
+    let r = env
+        .call(
+            "GET",
+            "/v1/conversations/missing/messages",
+            Some(&outsider),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 404);
-    let r = env.call("GET", &format!("/v1/conversations/{c}/messages"), None, None).await;
+    let r = env
+        .call(
+            "GET",
+            &format!("/v1/conversations/{c}/messages"),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(r.status, 401);
 }
 
@@ -308,7 +438,12 @@ async fn search_by_participant_agent_and_group_names() {
     )
     .await;
     let agent = env
-        .call("POST", "/v1/conversations", Some(&token), Some(json!({"agent_id": "travel"})))
+        .call(
+            "POST",
+            "/v1/conversations",
+            Some(&token),
+            Some(json!({"agent_id": "travel"})),
+        )
         .await
         .body["conversation_id"]
         .as_str()
@@ -319,7 +454,9 @@ async fn search_by_participant_agent_and_group_names() {
             "POST",
             "/v1/groups",
             Some(&token),
-            Some(json!({"name": "Book Club", "description": "monthly reads", "participants": [yan]})),
+            Some(
+                json!({"name": "Book Club", "description": "monthly reads", "participants": [yan]}),
+            ),
         )
         .await
         .body["conversation_id"]
@@ -331,7 +468,12 @@ async fn search_by_participant_agent_and_group_names() {
         let token = token.clone();
         async move {
             let r = env
-                .call("GET", &format!("/v1/conversations?q={q}"), Some(&token), None)
+                .call(
+                    "GET",
+                    &format!("/v1/conversations?q={q}"),
+                    Some(&token),
+                    None,
+                )
                 .await;
             assert_eq!(r.status, 200, "{r:?}");
             r.body["conversations"]
@@ -346,10 +488,19 @@ async fn search_by_participant_agent_and_group_names() {
     assert_eq!(found("TRAVEL").await, vec![agent.clone()]);
     assert_eq!(found("book%20club").await, vec![group.clone()]);
     assert_eq!(found("monthly").await, vec![group.clone()]);
-    assert_eq!(found("yan").await, vec![group.clone()], "group members' names match");
+    assert_eq!(
+        found("yan").await,
+        vec![group.clone()],
+        "group members' names match"
+    );
     assert!(found("ciphertext").await.is_empty());
     // Archived conversations are found too.
-    env.call("PATCH", &format!("/v1/conversations/{direct}"), Some(&token), Some(json!({"archived": true})))
-        .await;
+    env.call(
+        "PATCH",
+        &format!("/v1/conversations/{direct}"),
+        Some(&token),
+        Some(json!({"archived": true})),
+    )
+    .await;
     assert_eq!(found("zed").await, vec![direct]);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body as AxumBody, to_bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use lambda_http::RequestExt;
@@ -45,10 +45,15 @@ pub fn router(name: &'static str, function: Arc<dyn HttpFunction>) -> Router {
 
 async fn invoke(
     State((name, function)): State<(&'static str, Arc<dyn HttpFunction>)>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     request: Request,
 ) -> Response {
     let started = std::time::Instant::now();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // API Gateway tells functions the client address this way.
+    if let Ok(value) = axum::http::HeaderValue::from_str(&peer.ip().to_string()) {
+        parts.headers.insert("x-forwarded-for", value);
+    }
     let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {

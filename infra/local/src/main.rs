@@ -57,6 +57,12 @@ struct RunArgs {
     /// Demo agent (an HTTP subscriber of the broker).
     #[arg(long, default_value_t = 8083)]
     agent_port: u16,
+    /// HTTP API (accounts, conversations, groups, agents; /openapi.json).
+    #[arg(long, default_value_t = 8084)]
+    api_port: u16,
+    /// Operator key for agent registry writes (header X-Operator-Key).
+    #[arg(long, env = "OPERATOR_KEY", default_value = "local-operator-key")]
+    operator_key: String,
     /// Where S3 objects, the signing key and self-started servers keep their data.
     #[arg(long, env = "LOCAL_STACK_DATA", default_value = ".local-stack")]
     data_dir: PathBuf,
@@ -142,6 +148,8 @@ fn main() -> anyhow::Result<()> {
     config.broker_port = args.broker_port;
     config.s3_port = args.s3_port;
     config.agent_port = args.agent_port;
+    config.api_port = args.api_port;
+    config.operator_key = Some(args.operator_key.clone());
     config.extra_triggers = args.triggers;
     config.api.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     config.api.max_lifetime = Duration::from_secs(args.max_lifetime_secs);
@@ -169,6 +177,7 @@ fn print_banner(running: &stack::RunningStack, data_dir: &std::path::Path) {
   broker ingress    {broker}   (GET {broker}dead-letters)
   S3                {s3}   (access key local / secret local-secret-key, path-style)
   demo agent        {agent}   (agent id `demo`)
+  HTTP API          {api}/v1/...   (OpenAPI: {api}/openapi.json)
   data              {data}
 
 connect:
@@ -180,6 +189,7 @@ then send: {{\"type\":\"heartbeat\",\"timestamp\":0}}
         mgmt = running.management_url,
         broker = running.broker_url,
         s3 = running.s3_url,
+        api = running.api_url,
         data = data_dir.display(),
     );
 }

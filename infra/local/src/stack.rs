@@ -48,6 +48,10 @@ pub struct StackConfig {
     pub s3_port: u16,
     /// Demo agent port.
     pub agent_port: u16,
+    /// HTTP API port (the api function).
+    pub api_port: u16,
+    /// Operator key of the agent registry (`X-Operator-Key`).
+    pub operator_key: Option<String>,
     /// Redis.
     pub redis_url: String,
     /// Redis key prefix.
@@ -90,6 +94,8 @@ impl StackConfig {
             broker_port: 8081,
             s3_port: 8082,
             agent_port: 8083,
+            api_port: 8084,
+            operator_key: Some("local-operator-key".into()),
             redis_url,
             redis_prefix: "msg:".into(),
             mongodb_uri,
@@ -119,6 +125,8 @@ pub struct RunningStack {
     pub s3_url: String,
     /// Demo agent endpoint, when it runs.
     pub agent_url: Option<String>,
+    /// HTTP API (accounts, conversations, groups, agents; `/openapi.json`).
+    pub api_url: String,
     /// The functions' context (tests use its store and realtime state).
     pub ctx: Context,
     /// The emulated WebSocket API.
@@ -193,6 +201,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let ws_listener = TcpListener::bind((config.host, config.ws_port)).await?;
     let broker_listener = TcpListener::bind((config.host, config.broker_port)).await?;
     let s3_listener = TcpListener::bind((config.host, config.s3_port)).await?;
+    let api_listener = TcpListener::bind((config.host, config.api_port)).await?;
+    let api_url = format!("http://{}", api_listener.local_addr()?);
     let ws_addr = ws_listener.local_addr()?;
     let broker_addr = broker_listener.local_addr()?;
     let s3_addr = s3_listener.local_addr()?;
@@ -208,6 +218,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     )
     .await?;
     store.ensure_indexes().await?;
+    let database = store.database().clone();
     let aws = local_aws_config().await;
     let jwt = JwtConfig {
         hs256_secret: Some(config.jwt_secret.clone().into_bytes()),
@@ -344,7 +355,24 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     broker_config.validate()?;
     let broker = Broker::new(broker_config, functions);
 
+    // The HTTP API: verification codes are printed and kept in MongoDB (`code_outbox`).
+    let issuer = JwtIssuer::hs256(config.jwt_secret.as_bytes(), JWT_ISSUER, JWT_AUDIENCE);
+    let mut api_options = fn_api::ApiOptions::new(issuer.clone());
+    api_options.code_sender = Arc::new(fn_api::LocalCodeSender::new(Some(database)));
+    api_options.operator_key = config.operator_key.clone();
+    let http_api = Arc::new(fn_api::Api::new(ctx.clone(), api_options));
+    let provision_ctx = ctx.clone();
+    let api_function: Arc<dyn crate::http_api::HttpFunction> = Arc::new(move |request| {
+        let http_api = http_api.clone();
+        let ctx = provision_ctx.clone();
+        async move {
+            provision_local_user(&ctx, &request).await;
+            fn_api::handle(&http_api, request).await
+        }
+    });
+
     let mut tasks = vec![
+        serve(api_listener, crate::http_api::router("api", api_function)).await,
         serve(ws_listener, api.clone().router()).await,
         serve(
             broker_listener,
@@ -400,7 +428,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         ctx,
         api,
         broker,
-        issuer: JwtIssuer::hs256(config.jwt_secret.as_bytes(), JWT_ISSUER, JWT_AUDIENCE),
+        api_url,
+        issuer,
         tasks,
     })
 }
@@ -481,4 +510,36 @@ pub fn resident_memory_bytes() -> u64 {
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+/// Local convenience: a valid token (e.g. from `local-stack token alice`) for a user id that has
+/// no account yet gets a minimal account (name = id), so a newcomer can open conversations at
+/// once. Only the local stack does this; on AWS accounts come from registration.
+async fn provision_local_user(ctx: &Context, request: &lambda_http::Request) {
+    let Some(token) = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return;
+    };
+    let Ok(claims) = ctx.jwt.verify(token) else {
+        return;
+    };
+    if matches!(ctx.store.user(&claims.sub).await, Ok(None)) {
+        let user = messaging::model::User {
+            user_id: claims.sub.clone(),
+            phone: None,
+            email: None,
+            name: claims.sub.clone(),
+            avatar_url: None,
+            created_at: mongodb::bson::DateTime::now(),
+            last_seen: None,
+            status: messaging::protocol::PresenceStatus::Offline,
+        };
+        if ctx.store.insert_user(&user).await.is_ok() {
+            tracing::info!(user = %messaging::telemetry::hashed_id(&claims.sub), "local account provisioned");
+        }
+    }
 }

@@ -34,6 +34,7 @@ pub async fn stack_with(adjust: impl FnOnce(&mut StackConfig)) -> RunningStack {
     config.broker_port = 0;
     config.s3_port = 0;
     config.agent_port = 0;
+    config.api_port = 0;
     config.database = testkit::unique_name("e2e");
     config.redis_prefix = format!("{}:", testkit::unique_name("e2e"));
     config.agent_think = Duration::from_millis(50);

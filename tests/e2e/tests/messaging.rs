@@ -840,7 +840,7 @@ async fn group_receipts_aggregate_per_member() {
         MessageStatus::Sent,
         "carol has not received it yet"
     );
-    assert_eq!(m.delivered_to, [bob.clone()]);
+    assert_eq!(m.delivered_to, std::slice::from_ref(&bob));
 
     let mut carol_phone = client(&stack, &carol, "phone").await;
     messages(&mut carol_phone, &group, 1).await;
@@ -979,4 +979,38 @@ async fn capability_routing_and_unavailable_agents() {
         "{}",
         got[1].content
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_with_a_local_token_opens_a_chat_with_the_demo_agent_over_the_http_api() {
+    let stack = stack().await;
+    let token = e2e::token(&stack, "newcomer");
+    let http = reqwest::Client::new();
+    let opened: serde_json::Value = http
+        .post(format!("{}/v1/conversations", stack.api_url))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"agent_id": "demo"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conv = opened["conversation_id"].as_str().unwrap().to_string();
+    let mut phone = client(&stack, "newcomer", "terminal").await;
+    phone.send_text(&conv, "hi").await.unwrap();
+    let got = messages(&mut phone, &conv, 2).await;
+    assert_eq!(got[1].content, "Demo agent here. You said: hi");
+    // The OpenAPI document is served too.
+    let doc: serde_json::Value = http
+        .get(format!("{}/openapi.json", stack.api_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
 }

@@ -373,7 +373,12 @@ impl Env {
     /// Starts the 1:1 conversation of `token`'s user with `other` through the API.
     pub async fn direct(&self, token: &str, other: &str) -> String {
         let r = self
-            .call("POST", "/v1/conversations", Some(token), Some(json!({"user_id": other})))
+            .call(
+                "POST",
+                "/v1/conversations",
+                Some(token),
+                Some(json!({"user_id": other})),
+            )
             .await;
         assert!(r.status == 201 || r.status == 200, "{r:?}");
         r.body["conversation_id"].as_str().unwrap().to_string()

@@ -157,7 +157,7 @@ fn start_stack(
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("local-stack"),
     };
-    let ports: Vec<u16> = (0..4).map(|_| testkit::free_port()).collect();
+    let ports: Vec<u16> = (0..5).map(|_| testkit::free_port()).collect();
     let child = std::process::Command::new(&bin)
         .args([
             "--ws-port",
@@ -168,6 +168,8 @@ fn start_stack(
             &ports[2].to_string(),
             "--agent-port",
             &ports[3].to_string(),
+            "--api-port",
+            &ports[4].to_string(),
             "--data-dir",
         ])
         .arg(data)
