@@ -98,13 +98,22 @@ impl Default for ApiSettings {
 }
 
 enum Outbound {
+    /// A frame from the emulator itself (route responses, errors).
     Text(String),
-    Binary(Vec<u8>),
+    /// A frame posted through the management API (counted in `queued_bytes`).
+    PostedText(String),
+    /// A binary frame posted through the management API (counted in `queued_bytes`).
+    PostedBinary(Vec<u8>),
     Close(u16, String),
 }
 
+/// Bytes posted to a connection but not yet written to its socket, beyond which posts get 429
+/// (API Gateway's "client side buffer full" LimitExceededException).
+pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
+
 struct Connection {
     tx: mpsc::UnboundedSender<Outbound>,
+    queued_bytes: std::sync::atomic::AtomicUsize,
     connected_at_ms: i64,
     last_active_ms: AtomicI64,
     source_ip: String,
@@ -310,6 +319,7 @@ async fn upgrade(
     let (tx, rx) = mpsc::unbounded_channel();
     let connection = Arc::new(Connection {
         tx,
+        queued_bytes: std::sync::atomic::AtomicUsize::new(0),
         connected_at_ms: connected_at,
         last_active_ms: AtomicI64::new(connected_at),
         source_ip: peer.ip().to_string(),
@@ -347,11 +357,27 @@ async fn run_connection(
     // The writer says when it stopped (after a server-side close, or a dead socket), so the
     // connection ends at once rather than at the next timer tick.
     let (writer_done_tx, mut writer_done) = tokio::sync::oneshot::channel::<()>();
+    let writer_connection = connection.clone();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let result = match out {
                 Outbound::Text(t) => sink.send(Message::Text(t.into())).await,
-                Outbound::Binary(b) => sink.send(Message::Binary(b.into())).await,
+                Outbound::PostedText(t) => {
+                    let len = t.len();
+                    let sent = sink.send(Message::Text(t.into())).await;
+                    writer_connection
+                        .queued_bytes
+                        .fetch_sub(len, Ordering::Relaxed);
+                    sent
+                }
+                Outbound::PostedBinary(b) => {
+                    let len = b.len();
+                    let sent = sink.send(Message::Binary(b.into())).await;
+                    writer_connection
+                        .queued_bytes
+                        .fetch_sub(len, Ordering::Relaxed);
+                    sent
+                }
                 Outbound::Close(code, reason) => {
                     writer_close
                         .lock()
@@ -568,9 +594,22 @@ async fn manage(
                 Ok(body) => body,
                 Err(rejection) => return rejection.into_response(),
             };
+            let queued = connection
+                .queued_bytes
+                .fetch_add(body.len(), Ordering::Relaxed);
+            if queued + body.len() > MAX_QUEUED_BYTES {
+                connection
+                    .queued_bytes
+                    .fetch_sub(body.len(), Ordering::Relaxed);
+                return aws_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "LimitExceededException",
+                    "the client is not reading: its buffer is full",
+                );
+            }
             let out = match String::from_utf8(body.to_vec()) {
-                Ok(text) => Outbound::Text(text),
-                Err(e) => Outbound::Binary(e.into_bytes()),
+                Ok(text) => Outbound::PostedText(text),
+                Err(e) => Outbound::PostedBinary(e.into_bytes()),
             };
             if connection.tx.send(out).is_err() {
                 return aws_error(StatusCode::GONE, "GoneException", "");

@@ -1110,3 +1110,36 @@ async fn twenty_concurrent_clients() {
         .wait_n(N, "MESSAGEs", |e| is_type(e, "MESSAGE"))
         .await;
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_read_gets_429_once_its_buffer_is_full() {
+    let recorder = Recorder::default();
+    let server = Server::start(ApiSettings::default(), basic_routes(&recorder)).await;
+    let (ws, id) = connect_and_id(&server, &recorder, "/").await;
+    let url = connection_url(&server.base(), &id);
+    let http = reqwest::Client::new();
+    let frame = "x".repeat(MAX_FRAME_BYTES);
+    // The client never reads: socket buffers fill, then the emulator's queue (4 MiB).
+    let mut throttled = None;
+    for attempt in 0..2_000 {
+        let res = http
+            .post(&url)
+            .body(frame.clone())
+            .send()
+            .await
+            .expect("POST");
+        if res.status() == 429 {
+            assert_eq!(
+                res.headers()
+                    .get("x-amzn-errortype")
+                    .and_then(|v| v.to_str().ok()),
+                Some("LimitExceededException")
+            );
+            throttled = Some(attempt);
+            break;
+        }
+        assert_eq!(res.status(), 200);
+    }
+    assert!(throttled.is_some(), "a full buffer must answer 429");
+    drop(ws);
+}
