@@ -1014,3 +1014,187 @@ async fn a_newcomer_with_a_local_token_opens_a_chat_with_the_demo_agent_over_the
         .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_accepts_a_bearer_header_and_refuses_a_token_for_someone_else() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let mut request = stack.ws_url.clone().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", e2e::token(&stack, &alice))
+            .parse()
+            .unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stack
+        .ctx
+        .realtime
+        .user_connections(&alice)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "registered from the header token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(ws);
+    let url = format!(
+        "{}/?token={}&user_id=mallory",
+        stack.ws_url,
+        e2e::token(&stack, &alice)
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reconnects_resumes_and_resends_after_a_drop() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let alice_phone = client(&stack, &alice, "phone").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    alice_phone.send_text(&conv, "before").await.unwrap();
+    messages(&mut bob_phone, &conv, 1).await;
+
+    bob_phone.drop_connection();
+    // While Bob is away: Alice writes twice, and Bob has a send in flight.
+    alice_phone.send_text(&conv, "while away 1").await.unwrap();
+    alice_phone.send_text(&conv, "while away 2").await.unwrap();
+    let ack = bob_phone
+        .send_text(&conv, "sent during the drop")
+        .await
+        .unwrap();
+    assert_eq!(ack.sequence_number, 4);
+    let got = messages(&mut bob_phone, &conv, 3).await;
+    let contents: Vec<&str> = got.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        contents,
+        ["while away 1", "while away 2", "sent during the drop"]
+    );
+    assert_eq!(stored_count(&stack, &conv).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_gets_a_notification_event_without_content() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let event =
+                        cloudevents::binding::http::to_event(&headers, body.to_vec()).unwrap();
+                    let data: serde_json::Value = messaging::events::event_data(&event).unwrap();
+                    sink.lock().unwrap().push(data);
+                    axum::http::StatusCode::ACCEPTED
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let triggers = std::env::temp_dir().join(format!("{}.toml", testkit::unique_name("triggers")));
+    std::fs::write(
+        &triggers,
+        format!(
+            "[[trigger]]\nname = \"push-sink\"\nsubscriber = \"{url}\"\nfilter.attributes = {{ type = \"messaging.notification\" }}\n"
+        ),
+    )
+    .unwrap();
+    let stack = stack_with(|c| c.extra_triggers = Some(triggers.clone())).await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    let ack = phone.send_text(&conv, "secret words").await.unwrap();
+    stack.broker.idle().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while received.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notification event published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let note = received.lock().unwrap()[0].clone();
+    assert_eq!(note["user_id"], bob.as_str());
+    assert_eq!(note["message_id"], ack.message_id.as_str());
+    assert_eq!(note["badge"], 1);
+    assert!(
+        !note.to_string().contains("secret words"),
+        "no content in notifications"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_agent_response_is_stored_once() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let conv = conversation(
+        &stack,
+        ConversationKind::Agent,
+        &[&alice, local_stack::agent::DEMO_AGENT_ID],
+        Some(local_stack::agent::DEMO_AGENT_ID),
+    )
+    .await;
+    let response = messaging::model::AgentResponse {
+        idempotency_key: "answer-1".into(),
+        conversation_id: conv.clone(),
+        user_id: alice.clone(),
+        agent_id: local_stack::agent::DEMO_AGENT_ID.into(),
+        response: "the answer".into(),
+        in_reply_to: None,
+        message_type: MessageType::Text,
+        timestamp: 1,
+    };
+    for _ in 0..3 {
+        let event = messaging::events::new_event(
+            messaging::model::event_types::AGENT_RESPONSE,
+            "/agents/demo",
+            &response,
+            &[],
+        )
+        .unwrap();
+        stack.broker.ingest(event).await;
+    }
+    stack.broker.idle().await;
+    assert_eq!(stored_count(&stack, &conv).await, 1);
+    // An agent answering in a conversation that is not its own is refused (dead-lettered).
+    let mut stranger = response.clone();
+    stranger.agent_id = "impostor".into();
+    stranger.idempotency_key = "answer-2".into();
+    let event = messaging::events::new_event(
+        messaging::model::event_types::AGENT_RESPONSE,
+        "/agents/impostor",
+        &stranger,
+        &[],
+    )
+    .unwrap();
+    stack.broker.ingest(event).await;
+    stack.broker.idle().await;
+    assert_eq!(stored_count(&stack, &conv).await, 1);
+    assert!(
+        stack
+            .broker
+            .dead_letters()
+            .iter()
+            .any(|d| d.error_code == 403),
+        "refused with 403 and dead-lettered"
+    );
+}
