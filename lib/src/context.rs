@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{JwtConfig, JwtVerifier};
-use crate::config::{
-    BrokerConfig, ConfigError, Env, GatewayConfig, MongoConfig, RedisConfig, Source,
-};
-use crate::events::{EventPublisher, HttpBroker};
+use crate::config::{ConfigError, Env, GatewayConfig, MongoConfig, RedisConfig, Source};
+use crate::events::EventPublisher;
 use crate::gateway::{ApiGatewayManagement, Gateway};
 use crate::realtime::{RateLimit, RealtimeState, RedisState};
 use crate::store::{MongoStore, Store};
@@ -140,9 +138,7 @@ impl Context {
         let mongo = MongoConfig::from_source(src)?;
         let jwt = JwtConfig::from_source(src)?;
         let gateway = GatewayConfig::from_source(src)?;
-        let broker = BrokerConfig::from_source(src)?;
-        let mut settings = Settings::from_source(src)?;
-        settings.event_source = broker.source.clone();
+        let settings = Settings::from_source(src)?;
         let realtime = RedisState::connect(&redis.url, &redis.key_prefix).await?;
         let store = MongoStore::connect(&mongo.uri, &mongo.database, mongo.options).await?;
         store.ensure_indexes().await?;
@@ -151,7 +147,8 @@ impl Context {
             realtime: Arc::new(realtime),
             store: Arc::new(store),
             gateway: Arc::new(ApiGatewayManagement::new(&aws, &gateway.endpoint)),
-            events: Arc::new(HttpBroker::new(broker.url)),
+            // EventBridge when EVENT_BUS_NAME is set (AWS), else the broker at BROKER_URL.
+            events: crate::eventbridge::publisher_from_source(src).await?,
             jwt: JwtVerifier::new(&jwt)?,
             settings,
         })

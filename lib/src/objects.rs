@@ -60,6 +60,30 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, bucket: &str, key: &str, content_type: &str, body: Vec<u8>) -> Result<()>;
     /// Deletes an object (no error when absent).
     async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
+    /// Like [`ObjectStore::presign_put`], and also bound to the SHA-256 of the body when
+    /// `checksum_sha256` (base64 of the 32-byte digest) is given: the `x-amz-checksum-sha256`
+    /// header is signed, and S3 refuses a body with another digest (`BadDigest`). The default
+    /// implementation binds no checksum and refuses to pretend it does.
+    async fn presign_put_with_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        length: u64,
+        checksum_sha256: Option<&str>,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest> {
+        match checksum_sha256 {
+            None => {
+                self.presign_put(bucket, key, content_type, length, expires_in)
+                    .await
+            }
+            Some(_) => Err(Error::dependency(
+                "objects",
+                "this object store cannot bind a checksum to a presigned upload",
+            )),
+        }
+    }
 }
 
 /// The adapter over `aws-sdk-s3`.
@@ -193,6 +217,29 @@ impl ObjectStore for S3Objects {
             .await
             .map_err(s3_error)?;
         Ok(())
+    }
+
+    async fn presign_put_with_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        length: u64,
+        checksum_sha256: Option<&str>,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest> {
+        let req = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(length as i64)
+            .set_checksum_sha256(checksum_sha256.map(str::to_string))
+            .presigned(presigning(expires_in)?)
+            .await
+            .map_err(s3_error)?;
+        Ok(to_presigned(req))
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<()> {

@@ -37,6 +37,7 @@ use mongodb::{Collection, Database, IndexModel};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::model::MediaState;
 use crate::model::{
     Agent, Conversation, DeadLetter, IdempotencyRecord, LastMessage, NewMessage, SequenceCounter,
     StoredMessage, User,
@@ -306,6 +307,32 @@ pub trait Store: Send + Sync {
     /// conversations, both attributed to `tombstone` instead of the user (also in system
     /// messages); they leave every group; their receipts and read markers are removed.
     async fn erase_user(&self, user_id: &str, tombstone: &str) -> Result<Erasure>;
+
+    // ---- Media (functions/presign) and push (functions/push) ----
+
+    /// Records a new media upload (`conflict` when the media id is taken).
+    async fn insert_media(&self, media: &Media) -> Result<()>;
+    /// One media record by id.
+    async fn media(&self, media_id: &str) -> Result<Option<Media>>;
+    /// Moves a media record from state `from` to `to` (compare-and-set), setting its thumbnail
+    /// key when one is given; returns the record as updated, `None` when it was not in `from`
+    /// (someone else moved it first, or it does not exist).
+    async fn transition_media(
+        &self,
+        media_id: &str,
+        from: MediaState,
+        to: MediaState,
+        thumbnail_key: Option<&str>,
+    ) -> Result<Option<Media>>;
+    /// Removes the push token `token` of a user's device because the push service said it is
+    /// no longer valid. Only that exact registration goes: false when the device registered
+    /// another token meanwhile, or is gone.
+    async fn delete_device_token(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        token: &str,
+    ) -> Result<bool>;
 }
 
 /// Options of the MongoDB adapter.
@@ -1895,6 +1922,73 @@ impl Store for MongoStore {
         self.rt();
         self.users().delete_one(doc! {"user_id": user_id}).await?;
         Ok(report)
+    }
+
+    // ---- Media (functions/presign) and push (functions/push) ----
+
+    async fn insert_media(&self, media: &Media) -> Result<()> {
+        self.rt();
+        match self.media_records().insert_one(media).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Err(Error::client(
+                ErrorCode::Conflict,
+                format!("media {} already exists", media.media_id),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn media(&self, media_id: &str) -> Result<Option<Media>> {
+        self.rt();
+        Ok(self
+            .media_records()
+            .find_one(doc! {"media_id": media_id})
+            .await?)
+    }
+
+    async fn transition_media(
+        &self,
+        media_id: &str,
+        from: MediaState,
+        to: MediaState,
+        thumbnail_key: Option<&str>,
+    ) -> Result<Option<Media>> {
+        let state =
+            |s: MediaState| mongodb::bson::to_bson(&s).map_err(|e| Error::dependency("bson", e));
+        let mut set = doc! {"state": state(to)?};
+        if let Some(key) = thumbnail_key {
+            set.insert("thumbnail_key", key);
+        }
+        self.rt();
+        Ok(self
+            .media_records()
+            .find_one_and_update(
+                doc! {"media_id": media_id, "state": state(from)?},
+                doc! {"$set": set},
+            )
+            .return_document(ReturnDocument::After)
+            .await?)
+    }
+
+    async fn delete_device_token(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        token: &str,
+    ) -> Result<bool> {
+        self.rt();
+        Ok(self
+            .devices()
+            .delete_one(doc! {"user_id": user_id, "device_id": device_id, "token": token})
+            .await?
+            .deleted_count
+            == 1)
+    }
+}
+
+impl MongoStore {
+    fn media_records(&self) -> Collection<Media> {
+        self.db.collection(collections::MEDIA)
     }
 }
 

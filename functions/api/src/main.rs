@@ -1,14 +1,15 @@
-//! Lambda entry point of the api function (API Gateway HTTP API).
+//! Entry point of the HTTP API: under Lambda (API Gateway HTTP API) or, when
+//! `AWS_LAMBDA_RUNTIME_API` is not set, as an HTTP server on `$PORT` (Knative Service).
 
-use lambda_http::{Error, Request, service_fn};
+use std::sync::Arc;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
-    let api = fn_api::Api::from_env().await?;
-    lambda_http::run(service_fn(|request: Request| {
-        let api = &api;
-        async move { Ok::<_, Error>(fn_api::handle(api, request).await) }
-    }))
+    let api = Arc::new(fn_api::Api::from_env().await?);
+    messaging::runtime::run_http_function(move |request| {
+        let api = api.clone();
+        async move { fn_api::handle(&api, request).await }
+    })
     .await
 }

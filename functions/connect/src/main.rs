@@ -1,17 +1,14 @@
-//! Lambda entry point of the `$connect` route.
-
-use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
-use lambda_runtime::{LambdaEvent, service_fn};
+//! Entry point of the `$connect` route: under Lambda (API Gateway WebSocket API) or, when
+//! `AWS_LAMBDA_RUNTIME_API` is not set, as an HTTP server on `$PORT` that the Kubernetes
+//! WebSocket gateway calls with the same event JSON.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
     let ctx = messaging::context::Context::from_env().await?;
-    lambda_runtime::run(service_fn(
-        |e: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
-            let ctx = &ctx;
-            async move { Ok::<_, lambda_runtime::Error>(fn_connect::handle(ctx, e.payload).await) }
-        },
-    ))
+    messaging::runtime::run_websocket_function(move |event| {
+        let ctx = ctx.clone();
+        async move { fn_connect::handle(&ctx, event).await }
+    })
     .await
 }

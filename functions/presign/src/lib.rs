@@ -1,44 +1,554 @@
-//! Presigned media upload and download URLs: not built yet.
+//! Media uploads and downloads through presigned S3 URLs (API Gateway HTTP API events via
+//! `lambda_http`). Media bytes never pass through a function: clients PUT them straight to
+//! storage and fetch them from it, with URLs this function signs for participants of the
+//! conversation only.
 //!
-//! Every request is answered `501 Not Implemented` with a JSON error body naming the open issue,
-//! never a fake success, so clients and operators see at once what is missing.
+//! | method | path | who | what |
+//! |---|---|---|---|
+//! | POST | `/v1/media` | participant | ask for an upload: a new media id and a presigned PUT (1 hour) bound to content type and length |
+//! | POST | `/v1/media/{media_id}/complete` | the uploader | check the stored object, make the preview, mark the media `ready` |
+//! | GET | `/v1/media/{media_id}` | participant | short-lived presigned GETs of the media and its preview |
+//!
+//! Every route is in [`ROUTES`] and, with its schemas, in the OpenAPI 3 document [`openapi`];
+//! a test checks that the two agree. Requests and answers are JSON; every refusal is a 4xx with
+//! `{"error": {"code", "message"}}` built by `messaging::Error`, and a 429 carries
+//! `Retry-After`. Callers authenticate with the same access JWT as the api function, and each
+//! user has one request budget per minute for all routes (`MEDIA_RATE_PER_MINUTE`).
+//!
+//! # Lifecycle of a media object
+//!
+//! 1. **Upload request.** The caller names the conversation, the message type (image, video,
+//!    audio, voice, document), the content type, the exact size and optionally the SHA-256 of
+//!    the bytes. Types and sizes are checked against the limits of the kind (see [`limits`]);
+//!    the media record is stored in MongoDB (`media`) as `pending`, under a new media id and the
+//!    object key `{conversation_id}/{media_id}`; documents go to the documents bucket, all else
+//!    to the media bucket (both expire objects after 90 days by a lifecycle rule in the
+//!    deployment templates).
+//! 2. **Upload.** The client PUTs the bytes with exactly the signed `Content-Type` and
+//!    `Content-Length` (and `x-amz-checksum-sha256`); storage refuses anything else.
+//! 3. **Completion.** The function HEADs the object: if its size or content type differ from
+//!    the request, the media becomes `rejected` and the object is deleted. Plaintext JPEG, PNG
+//!    and WebP images get a JPEG thumbnail (`{key}.thumbnail.jpg`, see [`thumbnail`]); an image
+//!    that does not decode is rejected like a mismatch. Media flagged `encrypted` are never
+//!    read: the client may hand in its own encrypted preview (`{key}.preview`) instead. Then
+//!    the media is `ready`. Completing twice answers the same.
+//! 4. **Download.** Messages carry the media id in `media_url`, never a URL; a participant
+//!    asks for presigned GETs, valid a few minutes (`MEDIA_DOWNLOAD_URL_TTL_SECS`).
 
 #![warn(missing_docs)]
 
-use lambda_http::{Body, Request, Response};
+mod docs;
+mod http;
+pub mod limits;
+mod media;
+pub mod thumbnail;
+pub mod views;
 
-/// Answers every request with 501 and an explanation.
-pub async fn handle(request: Request) -> Response<Body> {
-    let what = format!("{} {}", request.method(), request.uri().path());
-    let error = messaging::Error::not_implemented(&format!("media presigning ({what})"));
-    Response::builder()
-        .status(error.http_status())
-        .header("content-type", "application/json")
-        .body(Body::Text(error.to_http_body().to_string()))
-        .expect("static response parts are valid")
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Re-exported so callers build requests for [`handle`] with the very same types.
+pub use lambda_http;
+use lambda_http::{Body, Request, Response};
+use messaging::config::{ConfigError, Env, S3Config, Source};
+use messaging::context::Context;
+use messaging::objects::{ObjectStore, S3Objects};
+use messaging::realtime::{RateDecision, RateLimit};
+use messaging::telemetry::hashed_id;
+use messaging::{Error, ErrorCode, Result};
+
+pub use limits::{KindLimits, MediaKind};
+pub use media::{PREVIEW_SUFFIX, THUMBNAIL_SUFFIX};
+
+use http::{Call, Reply};
+
+/// Longest validity S3 allows for a presigned URL (SigV4: 7 days).
+pub const MAX_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Settings of the presign function beyond the shared [`Context`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresignOptions {
+    /// Bucket of images, videos, audio and voice notes.
+    pub media_bucket: String,
+    /// Bucket of documents.
+    pub documents_bucket: String,
+    /// Limits of images.
+    pub image: KindLimits,
+    /// Limits of videos.
+    pub video: KindLimits,
+    /// Limits of audio files and voice notes.
+    pub audio: KindLimits,
+    /// Limits of documents.
+    pub document: KindLimits,
+    /// Validity of presigned PUTs.
+    pub upload_url_ttl: Duration,
+    /// Validity of presigned GETs.
+    pub download_url_ttl: Duration,
+    /// Per-user budget of requests (all routes together).
+    pub rate_limit: RateLimit,
+    /// Thumbnails fit in a square of this many pixels.
+    pub thumbnail_size: u32,
+    /// Larger images are kept without a thumbnail (not decoded at all).
+    pub max_thumbnail_source_bytes: u64,
+    /// Largest encrypted preview a client may hand in, in bytes.
+    pub max_preview_bytes: usize,
+}
+
+impl Default for PresignOptions {
+    /// The seeds' buckets (`messaging-media`, `messaging-documents`), the limits of
+    /// [`KindLimits::defaults`], uploads valid 1 hour, downloads 5 minutes, 60 requests a minute
+    /// per user, 320-pixel thumbnails of images up to 16 MiB, encrypted previews up to 32 KiB.
+    fn default() -> Self {
+        Self {
+            media_bucket: "messaging-media".into(),
+            documents_bucket: "messaging-documents".into(),
+            image: KindLimits::defaults(MediaKind::Image),
+            video: KindLimits::defaults(MediaKind::Video),
+            audio: KindLimits::defaults(MediaKind::Audio),
+            document: KindLimits::defaults(MediaKind::Document),
+            upload_url_ttl: Duration::from_secs(3600),
+            download_url_ttl: Duration::from_secs(300),
+            rate_limit: RateLimit {
+                max: 60,
+                window: Duration::from_secs(60),
+            },
+            thumbnail_size: 320,
+            max_thumbnail_source_bytes: 16 * 1024 * 1024,
+            max_preview_bytes: 32 * 1024,
+        }
+    }
+}
+
+impl PresignOptions {
+    /// The limits of a kind.
+    pub fn limits(&self, kind: MediaKind) -> &KindLimits {
+        match kind {
+            MediaKind::Image => &self.image,
+            MediaKind::Video => &self.video,
+            MediaKind::Audio => &self.audio,
+            MediaKind::Document => &self.document,
+        }
+    }
+
+    fn limits_mut(&mut self, kind: MediaKind) -> &mut KindLimits {
+        match kind {
+            MediaKind::Image => &mut self.image,
+            MediaKind::Video => &mut self.video,
+            MediaKind::Audio => &mut self.audio,
+            MediaKind::Document => &mut self.document,
+        }
+    }
+
+    /// Reads the options from configuration, defaults as in [`PresignOptions::default`]:
+    /// `MEDIA_BUCKET`, `DOCUMENTS_BUCKET` (as [`S3Config`]); per kind (`IMAGE`, `VIDEO`,
+    /// `AUDIO`, `DOCUMENT`) `MEDIA_MAX_<KIND>_BYTES` and `MEDIA_<KIND>_TYPES` (comma-separated
+    /// MIME types); `MEDIA_UPLOAD_URL_TTL_SECS` (3600), `MEDIA_DOWNLOAD_URL_TTL_SECS` (300),
+    /// both at most 7 days; `MEDIA_RATE_PER_MINUTE` (60); `MEDIA_THUMBNAIL_SIZE` (320, 16 to
+    /// 2048); `MEDIA_MAX_THUMBNAIL_SOURCE_BYTES` (16 MiB); `MEDIA_MAX_PREVIEW_BYTES` (32768, at
+    /// most 40960 so that its base64 fits a request body).
+    pub fn from_source(src: &impl Source) -> std::result::Result<Self, ConfigError> {
+        let s3 = S3Config::from_source(src)?;
+        let mut options = Self {
+            media_bucket: s3.media_bucket,
+            documents_bucket: s3.documents_bucket,
+            ..Self::default()
+        };
+        let num = |var: &'static str, default: u64, min: u64, max: u64| {
+            let value = match src.get(var) {
+                None => return Ok(default),
+                Some(v) => v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid {
+                    var,
+                    reason: format!("`{v}`: {e}"),
+                })?,
+            };
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    var,
+                    reason: format!("must be between {min} and {max}"),
+                });
+            }
+            Ok(value)
+        };
+        for kind in MediaKind::ALL {
+            let (size_var, types_var): (&'static str, &'static str) = match kind {
+                MediaKind::Image => ("MEDIA_MAX_IMAGE_BYTES", "MEDIA_IMAGE_TYPES"),
+                MediaKind::Video => ("MEDIA_MAX_VIDEO_BYTES", "MEDIA_VIDEO_TYPES"),
+                MediaKind::Audio => ("MEDIA_MAX_AUDIO_BYTES", "MEDIA_AUDIO_TYPES"),
+                MediaKind::Document => ("MEDIA_MAX_DOCUMENT_BYTES", "MEDIA_DOCUMENT_TYPES"),
+            };
+            let default = options.limits(kind).max_bytes;
+            // S3 takes at most 5 GiB in one PUT.
+            let max_bytes = num(size_var, default, 1, 5 * 1024 * 1024 * 1024)?;
+            let limits = options.limits_mut(kind);
+            limits.max_bytes = max_bytes;
+            if let Some(list) = src.get(types_var) {
+                limits.content_types =
+                    limits::parse_types(&list).map_err(|reason| ConfigError::Invalid {
+                        var: types_var,
+                        reason,
+                    })?;
+            }
+        }
+        let max_ttl = MAX_URL_TTL.as_secs();
+        options.upload_url_ttl = Duration::from_secs(num(
+            "MEDIA_UPLOAD_URL_TTL_SECS",
+            options.upload_url_ttl.as_secs(),
+            1,
+            max_ttl,
+        )?);
+        options.download_url_ttl = Duration::from_secs(num(
+            "MEDIA_DOWNLOAD_URL_TTL_SECS",
+            options.download_url_ttl.as_secs(),
+            1,
+            max_ttl,
+        )?);
+        options.rate_limit.max = num("MEDIA_RATE_PER_MINUTE", options.rate_limit.max, 1, u64::MAX)?;
+        options.thumbnail_size = num(
+            "MEDIA_THUMBNAIL_SIZE",
+            options.thumbnail_size.into(),
+            16,
+            2048,
+        )? as u32;
+        options.max_thumbnail_source_bytes = num(
+            "MEDIA_MAX_THUMBNAIL_SOURCE_BYTES",
+            options.max_thumbnail_source_bytes,
+            0,
+            u64::MAX,
+        )?;
+        options.max_preview_bytes = num(
+            "MEDIA_MAX_PREVIEW_BYTES",
+            options.max_preview_bytes as u64,
+            1,
+            40 * 1024,
+        )? as usize;
+        Ok(options)
+    }
+}
+
+/// The presign function: its ports and options, built once per cold start.
+#[derive(Clone)]
+pub struct Presign {
+    ctx: Context,
+    objects: Arc<dyn ObjectStore>,
+    options: PresignOptions,
+}
+
+impl Presign {
+    /// Builds the function from the environment: the shared [`Context`], the S3 settings
+    /// ([`S3Config`]: endpoint, path style, buckets), the AWS SDK configuration and
+    /// [`PresignOptions::from_source`]. A missing or invalid value names its variable.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let ctx = Context::from_env().await?;
+        let s3 = S3Config::from_source(&Env)?;
+        let options = PresignOptions::from_source(&Env)?;
+        let aws = messaging::config::aws_sdk_config().await;
+        let objects = S3Objects::new(&aws, s3.endpoint.as_deref(), s3.path_style);
+        Ok(Self::new(ctx, Arc::new(objects), options))
+    }
+
+    /// The function over these ports.
+    pub fn new(ctx: Context, objects: Arc<dyn ObjectStore>, options: PresignOptions) -> Self {
+        Self {
+            ctx,
+            objects,
+            options,
+        }
+    }
+
+    /// The shared context.
+    pub fn ctx(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// The options.
+    pub fn options(&self) -> &PresignOptions {
+        &self.options
+    }
+
+    /// Counts one request of `user_id`; `rate_limited` when over the budget.
+    async fn limit(&self, user_id: &str) -> Result<u64> {
+        match self
+            .ctx
+            .realtime
+            .rate_limit(
+                "media",
+                user_id,
+                self.options.rate_limit,
+                messaging::clock::now_ms(),
+            )
+            .await?
+        {
+            RateDecision::Allowed { remaining } => Ok(remaining),
+            RateDecision::Limited { retry_after_secs } => {
+                Err(Error::RateLimited { retry_after_secs })
+            }
+        }
+    }
+}
+
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    RequestUpload,
+    Complete,
+    Download,
+}
+
+/// One route: method, path template (`{name}` segments are parameters), operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path template, as in the OpenAPI document.
+    pub path: &'static str,
+    op: Op,
+}
+
+/// Every route [`handle`] serves.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "POST",
+        path: "/v1/media",
+        op: Op::RequestUpload,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/media/{media_id}/complete",
+        op: Op::Complete,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/media/{media_id}",
+        op: Op::Download,
+    },
+];
+
+/// `(method, path template)` of every route [`handle`] serves.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    ROUTES.iter().map(|r| (r.method, r.path)).collect()
+}
+
+/// The OpenAPI 3 document of these routes, generated from the handlers' annotations.
+pub fn openapi() -> serde_json::Value {
+    docs::document()
+}
+
+/// The path of a request without any stage prefix (`/prod/v1/media` -> `/v1/media`).
+fn route_path(path: &str) -> &str {
+    if path.starts_with("/v1/") {
+        return path;
+    }
+    match path.find("/v1/") {
+        Some(i) => &path[i..],
+        None => path,
+    }
+}
+
+fn decode_segment(segment: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", segment.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The route for a path: `Ok` with the route and its parameters, `Err` with the methods the path
+/// allows (empty when no route has this path).
+#[allow(clippy::type_complexity)]
+fn find_route(
+    method: &str,
+    path: &str,
+) -> std::result::Result<(Route, HashMap<&'static str, String>), Vec<&'static str>> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut allowed = Vec::new();
+    for r in ROUTES {
+        let template: Vec<&'static str> = r.path.split('/').collect();
+        if template.len() != segments.len() {
+            continue;
+        }
+        let mut params = HashMap::new();
+        let matched = template.iter().zip(&segments).all(|(t, s)| {
+            if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                params.insert(name, decode_segment(s));
+                !s.is_empty()
+            } else {
+                t == s
+            }
+        });
+        if !matched {
+            continue;
+        }
+        if r.method == method {
+            return Ok((*r, params));
+        }
+        allowed.push(r.method);
+    }
+    Err(allowed)
+}
+
+/// Handles one HTTP request: route, authenticate, rate limit, run, answer. Never panics; every
+/// failure is a JSON error answer.
+pub async fn handle(presign: &Presign, request: Request) -> Response<Body> {
+    let method = request.method().as_str().to_ascii_uppercase();
+    let path = route_path(request.uri().path()).to_string();
+    let (route, params) = match find_route(&method, &path) {
+        Ok(found) => found,
+        Err(allowed) if allowed.is_empty() => {
+            return http::error_response(
+                &Error::not_found(format!("no route {method} {path}")),
+                &[],
+            );
+        }
+        Err(allowed) => {
+            let error = Error::invalid(format!(
+                "{method} is not allowed on {path}; allowed: {}",
+                allowed.join(", ")
+            ));
+            return http::respond(405, &error.to_http_body(), &[("allow", allowed.join(", "))]);
+        }
+    };
+    let body = http::body_bytes(&request);
+    if body.len() > http::MAX_BODY_BYTES {
+        return http::error_response(
+            &Error::client(
+                ErrorCode::PayloadTooLarge,
+                format!("request body exceeds {} bytes", http::MAX_BODY_BYTES),
+            ),
+            &[],
+        );
+    }
+    let (claims, token_error) = match http::bearer(&request) {
+        Some(token) => match presign.ctx.jwt.verify(token) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e)),
+        },
+        None => (None, None),
+    };
+    let call = Call {
+        params,
+        body,
+        claims,
+        token_error,
+    };
+    let started = std::time::Instant::now();
+    let outcome = match call.user_id() {
+        Ok(user_id) => match presign.limit(user_id).await {
+            Ok(remaining) => dispatch(presign, route.op, &call)
+                .await
+                .map(|r| (r, remaining)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    let who = call
+        .claims
+        .as_ref()
+        .map(|c| hashed_id(&c.sub))
+        .unwrap_or_default();
+    match outcome {
+        Ok((reply, remaining)) => {
+            tracing::info!(
+                method = %method,
+                route = route.path,
+                status = reply.status,
+                user = %who,
+                ms = started.elapsed().as_millis() as u64,
+                "request served"
+            );
+            http::respond(
+                reply.status,
+                &reply.body,
+                &[("x-ratelimit-remaining", remaining.to_string())],
+            )
+        }
+        Err(e) => {
+            if e.is_server_fault() {
+                tracing::error!(method = %method, route = route.path, error = %e, "request failed");
+            } else {
+                tracing::info!(
+                    method = %method,
+                    route = route.path,
+                    status = e.http_status(),
+                    code = ?e.code(),
+                    user = %who,
+                    "request refused"
+                );
+            }
+            http::error_response(&e, &[])
+        }
+    }
+}
+
+async fn dispatch(presign: &Presign, op: Op, call: &Call) -> Result<Reply> {
+    match op {
+        Op::RequestUpload => media::request_upload(presign, call).await,
+        Op::Complete => media::complete(presign, call).await,
+        Op::Download => media::download(presign, call).await,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
-    async fn every_request_gets_a_clear_501() {
-        let request = lambda_http::http::Request::builder()
-            .method("POST")
-            .uri("/v1/anything")
-            .body(lambda_http::Body::Empty)
-            .unwrap();
-        let response = super::handle(request).await;
-        assert_eq!(response.status(), 501);
-        let lambda_http::Body::Text(body) = response.body() else {
-            panic!("text body expected");
+    use super::*;
+
+    #[test]
+    fn routes_match_templates() {
+        let (r, params) = find_route("POST", "/v1/media/abc/complete").unwrap();
+        assert_eq!(r.op, Op::Complete);
+        assert_eq!(params["media_id"], "abc");
+        assert_eq!(find_route("GET", "/v1/media/x").unwrap().0.op, Op::Download);
+        assert_eq!(find_route("PUT", "/v1/media").unwrap_err(), vec!["POST"]);
+        assert!(find_route("GET", "/v1/other").unwrap_err().is_empty());
+        assert_eq!(route_path("/prod/v1/media"), "/v1/media");
+    }
+
+    #[test]
+    fn options_from_configuration_name_the_bad_variable() {
+        let source = |vars: Vec<(&'static str, &'static str)>| {
+            move |var: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == var)
+                    .map(|(_, v)| v.to_string())
+            }
         };
-        let json: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(json["error"]["code"], "not_implemented");
-        assert!(
-            json["error"]["message"]
-                .as_str()
+        let err = |vars| {
+            PresignOptions::from_source(&source(vars))
+                .err()
                 .unwrap()
-                .contains("/v1/anything")
+                .to_string()
+        };
+        assert!(err(vec![("MEDIA_MAX_VIDEO_BYTES", "lots")]).contains("MEDIA_MAX_VIDEO_BYTES"));
+        assert!(err(vec![("MEDIA_IMAGE_TYPES", "png")]).contains("MEDIA_IMAGE_TYPES"));
+        assert!(
+            err(vec![("MEDIA_UPLOAD_URL_TTL_SECS", "9999999")])
+                .contains("MEDIA_UPLOAD_URL_TTL_SECS")
         );
+        assert!(err(vec![("MEDIA_MAX_PREVIEW_BYTES", "0")]).contains("MEDIA_MAX_PREVIEW_BYTES"));
+        assert_eq!(
+            PresignOptions::from_source(&source(vec![])).unwrap(),
+            PresignOptions::default()
+        );
+        let options = PresignOptions::from_source(&source(vec![
+            ("MEDIA_BUCKET", "m"),
+            ("DOCUMENTS_BUCKET", "d"),
+            ("MEDIA_MAX_IMAGE_BYTES", "1000"),
+            ("MEDIA_AUDIO_TYPES", "audio/ogg, audio/mpeg"),
+            ("MEDIA_DOWNLOAD_URL_TTL_SECS", "60"),
+        ]))
+        .unwrap();
+        assert_eq!(options.media_bucket, "m");
+        assert_eq!(options.documents_bucket, "d");
+        assert_eq!(options.image.max_bytes, 1000);
+        assert_eq!(options.audio.content_types, vec!["audio/ogg", "audio/mpeg"]);
+        assert_eq!(options.download_url_ttl, Duration::from_secs(60));
+        assert_eq!(options.upload_url_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn every_route_is_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ROUTES {
+            assert!(seen.insert((r.method, r.path)), "{} {}", r.method, r.path);
+        }
     }
 }

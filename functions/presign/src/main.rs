@@ -1,12 +1,13 @@
-//! Lambda entry point of the presign function (HTTP).
-
-use lambda_http::{Error, Request, service_fn};
+//! Entry point of the presign function (HTTP): under Lambda (API Gateway HTTP API) or, when
+//! `AWS_LAMBDA_RUNTIME_API` is not set, as an HTTP server on `$PORT` (Knative Service).
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
-    lambda_http::run(service_fn(|request: Request| async move {
-        Ok::<_, Error>(fn_presign::handle(request).await)
-    }))
+    let presign = fn_presign::Presign::from_env().await?;
+    messaging::runtime::run_http_function(move |request| {
+        let presign = presign.clone();
+        async move { fn_presign::handle(&presign, request).await }
+    })
     .await
 }

@@ -159,9 +159,23 @@ impl WebSocketApi {
     /// The router: WebSocket upgrades on `/` and `/{stage}`, the management API on
     /// `/@connections/{id}` and `/{stage}/@connections/{id}`.
     pub fn router(self: Arc<Self>) -> Router {
+        self.clone()
+            .websocket_router()
+            .merge(self.management_router())
+    }
+
+    /// Only the WebSocket upgrades (`/`, `/{stage}`): what clients may reach.
+    pub fn websocket_router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/", get(upgrade))
             .route("/{stage}", get(upgrade_staged))
+            .with_state(self)
+    }
+
+    /// Only the management API (`/@connections/{id}`, `/{stage}/@connections/{id}`): what the
+    /// functions reach, kept off the public port when deployed.
+    pub fn management_router(self: Arc<Self>) -> Router {
+        Router::new()
             .route("/@connections/{id}", any(manage))
             .route("/{stage}/@connections/{id}", any(manage_staged))
             .with_state(self)

@@ -4,6 +4,7 @@
 //!   its `@connections` management API;
 //! - [`broker`]: a CloudEvents broker with Knative Broker/Trigger semantics;
 //! - [`s3`]: an S3 endpoint that checks SigV4 signatures (presigned URLs work with curl);
+//! - [`remote`]: route integrations over HTTP, for the gateway on Kubernetes;
 //! - [`agent`]: a demo agent, subscribed through the broker like a real one;
 //! - [`stack`]: wires the real functions to these endpoints and to Redis and MongoDB.
 
@@ -13,5 +14,6 @@ pub mod agent;
 pub mod broker;
 pub mod gateway;
 pub mod http_api;
+pub mod remote;
 pub mod s3;
 pub mod stack;

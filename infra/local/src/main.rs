@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Start the stack (the default).
     Run,
+    /// Run only the WebSocket gateway, calling the connect, message and disconnect functions over
+    /// HTTP (the Kubernetes edge; see infra/knative). One replica: connections live in its memory.
+    Gateway(GatewayArgs),
     /// Print a JWT the running stack accepts, for connecting without registration.
     Token {
         /// The user id (the token's subject).
@@ -38,6 +41,84 @@ enum Command {
         #[arg(long, env = "LOCAL_STACK_DATA", default_value = ".local-stack")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long, env = "GATEWAY_HOST", default_value = "0.0.0.0")]
+    host: std::net::IpAddr,
+    /// Port for clients' WebSocket upgrades.
+    #[arg(long, env = "GATEWAY_WS_PORT", default_value_t = 8080)]
+    ws_port: u16,
+    /// Port for the @connections management API (keep it private to the cluster).
+    #[arg(long, env = "GATEWAY_MANAGEMENT_PORT", default_value_t = 8081)]
+    management_port: u16,
+    /// Stage name put in events.
+    #[arg(long, env = "GATEWAY_STAGE", default_value = "prod")]
+    stage: String,
+    /// URL of the connect function.
+    #[arg(long, env = "CONNECT_FUNCTION_URL")]
+    connect_url: String,
+    /// URL of the message function.
+    #[arg(long, env = "MESSAGE_FUNCTION_URL")]
+    message_url: String,
+    /// URL of the disconnect function.
+    #[arg(long, env = "DISCONNECT_FUNCTION_URL")]
+    disconnect_url: String,
+    /// Idle timeout, seconds.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    idle_timeout_secs: u64,
+    /// Maximum connection lifetime, seconds.
+    #[arg(long, env = "GATEWAY_MAX_LIFETIME_SECS", default_value_t = 7200)]
+    max_lifetime_secs: u64,
+}
+
+/// Runs the gateway alone, with remote route integrations.
+async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    use local_stack::gateway::{ApiSettings, Route, RouteHandler, WebSocketApi};
+    use local_stack::remote::RemoteFunction;
+    use std::sync::Arc;
+    let route = |function: &str, url: &str| Route {
+        function: function.into(),
+        handler: Arc::new(RemoteFunction::new(url)) as Arc<dyn RouteHandler>,
+        route_response: false,
+    };
+    let mut routes = std::collections::HashMap::new();
+    routes.insert("$connect".to_string(), route("connect", &args.connect_url));
+    routes.insert(
+        "$disconnect".to_string(),
+        route("disconnect", &args.disconnect_url),
+    );
+    routes.insert("$default".to_string(), route("message", &args.message_url));
+    let settings = ApiSettings {
+        stage: args.stage,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_lifetime: Duration::from_secs(args.max_lifetime_secs),
+        ..ApiSettings::default()
+    };
+    let api = WebSocketApi::new(settings, routes);
+    let ws = tokio::net::TcpListener::bind((args.host, args.ws_port)).await?;
+    let management = tokio::net::TcpListener::bind((args.host, args.management_port)).await?;
+    api.set_domain(ws.local_addr()?.to_string());
+    eprintln!(
+        "gateway: WebSocket on {}, @connections on {}",
+        ws.local_addr()?,
+        management.local_addr()?
+    );
+    let public = api
+        .clone()
+        .websocket_router()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let private = api
+        .management_router()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::select! {
+        r = axum::serve(ws, public) => r?,
+        r = axum::serve(management, private) => r?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,6 +184,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     messaging::telemetry::init();
+    if let Some(Command::Gateway(args)) = cli.command {
+        return tokio::runtime::Runtime::new()?.block_on(run_gateway(args));
+    }
     let args = cli.run;
     std::fs::create_dir_all(&args.data_dir)?;
     let secret = stack::signing_secret(&args.data_dir)?;
