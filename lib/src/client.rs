@@ -132,6 +132,8 @@ struct Ordering {
 
 struct Shared {
     config: ClientConfig,
+    /// The authenticated user, from `auth_success`.
+    me: Mutex<Option<String>>,
     out: Mutex<Option<mpsc::UnboundedSender<String>>>,
     pending: Mutex<HashMap<String, Pending>>,
     order: Mutex<Ordering>,
@@ -192,6 +194,7 @@ impl Client {
         let (events_tx, events) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             config,
+            me: Mutex::new(None),
             out: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             order: Mutex::new(Ordering {
@@ -385,7 +388,9 @@ impl Shared {
             self.emit(ClientEvent::Message(Box::new(m)));
             return;
         };
-        if self.config.auto_delivery_ack {
+        // Our own messages (echoed to keep devices in sync) need no delivery receipt.
+        let own = m.sender_id.is_some() && *self.me.lock().expect("me lock") == m.sender_id;
+        if self.config.auto_delivery_ack && !own {
             let _ = self.send(
                 serde_json::to_string(&ClientFrame::DeliveryAck {
                     message_id: m.message_id.clone(),
@@ -456,9 +461,14 @@ impl Shared {
 
     fn on_frame(&self, frame: ServerFrame) {
         match frame {
-            ServerFrame::AuthSuccess { payload } => self.emit(ClientEvent::Ready {
-                unread_count: payload.unread_count,
-            }),
+            ServerFrame::AuthSuccess { payload } => {
+                if let Some(me) = payload.user_id {
+                    *self.me.lock().expect("me lock") = Some(me);
+                }
+                self.emit(ClientEvent::Ready {
+                    unread_count: payload.unread_count,
+                })
+            }
             ServerFrame::AuthError { error, code } => self.emit(ClientEvent::Error {
                 code: code.unwrap_or(ErrorCode::Unauthenticated),
                 message: error,

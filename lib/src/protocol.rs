@@ -200,6 +200,9 @@ pub struct DeliveredMessage {
 /// `auth_success` payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthSuccessPayload {
+    /// The authenticated user (so a client knows which messages are its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
     /// Identifies this connection's session (the connection id).
     pub session_id: String,
     /// Server clock, milliseconds since the epoch.

@@ -1010,26 +1010,32 @@ impl Store for MongoStore {
         let seq = last.sequence_number as i64;
         let sender_marker = format!("read_up_to.{}", last.sender_id);
         let preview = mongodb::bson::to_bson(last).map_err(|e| Error::dependency("bson", e))?;
-        // An aggregation-pipeline update would do this in one round trip, but not every
-        // MongoDB-wire server supports it; two plain updates are idempotent as well.
+        // Usually this message is the newest: preview, highest number and the sender's read
+        // marker in one update. An older (reordered or redelivered) one only moves the marker.
         self.rt();
-        self.conversations()
+        let newest = self
+            .conversations()
             .update_one(
                 doc! {"conversation_id": conversation_id, "last_sequence_number": {"$lt": seq}},
-                doc! {"$set": {
-                    "last_sequence_number": seq,
-                    "last_message": preview,
-                    "last_message_at": last.at,
-                }},
+                doc! {
+                    "$set": {
+                        "last_sequence_number": seq,
+                        "last_message": preview,
+                        "last_message_at": last.at,
+                    },
+                    "$max": {&sender_marker: seq},
+                },
             )
             .await?;
-        self.rt();
-        self.conversations()
-            .update_one(
-                doc! {"conversation_id": conversation_id},
-                doc! {"$max": {sender_marker: seq}},
-            )
-            .await?;
+        if newest.matched_count == 0 {
+            self.rt();
+            self.conversations()
+                .update_one(
+                    doc! {"conversation_id": conversation_id},
+                    doc! {"$max": {sender_marker: seq}},
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -1049,6 +1055,19 @@ impl Store for MongoStore {
             }
             _ => doc! {"$addToSet": {"delivered_to": user_id}},
         };
+        if let [message_id] = message_ids {
+            // The common case (one delivery ack): update and read back in one round trip.
+            self.rt();
+            let updated = self
+                .messages()
+                .find_one_and_update(
+                    doc! {"message_id": message_id, "sender_id": {"$ne": user_id}},
+                    update,
+                )
+                .return_document(ReturnDocument::After)
+                .await?;
+            return Ok(updated.into_iter().collect());
+        }
         self.rt();
         self.messages()
             .update_many(

@@ -244,6 +244,7 @@ async fn deliver_pending(
         conn,
         &ServerFrame::AuthSuccess {
             payload: AuthSuccessPayload {
+                user_id: Some(conn.user_id.clone()),
                 session_id: conn.connection_id.clone(),
                 server_time: messaging::clock::now_ms(),
                 unread_count: unread,
@@ -357,6 +358,27 @@ async fn send(
 ) -> Result<()> {
     validate(&payload, &idempotency_key, ctx.settings.max_content_bytes)?;
     let conversation = membership(ctx, &conn.user_id, &payload.conversation_id).await?;
+    if payload.message_type.is_media()
+        && let Some(media_id) = &payload.media_url
+    {
+        // `media_url` names an upload of this conversation that passed its checks.
+        let media = ctx.store.media(media_id).await?;
+        match media {
+            Some(m)
+                if m.conversation_id == payload.conversation_id
+                    && m.state == messaging::model::MediaState::Ready => {}
+            Some(m) if m.conversation_id == payload.conversation_id => {
+                return Err(Error::invalid(
+                    "the media is not ready: complete its upload first",
+                ));
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "media_url is not a media id of this conversation",
+                ));
+            }
+        }
+    }
     if let Some(reply_to) = &payload.reply_to_message_id {
         let target = ctx.store.message(reply_to).await?;
         if target.is_none_or(|m| m.conversation_id != payload.conversation_id) {
@@ -408,6 +430,13 @@ async fn send(
         "message stored"
     );
     let agent = messaging::delivery::route_agent(ctx, &conversation, &conn.user_id).await?;
+    // Start waiting for the agent before it can possibly answer (the event goes out next).
+    let mut unavailable_agent = None;
+    if !inserted.duplicate
+        && let Some(agent_id) = &agent
+    {
+        unavailable_agent = await_agent(ctx, &conversation, message, agent_id).await?;
+    }
     messaging::delivery::publish_received(ctx, message, agent.as_deref()).await?;
     reply(
         ctx,
@@ -423,23 +452,29 @@ async fn send(
         },
     )
     .await?;
-    if !inserted.duplicate
-        && let Some(agent_id) = agent
-    {
-        route_to_agent(ctx, &conversation, message, &agent_id).await?;
+    if let Some(name) = unavailable_agent {
+        messaging::delivery::post_system_message(
+            ctx,
+            &conversation,
+            &format!("agent-unavailable/{}", message.message_id),
+            &format!(
+                "{name} is unavailable right now. Your message is saved and will be answered when it is back."
+            ),
+        )
+        .await?;
     }
     Ok(())
 }
 
-/// The message went to an agent (the broker routes it by the `agentid` extension). If the agent
-/// is offline the user is told at once; otherwise the answer is awaited, and a silent agent
-/// leads to a timeout notice (see the agent-response function's sweep).
-async fn route_to_agent(
+/// The message goes to an agent (the broker routes it by the `agentid` extension): wait for its
+/// answer, so that a silent agent leads to a timeout notice (see the agent-response function's
+/// sweep). Returns the agent's name when it is offline, for the caller to tell the user.
+async fn await_agent(
     ctx: &Context,
     conversation: &Conversation,
     message: &StoredMessage,
     agent_id: &str,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let now = messaging::clock::now_ms();
     let agent = ctx.store.agent(agent_id).await?;
     let online = agent
@@ -449,19 +484,11 @@ async fn route_to_agent(
             now - at.timestamp_millis() <= ctx.settings.agent_offline_after.as_millis() as i64
         });
     if !online {
-        let name = agent
-            .map(|a| a.name)
-            .unwrap_or_else(|| agent_id.to_string());
-        messaging::delivery::post_system_message(
-            ctx,
-            conversation,
-            &format!("agent-unavailable/{}", message.message_id),
-            &format!(
-                "{name} is unavailable right now. Your message is saved and will be answered when it is back."
-            ),
-        )
-        .await?;
-        return Ok(());
+        return Ok(Some(
+            agent
+                .map(|a| a.name)
+                .unwrap_or_else(|| agent_id.to_string()),
+        ));
     }
     ctx.realtime
         .await_agent(
@@ -473,7 +500,8 @@ async fn route_to_agent(
             },
             now + ctx.settings.agent_timeout.as_millis() as i64,
         )
-        .await
+        .await?;
+    Ok(None)
 }
 
 async fn receipts(
@@ -490,26 +518,28 @@ async fn receipts(
             "at most {MAX_RECEIPT_IDS} message ids per receipt"
         )));
     }
-    // Check membership on what the ids name before changing anything.
-    let messages = ctx.store.messages_by_ids(&message_ids).await?;
-    if messages.len() != {
-        let mut unique = message_ids.clone();
-        unique.sort();
-        unique.dedup();
-        unique.len()
-    } {
-        return Err(Error::not_found("some message ids do not exist"));
-    }
-    let mut conversations: HashMap<String, Conversation> = HashMap::new();
-    for m in &messages {
-        if !conversations.contains_key(&m.conversation_id) {
-            let c = membership(ctx, &conn.user_id, &m.conversation_id).await?;
-            conversations.insert(m.conversation_id.clone(), c);
-        }
-    }
-    ctx.realtime
+    let mut message_ids = message_ids;
+    message_ids.sort();
+    message_ids.dedup();
+    // Ids still in the user's inbox were addressed to them: that authorizes the receipt without
+    // reading the messages (the common case costs no MongoDB read). The others (acknowledged
+    // before, or received through sync or retransmit) are checked in full.
+    let removed = ctx
+        .realtime
         .inbox_remove(&conn.user_id, &message_ids)
         .await?;
+    if removed < message_ids.len() as u64 {
+        let messages = ctx.store.messages_by_ids(&message_ids).await?;
+        if messages.len() != message_ids.len() {
+            return Err(Error::not_found("some message ids do not exist"));
+        }
+        let mut checked = std::collections::HashSet::new();
+        for m in &messages {
+            if checked.insert(m.conversation_id.clone()) {
+                membership(ctx, &conn.user_id, &m.conversation_id).await?;
+            }
+        }
+    }
     let updated = ctx
         .store
         .record_receipts(&message_ids, &conn.user_id, status)
@@ -527,14 +557,20 @@ async fn receipts(
         }
     }
     // Aggregate status: delivered (read) once every recipient has it.
+    let mut conversations: HashMap<String, Option<Conversation>> = HashMap::new();
     let mut complete = Vec::new();
     let mut by_sender: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for m in &updated {
-        if m.sender_id == conn.user_id {
+        if m.sender_id == conn.user_id || m.sender_id == messaging::delivery::SYSTEM_SENDER {
             continue;
+        }
+        if !conversations.contains_key(&m.conversation_id) {
+            let c = messaging::conversations::routing(ctx, &m.conversation_id).await?;
+            conversations.insert(m.conversation_id.clone(), c);
         }
         let recipients = conversations
             .get(&m.conversation_id)
+            .and_then(Option::as_ref)
             .map(|c| c.participants.len().saturating_sub(1))
             .unwrap_or(1)
             .max(1);
@@ -551,11 +587,7 @@ async fn receipts(
             .push(m.message_id.clone());
     }
     if !complete.is_empty() {
-        if status == MessageStatus::Read {
-            ctx.store
-                .advance_status(&complete, MessageStatus::Delivered)
-                .await?;
-        }
+        // Moving to `read` also passes `delivered`: one update.
         ctx.store.advance_status(&complete, status).await?;
     }
     let now = messaging::clock::now_ms();

@@ -5,8 +5,10 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
-    messaging::runtime::run_cloudevent_function(|event| async move {
-        fn_push::handle(event).await.map(|()| None)
+    let push = fn_push::Push::from_env().await?;
+    messaging::runtime::run_cloudevent_function(move |event| {
+        let push = push.clone();
+        async move { fn_push::handle(&push, event).await.map(|()| None) }
     })
     .await
 }

@@ -241,6 +241,28 @@ impl WebSocketApi {
         Some((route, response))
     }
 
+    fn disconnect_event(
+        &self,
+        connection_id: &str,
+        connected_at: i64,
+        source_ip: &str,
+        user_agent: &str,
+        code: u16,
+        reason: &str,
+    ) -> ApiGatewayWebsocketProxyRequest {
+        let mut event = ApiGatewayWebsocketProxyRequest::default();
+        let mut ctx = self.base_context(connection_id, connected_at);
+        ctx.route_key = Some("$disconnect".into());
+        ctx.event_type = Some("DISCONNECT".into());
+        ctx.identity.source_ip = Some(source_ip.to_string());
+        ctx.identity.user_agent = Some(user_agent.to_string());
+        ctx.disconnect_status_code = Some(i64::from(code));
+        ctx.disconnect_reason = Some(reason.to_string());
+        event.request_context = ctx;
+        event.is_base64_encoded = false;
+        event
+    }
+
     fn select_route(&self, body: &str) -> String {
         let Some(path) = self.settings.route_selection.strip_prefix("$request.body.") else {
             return "$default".into();
@@ -339,8 +361,38 @@ async fn upgrade(
         source_ip: peer.ip().to_string(),
         user_agent,
     });
+    // From here on the connection exists, as on AWS once `$connect` succeeded: posts are
+    // queued until the socket is up instead of getting 410.
+    api.connections
+        .lock()
+        .expect("connections lock")
+        .insert(connection_id.clone(), connection.clone());
+    let failed_api = api.clone();
+    let failed_id = connection_id.clone();
     ws.max_message_size(MAX_FRAME_BYTES + 1)
         .max_frame_size(MAX_FRAME_BYTES + 1)
+        // Small buffers: an idle connection should cost kilobytes, not the 128 KiB defaults.
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .on_failed_upgrade(move |error| {
+            tracing::info!(connection_id = %failed_id, %error, "upgrade failed after $connect");
+            failed_api
+                .connections
+                .lock()
+                .expect("connections lock")
+                .remove(&failed_id);
+            tokio::spawn(async move {
+                let event = failed_api.disconnect_event(
+                    &failed_id,
+                    connected_at,
+                    "",
+                    "",
+                    1006,
+                    "upgrade failed",
+                );
+                failed_api.invoke("$disconnect", event).await;
+            });
+        })
         .on_upgrade(move |socket| run_connection(api, connection_id, connection, socket, rx))
 }
 
@@ -359,10 +411,6 @@ async fn run_connection(
     socket: WebSocket,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
 ) {
-    api.connections
-        .lock()
-        .expect("connections lock")
-        .insert(connection_id.clone(), connection.clone());
     let (mut sink, mut stream) = socket.split();
     // (status, reason) of the close, for $disconnect.
     let close_info: Arc<Mutex<Option<(u16, String)>>> = Arc::new(Mutex::new(None));
@@ -496,16 +544,14 @@ async fn run_connection(
         .expect("close lock")
         .clone()
         .unwrap_or((1000, String::new()));
-    let mut event = ApiGatewayWebsocketProxyRequest::default();
-    let mut ctx = api.base_context(&connection_id, connection.connected_at_ms);
-    ctx.route_key = Some("$disconnect".into());
-    ctx.event_type = Some("DISCONNECT".into());
-    ctx.identity.source_ip = Some(connection.source_ip.clone());
-    ctx.identity.user_agent = Some(connection.user_agent.clone());
-    ctx.disconnect_status_code = Some(i64::from(code));
-    ctx.disconnect_reason = Some(reason);
-    event.request_context = ctx;
-    event.is_base64_encoded = false;
+    let event = api.disconnect_event(
+        &connection_id,
+        connection.connected_at_ms,
+        &connection.source_ip,
+        &connection.user_agent,
+        code,
+        &reason,
+    );
     api.invoke("$disconnect", event).await;
 }
 

@@ -305,6 +305,19 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             async move { fn_agent_response::handle(&c, e).await }
         })),
     );
+    // Push notifications: providers come from the environment (FCM_*, APNS_*, PUSH_WEBHOOK_*);
+    // devices of unconfigured providers are skipped with a warning.
+    let push = fn_push::Push::new(
+        ctx.clone(),
+        fn_push::PushOptions::from_source(&messaging::config::Env)?,
+    );
+    functions.insert(
+        "push".into(),
+        Arc::new(Function(move |e| {
+            let push = push.clone();
+            async move { fn_push::handle(&push, e).await }
+        })),
+    );
     let delay = config.retry_delay;
     let mut triggers = vec![
         trigger(
@@ -323,6 +336,12 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             "agent-progress",
             "fn:agent-response",
             &[("type", event_types::AGENT_PROGRESS)],
+            delay,
+        ),
+        trigger(
+            "push",
+            "fn:push",
+            &[("type", event_types::NOTIFICATION)],
             delay,
         ),
     ];
@@ -361,15 +380,35 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     api_options.code_sender = Arc::new(fn_api::LocalCodeSender::new(Some(database)));
     api_options.operator_key = config.operator_key.clone();
     let http_api = Arc::new(fn_api::Api::new(ctx.clone(), api_options));
+    // Media presigning, against the local S3.
+    let objects = Arc::new(messaging::objects::S3Objects::new(
+        &aws,
+        Some(&s3_url),
+        true,
+    ));
+    let presign = Arc::new(fn_presign::Presign::new(
+        ctx.clone(),
+        objects,
+        fn_presign::PresignOptions::from_source(&messaging::config::Env)?,
+    ));
+    // One HTTP API, two functions, split by route as API Gateway would: `/v1/media...` to
+    // presign, the rest to api.
     let provision_ctx = ctx.clone();
-    let api_function: Arc<dyn crate::http_api::HttpFunction> = Arc::new(move |request| {
-        let http_api = http_api.clone();
-        let ctx = provision_ctx.clone();
-        async move {
-            provision_local_user(&ctx, &request).await;
-            fn_api::handle(&http_api, request).await
-        }
-    });
+    let api_function: Arc<dyn crate::http_api::HttpFunction> =
+        Arc::new(move |request: lambda_http::Request| {
+            let http_api = http_api.clone();
+            let presign = presign.clone();
+            let ctx = provision_ctx.clone();
+            async move {
+                provision_local_user(&ctx, &request).await;
+                let path = request.uri().path();
+                if path == "/v1/media" || path.starts_with("/v1/media/") {
+                    fn_presign::handle(&presign, request).await
+                } else {
+                    fn_api::handle(&http_api, request).await
+                }
+            }
+        });
 
     let mut tasks = vec![
         serve(api_listener, crate::http_api::router("api", api_function)).await,

@@ -41,7 +41,13 @@ async fn messages(client: &mut Client, conversation_id: &str, n: usize) -> Vec<D
                 _ => None,
             })
             .await
-            .unwrap_or_else(|| panic!("only {} of {n} messages arrived", got.len()));
+            .unwrap_or_else(|| {
+                let seen: Vec<(u64, &str)> = got
+                    .iter()
+                    .map(|m| (m.sequence_number, m.content.as_str()))
+                    .collect();
+                panic!("only {} of {n} messages arrived: {seen:?}", got.len())
+            });
         got.push(m);
     }
     got
@@ -405,15 +411,18 @@ async fn the_demo_agent_answers_with_progress_and_a_silent_agent_leads_to_a_time
     .await;
     let mut phone = client(&stack, &alice, "phone").await;
     phone.send_text(&conv, "hello agent").await.unwrap();
-    let typing = phone
-        .wait_for(WAIT, |e| match e {
-            ClientEvent::Typing(t) => Some(t.clone()),
-            _ => None,
-        })
-        .await
-        .expect("agent progress shown as typing");
-    assert_eq!(typing.user_id, local_stack::agent::DEMO_AGENT_ID);
-    let got = messages(&mut phone, &conv, 2).await;
+    // The typing frame and the user's own echo may come in either order: collect both.
+    let mut typing = None;
+    let mut got = Vec::new();
+    while typing.is_none() || got.len() < 2 {
+        match phone.next_event_within(WAIT).await {
+            Some(ClientEvent::Typing(t)) => typing = Some(t),
+            Some(ClientEvent::Message(m)) => got.push(*m),
+            Some(_) => {}
+            None => panic!("typing {typing:?}, messages {got:?}"),
+        }
+    }
+    assert_eq!(typing.unwrap().user_id, local_stack::agent::DEMO_AGENT_ID);
     assert_eq!(got[0].content, "hello agent");
     assert_eq!(
         got[1].sender_id.as_deref(),
@@ -1197,4 +1206,103 @@ async fn a_redelivered_agent_response_is_stored_once() {
             .any(|d| d.error_code == 403),
         "refused with 403 and dead-lettered"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_message_refers_to_a_completed_upload_of_its_conversation() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let other = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut phone = client(&stack, &alice, "phone").await;
+    let mut bob_phone = client(&stack, &bob, "phone").await;
+    let http = reqwest::Client::new();
+    let token = e2e::token(&stack, &alice);
+    let bytes = vec![7u8; 2048];
+    // An end-to-end encrypted image: opaque bytes, no server-side thumbnail.
+    let granted: serde_json::Value = http
+        .post(format!("{}/v1/media", stack.api_url))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"conversation_id": conv, "message_type": "image",
+            "content_type": "application/octet-stream", "size_bytes": bytes.len(), "encrypted": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let media_id = granted["media_id"].as_str().expect("media id").to_string();
+    let image = |media: &str, conversation: &str| {
+        let mut m = text(conversation, "encrypted-caption");
+        m.message_type = MessageType::Image;
+        m.media_url = Some(media.to_string());
+        m
+    };
+    // Not uploaded yet: refused.
+    let err = phone
+        .send_message(image(&media_id, &conv))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::InvalidRequest,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let upload = &granted["upload"];
+    let mut put = http.put(upload["url"].as_str().unwrap());
+    for (name, value) in upload["headers"].as_object().unwrap() {
+        put = put.header(name.as_str(), value.as_str().unwrap());
+    }
+    assert_eq!(put.body(bytes.clone()).send().await.unwrap().status(), 200);
+    let done = http
+        .post(format!("{}/v1/media/{media_id}/complete", stack.api_url))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+
+    // Another conversation's media, or an unknown id: refused.
+    let err = phone
+        .send_message(image(&media_id, &other))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::InvalidRequest,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = phone
+        .send_message(image("no-such-media", &conv))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::InvalidRequest,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    phone.send_message(image(&media_id, &conv)).await.unwrap();
+    let got = messages(&mut bob_phone, &conv, 1).await;
+    assert_eq!(got[0].media_url.as_deref(), Some(media_id.as_str()));
+    assert_eq!(got[0].message_type, Some(MessageType::Image));
+    let _ = &mut phone;
 }
