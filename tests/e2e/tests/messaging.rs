@@ -29,7 +29,7 @@ fn text(conversation_id: &str, content: &str) -> OutgoingMessage {
 
 /// Collects `n` messages of `conversation_id` from a client, in the order it delivers them.
 async fn messages(client: &mut Client, conversation_id: &str, n: usize) -> Vec<DeliveredMessage> {
-    let mut got = Vec::new();
+    let mut got: Vec<DeliveredMessage> = Vec::new();
     while got.len() < n {
         let m = client
             .wait_for(WAIT, |e| match e {
