@@ -135,6 +135,8 @@ pub struct RunningStack {
     pub broker: Arc<Broker>,
     /// Issues tokens the stack accepts.
     pub issuer: JwtIssuer,
+    /// The configuration it was started with.
+    pub config: StackConfig,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -469,6 +471,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         broker,
         api_url,
         issuer,
+        config,
         tasks,
     })
 }

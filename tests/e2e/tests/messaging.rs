@@ -1306,3 +1306,61 @@ async fn a_media_message_refers_to_a_completed_upload_of_its_conversation() {
     assert_eq!(got[0].message_type, Some(MessageType::Image));
     let _ = &mut phone;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_path_from_message_to_ack_takes_three_mongodb_and_three_redis_round_trips() {
+    use messaging::realtime::RedisState;
+    use messaging::store::{MongoStore, StoreOptions};
+    use std::sync::Arc;
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut phone = client(&stack, &alice, "phone").await;
+    let connection_id = stack.ctx.realtime.user_connections(&alice).await.unwrap()[0].clone();
+    // The message function with adapters of its own, so that only its round trips are counted.
+    let realtime = RedisState::connect(&stack.config.redis_url, &stack.config.redis_prefix)
+        .await
+        .unwrap();
+    let store = MongoStore::connect(
+        &stack.config.mongodb_uri,
+        &stack.config.database,
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ctx = messaging::context::Context {
+        realtime: Arc::new(realtime.clone()),
+        store: Arc::new(store.clone()),
+        ..stack.ctx.clone()
+    };
+    let event = |key: &str| {
+        let mut event = aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest::default();
+        event.request_context.connection_id = Some(connection_id.clone());
+        event.request_context.route_key = Some("message".into());
+        event.body = Some(
+            serde_json::json!({"type": "message", "client_message_id": key, "idempotency_key": key,
+                "payload": {"conversation_id": conv, "content": "x", "type": "text", "timestamp": 1}})
+            .to_string(),
+        );
+        event
+    };
+    // The first send fills the conversation cache; measure the second.
+    fn_message::handle(&ctx, event("warm-up")).await;
+    let (redis_before, mongo_before) = (realtime.round_trips(), store.round_trips());
+    fn_message::handle(&ctx, event("measured")).await;
+    let redis = realtime.round_trips() - redis_before;
+    let mongo = store.round_trips() - mongo_before;
+    assert_eq!(mongo, 3, "claim, allocate, insert");
+    assert_eq!(redis, 3, "connection, rate limits, conversation routing");
+    let acks = phone
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Message(m) if m.content == "x" => Some(m.sequence_number),
+            _ => None,
+        })
+        .await;
+    assert!(
+        acks.is_some(),
+        "the measured send was acknowledged and delivered"
+    );
+}
