@@ -2,7 +2,7 @@
 //!
 //! In production the functions publish to a Knative Broker and receive events through Triggers;
 //! on a laptop this module plays that role. Events come in over HTTP (`POST /`, binary or
-//! structured mode) or in-process through [`EventPublisher`]; every [`Trigger`] whose [`Filter`]
+//! structured mode) or in-process through [`EventPublisher`](messaging::events::EventPublisher); every [`Trigger`] whose [`Filter`]
 //! matches gets its own delivery, either to an in-process function ([`EventHandler`], subscriber
 //! `fn:NAME`) or to an HTTP subscriber (binary mode POST). A subscriber may answer with a reply
 //! event, which re-enters the broker. Failed deliveries are retried with linear or exponential
