@@ -21,6 +21,7 @@ pub mod error;
 pub mod eventbridge;
 pub mod events;
 pub mod gateway;
+pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod model;

@@ -146,15 +146,7 @@ impl Reply {
     }
 }
 
-/// The body bytes of a request (lambda_http already decoded base64 bodies).
-pub fn body_bytes(request: &Request) -> Vec<u8> {
-    match request.body() {
-        Body::Empty => Vec::new(),
-        Body::Text(t) => t.as_bytes().to_vec(),
-        Body::Binary(b) => b.clone(),
-        _ => Vec::new(),
-    }
-}
+pub use messaging::http::{bearer, body_bytes};
 
 /// Query parameters: from the URI, else from what API Gateway parsed.
 pub fn query_of(request: &Request) -> HashMap<String, String> {
@@ -195,49 +187,14 @@ pub fn client_ip(request: &Request) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// The bearer token of a request.
-pub fn bearer(request: &Request) -> Option<&str> {
-    let value = request.headers().get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
 /// Builds the HTTP response for a reply.
 pub fn respond(reply: Reply, extra_headers: &[(&str, String)]) -> Response<Body> {
-    let mut builder = Response::builder().status(reply.status);
-    for (name, value) in extra_headers {
-        builder = builder.header(*name, value.as_str());
-    }
-    let body = match reply.body {
-        Some(json) => {
-            builder = builder.header("content-type", "application/json");
-            Body::Text(json.to_string())
-        }
-        None => Body::Empty,
-    };
-    builder.body(body).unwrap_or_else(|_| {
-        let mut r = Response::new(Body::Empty);
-        *r.status_mut() = lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR;
-        r
-    })
+    messaging::http::json_response(reply.status, reply.body.as_ref(), extra_headers)
 }
 
 /// The HTTP response for an error: its status, JSON body, and `Retry-After` on 429.
 pub fn error_response(error: &Error) -> Response<Body> {
-    let mut headers = Vec::new();
-    if let Some(secs) = error.retry_after() {
-        headers.push(("retry-after", secs.to_string()));
-    }
-    respond(
-        Reply {
-            status: error.http_status(),
-            body: Some(error.to_http_body()),
-        },
-        &headers,
-    )
+    messaging::http::error_response(error, &[])
 }
 
 /// Constant-time comparison of two secrets.

@@ -480,46 +480,23 @@ fn route_path(path: &str) -> &str {
     path
 }
 
-fn decode_segment(segment: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", segment.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+impl messaging::http::RouteTemplate for Route {
+    fn method(&self) -> &'static str {
+        self.method
+    }
+
+    fn path(&self) -> &'static str {
+        self.path
+    }
 }
 
 /// The route for a path: `Ok` with the route and its parameters, `Err` with the methods the path
 /// allows (empty when no route has this path).
-#[allow(clippy::type_complexity)]
 fn find_route(
     method: &str,
     path: &str,
-) -> std::result::Result<(Route, std::collections::HashMap<&'static str, String>), Vec<&'static str>>
-{
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let mut allowed = Vec::new();
-    for r in ROUTES {
-        let template: Vec<&'static str> = r.path.split('/').collect();
-        if template.len() != segments.len() {
-            continue;
-        }
-        let mut params = std::collections::HashMap::new();
-        let matched = template.iter().zip(&segments).all(|(t, s)| {
-            if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
-                params.insert(name, decode_segment(s));
-                !s.is_empty()
-            } else {
-                t == s
-            }
-        });
-        if !matched {
-            continue;
-        }
-        if r.method == method {
-            return Ok((*r, params));
-        }
-        allowed.push(r.method);
-    }
-    Err(allowed)
+) -> std::result::Result<(Route, messaging::http::RouteParams), Vec<&'static str>> {
+    messaging::http::find_route(ROUTES, method, path).map(|(route, params)| (*route, params))
 }
 
 /// Handles one HTTP request: route, authenticate, rate limit, run, answer. Never panics; every

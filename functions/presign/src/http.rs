@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, Response};
 use messaging::auth::Claims;
 use messaging::{Error, ErrorCode, Result};
 use serde::Serialize;
@@ -86,53 +86,25 @@ impl Reply {
     }
 }
 
-/// The body bytes of a request (lambda_http already decoded base64 bodies).
-pub fn body_bytes(request: &Request) -> Vec<u8> {
-    match request.body() {
-        Body::Text(t) => t.as_bytes().to_vec(),
-        Body::Binary(b) => b.clone(),
-        _ => Vec::new(),
-    }
-}
+pub use messaging::http::{bearer, body_bytes};
 
-/// The bearer token of a request.
-pub fn bearer(request: &Request) -> Option<&str> {
-    let value = request.headers().get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
+/// Answers carry presigned URLs: never cache them anywhere.
+const NO_STORE: (&str, &str) = ("cache-control", "no-store");
 
-/// Builds the HTTP response for a status, JSON body and extra headers.
+/// Builds the HTTP response for a status, JSON body and extra headers (never cached).
 pub fn respond(
     status: u16,
     body: &serde_json::Value,
     extra_headers: &[(&str, String)],
 ) -> Response<Body> {
-    let mut builder = Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        // Answers carry presigned URLs: never cache them anywhere.
-        .header("cache-control", "no-store");
-    for (name, value) in extra_headers {
-        builder = builder.header(*name, value.as_str());
-    }
-    builder
-        .body(Body::Text(body.to_string()))
-        .unwrap_or_else(|_| {
-            let mut r = Response::new(Body::Empty);
-            *r.status_mut() = lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR;
-            r
-        })
+    let mut headers = vec![(NO_STORE.0, NO_STORE.1.to_string())];
+    headers.extend_from_slice(extra_headers);
+    messaging::http::json_response(status, Some(body), &headers)
 }
 
-/// The HTTP response for an error: its status, JSON body, and `Retry-After` on 429.
+/// The HTTP response for an error: its status, JSON body, and `Retry-After` on 429 (never cached).
 pub fn error_response(error: &Error, extra_headers: &[(&str, String)]) -> Response<Body> {
-    let mut headers = extra_headers.to_vec();
-    if let Some(secs) = error.retry_after() {
-        headers.push(("retry-after", secs.to_string()));
-    }
-    respond(error.http_status(), &error.to_http_body(), &headers)
+    let mut headers = vec![(NO_STORE.0, NO_STORE.1.to_string())];
+    headers.extend_from_slice(extra_headers);
+    messaging::http::error_response(error, &headers)
 }
