@@ -8,8 +8,9 @@
 //!
 //! 1. **claim** the sender-scoped idempotency key: `insert_one` into `idempotency_keys` (unique `_id`),
 //!    reserving a message id and recording the request's fingerprint and a short lease;
-//! 2. **allocate** the sequence number: `find_one_and_update` with `$inc` and `upsert` on the
-//!    conversation's counter in `sequence_numbers`;
+//! 2. **allocate** the sequence number: `find_one_and_update` with `$inc` on the conversation's
+//!    counter in `sequence_numbers` (created with a plain insert of 0 on a conversation's first
+//!    message, which costs two more round trips once);
 //! 3. **insert** the message into `messages` (unique `message_id`, `idempotency_key` and
 //!    `{conversation_id, sequence_number}`).
 //!
@@ -786,11 +787,14 @@ fn after(d: Duration) -> DateTime {
 #[async_trait]
 impl Store for MongoStore {
     async fn next_sequence(&self, conversation_id: &str) -> Result<u64> {
-        // Two first-ever allocations racing on a new counter can both try to insert it; the loser
-        // gets E11000 and simply retries as an update.
-        for attempt in 0..3 {
+        // `$inc` on an existing counter is atomic everywhere. Creating the counter with an
+        // upsert is not safe under concurrency on every MongoDB-wire server (a losing upsert
+        // may increment and still answer with no document, which would burn a number), so the
+        // counter is created by a plain insert of 0 (a lost race is a harmless E11000) and then
+        // incremented. One round trip per allocation; three for a conversation's first.
+        for _ in 0..3 {
             self.rt();
-            let result = self
+            let counter = self
                 .counters()
                 .find_one_and_update(
                     doc! {"_id": conversation_id},
@@ -799,22 +803,30 @@ impl Store for MongoStore {
                         "$set": {"updated_at": DateTime::now()},
                     },
                 )
-                .upsert(true)
                 .return_document(ReturnDocument::After)
+                .await?;
+            if let Some(counter) = counter {
+                return Ok(counter.last_sequence_number);
+            }
+            self.rt();
+            let created = self
+                .counters()
+                .insert_one(SequenceCounter {
+                    conversation_id: conversation_id.to_string(),
+                    last_sequence_number: 0,
+                    updated_at: DateTime::now(),
+                })
                 .await;
-            match result {
-                Ok(Some(counter)) => return Ok(counter.last_sequence_number),
-                Ok(None) => {
-                    return Err(Error::dependency(
-                        "mongodb",
-                        "upsert returned no counter document",
-                    ));
-                }
-                Err(e) if is_duplicate_key(&e) && attempt < 2 => continue,
+            match created {
+                Ok(_) => {}
+                Err(e) if is_duplicate_key(&e) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        unreachable!("the loop returns on its last attempt")
+        Err(Error::dependency(
+            "mongodb",
+            "sequence counter could not be created",
+        ))
     }
 
     async fn insert_message(&self, new: NewMessage) -> Result<Inserted> {
