@@ -690,6 +690,37 @@ impl MongoStore {
     }
 }
 
+/// The update for a partial edit of `name` and a clearable `field`: `None` leaves a value as
+/// it is, `Some(None)` removes `field`. Empty when nothing changes.
+fn name_and_optional_field(
+    name: Option<&str>,
+    field: &str,
+    value: Option<Option<&str>>,
+) -> Document {
+    let mut set = doc! {};
+    let mut unset = doc! {};
+    if let Some(name) = name {
+        set.insert("name", name);
+    }
+    match value {
+        Some(Some(v)) => {
+            set.insert(field, v);
+        }
+        Some(None) => {
+            unset.insert(field, "");
+        }
+        None => {}
+    }
+    let mut update = doc! {};
+    if !set.is_empty() {
+        update.insert("$set", set);
+    }
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
+    }
+    update
+}
+
 fn index(keys: Document, options: IndexOptions) -> IndexModel {
     IndexModel::builder().keys(keys).options(options).build()
 }
@@ -1195,27 +1226,7 @@ impl Store for MongoStore {
         name: Option<&str>,
         avatar_url: Option<Option<&str>>,
     ) -> Result<Option<User>> {
-        let mut set = doc! {};
-        let mut unset = doc! {};
-        if let Some(name) = name {
-            set.insert("name", name);
-        }
-        match avatar_url {
-            Some(Some(url)) => {
-                set.insert("avatar_url", url);
-            }
-            Some(None) => {
-                unset.insert("avatar_url", "");
-            }
-            None => {}
-        }
-        let mut update = doc! {};
-        if !set.is_empty() {
-            update.insert("$set", set);
-        }
-        if !unset.is_empty() {
-            update.insert("$unset", unset);
-        }
+        let update = name_and_optional_field(name, "avatar_url", avatar_url);
         if update.is_empty() {
             return self.user(user_id).await;
         }
@@ -1545,27 +1556,7 @@ impl Store for MongoStore {
         name: Option<&str>,
         description: Option<Option<&str>>,
     ) -> Result<bool> {
-        let mut set = doc! {};
-        let mut unset = doc! {};
-        if let Some(name) = name {
-            set.insert("name", name);
-        }
-        match description {
-            Some(Some(d)) => {
-                set.insert("description", d);
-            }
-            Some(None) => {
-                unset.insert("description", "");
-            }
-            None => {}
-        }
-        let mut update = doc! {};
-        if !set.is_empty() {
-            update.insert("$set", set);
-        }
-        if !unset.is_empty() {
-            update.insert("$unset", unset);
-        }
+        let update = name_and_optional_field(name, "description", description);
         let filter = doc! {"conversation_id": conversation_id, "kind": "group"};
         self.rt();
         if update.is_empty() {
