@@ -10,8 +10,12 @@ use futures::future::join_all;
 use crate::context::Context;
 use crate::error::Result;
 use crate::gateway::GatewayError;
-use crate::model::{Conversation, ConversationKind, MessageReceived, StoredMessage, event_types};
-use crate::protocol::{DeliveredMessage, MAX_FRAME_BYTES, MessagesPayload, ServerFrame};
+use crate::model::{
+    Conversation, ConversationKind, MessageReceived, PresenceChanged, StoredMessage, event_types,
+};
+use crate::protocol::{
+    DeliveredMessage, MAX_FRAME_BYTES, MessagesPayload, PresenceStatus, ServerFrame,
+};
 
 /// What happened to one frame sent to one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,17 +44,55 @@ pub async fn post(ctx: &Context, connection_id: &str, frame: &ServerFrame) -> Re
     }
 }
 
-/// Removes a connection the gateway says is gone; marks its user offline when it was the last.
+/// Removes a connection the gateway says is gone, exactly as a `$disconnect` would.
 pub async fn forget_stale(ctx: &Context, connection_id: &str) -> Result<()> {
-    if let Some(removed) = ctx.realtime.remove_connection(connection_id).await?
-        && removed.remaining == 0
-    {
-        ctx.realtime
-            .set_offline(&removed.user_id, crate::clock::now_ms())
-            .await?;
-    }
+    forget_connection(ctx, connection_id).await?;
     tracing::info!(connection_id, "stale connection pruned after 410");
     Ok(())
+}
+
+/// Forgets one connection (`$disconnect`, or a 410 from the gateway). When it was its user's
+/// last, the user goes offline: presence in Redis, `last_seen` in MongoDB, `presence.changed`.
+/// Returns what was removed (`None` when the connection was unknown: never authenticated, or
+/// already forgotten).
+pub async fn forget_connection(
+    ctx: &Context,
+    connection_id: &str,
+) -> Result<Option<crate::realtime::RemovedConnection>> {
+    let Some(removed) = ctx.realtime.remove_connection(connection_id).await? else {
+        return Ok(None);
+    };
+    if removed.remaining == 0 {
+        let now = crate::clock::now_ms();
+        ctx.realtime.set_offline(&removed.user_id, now).await?;
+        ctx.store
+            .set_last_seen(&removed.user_id, mongodb::bson::DateTime::from_millis(now))
+            .await?;
+        publish_presence(ctx, &removed.user_id, PresenceStatus::Offline, now).await;
+    }
+    Ok(Some(removed))
+}
+
+/// Announces a user's presence change with `presence.changed`. Best effort: presence is soft
+/// state, so a lost announcement is logged, never an error for the caller.
+pub async fn publish_presence(ctx: &Context, user_id: &str, status: PresenceStatus, at_ms: i64) {
+    let data = PresenceChanged {
+        user_id: user_id.to_string(),
+        status,
+        last_seen: at_ms,
+    };
+    let published = match crate::events::new_event(
+        event_types::PRESENCE_CHANGED,
+        &ctx.settings.event_source,
+        &data,
+        &[],
+    ) {
+        Ok(event) => ctx.events.publish(event).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = published {
+        tracing::warn!(error = %e, "presence.changed not published");
+    }
 }
 
 /// Sends `frame` to every live connection of `user_id` (except `except`), concurrently.

@@ -12,7 +12,7 @@
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use messaging::context::Context;
-use messaging::model::{PresenceChanged, event_types};
+use messaging::delivery::publish_presence;
 use messaging::protocol::PresenceStatus;
 use messaging::realtime::ConnectionInfo;
 use messaging::telemetry::hashed_id;
@@ -91,20 +91,7 @@ pub async fn register(
         .await?;
     tracing::info!(connection_id, user = %hashed_id(user_id), "connection registered");
     if !was_online {
-        let event = messaging::events::new_event(
-            event_types::PRESENCE_CHANGED,
-            &ctx.settings.event_source,
-            &PresenceChanged {
-                user_id: user_id.to_string(),
-                status: PresenceStatus::Online,
-                last_seen: connected_at,
-            },
-            &[],
-        )?;
-        // Presence is best effort: a lost announcement must not refuse the connection.
-        if let Err(e) = ctx.events.publish(event).await {
-            tracing::warn!(error = %e, "presence.changed not published");
-        }
+        publish_presence(ctx, user_id, PresenceStatus::Online, connected_at).await;
     }
     Ok(())
 }

@@ -10,11 +10,9 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use messaging::Result;
 use messaging::context::Context;
-use messaging::model::{PresenceChanged, event_types};
-use messaging::protocol::PresenceStatus;
+use messaging::delivery::forget_connection;
 use messaging::telemetry::hashed_id;
 use messaging::websocket::{connection_id, error_response, ok};
-use mongodb::bson::DateTime;
 
 /// Handles one `$disconnect` event.
 pub async fn handle(
@@ -32,37 +30,15 @@ pub async fn handle(
 
 async fn disconnect(ctx: &Context, event: &ApiGatewayWebsocketProxyRequest) -> Result<()> {
     let connection_id = connection_id(event)?;
-    let Some(removed) = ctx.realtime.remove_connection(connection_id).await? else {
-        // Never authenticated, or already pruned after a 410.
-        return Ok(());
-    };
-    tracing::info!(
-        connection_id,
-        user = %hashed_id(&removed.user_id),
-        remaining = removed.remaining,
-        status = event.request_context.disconnect_status_code,
-        "connection closed"
-    );
-    if removed.remaining > 0 {
-        return Ok(());
-    }
-    let now = messaging::clock::now_ms();
-    ctx.realtime.set_offline(&removed.user_id, now).await?;
-    ctx.store
-        .set_last_seen(&removed.user_id, DateTime::from_millis(now))
-        .await?;
-    let event = messaging::events::new_event(
-        event_types::PRESENCE_CHANGED,
-        &ctx.settings.event_source,
-        &PresenceChanged {
-            user_id: removed.user_id.clone(),
-            status: PresenceStatus::Offline,
-            last_seen: now,
-        },
-        &[],
-    )?;
-    if let Err(e) = ctx.events.publish(event).await {
-        tracing::warn!(error = %e, "presence.changed not published");
+    // `None`: never authenticated, or already pruned after a 410.
+    if let Some(removed) = forget_connection(ctx, connection_id).await? {
+        tracing::info!(
+            connection_id,
+            user = %hashed_id(&removed.user_id),
+            remaining = removed.remaining,
+            status = event.request_context.disconnect_status_code,
+            "connection closed"
+        );
     }
     Ok(())
 }
