@@ -126,7 +126,17 @@ pub trait RealtimeState: Send + Sync {
     /// Marks a user offline with a last-seen time.
     async fn set_offline(&self, user_id: &str, last_seen_ms: i64) -> Result<()>;
     /// Adds a message id to a user's inbox (idempotent) and refreshes the 30-day TTL.
-    async fn inbox_push(&self, user_id: &str, message_id: &str, at_ms: i64) -> Result<()>;
+    async fn inbox_push(&self, user_id: &str, message_id: &str, at_ms: i64) -> Result<()> {
+        self.inbox_push_many(&[user_id.to_string()], message_id, at_ms)
+            .await
+    }
+    /// [`RealtimeState::inbox_push`] for several users (a group's members) in one round trip.
+    async fn inbox_push_many(
+        &self,
+        user_ids: &[String],
+        message_id: &str,
+        at_ms: i64,
+    ) -> Result<()>;
     /// The oldest `limit` message ids of a user's inbox, oldest first.
     async fn inbox_peek(&self, user_id: &str, limit: usize) -> Result<Vec<String>>;
     /// Removes delivered message ids from a user's inbox; returns how many were there.
@@ -376,19 +386,30 @@ impl RealtimeState for RedisState {
         Ok(())
     }
 
-    async fn inbox_push(&self, user_id: &str, message_id: &str, at_ms: i64) -> Result<()> {
-        let key = self.keys.inbox(user_id);
-        // NX: a redelivered event keeps the first push time, so order stays stable.
-        redis::pipe()
-            .atomic()
-            .cmd("ZADD")
-            .arg(&key)
-            .arg("NX")
-            .arg(at_ms)
-            .arg(message_id)
-            .expire(&key, secs(INBOX_TTL))
-            .exec_async(&mut self.conn())
-            .await?;
+    async fn inbox_push_many(
+        &self,
+        user_ids: &[String],
+        message_id: &str,
+        at_ms: i64,
+    ) -> Result<()> {
+        if user_ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for user_id in user_ids {
+            let key = self.keys.inbox(user_id);
+            // NX: a redelivered event keeps the first push time, so order stays stable.
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg("NX")
+                .arg(at_ms)
+                .arg(message_id)
+                .ignore()
+                .expire(&key, secs(INBOX_TTL))
+                .ignore();
+        }
+        pipe.exec_async(&mut self.conn()).await?;
         Ok(())
     }
 

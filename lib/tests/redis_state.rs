@@ -274,3 +274,20 @@ async fn cached_values_expire_and_can_be_dropped() {
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(s.cache_get("conversation:c2").await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_group_message_reaches_every_inbox_in_one_round_trip() {
+    let s = state().await;
+    let members: Vec<String> = (0..99).map(|i| format!("member-{i}")).collect();
+    let before = s.round_trips();
+    s.inbox_push_many(&members, "group-message", 5)
+        .await
+        .unwrap();
+    assert_eq!(s.round_trips() - before, 1);
+    let mut raw = s.connection_manager();
+    for m in &members {
+        assert_eq!(s.inbox_peek(m, 10).await.unwrap(), ["group-message"]);
+        let ttl: i64 = raw.ttl(s.keys().inbox(m)).await.unwrap();
+        assert!(ttl > INBOX_TTL.as_secs() as i64 - 5, "{m}: ttl {ttl}");
+    }
+}

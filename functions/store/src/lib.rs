@@ -69,11 +69,9 @@ pub async fn handle(ctx: &Context, event: Event) -> Result<FanOut> {
         .filter(|r| conversation.agent_id.as_deref() != Some(*r))
         .map(str::to_string)
         .collect();
-    for r in &recipients {
-        ctx.realtime
-            .inbox_push(r, &data.message_id, data.timestamp)
-            .await?;
-    }
+    ctx.realtime
+        .inbox_push_many(&recipients, &data.message_id, data.timestamp)
+        .await?;
 
     if !ctx.realtime.claim_once("fanout", &data.message_id).await? {
         tracing::info!(message_id = %data.message_id, "fan-out already done; redelivery ignored");
