@@ -111,7 +111,8 @@ impl AgentWait {
 #[async_trait]
 pub trait RealtimeState: Send + Sync {
     /// Records a connection and marks its user online.
-    async fn register_connection(&self, connection: &ConnectionInfo) -> Result<()>;
+    /// Returns how many connections the user has now (1: they just came online).
+    async fn register_connection(&self, connection: &ConnectionInfo) -> Result<u64>;
     /// The connection record, if it is live.
     async fn connection(&self, connection_id: &str) -> Result<Option<ConnectionInfo>>;
     /// Forgets one connection (only that one) and says how many the user has left.
@@ -268,11 +269,11 @@ fn secs(d: Duration) -> i64 {
 
 #[async_trait]
 impl RealtimeState for RedisState {
-    async fn register_connection(&self, c: &ConnectionInfo) -> Result<()> {
+    async fn register_connection(&self, c: &ConnectionInfo) -> Result<u64> {
         let conn_key = self.keys.connection(&c.connection_id);
         let set_key = self.keys.user_connections(&c.user_id);
         let presence_key = self.keys.presence(&c.user_id);
-        redis::pipe()
+        let (connections,): (u64,) = redis::pipe()
             .atomic()
             .hset_multiple(
                 &conn_key,
@@ -282,9 +283,14 @@ impl RealtimeState for RedisState {
                     ("connected_at", &c.connected_at.to_string()),
                 ],
             )
+            .ignore()
             .expire(&conn_key, secs(CONNECTION_TTL))
+            .ignore()
             .sadd(&set_key, &c.connection_id)
+            .ignore()
             .expire(&set_key, secs(CONNECTION_TTL))
+            .ignore()
+            .scard(&set_key)
             .hset_multiple(
                 &presence_key,
                 &[
@@ -292,10 +298,12 @@ impl RealtimeState for RedisState {
                     ("last_seen", &c.connected_at.to_string()),
                 ],
             )
+            .ignore()
             .expire(&presence_key, secs(PRESENCE_TTL))
-            .exec_async(&mut self.conn())
+            .ignore()
+            .query_async(&mut self.conn())
             .await?;
-        Ok(())
+        Ok(connections)
     }
 
     async fn connection(&self, connection_id: &str) -> Result<Option<ConnectionInfo>> {

@@ -27,10 +27,15 @@ fn conn(id: &str, user: &str, device: &str) -> ConnectionInfo {
 #[tokio::test]
 async fn registry_across_three_devices() {
     let s = state().await;
-    for (id, device) in [("c1", "phone"), ("c2", "laptop"), ("c3", "tablet")] {
-        s.register_connection(&conn(id, "alice", device))
+    for (n, (id, device)) in [("c1", "phone"), ("c2", "laptop"), ("c3", "tablet")]
+        .into_iter()
+        .enumerate()
+    {
+        let count = s
+            .register_connection(&conn(id, "alice", device))
             .await
             .unwrap();
+        assert_eq!(count, n as u64 + 1, "connections after registering {id}");
     }
     s.register_connection(&conn("b1", "bob", "phone"))
         .await

@@ -80,8 +80,8 @@ pub async fn register(
     } else {
         messaging::clock::now_ms()
     };
-    let was_online = !ctx.realtime.user_connections(user_id).await?.is_empty();
-    ctx.realtime
+    let connections = ctx
+        .realtime
         .register_connection(&ConnectionInfo {
             connection_id: connection_id.to_string(),
             user_id: user_id.to_string(),
@@ -90,7 +90,8 @@ pub async fn register(
         })
         .await?;
     tracing::info!(connection_id, user = %hashed_id(user_id), "connection registered");
-    if !was_online {
+    // Atomic with the registration: of two devices connecting at once, only one announces.
+    if connections == 1 {
         publish_presence(ctx, user_id, PresenceStatus::Online, connected_at).await;
     }
     Ok(())
