@@ -63,6 +63,19 @@ pub enum RateDecision {
     },
 }
 
+impl RateDecision {
+    /// The requests left, or `rate_limited` (with its wait) when refused: the one place a
+    /// decision becomes the error clients see.
+    pub fn check(self) -> Result<u64> {
+        match self {
+            Self::Allowed { remaining } => Ok(remaining),
+            Self::Limited { retry_after_secs } => {
+                Err(crate::error::Error::RateLimited { retry_after_secs })
+            }
+        }
+    }
+}
+
 /// A rate limit: at most `max` requests per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {

@@ -91,7 +91,7 @@ use lambda_http::{Body, Request, Response};
 use messaging::auth::JwtIssuer;
 use messaging::config::{ConfigError, Env, MongoConfig, Source};
 use messaging::context::Context;
-use messaging::realtime::{RateDecision, RateLimit};
+use messaging::realtime::RateLimit;
 use messaging::telemetry::hashed_id;
 use messaging::{Error, Result};
 
@@ -305,17 +305,11 @@ impl Api {
 
     /// Counts one request of `subject` in `scope`; `rate_limited` when over `limit`.
     async fn limit(&self, scope: &str, subject: &str, limit: RateLimit) -> Result<u64> {
-        match self
-            .ctx
+        self.ctx
             .realtime
             .rate_limit(scope, subject, limit, messaging::clock::now_ms())
             .await?
-        {
-            RateDecision::Allowed { remaining } => Ok(remaining),
-            RateDecision::Limited { retry_after_secs } => {
-                Err(Error::RateLimited { retry_after_secs })
-            }
-        }
+            .check()
     }
 }
 

@@ -27,7 +27,7 @@ use messaging::protocol::{
     PresencePayload, ReadReceiptPayload, ServerFrame, TypingPayload, TypingState,
     parse_client_frame,
 };
-use messaging::realtime::{AgentWait, ConnectionInfo, RateDecision, RateLimit};
+use messaging::realtime::{AgentWait, ConnectionInfo, RateLimit};
 use messaging::telemetry::hashed_id;
 use messaging::websocket::{connection_id, ok};
 use messaging::{Error, Result};
@@ -106,9 +106,7 @@ async fn on_frame(ctx: &Context, connection_id: &str, body: &str) -> Result<()> 
         .rate_limits(&conn.user_id, &budgets, messaging::clock::now_ms())
         .await?;
     for decision in decisions {
-        if let RateDecision::Limited { retry_after_secs } = decision {
-            return Err(Error::RateLimited { retry_after_secs });
-        }
+        decision.check()?;
     }
     match frame {
         ClientFrame::Auth { .. } => unreachable!("handled above"),
@@ -147,14 +145,11 @@ async fn reply(ctx: &Context, conn: &ConnectionInfo, frame: &ServerFrame) -> Res
 }
 
 async fn limit(ctx: &Context, scope: &str, user_id: &str, limit: RateLimit) -> Result<()> {
-    match ctx
-        .realtime
+    ctx.realtime
         .rate_limit(scope, user_id, limit, messaging::clock::now_ms())
         .await?
-    {
-        RateDecision::Allowed { .. } => Ok(()),
-        RateDecision::Limited { retry_after_secs } => Err(Error::RateLimited { retry_after_secs }),
-    }
+        .check()
+        .map(|_| ())
 }
 
 /// A conversation the user takes part in; `not_found` / `forbidden` otherwise.

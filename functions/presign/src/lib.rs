@@ -53,7 +53,7 @@ use lambda_http::{Body, Request, Response};
 use messaging::config::{ConfigError, Env, S3Config, Source};
 use messaging::context::Context;
 use messaging::objects::{ObjectStore, S3Objects};
-use messaging::realtime::{RateDecision, RateLimit};
+use messaging::realtime::RateLimit;
 use messaging::telemetry::hashed_id;
 use messaging::{Error, ErrorCode, Result};
 
@@ -267,8 +267,7 @@ impl Presign {
 
     /// Counts one request of `user_id`; `rate_limited` when over the budget.
     async fn limit(&self, user_id: &str) -> Result<u64> {
-        match self
-            .ctx
+        self.ctx
             .realtime
             .rate_limit(
                 "media",
@@ -277,12 +276,7 @@ impl Presign {
                 messaging::clock::now_ms(),
             )
             .await?
-        {
-            RateDecision::Allowed { remaining } => Ok(remaining),
-            RateDecision::Limited { retry_after_secs } => {
-                Err(Error::RateLimited { retry_after_secs })
-            }
-        }
+            .check()
     }
 }
 
