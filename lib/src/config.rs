@@ -51,7 +51,9 @@ fn required(src: &impl Source, var: &'static str) -> Result<String, ConfigError>
     src.get(var).ok_or(ConfigError::Missing(var))
 }
 
-fn parsed<T: std::str::FromStr>(
+/// `var` parsed as a `T` (a number, usually), `default` when unset; the error names the variable
+/// and quotes the bad value. The one parser of numbers from configuration.
+pub fn parsed<T: std::str::FromStr>(
     src: &impl Source,
     var: &'static str,
     default: T,
@@ -66,6 +68,15 @@ where
             reason: format!("`{v}`: {e}"),
         }),
     }
+}
+
+/// `var` as a whole number of seconds, `default` when unset.
+pub fn seconds(
+    src: &impl Source,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    parsed(src, var, default.as_secs()).map(Duration::from_secs)
 }
 
 fn url(src: &impl Source, var: &'static str, schemes: &[&str]) -> Result<String, ConfigError> {

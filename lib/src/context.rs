@@ -65,15 +65,7 @@ impl Settings {
     /// `AGENT_OFFLINE_AFTER_SECS`.
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let num = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
-            match src.get(var) {
-                None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|e| ConfigError::Invalid {
-                    var,
-                    reason: format!("`{v}`: {e}"),
-                }),
-            }
-        };
+        let num = |var: &'static str, default: u64| crate::config::parsed(src, var, default);
         let max_content_bytes = num("MAX_CONTENT_BYTES", d.max_content_bytes as u64)? as usize;
         if max_content_bytes > 100 * 1024 {
             return Err(ConfigError::Invalid {

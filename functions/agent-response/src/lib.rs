@@ -115,6 +115,15 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
     ctx.realtime
         .clear_typing(&conversation.conversation_id, &response.agent_id)
         .await?;
+    // The answer ends the agent's typing on every device, whether or not it said so itself.
+    let stop = ServerFrame::Typing {
+        payload: TypingPayload {
+            conversation_id: conversation.conversation_id.clone(),
+            user_id: response.agent_id.clone(),
+            state: TypingState::Stop,
+        },
+    };
+    send_to_user(ctx, &response.user_id, &stop, None).await?;
     tracing::info!(
         message_id = %inserted.message.message_id,
         sequence_number = inserted.message.sequence_number,

@@ -89,7 +89,7 @@ use std::time::Duration;
 
 use lambda_http::{Body, Request, Response};
 use messaging::auth::JwtIssuer;
-use messaging::config::{ConfigError, Env, MongoConfig, Source};
+use messaging::config::{ConfigError, Env, MongoConfig, Source, parsed, seconds};
 use messaging::context::Context;
 use messaging::realtime::RateLimit;
 use messaging::telemetry::hashed_id;
@@ -179,6 +179,30 @@ impl ApiOptions {
         }
     }
 
+    /// Reads the operator key, token lifetimes and rate limits from configuration (the part of
+    /// [`ApiOptions::from_source`] that does not choose the signing key or the code sender), so
+    /// the local stack honours the same variables: `OPERATOR_KEY`, `ACCESS_TOKEN_TTL_SECS`,
+    /// `REFRESH_TOKEN_TTL_SECS`, `API_RATE_PER_MINUTE`, `AUTH_RATE_PER_MINUTE`.
+    pub fn with_limits_from(mut self, src: &impl Source) -> std::result::Result<Self, ConfigError> {
+        let options = &mut self;
+        if let Some(key) = src.get("OPERATOR_KEY") {
+            if key.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    var: "OPERATOR_KEY",
+                    reason: "must be at least 16 characters".into(),
+                });
+            }
+            options.operator_key = Some(key);
+        }
+        options.access_token_ttl = seconds(src, "ACCESS_TOKEN_TTL_SECS", options.access_token_ttl)?;
+        options.refresh_token_ttl =
+            seconds(src, "REFRESH_TOKEN_TTL_SECS", options.refresh_token_ttl)?;
+        options.rate_limit.max = parsed(src, "API_RATE_PER_MINUTE", options.rate_limit.max)?;
+        options.auth_rate_limit.max =
+            parsed(src, "AUTH_RATE_PER_MINUTE", options.auth_rate_limit.max)?;
+        Ok(self)
+    }
+
     /// Reads the options from configuration:
     /// `JWT_RS256_PRIVATE_KEY` (PEM) or `JWT_HS256_SECRET`, `JWT_ISSUER`, `JWT_AUDIENCE`;
     /// `OPERATOR_KEY` (at least 16 characters); `ACCESS_TOKEN_TTL_SECS` (900),
@@ -215,30 +239,7 @@ impl ApiOptions {
                 ));
             }
         };
-        let mut options = Self::new(issuer);
-        let num = |var: &'static str, default: u64| -> std::result::Result<u64, ConfigError> {
-            match src.get(var) {
-                None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|e| ConfigError::Invalid {
-                    var,
-                    reason: format!("`{v}`: {e}"),
-                }),
-            }
-        };
-        if let Some(key) = src.get("OPERATOR_KEY") {
-            if key.len() < 16 {
-                return Err(ConfigError::Invalid {
-                    var: "OPERATOR_KEY",
-                    reason: "must be at least 16 characters".into(),
-                });
-            }
-            options.operator_key = Some(key);
-        }
-        options.access_token_ttl = Duration::from_secs(num("ACCESS_TOKEN_TTL_SECS", 900)?);
-        options.refresh_token_ttl =
-            Duration::from_secs(num("REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?);
-        options.rate_limit.max = num("API_RATE_PER_MINUTE", 300)?;
-        options.auth_rate_limit.max = num("AUTH_RATE_PER_MINUTE", 30)?;
+        let mut options = Self::new(issuer).with_limits_from(src)?;
         options.code_sender = match (
             src.get("CODE_SENDER").as_deref(),
             src.get("CODE_SENDER_URL"),
@@ -561,7 +562,13 @@ pub async fn handle(api: &Api, request: Request) -> Response<Body> {
         ),
     };
     let started = std::time::Instant::now();
-    let outcome = match api.limit(scope, &subject, limit).await {
+    // Documents are not rate limited: tools fetch them freely, and they cost nothing.
+    let budget = if route.op == Op::OpenApi {
+        Ok(limit.max)
+    } else {
+        api.limit(scope, &subject, limit).await
+    };
+    let outcome = match budget {
         Ok(remaining) => dispatch(api, route.op, &call).await.map(|r| (r, remaining)),
         Err(e) => Err(e),
     };
@@ -686,10 +693,26 @@ mod tests {
             ("JWT_HS256_SECRET", secret),
             ("CODE_SENDER_URL", "https://sms.example.com/send".into()),
             ("API_RATE_PER_MINUTE", "10".into()),
+            ("AUTH_RATE_PER_MINUTE", "7".into()),
             ("ACCESS_TOKEN_TTL_SECS", "60".into()),
         ]))
         .unwrap();
         assert_eq!(options.rate_limit.max, 10);
+        assert_eq!(options.auth_rate_limit.max, 7);
+        // The local stack reads the same limits onto its own options.
+        let issuer = JwtIssuer::hs256(b"k", "i", "a");
+        let local = ApiOptions::new(issuer)
+            .with_limits_from(&source(vec![("AUTH_RATE_PER_MINUTE", "1000".into())]))
+            .unwrap();
+        assert_eq!(local.auth_rate_limit.max, 1000);
+        assert!(
+            ApiOptions::new(JwtIssuer::hs256(b"k", "i", "a"))
+                .with_limits_from(&source(vec![("AUTH_RATE_PER_MINUTE", "many".into())]))
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("AUTH_RATE_PER_MINUTE")
+        );
         assert_eq!(options.access_token_ttl, Duration::from_secs(60));
         assert_eq!(options.code_ttl, Duration::from_secs(600));
         assert_eq!(options.code_max_attempts, 5);

@@ -7,7 +7,9 @@
 //! conversations; this one treats `content` as plain text.
 //!
 //! Commands, for trying the system out: `/silent` makes it not answer at all (the user then gets
-//! the timeout notice), `/slow` makes it think for three seconds with progress events.
+//! the timeout notice), `/slow` makes it think for three seconds with a progress event every second;
+//! it says when it stops typing, and the agent-response function also ends the typing indicator
+//! when an answer is stored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,12 +111,17 @@ async fn receive(State(agent): State<Arc<DemoAgent>>, headers: HeaderMap, body: 
         return StatusCode::ACCEPTED.into_response();
     }
     agent.progress(&message, ProgressKind::Typing).await;
-    let think = if text == "/slow" {
-        Duration::from_secs(3)
+    if text == "/slow" {
+        // A long task reports progress as it goes (BR-7), here every second for three.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            agent.progress(&message, ProgressKind::Typing).await;
+        }
     } else {
-        agent.think
-    };
-    tokio::time::sleep(think).await;
+        tokio::time::sleep(agent.think).await;
+    }
+    // Done composing; the answer follows.
+    agent.progress(&message, ProgressKind::Idle).await;
     let answer = match text {
         "/slow" => "Sorry for the wait: that was a slow one.".to_string(),
         "" => "You sent me something I cannot read; I only understand text.".to_string(),

@@ -6,6 +6,9 @@
 //! - [`s3`]: an S3 endpoint that checks SigV4 signatures (presigned URLs work with curl);
 //! - [`remote`]: route integrations over HTTP, for the gateway on Kubernetes;
 //! - [`agent`]: a demo agent, subscribed through the broker like a real one;
+//! - [`instance`]: what a running stack leaves in its data directory (signing key, endpoints),
+//!   so `token` and `chat` talk to that stack;
+//! - [`http_api`]: an HTTP API (API Gateway HTTP API semantics) in front of `lambda_http` functions;
 //! - [`stack`]: wires the real functions to these endpoints and to Redis and MongoDB.
 
 #![warn(missing_docs)]
@@ -14,6 +17,7 @@ pub mod agent;
 pub mod broker;
 pub mod gateway;
 pub mod http_api;
+pub mod instance;
 pub mod remote;
 pub mod s3;
 pub mod stack;

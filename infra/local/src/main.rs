@@ -4,15 +4,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use local_stack::stack::{self, JWT_AUDIENCE, JWT_ISSUER, StackConfig};
-use messaging::auth::JwtIssuer;
+use local_stack::instance::{self, Endpoints};
+use local_stack::stack::{self, StackConfig};
 
 /// The messaging backend on one machine: a managed WebSocket API emulator with its @connections
 /// management API, a CloudEvents broker (Knative semantics), S3, every function in-process, and
 /// a demo agent. Redis and MongoDB come from REDIS_URL / MONGODB_URI; when those are unset, the
 /// stack starts redis-server and SecantusDB itself with their data under --data-dir.
 #[derive(Parser, Debug)]
-#[command(name = "local-stack", version)]
+#[command(
+    name = "local-stack",
+    version,
+    after_help = "Every setting the functions read from the environment applies here too, e.g. \
+MAX_CONTENT_BYTES, SEND_RATE_PER_MINUTE, FRAME_RATE_PER_MINUTE, MAX_SYNC_MESSAGES, \
+API_RATE_PER_MINUTE, AUTH_RATE_PER_MINUTE, ACCESS_TOKEN_TTL_SECS, MEDIA_RATE_PER_MINUTE, \
+MEDIA_MAX_<KIND>_BYTES, PUSH_WEBHOOK_URL (README, \"Configuration\")."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -37,8 +44,8 @@ enum Command {
         /// Validity in seconds.
         #[arg(long, default_value_t = 86_400)]
         ttl_secs: u64,
-        /// Data directory of the stack (where its signing key is).
-        #[arg(long, env = "LOCAL_STACK_DATA", default_value = ".local-stack")]
+        /// Data directory of the running stack (where its signing key is).
+        #[arg(long, env = "LOCAL_STACK_DATA", default_value = instance::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
 }
@@ -144,20 +151,21 @@ struct RunArgs {
     /// Operator key for agent registry writes (header X-Operator-Key).
     #[arg(long, env = "OPERATOR_KEY", default_value = "local-operator-key")]
     operator_key: String,
-    /// Where S3 objects, the signing key and self-started servers keep their data.
-    #[arg(long, env = "LOCAL_STACK_DATA", default_value = ".local-stack")]
+    /// Where S3 objects, the signing key, the broker's queue and self-started servers keep their
+    /// data.
+    #[arg(long, env = "LOCAL_STACK_DATA", default_value = instance::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// More broker triggers (TOML `[[trigger]]` tables), e.g. for an external agent.
     #[arg(long)]
     triggers: Option<PathBuf>,
     /// Idle timeout of WebSocket connections, seconds (AWS: 600).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     idle_timeout_secs: u64,
     /// Maximum lifetime of WebSocket connections, seconds (AWS: 7200).
-    #[arg(long, default_value_t = 7200)]
+    #[arg(long, env = "GATEWAY_MAX_LIFETIME_SECS", default_value_t = 7200)]
     max_lifetime_secs: u64,
     /// Seconds an agent may stay silent before the user is told.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "AGENT_TIMEOUT_SECS", default_value_t = 60)]
     agent_timeout_secs: u64,
     /// Do not run the demo agent.
     #[arg(long)]
@@ -173,14 +181,20 @@ fn main() -> anyhow::Result<()> {
         data_dir,
     }) = &cli.command
     {
-        let issuer = JwtIssuer::hs256(
-            stack::signing_secret(data_dir)?.as_bytes(),
-            JWT_ISSUER,
-            JWT_AUDIENCE,
-        );
-        let mut claims = issuer.claims(user_id, Duration::from_secs(*ttl_secs));
-        claims.device_id = device.clone();
-        println!("{}", issuer.sign(&claims)?);
+        let token = instance::token(
+            data_dir,
+            user_id,
+            device.as_deref(),
+            Duration::from_secs(*ttl_secs),
+        )?;
+        if Endpoints::of_running(data_dir).is_none() {
+            eprintln!(
+                "note: no stack is running with data directory {}; this token is accepted once \
+                 one is",
+                instance::shown(data_dir)
+            );
+        }
+        println!("{token}");
         return Ok(());
     }
     messaging::telemetry::init();
@@ -189,7 +203,7 @@ fn main() -> anyhow::Result<()> {
     }
     let args = cli.run;
     std::fs::create_dir_all(&args.data_dir)?;
-    let secret = stack::signing_secret(&args.data_dir)?;
+    let secret = instance::signing_secret_or_create(&args.data_dir)?;
     // Servers are started here, on the main thread, which lives as long as the process: they
     // are tied to it and stop with it.
     let mut own_servers = Vec::new();
@@ -241,19 +255,37 @@ fn main() -> anyhow::Result<()> {
     config.demo_agent = !args.no_demo_agent;
 
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    let data_dir = args.data_dir.clone();
+    let run_dir = args.data_dir.clone();
+    let outcome = runtime.block_on(async move {
         let running = stack::start(config).await?;
-        print_banner(&running, &args.data_dir);
+        Endpoints {
+            pid: std::process::id(),
+            ws_url: running.ws_url.clone(),
+            management_url: running.management_url.clone(),
+            broker_url: running.broker_url.clone(),
+            s3_url: running.s3_url.clone(),
+            agent_url: running.agent_url.clone(),
+            api_url: running.api_url.clone(),
+        }
+        .write(&run_dir)?;
+        print_banner(&running, &run_dir);
         tokio::signal::ctrl_c().await?;
         eprintln!("stopping");
+        Endpoints::remove(&run_dir);
         drop(running);
-        drop(own_servers);
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    Endpoints::remove(&data_dir);
+    // Do not wait for connections still open: the servers' tasks end with the runtime.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    drop(own_servers);
+    outcome
 }
 
 fn print_banner(running: &stack::RunningStack, data_dir: &std::path::Path) {
     let agent = running.agent_url.as_deref().unwrap_or("(disabled)");
+    let dir = instance::data_dir_flag(data_dir);
     eprintln!(
         "\nlocal stack is up
   WebSocket API     {ws}/?token=JWT
@@ -264,16 +296,20 @@ fn print_banner(running: &stack::RunningStack, data_dir: &std::path::Path) {
   HTTP API          {api}/v1/...   (OpenAPI: {api}/openapi.json)
   data              {data}
 
-connect:
-  TOKEN=$(cargo run -q -p local-stack -- token alice)
+chat (in another terminal, in this directory; ctrl-d quits):
+  cargo run -q -p local-stack --bin chat -- --user alice --agent demo{dir}
+  cargo run -q -p local-stack --bin chat -- --user alice --with bob{dir}
+any WebSocket client:
+  TOKEN=$(cargo run -q -p local-stack -- token alice{dir})
   websocat \"{ws}/?token=$TOKEN\"
-then send: {{\"type\":\"heartbeat\",\"timestamp\":0}}
+  then send: {{\"type\":\"heartbeat\",\"timestamp\":0}}
+stop: ctrl-c
 ",
         ws = running.ws_url,
         mgmt = running.management_url,
         broker = running.broker_url,
         s3 = running.s3_url,
         api = running.api_url,
-        data = data_dir.display(),
+        data = instance::shown(data_dir),
     );
 }

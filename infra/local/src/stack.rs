@@ -30,10 +30,7 @@ use crate::broker::{
 };
 use crate::gateway::{ApiSettings, Route, WebSocketApi};
 
-/// Issuer of the local stack's tokens.
-pub const JWT_ISSUER: &str = "messaging";
-/// Audience of the local stack's tokens.
-pub const JWT_AUDIENCE: &str = "messaging-clients";
+pub use crate::instance::{JWT_AUDIENCE, JWT_ISSUER};
 
 /// Everything the stack needs to start.
 #[derive(Debug, Clone)]
@@ -378,7 +375,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
 
     // The HTTP API: verification codes are printed and kept in MongoDB (`code_outbox`).
     let issuer = JwtIssuer::hs256(config.jwt_secret.as_bytes(), JWT_ISSUER, JWT_AUDIENCE);
-    let mut api_options = fn_api::ApiOptions::new(issuer.clone());
+    // Token lifetimes and rate limits from the same variables as on AWS (API_RATE_PER_MINUTE, ...).
+    let mut api_options =
+        fn_api::ApiOptions::new(issuer.clone()).with_limits_from(&messaging::config::Env)?;
     api_options.code_sender = Arc::new(fn_api::LocalCodeSender::new(Some(database)));
     api_options.operator_key = config.operator_key.clone();
     let http_api = Arc::new(fn_api::Api::new(ctx.clone(), api_options));
@@ -492,42 +491,6 @@ pub async fn local_aws_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// The local stack's token signing secret: `JWT_HS256_SECRET`, else the one kept in
-/// `data_dir/jwt-secret` (made on first use), so `token` and `chat` mint tokens the running
-/// stack accepts.
-pub fn signing_secret(data_dir: &std::path::Path) -> anyhow::Result<String> {
-    if let Ok(secret) = std::env::var("JWT_HS256_SECRET")
-        && !secret.is_empty()
-    {
-        return Ok(secret);
-    }
-    let path = data_dir.join("jwt-secret");
-    if let Ok(secret) = std::fs::read_to_string(&path) {
-        return Ok(secret.trim().to_string());
-    }
-    std::fs::create_dir_all(data_dir)?;
-    let bytes: [u8; 32] = rand::random();
-    let secret = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    std::fs::write(&path, &secret)?;
-    Ok(secret)
-}
-
-/// A day-long token for `user_id` (and `device`) signed with the stack's key.
-pub fn local_token(
-    data_dir: &std::path::Path,
-    user_id: &str,
-    device: Option<&str>,
-) -> anyhow::Result<String> {
-    let issuer = JwtIssuer::hs256(
-        signing_secret(data_dir)?.as_bytes(),
-        JWT_ISSUER,
-        JWT_AUDIENCE,
-    );
-    let mut claims = issuer.claims(user_id, Duration::from_secs(86_400));
-    claims.device_id = device.map(str::to_string);
-    Ok(issuer.sign(&claims)?)
-}
-
 /// `GET /metrics` on the broker port: per-stage counters, open connections, resident memory.
 async fn metrics(
     axum::extract::State(api): axum::extract::State<Arc<WebSocketApi>>,
@@ -555,8 +518,10 @@ pub fn resident_memory_bytes() -> u64 {
 }
 
 /// Local convenience: a valid token (e.g. from `local-stack token alice`) for a user id that has
-/// no account yet gets a minimal account (name = id), so a newcomer can open conversations at
-/// once. Only the local stack does this; on AWS accounts come from registration.
+/// no account yet gets a minimal account (name = id), and so do the people that user names when
+/// opening a 1:1 (`user_id`), creating a group (`participants`) or adding to one (`user_ids`).
+/// So a newcomer can start a chat with someone who has never connected, in any order. Only the
+/// local stack does this; on AWS accounts come from registration.
 async fn provision_local_user(ctx: &Context, request: &lambda_http::Request) {
     let Some(token) = request
         .headers()
@@ -569,19 +534,61 @@ async fn provision_local_user(ctx: &Context, request: &lambda_http::Request) {
     let Ok(claims) = ctx.jwt.verify(token) else {
         return;
     };
-    if matches!(ctx.store.user(&claims.sub).await, Ok(None)) {
-        let user = messaging::model::User {
-            user_id: claims.sub.clone(),
-            phone: None,
-            email: None,
-            name: claims.sub.clone(),
-            avatar_url: None,
-            created_at: mongodb::bson::DateTime::now(),
-            last_seen: None,
-            status: messaging::protocol::PresenceStatus::Offline,
-        };
-        if ctx.store.insert_user(&user).await.is_ok() {
-            tracing::info!(user = %messaging::telemetry::hashed_id(&claims.sub), "local account provisioned");
-        }
+    let mut people = vec![claims.sub.clone()];
+    if request.method() == http::Method::POST {
+        people.extend(named_people(request.uri().path(), request.body()));
+    }
+    for user_id in people {
+        provision(ctx, &user_id).await;
+    }
+}
+
+/// The user ids a conversation or group request names in its body.
+fn named_people(path: &str, body: &lambda_http::Body) -> Vec<String> {
+    let field = if path.ends_with("/v1/conversations") {
+        "user_id"
+    } else if path.ends_with("/v1/groups") {
+        "participants"
+    } else if path.contains("/v1/groups/") && path.ends_with("/participants") {
+        "user_ids"
+    } else {
+        return Vec::new();
+    };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body.as_ref()) else {
+        return Vec::new();
+    };
+    match json.get(field) {
+        Some(serde_json::Value::String(id)) => vec![id.clone()],
+        Some(serde_json::Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Creates a minimal account for `user_id` unless it has one (or is an agent, or is malformed:
+/// the API then answers as it would anywhere).
+async fn provision(ctx: &Context, user_id: &str) {
+    if user_id.trim().is_empty() || user_id.len() > 128 || user_id.contains('.') {
+        return;
+    }
+    if !matches!(ctx.store.user(user_id).await, Ok(None))
+        || !matches!(ctx.store.agent(user_id).await, Ok(None))
+    {
+        return;
+    }
+    let user = messaging::model::User {
+        user_id: user_id.to_string(),
+        phone: None,
+        email: None,
+        name: user_id.to_string(),
+        avatar_url: None,
+        created_at: mongodb::bson::DateTime::now(),
+        last_seen: None,
+        status: messaging::protocol::PresenceStatus::Offline,
+    };
+    if ctx.store.insert_user(&user).await.is_ok() {
+        tracing::info!(user = %messaging::telemetry::hashed_id(user_id), "local account provisioned");
     }
 }

@@ -7,13 +7,17 @@
 //! ```
 //! Type a line and press enter to send it. Incoming messages print with their sequence number;
 //! typing, delivery and read receipts show as they come. Received messages are marked read.
-//! On the local stack the token is minted from its signing key (`--data-dir`); elsewhere pass
-//! `--token`.
+//! On the local stack the token is minted from its signing key and the endpoints are read from
+//! its data directory (`--data-dir`, default `.local-stack`), whatever ports it runs on; elsewhere
+//! pass `--token`, `--url` and `--api`. Errors are one line on stderr and a non-zero exit status.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::process::ExitCode;
+
 use clap::Parser;
+use local_stack::instance::{self, Endpoints};
 use messaging::client::{Client, ClientConfig, ClientEvent};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -36,42 +40,77 @@ struct Args {
     /// Device id of this terminal.
     #[arg(long, default_value = "terminal")]
     device: String,
-    /// WebSocket API.
-    #[arg(long, default_value = "ws://127.0.0.1:8080")]
-    url: String,
-    /// HTTP API (to open conversations).
-    #[arg(long, default_value = "http://127.0.0.1:8084")]
-    api: String,
+    /// WebSocket API (default: the running local stack's, else ws://127.0.0.1:8080).
+    #[arg(long)]
+    url: Option<String>,
+    /// HTTP API, to open conversations (default: the running local stack's, else
+    /// http://127.0.0.1:8084).
+    #[arg(long)]
+    api: Option<String>,
     /// A token; minted from the local stack's key when absent.
     #[arg(long, env = "CHAT_TOKEN")]
     token: Option<String>,
     /// The local stack's data directory (its signing key).
-    #[arg(long, env = "LOCAL_STACK_DATA", default_value = ".local-stack")]
+    #[arg(long, env = "LOCAL_STACK_DATA", default_value = instance::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// A person's mistake or an unreachable stack is one line, never a backtrace (even with
+/// `RUST_BACKTRACE=1` set, as many developer shells do).
+fn main() -> ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let running = Endpoints::of_running(&args.data_dir);
+    let url = args
+        .url
+        .clone()
+        .or_else(|| running.as_ref().map(|e| e.ws_url.clone()))
+        .unwrap_or_else(|| "ws://127.0.0.1:8080".into());
+    let api = args
+        .api
+        .clone()
+        .or_else(|| running.as_ref().map(|e| e.api_url.clone()))
+        .unwrap_or_else(|| "http://127.0.0.1:8084".into());
     let token = match &args.token {
         Some(t) => t.clone(),
-        None => local_stack::stack::local_token(&args.data_dir, &args.user, Some(&args.device))?,
+        None => instance::token(
+            &args.data_dir,
+            &args.user,
+            Some(&args.device),
+            Duration::from_secs(86_400),
+        )?,
     };
     let conversation_id = match (&args.conversation, &args.agent, &args.with) {
         (Some(id), _, _) => id.clone(),
         (None, Some(agent), _) => {
-            open(&args.api, &token, serde_json::json!({"agent_id": agent})).await?
+            open(&api, &token, serde_json::json!({"agent_id": agent})).await?
         }
         (None, None, Some(user)) => {
-            open(&args.api, &token, serde_json::json!({"user_id": user})).await?
+            open(&api, &token, serde_json::json!({"user_id": user})).await?
         }
         _ => anyhow::bail!("say who to chat with: --agent, --with or --conversation"),
     };
-    let mut config = ClientConfig::new(&args.url, token);
+    let mut config = ClientConfig::new(&url, token);
     config.device_id = Some(args.device.clone());
     let mut client = Client::connect(config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.url))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
     println!("conversation {conversation_id}; type and press enter (ctrl-d to quit)");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
@@ -133,12 +172,21 @@ async fn open(api: &str, token: &str, body: serde_json::Value) -> anyhow::Result
         .post(format!("{}/v1/conversations", api.trim_end_matches('/')))
         .bearer_auth(token)
         .json(&body)
+        .timeout(Duration::from_secs(10))
         .send()
-        .await?;
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot reach the HTTP API at {api}: is the stack running? ({e})")
+        })?;
     let status = response.status();
     let json: serde_json::Value = response.json().await.unwrap_or_default();
     if !status.is_success() {
-        anyhow::bail!("could not open the conversation ({status}): {json}");
+        let reason = json
+            .pointer("/error/message")
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| json.to_string());
+        anyhow::bail!("could not open the conversation: {reason} (HTTP {status})");
     }
     json.get("conversation_id")
         .and_then(|v| v.as_str())

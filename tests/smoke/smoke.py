@@ -1,0 +1,317 @@
+"""The newcomer's path, from the outside: the README's start command, verbatim.
+
+What a person does after cloning, checked by tools this project did not write:
+
+1. runs the start command exactly as README.md writes it, in the background, and waits for the
+   banner; every endpoint is read from what the stack printed;
+2. runs the banner's token command exactly as printed, connects with Python `websockets`,
+   answers the banner's heartbeat example, opens a chat with the demo agent over the HTTP API,
+   sends a message and gets `message_ack` and the agent's answer;
+3. opens a 1:1 between two brand-new users in README order with the `chat` CLI, driven through
+   stdin: the first user writes before the second ever connected; the second receives it;
+4. stops the stack with SIGINT (ctrl-c) and checks that it exits within seconds and leaves no
+   redis-server or MongoDB-wire server behind.
+
+A README example that changes must change this test with it: the commands are read from
+README.md and from the banner, never written here.
+"""
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+
+from websockets.sync.client import connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LOG = os.path.join(ROOT, "target", "smoke-stack.log")
+# The first build of the stack can take a while on a small machine.
+START_TIMEOUT = float(os.environ.get("SMOKE_START_TIMEOUT", "1500"))
+STOP_TIMEOUT = 5.0
+
+
+def fail(message):
+    print(f"smoke: FAILED: {message}", file=sys.stderr)
+    if os.path.exists(LOG):
+        with open(LOG, encoding="utf-8", errors="replace") as f:
+            tail = f.read()[-4000:]
+        print(f"--- last lines of {LOG} ---\n{tail}", file=sys.stderr)
+    sys.exit(1)
+
+
+def step(message):
+    print(f"smoke: {message}", flush=True)
+
+
+def readme_code_lines():
+    """Every line of README.md's fenced shell blocks, without prompts."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    lines = []
+    for block in re.findall(r"```(?:sh|console|bash)\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            lines.append(line[2:] if line.startswith("$ ") else line)
+    return lines
+
+
+def readme_start_command():
+    """The README's start command: the first code line that runs scripts/dev."""
+    for line in readme_code_lines():
+        if line.strip().startswith("./scripts/dev"):
+            return line.strip()
+    fail("README.md has no code line starting with ./scripts/dev")
+
+
+def readme_chat_commands():
+    """The README's 1:1 example: the chat commands with --with, in README order."""
+    commands = []
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    for match in re.finditer(r"`(cargo run[^`]*--bin chat[^`]*--with[^`]*)`", text):
+        commands.append(match.group(1))
+    for line in readme_code_lines():
+        if "--bin chat" in line and "--with" in line:
+            commands.append(line.strip())
+    seen = []
+    for c in commands:
+        if c not in seen:
+            seen.append(c)
+    if len(seen) < 2:
+        fail(f"README.md should show the two sides of a 1:1 chat; found {seen}")
+    return seen[:2]
+
+
+def process_group_members(pgid):
+    members = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state != "Z":
+            members.append((int(pid), cmdline.strip()))
+    return members
+
+
+def start_stack(command):
+    step(f"running the README's start command: {command}")
+    os.makedirs(os.path.dirname(LOG), exist_ok=True)
+    log = open(LOG, "w")
+    # Its own process group, like a terminal's foreground job, so ctrl-c can be sent to all of it.
+    stack = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + START_TIMEOUT
+    while time.time() < deadline:
+        if stack.poll() is not None:
+            fail(f"the start command exited with status {stack.returncode} before the banner")
+        with open(LOG, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        if "local stack is up" in text and "stop: ctrl-c" in text:
+            return stack, text[text.index("local stack is up"):]
+        time.sleep(1)
+    fail(f"no banner within {START_TIMEOUT:.0f} s")
+
+
+def banner_value(banner, label):
+    match = re.search(rf"^\s+{re.escape(label)}\s+(\S+)", banner, re.M)
+    if not match:
+        fail(f"the banner has no {label!r} line")
+    return match.group(1)
+
+
+def http_json(method, url, token=None, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("content-type", "application/json")
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def receive_until(ws, predicate, what, timeout=20.0):
+    deadline = time.time() + timeout
+    seen = []
+    while time.time() < deadline:
+        try:
+            frame = json.loads(ws.recv(timeout=max(0.1, deadline - time.time())))
+        except TimeoutError:
+            break
+        seen.append(frame.get("type"))
+        if predicate(frame):
+            return frame
+    fail(f"no {what} within {timeout:.0f} s (frames seen: {seen})")
+
+
+def talk_to_the_demo_agent(banner):
+    token_line = next(
+        (l.strip() for l in banner.splitlines() if l.strip().startswith("TOKEN=$(")), None
+    )
+    if not token_line:
+        fail("the banner shows no token command")
+    step(f"running the banner's token command: {token_line}")
+    out = subprocess.run(
+        ["bash", "-c", f'{token_line}\nprintf %s "$TOKEN"'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    token = out.stdout.strip()
+    if out.returncode != 0 or token.count(".") != 2:
+        fail(f"the token command failed ({out.returncode}): {out.stderr.strip()}")
+    ws_url = banner_value(banner, "WebSocket API").replace("JWT", token)
+    api = banner_value(banner, "HTTP API").split("/v1/")[0]
+
+    step(f"connecting with Python websockets to {ws_url.split('?')[0]}")
+    with connect(ws_url, open_timeout=10) as ws:
+        # The banner's example frame.
+        example = re.search(r"then send: (\{.*\})", banner)
+        if not example:
+            fail("the banner shows no frame to send")
+        ws.send(example.group(1))
+        receive_until(ws, lambda f: f.get("type") == "heartbeat_ack", "heartbeat_ack")
+
+        conversation = http_json("POST", f"{api}/v1/conversations", token, {"agent_id": "demo"})
+        conversation_id = conversation["conversation_id"]
+        text = f"hello from the smoke test {uuid.uuid4().hex[:8]}"
+        ws.send(
+            json.dumps(
+                {
+                    "type": "message",
+                    "client_message_id": "smoke-1",
+                    "idempotency_key": str(uuid.uuid4()),
+                    "payload": {
+                        "conversation_id": conversation_id,
+                        "content": text,
+                        "type": "text",
+                        "timestamp": int(time.time() * 1000),
+                    },
+                }
+            )
+        )
+        ack = receive_until(ws, lambda f: f.get("type") == "message_ack", "message_ack")
+        if ack["payload"]["status"] != "sent" or ack.get("client_message_id") != "smoke-1":
+            fail(f"unexpected ack {ack}")
+        answer = receive_until(
+            ws,
+            lambda f: f.get("type") == "message"
+            and f["payload"].get("sender_id") == "demo"
+            and text in f["payload"].get("content", ""),
+            "answer from the demo agent",
+        )
+        step(f"demo agent answered #{answer['payload']['sequence_number']}: "
+             f"{answer['payload']['content']!r}")
+
+
+def chat_between_new_users():
+    first, second = readme_chat_commands()
+    suffix = uuid.uuid4().hex[:8]
+    # Brand-new users, in README order: the README's names made unique for this run.
+    rename = lambda c: re.sub(r"\b(alice|bob)\b", lambda m: f"{m.group(1)}-{suffix}", c)
+    first, second = rename(first), rename(second)
+    text = f"hi, this is {suffix}"
+
+    step(f"first side: {first}")
+    writer = subprocess.run(
+        ["bash", "-c", first],
+        cwd=ROOT,
+        input=text + "\n",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if writer.returncode != 0 or "✓ sent #" not in writer.stdout:
+        fail(f"the first chat did not send (status {writer.returncode}):\n"
+             f"{writer.stdout}\n{writer.stderr}")
+
+    step(f"second side: {second}")
+    reader = subprocess.Popen(
+        ["bash", "-c", second],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output = []
+    lines = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(l) for l in iter(reader.stdout.readline, "")], daemon=True
+    ).start()
+    deadline = time.time() + 120
+    received = False
+    while time.time() < deadline and not received:
+        try:
+            output.append(lines.get(timeout=0.5))
+        except queue.Empty:
+            if reader.poll() is not None:
+                break
+            continue
+        received = text in output[-1]
+    reader.stdin.close()
+    try:
+        reader.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(reader.pid, signal.SIGKILL)
+    if not received:
+        fail(f"the second user did not receive {text!r}; their chat printed:\n{''.join(output)}")
+    step("the second user received the first user's message")
+
+
+def stop_stack(stack):
+    pgid = stack.pid
+    helpers = [m for m in process_group_members(pgid) if m[0] != stack.pid]
+    step(f"stopping with ctrl-c (SIGINT to the process group; servers: {len(helpers)})")
+    os.killpg(pgid, signal.SIGINT)
+    try:
+        stack.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(pgid, signal.SIGKILL)
+        fail(f"the stack did not exit within {STOP_TIMEOUT:.0f} s of ctrl-c")
+    time.sleep(0.5)
+    left = process_group_members(pgid)
+    if left:
+        for pid, _ in left:
+            os.kill(pid, signal.SIGKILL)
+        fail(f"processes left behind after ctrl-c: {left}")
+    step("the stack exited and left nothing behind")
+
+
+def main():
+    stack, banner = start_stack(readme_start_command())
+    try:
+        talk_to_the_demo_agent(banner)
+        chat_between_new_users()
+    except SystemExit:
+        os.killpg(stack.pid, signal.SIGKILL)
+        raise
+    except BaseException as e:  # report, then never leave the stack running
+        os.killpg(stack.pid, signal.SIGKILL)
+        fail(f"{type(e).__name__}: {e}")
+    stop_stack(stack)
+    step("passed")
+
+
+if __name__ == "__main__":
+    main()
