@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::auth::JwtConfig;
-use crate::store::{DEFAULT_MESSAGE_RETENTION, StoreOptions};
+use crate::store::{DEFAULT_MESSAGE_RETENTION, DEFAULT_OPERATION_TIMEOUT, StoreOptions};
 
 /// A configuration value is missing or invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +70,22 @@ where
     }
 }
 
+/// `var` as a whole number of milliseconds (at least 1), `default` when unset.
+pub fn millis(
+    src: &impl Source,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let ms: u64 = parsed(src, var, default.as_millis() as u64)?;
+    if ms == 0 {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 /// `var` as a whole number of seconds, `default` when unset.
 pub fn seconds(
     src: &impl Source,
@@ -127,7 +143,8 @@ pub struct MongoConfig {
 }
 
 impl MongoConfig {
-    /// Reads `MONGODB_URI`, `MONGODB_DATABASE` and `MESSAGE_RETENTION_DAYS`.
+    /// Reads `MONGODB_URI`, `MONGODB_DATABASE`, `MESSAGE_RETENTION_DAYS` and `MONGODB_TIMEOUT_MS`
+    /// (the deadline of each operation, default 3000).
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
         let default_days = DEFAULT_MESSAGE_RETENTION.as_secs() / 86_400;
         let days: u64 = parsed(src, "MESSAGE_RETENTION_DAYS", default_days)?;
@@ -144,6 +161,7 @@ impl MongoConfig {
                 .unwrap_or_else(|| "messaging".into()),
             options: StoreOptions {
                 message_retention: Duration::from_secs(days * 86_400),
+                operation_timeout: millis(src, "MONGODB_TIMEOUT_MS", DEFAULT_OPERATION_TIMEOUT)?,
             },
         })
     }

@@ -86,6 +86,14 @@ pub enum Error {
     /// MongoDB failed.
     #[error("mongodb: {0}")]
     Mongo(#[from] mongodb::error::Error),
+    /// A dependency did not answer within its deadline (a stalled or unreachable server).
+    #[error("{context}: no answer within {} ms", after.as_millis())]
+    Timeout {
+        /// Which dependency.
+        context: &'static str,
+        /// The deadline that passed.
+        after: std::time::Duration,
+    },
     /// Another dependency failed (gateway, broker, S3, configuration at run time).
     #[error("{context}: {detail}")]
     Dependency {
@@ -95,6 +103,10 @@ pub enum Error {
         detail: String,
     },
 }
+
+/// What `retry_after` says when a dependency is unavailable: long enough for a restarting server
+/// or a failover, short enough that a person barely notices.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -139,6 +151,11 @@ impl Error {
         }
     }
 
+    /// `dependency` did not answer within `after`.
+    pub fn timeout(context: &'static str, after: std::time::Duration) -> Self {
+        Self::Timeout { context, after }
+    }
+
     /// The code clients see.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -147,7 +164,7 @@ impl Error {
             Self::Redis(e) if e.is_timeout() || e.is_connection_dropped() => ErrorCode::Unavailable,
             Self::Mongo(e) if is_mongo_unavailable(e) => ErrorCode::Unavailable,
             Self::Redis(_) | Self::Mongo(_) => ErrorCode::Internal,
-            Self::Dependency { .. } => ErrorCode::Unavailable,
+            Self::Dependency { .. } | Self::Timeout { .. } => ErrorCode::Unavailable,
         }
     }
 
@@ -169,14 +186,16 @@ impl Error {
     pub fn is_server_fault(&self) -> bool {
         matches!(
             self,
-            Self::Redis(_) | Self::Mongo(_) | Self::Dependency { .. }
+            Self::Redis(_) | Self::Mongo(_) | Self::Dependency { .. } | Self::Timeout { .. }
         )
     }
 
-    /// Seconds to wait before retrying, for rate limits.
+    /// Seconds to wait before retrying: the rate limit's window, or a short pause when a
+    /// dependency is unavailable (retry then with the same idempotency key).
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ if self.code() == ErrorCode::Unavailable => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         }
     }

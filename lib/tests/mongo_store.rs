@@ -1,5 +1,6 @@
 //! The MongoDB adapter against a real MongoDB-wire server (SecantusDB) started by the harness.
 
+use messaging::store::{AccountStore, ConversationStore, MessageStore};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use futures::TryStreamExt;
 use messaging::ErrorCode;
 use messaging::model::{Conversation, ConversationKind, NewMessage, User};
 use messaging::protocol::{MessageStatus, MessageType, PresenceStatus};
-use messaging::store::{MongoStore, Store, StoreOptions, collections};
+use messaging::store::{MongoStore, StoreOptions, collections};
 use mongodb::bson::{DateTime, Document, doc};
 
 async fn store_with(options: StoreOptions) -> MongoStore {
@@ -233,6 +234,7 @@ async fn changed_retention_updates_the_ttl_index_in_place() {
         &db,
         StoreOptions {
             message_retention: Duration::from_secs(30 * 86_400),
+            ..StoreOptions::default()
         },
     )
     .await

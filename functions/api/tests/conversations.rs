@@ -3,9 +3,9 @@
 
 mod support;
 
+use messaging::store::ConversationStore;
 use std::collections::HashSet;
 
-use messaging::store::Store;
 use serde_json::json;
 use support::env;
 

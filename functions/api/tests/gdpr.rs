@@ -5,7 +5,7 @@ mod support;
 
 use futures::TryStreamExt;
 use messaging::realtime::{ConnectionInfo, RealtimeState};
-use messaging::store::Store;
+use messaging::store::{ConversationStore, MessageStore};
 use mongodb::bson::Document;
 use serde_json::json;
 use support::{access, env};

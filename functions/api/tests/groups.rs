@@ -3,7 +3,7 @@
 
 mod support;
 
-use messaging::store::Store;
+use messaging::store::ConversationStore;
 use serde_json::json;
 use support::env;
 

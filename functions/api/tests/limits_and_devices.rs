@@ -4,6 +4,7 @@
 mod support;
 
 use messaging::realtime::RateLimit;
+use messaging::store::DeviceStore;
 use serde_json::json;
 use std::time::Duration;
 use support::{email, env, env_with};
@@ -121,7 +122,7 @@ async fn device_tokens_register_move_and_unregister() {
         )
         .await;
     assert_eq!(r.status, 200);
-    use messaging::store::Store;
+
     let alice_devices = env.store.devices_of(&alice).await.unwrap();
     assert_eq!(alice_devices.len(), 1);
     assert_eq!(alice_devices[0].token, "fcm-token-2");

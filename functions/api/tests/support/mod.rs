@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use messaging::store::{AccountStore, ConversationStore, MessageStore};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -282,7 +283,7 @@ impl Env {
     /// A user stored directly (fast, for large groups), with an access token.
     pub async fn quick_user(&self, name: &str) -> (String, String) {
         let user_id = uuid::Uuid::new_v4().to_string();
-        use messaging::store::Store;
+
         self.store
             .insert_user(&User {
                 user_id: user_id.clone(),
@@ -335,7 +336,7 @@ impl Env {
     pub async fn message(&self, conversation_id: &str, sender: &str) -> u64 {
         use messaging::model::{LastMessage, NewMessage};
         use messaging::protocol::MessageType;
-        use messaging::store::Store;
+
         let inserted = self
             .store
             .insert_message(NewMessage {

@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+use messaging::store::{AccountStore, DeviceStore};
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,7 +36,7 @@ use messaging::gateway::ApiGatewayManagement;
 use messaging::model::{DeviceToken, Notification, PushPlatform, User};
 use messaging::protocol::{MessageType, PresenceStatus};
 use messaging::realtime::RedisState;
-use messaging::store::{MongoStore, Store, StoreOptions};
+use messaging::store::{MongoStore, StoreOptions};
 use mongodb::bson::{DateTime, Document, doc};
 use serde_json::{Value, json};
 

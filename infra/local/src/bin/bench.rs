@@ -28,7 +28,8 @@ use messaging::auth::JwtIssuer;
 use messaging::client::{Client, ClientConfig, ClientEvent};
 use messaging::metrics::StageTotals;
 use messaging::model::{Conversation, ConversationKind};
-use messaging::store::{MongoStore, Store, StoreOptions};
+use messaging::store::ConversationStore;
+use messaging::store::{MongoStore, StoreOptions};
 use mongodb::bson::DateTime;
 use tokio::sync::Mutex;
 

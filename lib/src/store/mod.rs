@@ -1,0 +1,346 @@
+//! Durable state in MongoDB, the single source of truth.
+//!
+//! One narrow port per concept, so a function depends on what it uses, and one adapter,
+//! [`MongoStore`], that implements them all:
+//!
+//! | module | port | collections |
+//! |---|---|---|
+//! | [`messages`] | [`MessageStore`] | `messages`, `idempotency_keys`, `sequence_numbers` |
+//! | [`conversations`] | [`ConversationStore`] | `conversations` |
+//! | [`accounts`] | [`AccountStore`] | `users`, `credentials`, `verification_codes`, `refresh_tokens` |
+//! | [`agents`] | [`AgentStore`] | `agents` |
+//! | [`devices`] | [`DeviceStore`] | `devices` |
+//! | [`media`] | [`MediaStore`] | `media` |
+//! | [`gdpr`] | [`GdprStore`] | all of the above, for one user |
+//! | [`dead_letters`] | [`DeadLetterStore`] | `dead_letters` |
+//!
+//! [`schema`] names every collection and creates the indexes. [`Store`] is all the ports at once,
+//! what the shared [`crate::context::Context`] carries.
+//!
+//! Every operation has a deadline ([`StoreOptions::operation_timeout`]): a stalled server gives
+//! `unavailable` in bounded time instead of silence. Round trips are counted in one place, the
+//! driver's command events ([`MongoStore::round_trips`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::bson::{DateTime, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{Collection, Database, IndexModel};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::MediaState;
+use crate::model::{
+    Agent, Conversation, DeadLetter, IdempotencyRecord, LastMessage, NewMessage, SequenceCounter,
+    StoredMessage, User,
+};
+use crate::model::{
+    AgentQuery, ConversationKind, Credentials, DeviceToken, Erasure, Media, MemberConversation,
+    MemberState, MemberStateUpdate, RefreshToken, RefreshUse, UserData, VerificationCode,
+};
+use crate::protocol::MessageStatus;
+
+/// Claimed idempotency keys expire after 24 hours (seeds).
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default message retention (seeds: 90 days); `MESSAGE_RETENTION_DAYS` overrides it.
+pub const DEFAULT_MESSAGE_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Dead letters are kept this long.
+pub const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a claimer of an idempotency key is presumed alive.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
+/// Records of the local code sender are kept this long.
+pub const CODE_OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Name of the TTL index on `messages.created_at` (changed in place when retention changes).
+pub const MESSAGE_TTL_INDEX: &str = "created_at_ttl";
+
+/// Result of an idempotent insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inserted {
+    /// The stored message (the original one on a repeated key).
+    pub message: StoredMessage,
+    /// True when the key had been used before and nothing new was stored.
+    pub duplicate: bool,
+}
+
+pub mod accounts;
+pub mod agents;
+pub mod conversations;
+pub mod dead_letters;
+pub mod devices;
+pub mod gdpr;
+pub mod media;
+pub mod messages;
+pub mod schema;
+
+pub use accounts::AccountStore;
+pub use agents::AgentStore;
+pub use conversations::ConversationStore;
+pub use dead_letters::DeadLetterStore;
+pub use devices::DeviceStore;
+pub use gdpr::GdprStore;
+pub use media::MediaStore;
+pub use messages::{MessageStore, fingerprint, scoped_key};
+pub use schema::collections;
+
+/// Every durable-state port at once: what the shared context carries. Each function may ask for
+/// a narrower port (`&dyn MessageStore`); a `&dyn Store` converts to any of them.
+pub trait Store:
+    MessageStore
+    + ConversationStore
+    + AccountStore
+    + AgentStore
+    + DeviceStore
+    + MediaStore
+    + GdprStore
+    + DeadLetterStore
+{
+}
+
+impl<T> Store for T where
+    T: MessageStore
+        + ConversationStore
+        + AccountStore
+        + AgentStore
+        + DeviceStore
+        + MediaStore
+        + GdprStore
+        + DeadLetterStore
+{
+}
+
+/// Options of the MongoDB adapter.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Message retention (TTL on `messages.created_at`).
+    pub message_retention: Duration,
+    /// Longest any one operation may take before it fails with `unavailable` (a stalled or
+    /// unreachable server). Bulk operations on one user's data (GDPR) get ten times this.
+    pub operation_timeout: Duration,
+}
+
+/// Default [`StoreOptions::operation_timeout`].
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            message_retention: DEFAULT_MESSAGE_RETENTION,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+        }
+    }
+}
+
+/// The MongoDB adapter.
+#[derive(Clone)]
+pub struct MongoStore {
+    db: Database,
+    options: StoreOptions,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl MongoStore {
+    /// Connects to `uri` and uses database `db_name`. Does not create indexes: call
+    /// [`MongoStore::ensure_indexes`] once at start.
+    pub async fn connect(uri: &str, db_name: &str, options: StoreOptions) -> Result<Self> {
+        let mut client_options = mongodb::options::ClientOptions::parse(uri).await?;
+        // A server that cannot be reached is found out within the operation deadline.
+        client_options
+            .server_selection_timeout
+            .get_or_insert(options.operation_timeout);
+        client_options
+            .connect_timeout
+            .get_or_insert(options.operation_timeout);
+        // Every command is one round trip: count and time them all here, for benchmarks and
+        // `crate::metrics`.
+        let round_trips = Arc::new(AtomicU64::new(0));
+        let counter = round_trips.clone();
+        client_options.command_event_handler = Some(mongodb::event::EventHandler::callback(
+            move |event: mongodb::event::command::CommandEvent| {
+                use mongodb::event::command::CommandEvent;
+                match event {
+                    CommandEvent::Started(_) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    CommandEvent::Succeeded(e) => {
+                        crate::metrics::record(crate::metrics::Stage::Mongo, e.duration)
+                    }
+                    CommandEvent::Failed(e) => {
+                        crate::metrics::record(crate::metrics::Stage::Mongo, e.duration)
+                    }
+                    _ => {}
+                }
+            },
+        ));
+        let client = mongodb::Client::with_options(client_options)?;
+        Ok(Self {
+            db: client.database(db_name),
+            options,
+            round_trips,
+        })
+    }
+
+    /// The database handle, for tests and diagnostics.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Round trips made so far (for benchmarks).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Runs one operation within [`StoreOptions::operation_timeout`]; past it, `unavailable`.
+    async fn deadline<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
+        within(self.options.operation_timeout, operation).await
+    }
+
+    /// [`MongoStore::deadline`] for bulk operations on one user's data (export, erasure).
+    async fn deadline_long<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
+        within(self.options.operation_timeout * 10, operation).await
+    }
+
+    fn messages(&self) -> Collection<StoredMessage> {
+        self.db.collection(collections::MESSAGES)
+    }
+
+    fn claims(&self) -> Collection<IdempotencyRecord> {
+        self.db.collection(collections::IDEMPOTENCY_KEYS)
+    }
+
+    fn counters(&self) -> Collection<SequenceCounter> {
+        self.db.collection(collections::SEQUENCE_NUMBERS)
+    }
+
+    fn conversations(&self) -> Collection<Conversation> {
+        self.db.collection(collections::CONVERSATIONS)
+    }
+
+    fn users(&self) -> Collection<User> {
+        self.db.collection(collections::USERS)
+    }
+
+    fn conversation_docs(&self) -> Collection<Document> {
+        self.db.collection(collections::CONVERSATIONS)
+    }
+
+    fn credentials(&self) -> Collection<Credentials> {
+        self.db.collection(collections::CREDENTIALS)
+    }
+
+    fn codes(&self) -> Collection<VerificationCode> {
+        self.db.collection(collections::VERIFICATION_CODES)
+    }
+
+    fn refresh_tokens(&self) -> Collection<RefreshToken> {
+        self.db.collection(collections::REFRESH_TOKENS)
+    }
+
+    fn devices(&self) -> Collection<DeviceToken> {
+        self.db.collection(collections::DEVICES)
+    }
+
+    fn agents(&self) -> Collection<Agent> {
+        self.db.collection(collections::AGENTS)
+    }
+}
+
+/// The update for a partial edit of `name` and a clearable `field`: `None` leaves a value as
+/// it is, `Some(None)` removes `field`. Empty when nothing changes.
+fn name_and_optional_field(
+    name: Option<&str>,
+    field: &str,
+    value: Option<Option<&str>>,
+) -> Document {
+    let mut set = doc! {};
+    let mut unset = doc! {};
+    if let Some(name) = name {
+        set.insert("name", name);
+    }
+    match value {
+        Some(Some(v)) => {
+            set.insert(field, v);
+        }
+        Some(None) => {
+            unset.insert(field, "");
+        }
+        None => {}
+    }
+    let mut update = doc! {};
+    if !set.is_empty() {
+        update.insert("$set", set);
+    }
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
+    }
+    update
+}
+
+async fn within<T>(limit: Duration, operation: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(limit, operation).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::timeout("mongodb", limit)),
+    }
+}
+
+/// Server error code of a command or write failure.
+fn command_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .and_then(|errs| errs.first().map(|w| w.code)),
+        _ => None,
+    }
+}
+
+/// Whether `e` is a unique-index violation (E11000).
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    command_code(e) == Some(11000)
+}
+
+/// `text` as a regular expression matching itself literally.
+pub fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A conversation document with `user_id`'s own state (`member_state.{user_id}`).
+fn member_conversation_from(document: Document, user_id: &str) -> Result<MemberConversation> {
+    let state = match document
+        .get_document("member_state")
+        .ok()
+        .and_then(|m| m.get_document(user_id).ok())
+    {
+        Some(state) => mongodb::bson::from_document::<MemberState>(state.clone())
+            .map_err(|e| Error::dependency("bson", e))?,
+        None => MemberState::default(),
+    };
+    let conversation = mongodb::bson::from_document::<Conversation>(document)
+        .map_err(|e| Error::dependency("bson", e))?;
+    Ok(MemberConversation {
+        conversation,
+        state,
+    })
+}
+
+fn after(d: Duration) -> DateTime {
+    DateTime::from_millis(DateTime::now().timestamp_millis() + d.as_millis() as i64)
+}
+
+impl MongoStore {
+    fn media_records(&self) -> Collection<Media> {
+        self.db.collection(collections::MEDIA)
+    }
+}

@@ -1,0 +1,217 @@
+//! The schema: every collection's name and indexes, in one place.
+//!
+//! [`MongoStore::ensure_indexes`] creates them; it is safe to run at every start and concurrently,
+//! and changes the message retention (a TTL index) in place.
+
+use super::*;
+
+/// Collection names.
+pub mod collections {
+    /// Users (`users`).
+    pub const USERS: &str = "users";
+    /// Conversations (`conversations`).
+    pub const CONVERSATIONS: &str = "conversations";
+    /// Messages (`messages`).
+    pub const MESSAGES: &str = "messages";
+    /// Claimed idempotency keys (`idempotency_keys`).
+    pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+    /// Per-conversation sequence counters (`sequence_numbers`).
+    pub const SEQUENCE_NUMBERS: &str = "sequence_numbers";
+    /// Media metadata (`media`).
+    pub const MEDIA: &str = "media";
+    /// Dead letters (`dead_letters`).
+    pub const DEAD_LETTERS: &str = "dead_letters";
+    /// Agent registry (`agents`).
+    pub const AGENTS: &str = "agents";
+    /// Password hashes, apart from profiles (`credentials`).
+    pub const CREDENTIALS: &str = "credentials";
+    /// Pending verification codes, hashed (`verification_codes`).
+    pub const VERIFICATION_CODES: &str = "verification_codes";
+    /// Refresh tokens, hashed, with their families (`refresh_tokens`).
+    pub const REFRESH_TOKENS: &str = "refresh_tokens";
+    /// Push device tokens (`devices`).
+    pub const DEVICES: &str = "devices";
+    /// Codes recorded by the local code sender instead of being sent (`code_outbox`, local use).
+    pub const CODE_OUTBOX: &str = "code_outbox";
+}
+
+impl MongoStore {
+    /// Creates every collection's indexes; safe to run at every start and concurrently. When the
+    /// message retention changed, the TTL index is updated in place (`collMod`).
+    pub async fn ensure_indexes(&self) -> Result<()> {
+        let unique = |name: &str| {
+            IndexOptions::builder()
+                .unique(true)
+                .name(name.to_string())
+                .build()
+        };
+        let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
+        let ttl = |name: &str, after: Duration| {
+            IndexOptions::builder()
+                .name(name.to_string())
+                .expire_after(after)
+                .build()
+        };
+        // Unique only where the field is a string: most users have a phone or an email, not both.
+        let unique_when_present = |name: &str, field: &str| {
+            IndexOptions::builder()
+                .unique(true)
+                .name(name.to_string())
+                .partial_filter_expression(doc! { field: { "$type": "string" } })
+                .build()
+        };
+        let plan: Vec<(&str, Vec<IndexModel>)> = vec![
+            (
+                collections::MESSAGES,
+                vec![
+                    index(doc! {"message_id": 1}, unique("message_id_unique")),
+                    index(
+                        doc! {"idempotency_key": 1},
+                        unique("idempotency_key_unique"),
+                    ),
+                    index(
+                        doc! {"conversation_id": 1, "sequence_number": 1},
+                        unique("conversation_sequence_unique"),
+                    ),
+                    index(
+                        doc! {"conversation_id": 1, "timestamp": -1},
+                        named("conversation_timestamp"),
+                    ),
+                    // A user's own messages: data export and erasure.
+                    index(doc! {"sender_id": 1}, named("sender")),
+                ],
+            ),
+            (
+                collections::IDEMPOTENCY_KEYS,
+                vec![index(
+                    doc! {"created_at": 1},
+                    ttl("created_at_ttl", IDEMPOTENCY_TTL),
+                )],
+            ),
+            (
+                collections::USERS,
+                vec![
+                    index(doc! {"user_id": 1}, unique("user_id_unique")),
+                    index(
+                        doc! {"phone": 1},
+                        unique_when_present("phone_unique", "phone"),
+                    ),
+                    index(
+                        doc! {"email": 1},
+                        unique_when_present("email_unique", "email"),
+                    ),
+                ],
+            ),
+            (
+                collections::CONVERSATIONS,
+                vec![
+                    index(
+                        doc! {"conversation_id": 1},
+                        unique("conversation_id_unique"),
+                    ),
+                    index(doc! {"participants": 1}, named("participants")),
+                    // One 1:1 or agent conversation per pair (set by the HTTP API).
+                    index(
+                        doc! {"pair_key": 1},
+                        unique_when_present("pair_key_unique", "pair_key"),
+                    ),
+                ],
+            ),
+            (
+                collections::MEDIA,
+                vec![
+                    index(doc! {"media_id": 1}, unique("media_id_unique")),
+                    index(doc! {"conversation_id": 1}, named("conversation")),
+                    index(doc! {"uploader_id": 1}, named("uploader")),
+                ],
+            ),
+            (
+                collections::DEAD_LETTERS,
+                vec![
+                    index(doc! {"dead_letter_id": 1}, unique("dead_letter_id_unique")),
+                    index(doc! {"created_at": -1}, named("created_at_desc")),
+                    index(
+                        doc! {"expires_at": 1},
+                        ttl("expires_at_ttl", Duration::ZERO),
+                    ),
+                ],
+            ),
+            (
+                collections::AGENTS,
+                vec![index(doc! {"agent_id": 1}, unique("agent_id_unique"))],
+            ),
+            (
+                collections::VERIFICATION_CODES,
+                vec![index(
+                    doc! {"purge_at": 1},
+                    ttl("purge_at_ttl", Duration::ZERO),
+                )],
+            ),
+            (
+                collections::REFRESH_TOKENS,
+                vec![
+                    index(doc! {"family_id": 1}, named("family")),
+                    index(doc! {"user_id": 1}, named("user")),
+                    index(
+                        doc! {"expires_at": 1},
+                        ttl("expires_at_ttl", Duration::ZERO),
+                    ),
+                ],
+            ),
+            (
+                collections::DEVICES,
+                vec![
+                    index(
+                        doc! {"user_id": 1, "device_id": 1},
+                        unique("user_device_unique"),
+                    ),
+                    index(doc! {"token": 1}, unique("token_unique")),
+                ],
+            ),
+            (
+                collections::CODE_OUTBOX,
+                vec![index(
+                    doc! {"created_at": 1},
+                    ttl("created_at_ttl", CODE_OUTBOX_RETENTION),
+                )],
+            ),
+        ];
+        for (collection, indexes) in plan {
+            self.db
+                .collection::<Document>(collection)
+                .create_indexes(indexes)
+                .await?;
+        }
+        self.ensure_message_ttl().await
+    }
+
+    async fn ensure_message_ttl(&self) -> Result<()> {
+        let seconds = self.options.message_retention.as_secs() as i64;
+        let model = index(
+            doc! {"created_at": 1},
+            IndexOptions::builder()
+                .name(MESSAGE_TTL_INDEX.to_string())
+                .expire_after(self.options.message_retention)
+                .build(),
+        );
+        match self.messages().create_index(model).await {
+            Ok(_) => Ok(()),
+            // 85 IndexOptionsConflict / 86 IndexKeySpecsConflict: the index exists with another
+            // expiry. Change it in place rather than failing the deployment.
+            Err(e) if matches!(command_code(&e), Some(85) | Some(86)) => {
+                self.db
+                    .run_command(doc! {
+                        "collMod": collections::MESSAGES,
+                        "index": { "name": MESSAGE_TTL_INDEX, "expireAfterSeconds": seconds },
+                    })
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn index(keys: Document, options: IndexOptions) -> IndexModel {
+    IndexModel::builder().keys(keys).options(options).build()
+}
