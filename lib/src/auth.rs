@@ -87,6 +87,11 @@ pub struct JwtVerifier {
 }
 
 impl JwtVerifier {
+    /// A verifier configured from the environment (`JWT_*`, see [`JwtConfig::from_source`]).
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self::new(&JwtConfig::from_source(&crate::config::Env)?)?)
+    }
+
     /// A verifier; fails when no key is configured or the RS256 key is not a valid PEM.
     pub fn new(config: &JwtConfig) -> Result<Self> {
         let hs256 = config.hs256_secret.as_deref().map(DecodingKey::from_secret);

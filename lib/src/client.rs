@@ -139,6 +139,10 @@ struct Shared {
     order: Mutex<Ordering>,
     events: mpsc::UnboundedSender<ClientEvent>,
     closed: std::sync::atomic::AtomicBool,
+    /// When `auth` was last sent (milliseconds), to re-authenticate at most once a second.
+    last_auth_ms: Mutex<i64>,
+    /// This very value, for timers that resend later.
+    this: Mutex<std::sync::Weak<Shared>>,
 }
 
 /// A connected client. Dropping it closes the connection.
@@ -203,7 +207,10 @@ impl Client {
             }),
             events: events_tx,
             closed: std::sync::atomic::AtomicBool::new(false),
+            last_auth_ms: Mutex::new(0),
+            this: Mutex::new(std::sync::Weak::new()),
         });
+        *shared.this.lock().expect("self lock") = Arc::downgrade(&shared);
         let task = tokio::spawn(run(shared.clone(), socket));
         Ok(Self {
             shared,
@@ -388,13 +395,15 @@ impl Shared {
             self.emit(ClientEvent::Message(Box::new(m)));
             return;
         };
-        // Our own messages (echoed to keep devices in sync) need no delivery receipt.
-        let own = m.sender_id.is_some() && *self.me.lock().expect("me lock") == m.sender_id;
-        if self.config.auto_delivery_ack && !own {
+        // Every message is acknowledged, our own echoes too: the server records what this
+        // device has (it sends receipts only for other people's messages).
+        if self.config.auto_delivery_ack {
             let _ = self.send(
                 serde_json::to_string(&ClientFrame::DeliveryAck {
                     message_id: m.message_id.clone(),
                     timestamp: crate::clock::now_ms(),
+                    conversation_id: Some(conversation.clone()),
+                    sequence_number: Some(m.sequence_number),
                 })
                 .unwrap_or_default(),
             );
@@ -415,6 +424,68 @@ impl Shared {
             .or_default()
             .insert(seq, m);
         self.release(&mut order, &conversation, last);
+    }
+
+    /// Sends `auth` with the configured token, then `sync` and every unacknowledged send, as
+    /// after a reconnect. At most once per second: a server that keeps refusing is not flooded.
+    fn authenticate(&self) {
+        let now = crate::clock::now_ms();
+        {
+            let mut last = self.last_auth_ms.lock().expect("auth lock");
+            if now - *last < 1000 {
+                return;
+            }
+            *last = now;
+        }
+        let auth = ClientFrame::Auth {
+            payload: crate::protocol::AuthPayload {
+                user_id: None,
+                auth_token: self.config.token.clone(),
+                device_id: self.config.device_id.clone(),
+                platform: None,
+                app_version: None,
+            },
+        };
+        let _ = self.send(serde_json::to_string(&auth).unwrap_or_default());
+        self.resume();
+    }
+
+    /// `sync` from what was received, then every unacknowledged send again (same keys).
+    fn resume(&self) {
+        let since = self.order.lock().expect("order lock").last.clone();
+        let _ = self.send(serde_json::to_string(&ClientFrame::Sync { since }).unwrap_or_default());
+        let resend: Vec<String> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .values()
+            .map(|p| p.frame.clone())
+            .collect();
+        for frame in resend {
+            let _ = self.send(frame);
+        }
+    }
+
+    /// Resends the pending send `client_message_id` after `secs`, if it is still unanswered.
+    fn resend_later(&self, client_message_id: &str, secs: u64) {
+        let Some(shared) = self.me_arc() else { return };
+        let id = client_message_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs.clamp(1, 30))).await;
+            let frame = shared
+                .pending
+                .lock()
+                .expect("pending lock")
+                .get(&id)
+                .map(|p| p.frame.clone());
+            if let Some(frame) = frame {
+                let _ = shared.send(frame);
+            }
+        });
+    }
+
+    fn me_arc(&self) -> Option<Arc<Shared>> {
+        self.this.lock().expect("self lock").upgrade()
     }
 
     /// Sequence numbers the server says will never exist.
@@ -501,8 +572,21 @@ impl Shared {
                 code,
                 message,
                 client_message_id,
-                ..
+                retry_after,
             } => {
+                if code == ErrorCode::Unauthenticated && !self.config.token.is_empty() {
+                    // The server lost this connection's `auth` (e.g. Redis restarted empty):
+                    // authenticate again; sends in flight are resent after it.
+                    self.authenticate();
+                    return;
+                }
+                if code == ErrorCode::Unavailable
+                    && let Some(id) = &client_message_id
+                {
+                    // Not stored, or stored without an answer: resend with the same key.
+                    self.resend_later(id, retry_after.unwrap_or(1));
+                    return;
+                }
                 let pending = client_message_id
                     .and_then(|id| self.pending.lock().expect("pending lock").remove(&id));
                 match pending {
@@ -558,18 +642,7 @@ async fn session(shared: &Arc<Shared>, socket: Socket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     *shared.out.lock().expect("out lock") = Some(tx);
-    let since = shared.order.lock().expect("order lock").last.clone();
-    let _ = shared.send(serde_json::to_string(&ClientFrame::Sync { since }).unwrap_or_default());
-    let resend: Vec<String> = shared
-        .pending
-        .lock()
-        .expect("pending lock")
-        .values()
-        .map(|p| p.frame.clone())
-        .collect();
-    for frame in resend {
-        let _ = shared.send(frame);
-    }
+    shared.resume();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(30));
     heartbeat.tick().await;
     loop {

@@ -112,6 +112,27 @@ fn url(src: &impl Source, var: &'static str, schemes: &[&str]) -> Result<String,
     Ok(value)
 }
 
+impl StoreOptions {
+    /// Reads `MESSAGE_RETENTION_DAYS` (default 90), `MONGODB_TIMEOUT_MS` (the deadline of each
+    /// operation, default 3000) and `OUTBOX_GRACE_MS` (when a message's fan-out is overdue,
+    /// default 10000).
+    pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
+        let default_days = DEFAULT_MESSAGE_RETENTION.as_secs() / 86_400;
+        let days: u64 = parsed(src, "MESSAGE_RETENTION_DAYS", default_days)?;
+        if days == 0 {
+            return Err(ConfigError::Invalid {
+                var: "MESSAGE_RETENTION_DAYS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            message_retention: Duration::from_secs(days * 86_400),
+            operation_timeout: millis(src, "MONGODB_TIMEOUT_MS", DEFAULT_OPERATION_TIMEOUT)?,
+            fanout_grace: millis(src, "OUTBOX_GRACE_MS", crate::store::messages::FANOUT_GRACE)?,
+        })
+    }
+}
+
 /// Redis connection settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
@@ -119,14 +140,17 @@ pub struct RedisConfig {
     pub url: String,
     /// `REDIS_KEY_PREFIX`, default `msg:`.
     pub key_prefix: String,
+    /// `REDIS_TIMEOUT_MS`: the deadline of each round trip, default 1000.
+    pub timeout: Duration,
 }
 
 impl RedisConfig {
-    /// Reads `REDIS_URL` and `REDIS_KEY_PREFIX`.
+    /// Reads `REDIS_URL`, `REDIS_KEY_PREFIX` and `REDIS_TIMEOUT_MS`.
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
             url: url(src, "REDIS_URL", &["redis", "rediss"])?,
             key_prefix: src.get("REDIS_KEY_PREFIX").unwrap_or_else(|| "msg:".into()),
+            timeout: millis(src, "REDIS_TIMEOUT_MS", crate::realtime::DEFAULT_TIMEOUT)?,
         })
     }
 }
@@ -143,26 +167,15 @@ pub struct MongoConfig {
 }
 
 impl MongoConfig {
-    /// Reads `MONGODB_URI`, `MONGODB_DATABASE`, `MESSAGE_RETENTION_DAYS` and `MONGODB_TIMEOUT_MS`
-    /// (the deadline of each operation, default 3000).
+    /// Reads `MONGODB_URI`, `MONGODB_DATABASE` and the store options
+    /// ([`StoreOptions::from_source`]).
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
-        let default_days = DEFAULT_MESSAGE_RETENTION.as_secs() / 86_400;
-        let days: u64 = parsed(src, "MESSAGE_RETENTION_DAYS", default_days)?;
-        if days == 0 {
-            return Err(ConfigError::Invalid {
-                var: "MESSAGE_RETENTION_DAYS",
-                reason: "must be at least 1".into(),
-            });
-        }
         Ok(Self {
             uri: url(src, "MONGODB_URI", &["mongodb", "mongodb+srv"])?,
             database: src
                 .get("MONGODB_DATABASE")
                 .unwrap_or_else(|| "messaging".into()),
-            options: StoreOptions {
-                message_retention: Duration::from_secs(days * 86_400),
-                operation_timeout: millis(src, "MONGODB_TIMEOUT_MS", DEFAULT_OPERATION_TIMEOUT)?,
-            },
+            options: StoreOptions::from_source(src)?,
         })
     }
 }

@@ -35,6 +35,9 @@ pub struct Settings {
     pub default_agent: Option<String>,
     /// An agent without a heartbeat for this long is offline.
     pub agent_offline_after: Duration,
+    /// Longest a frame's handling may take before the client is told `unavailable` (well inside
+    /// API Gateway's 29 s integration limit; each call inside has its own, shorter deadline).
+    pub frame_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -55,6 +58,7 @@ impl Default for Settings {
             agent_timeout: Duration::from_secs(60),
             default_agent: None,
             agent_offline_after: Duration::from_secs(120),
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -62,7 +66,7 @@ impl Default for Settings {
 impl Settings {
     /// Reads `EVENT_SOURCE`, `MAX_CONTENT_BYTES`, `FRAME_RATE_PER_MINUTE`, `SEND_RATE_PER_MINUTE`,
     /// `MAX_RETRANSMIT_RANGE`, `MAX_SYNC_MESSAGES`, `AGENT_TIMEOUT_SECS`, `DEFAULT_AGENT_ID`,
-    /// `AGENT_OFFLINE_AFTER_SECS`.
+    /// `AGENT_OFFLINE_AFTER_SECS`, `FRAME_TIMEOUT_MS`.
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
         let d = Self::default();
         let num = |var: &'static str, default: u64| crate::config::parsed(src, var, default);
@@ -96,6 +100,7 @@ impl Settings {
                 "AGENT_OFFLINE_AFTER_SECS",
                 d.agent_offline_after.as_secs(),
             )?),
+            frame_timeout: crate::config::millis(src, "FRAME_TIMEOUT_MS", d.frame_timeout)?,
         })
     }
 }
@@ -103,7 +108,7 @@ impl Settings {
 /// The ports and settings of the messaging functions.
 #[derive(Clone)]
 pub struct Context {
-    /// Connections, presence, inboxes, typing, rate limits (Redis).
+    /// Connections, presence, typing, rate limits, caches (Redis).
     pub realtime: Arc<dyn RealtimeState>,
     /// Durable state (MongoDB).
     pub store: Arc<dyn Store>,
@@ -131,7 +136,8 @@ impl Context {
         let jwt = JwtConfig::from_source(src)?;
         let gateway = GatewayConfig::from_source(src)?;
         let settings = Settings::from_source(src)?;
-        let realtime = RedisState::connect(&redis.url, &redis.key_prefix).await?;
+        let realtime =
+            RedisState::connect_with_timeout(&redis.url, &redis.key_prefix, redis.timeout).await?;
         let store = MongoStore::connect(&mongo.uri, &mongo.database, mongo.options).await?;
         store.ensure_indexes().await?;
         let aws = crate::config::aws_sdk_config().await;

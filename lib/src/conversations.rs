@@ -1,16 +1,17 @@
-//! Conversation lookups on the hot path, cached in Redis.
+//! Conversation lookups on the hot path, cached in Redis, and the one membership check.
 //!
 //! Every frame that names a conversation needs its participants (membership checks, fan-out,
 //! agent routing). Reading them from MongoDB each time would cost a round trip per message; the
 //! routing fields (kind, participants, admins, agent) are cached in Redis for five minutes
 //! instead, and every change to them must call [`changed`]. Fields that move with every
 //! message (last sequence number, preview, read markers) are never served from the cache: read
-//! the store for those.
+//! the store for those. The cache is only an accelerator: when Redis fails, the lookup reads
+//! MongoDB, so sends keep working through a Redis outage.
 
 use std::time::Duration;
 
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Conversation;
 
 /// How long routing fields stay cached without a change.
@@ -23,10 +24,14 @@ fn cache_name(conversation_id: &str) -> String {
 /// The conversation's routing fields (cached); its per-message fields are reset to defaults.
 pub async fn routing(ctx: &Context, conversation_id: &str) -> Result<Option<Conversation>> {
     let name = cache_name(conversation_id);
-    if let Some(json) = ctx.realtime.cache_get(&name).await?
-        && let Ok(conversation) = serde_json::from_str::<Conversation>(&json)
-    {
-        return Ok(Some(conversation));
+    match ctx.realtime.cache_get(&name).await {
+        Ok(Some(json)) => {
+            if let Ok(conversation) = serde_json::from_str::<Conversation>(&json) {
+                return Ok(Some(conversation));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "conversation cache unavailable: reading MongoDB"),
     }
     let Some(mut conversation) = ctx.store.conversation(conversation_id).await? else {
         return Ok(None);
@@ -35,10 +40,30 @@ pub async fn routing(ctx: &Context, conversation_id: &str) -> Result<Option<Conv
     conversation.last_message = None;
     conversation.last_message_at = None;
     conversation.read_up_to.clear();
-    if let Ok(json) = serde_json::to_string(&conversation) {
-        ctx.realtime.cache_put(&name, &json, CACHE_TTL).await?;
+    if let Ok(json) = serde_json::to_string(&conversation)
+        && let Err(e) = ctx.realtime.cache_put(&name, &json, CACHE_TTL).await
+    {
+        tracing::warn!(error = %e, "conversation cache unavailable");
     }
     Ok(Some(conversation))
+}
+
+/// The conversation, if `user_id` takes part in it: `not_found` when it does not exist,
+/// `forbidden` when they are not a participant. The one membership check of every function.
+pub async fn membership(
+    ctx: &Context,
+    user_id: &str,
+    conversation_id: &str,
+) -> Result<Conversation> {
+    let conversation = routing(ctx, conversation_id).await?.ok_or_else(|| {
+        Error::not_found(format!("conversation {conversation_id} does not exist"))
+    })?;
+    if !conversation.has_participant(user_id) {
+        return Err(Error::forbidden(
+            "you are not a participant of this conversation",
+        ));
+    }
+    Ok(conversation)
 }
 
 /// Call after changing a conversation's participants, admins, agent or kind (or deleting it).

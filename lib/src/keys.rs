@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-/// How long an undelivered message id waits in an inbox after the last push to it.
-pub const INBOX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Presence expires unless refreshed by a heartbeat (seeds: 5 minutes).
 pub const PRESENCE_TTL: Duration = Duration::from_secs(5 * 60);
 /// A connection record outlives API Gateway's 2 h connection limit only by a margin; heartbeats
@@ -54,11 +52,6 @@ impl Keys {
         format!("{}{{u:{user_id}}}:presence", self.prefix)
     }
 
-    /// Sorted set of undelivered message ids of a user, scored by push time.
-    pub fn inbox(&self, user_id: &str) -> String {
-        format!("{}{{u:{user_id}}}:inbox", self.prefix)
-    }
-
     /// Sorted set of users typing in a conversation, scored by expiry time (ms).
     pub fn typing(&self, conversation_id: &str) -> String {
         format!("{}typing:{conversation_id}", self.prefix)
@@ -97,9 +90,9 @@ impl Keys {
         format!("{}cache:{name}", self.prefix)
     }
 
-    /// Counter of one fixed rate-limit window.
-    pub fn rate_limit(&self, scope: &str, subject: &str, window: u64) -> String {
-        format!("{}{{u:{subject}}}:rl:{scope}:{window}", self.prefix)
+    /// Token bucket of one rate limit of one subject (a hash `{tokens, at}`).
+    pub fn rate_limit(&self, scope: &str, subject: &str) -> String {
+        format!("{}{{u:{subject}}}:rl:{scope}", self.prefix)
     }
 }
 

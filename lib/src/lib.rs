@@ -9,27 +9,33 @@
 
 #![warn(missing_docs)]
 
+pub mod agent_routing;
 pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod conversations;
-pub mod delivery;
 pub mod error;
 pub mod eventbridge;
 pub mod events;
+pub mod fanout;
 pub mod gateway;
 pub mod http;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod objects;
+pub mod outbox;
+pub mod pending;
 pub mod protocol;
 pub mod realtime;
 pub mod runtime;
 pub mod store;
+pub mod system_messages;
 pub mod telemetry;
 pub mod websocket;
 

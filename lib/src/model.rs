@@ -241,6 +241,10 @@ pub struct StoredMessage {
     pub read_by: Vec<String>,
     /// Insertion time; the retention TTL index expires on it.
     pub created_at: DateTime,
+    /// The outbox: when the after-commit work (fan-out, notifications) still to be done for this
+    /// message is overdue; absent once it is done (see `store::messages`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fanout_due_at: Option<DateTime>,
 }
 
 impl StoredMessage {
@@ -289,36 +293,6 @@ pub struct NewMessage {
     pub location: Option<Location>,
     /// Client clock, milliseconds.
     pub client_timestamp: i64,
-}
-
-/// A claimed idempotency key (collection `idempotency_keys`, 24 h TTL).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
-    /// The sender-scoped key.
-    #[serde(rename = "_id")]
-    pub key: String,
-    /// The message id reserved for this key.
-    pub message_id: String,
-    /// Fingerprint of the request that claimed the key.
-    pub fingerprint: String,
-    /// Conversation of the claimed message.
-    pub conversation_id: String,
-    /// Until when the claimer is presumed alive; a retry after this may take the claim over.
-    pub lease_until: DateTime,
-    /// Claim time; the TTL index expires on it.
-    pub created_at: DateTime,
-}
-
-/// Per-conversation sequence counter (collection `sequence_numbers`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SequenceCounter {
-    /// The conversation id.
-    #[serde(rename = "_id")]
-    pub conversation_id: String,
-    /// Last sequence number handed out.
-    pub last_sequence_number: u64,
-    /// Time of the last allocation.
-    pub updated_at: DateTime,
 }
 
 /// Life-cycle of an uploaded media object.

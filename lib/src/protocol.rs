@@ -313,12 +313,19 @@ pub enum ClientFrame {
         /// What to send.
         payload: OutgoingMessage,
     },
-    /// The client received a message.
+    /// The client received a message. Also sent for the client's own messages echoed from its
+    /// other devices: the server then only records what this device has.
     DeliveryAck {
         /// Received message.
         message_id: String,
         /// Client clock.
         timestamp: i64,
+        /// The message's conversation (optional; saves the server a lookup).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<String>,
+        /// The message's sequence number (optional, with `conversation_id`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sequence_number: Option<u64>,
     },
     /// The user read messages.
     ReadReceipt {

@@ -1,8 +1,9 @@
-//! Real-time state in Redis: connections (multi-device), presence, inboxes, typing, rate limits.
+//! Real-time state in Redis: connections (multi-device), presence, typing, rate limits, caches.
 //!
-//! This is the only place that talks to Redis. Everything here is soft state that can be rebuilt or
-//! lost without losing a message: MongoDB holds every message, the inbox only says which ones a user
-//! has not received yet. Each operation is one round trip: writes that touch several keys are sent
+//! This is the only place that talks to Redis. Everything here is soft state that can be lost
+//! without losing a message or changing what a user sees: MongoDB holds every message and what
+//! every device has received; a lost connection record is re-registered by the connection's next
+//! frame (its identity rides on every frame, see `crate::identity`). Each operation is one round trip: writes that touch several keys are sent
 //! as one `MULTI`/`EXEC` pipeline, so a crash never leaves half an update. The adapter counts its
 //! round trips ([`RedisState::round_trips`]) so benchmarks can report them.
 
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
 use crate::error::Result;
-use crate::keys::{CONNECTION_TTL, INBOX_TTL, Keys, ONCE_TTL, PRESENCE_TTL};
+use crate::keys::{CONNECTION_TTL, Keys, ONCE_TTL, PRESENCE_TTL};
 use crate::protocol::PresenceStatus;
 
 /// A live WebSocket connection of a user's device.
@@ -139,24 +140,6 @@ pub trait RealtimeState: Send + Sync {
     async fn presence(&self, user_id: &str) -> Result<Presence>;
     /// Marks a user offline with a last-seen time.
     async fn set_offline(&self, user_id: &str, last_seen_ms: i64) -> Result<()>;
-    /// Adds a message id to a user's inbox (idempotent) and refreshes the 30-day TTL.
-    async fn inbox_push(&self, user_id: &str, message_id: &str, at_ms: i64) -> Result<()> {
-        self.inbox_push_many(&[user_id.to_string()], message_id, at_ms)
-            .await
-    }
-    /// [`RealtimeState::inbox_push`] for several users (a group's members) in one round trip.
-    async fn inbox_push_many(
-        &self,
-        user_ids: &[String],
-        message_id: &str,
-        at_ms: i64,
-    ) -> Result<()>;
-    /// The oldest `limit` message ids of a user's inbox, oldest first.
-    async fn inbox_peek(&self, user_id: &str, limit: usize) -> Result<Vec<String>>;
-    /// Removes delivered message ids from a user's inbox; returns how many were there.
-    async fn inbox_remove(&self, user_id: &str, message_ids: &[String]) -> Result<u64>;
-    /// Number of message ids in a user's inbox.
-    async fn inbox_len(&self, user_id: &str) -> Result<u64>;
     /// Records that a user is typing in a conversation until `until_ms`.
     async fn set_typing(&self, conversation_id: &str, user_id: &str, until_ms: i64) -> Result<()>;
     /// Records that a user stopped typing.
@@ -185,13 +168,24 @@ pub trait RealtimeState: Send + Sync {
         now_ms: i64,
     ) -> Result<RateDecision>;
     /// Counts one request of `subject` against several limits at once (one round trip); the
-    /// decisions come back in the order of `limits`.
+    /// decisions come back in the order of `limits`. A request refused by any limit counts
+    /// against none.
     async fn rate_limits(
         &self,
         subject: &str,
         limits: &[(&str, RateLimit)],
         now_ms: i64,
     ) -> Result<Vec<RateDecision>>;
+    /// [`RealtimeState::rate_limits`] for a frame of `connection_id`, and in the same round trip
+    /// whether that connection is registered (a frame of a connection Redis lost registers it
+    /// again).
+    async fn frame_budget(
+        &self,
+        connection_id: &str,
+        subject: &str,
+        limits: &[(&str, RateLimit)],
+        now_ms: i64,
+    ) -> Result<(Vec<RateDecision>, bool)>;
     /// A cached value (see [`crate::keys::Keys::cache`]), if present.
     async fn cache_get(&self, name: &str) -> Result<Option<String>>;
     /// Caches a value for `ttl`.
@@ -199,10 +193,13 @@ pub trait RealtimeState: Send + Sync {
     /// Drops a cached value.
     async fn cache_delete(&self, name: &str) -> Result<()>;
     /// Forgets everything held about a user (account deletion): their connection records,
-    /// presence, inbox and rate-limit counters. Returns the connection ids they had, for the
+    /// presence and rate-limit counters. Returns the connection ids they had, for the
     /// caller to close.
     async fn forget_user(&self, user_id: &str) -> Result<Vec<String>>;
 }
+
+/// Default deadline of one Redis round trip (`REDIS_TIMEOUT_MS`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// The Redis adapter: one multiplexed, auto-reconnecting connection shared by all tasks.
 #[derive(Clone)]
@@ -210,17 +207,33 @@ pub struct RedisState {
     conn: ConnectionManager,
     keys: Keys,
     round_trips: Arc<AtomicU64>,
+    timeout: Duration,
 }
 
 impl RedisState {
-    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/`), keys under `prefix`.
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/`), keys under `prefix`, with the default
+    /// deadline per round trip.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+        Self::connect_with_timeout(url, prefix, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connects with a deadline for every round trip (and every reconnection attempt): a
+    /// stalled or unreachable Redis gives `unavailable` within it, never silence. The
+    /// connection is made lazily, so a function starts even while Redis is down and recovers
+    /// by itself when it is back.
+    pub async fn connect_with_timeout(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(timeout);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             conn,
             keys: Keys::new(prefix),
             round_trips: Arc::default(),
+            timeout,
         })
     }
 
@@ -241,12 +254,20 @@ impl RedisState {
 
     fn conn(&self) -> TimedConnection {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        TimedConnection(self.conn.clone())
+        TimedConnection(self.conn.clone(), self.timeout)
     }
 }
 
-/// The shared connection, timing every round trip for [`crate::metrics`].
-struct TimedConnection(ConnectionManager);
+/// The shared connection: every round trip counted, timed for [`crate::metrics`], and bounded
+/// by the deadline (the one place all three happen).
+struct TimedConnection(ConnectionManager, Duration);
+
+fn timed_out(limit: Duration) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {} ms", limit.as_millis()),
+    ))
+}
 
 impl redis::aio::ConnectionLike for TimedConnection {
     fn req_packed_command<'a>(
@@ -255,7 +276,10 @@ impl redis::aio::ConnectionLike for TimedConnection {
     ) -> redis::RedisFuture<'a, redis::Value> {
         Box::pin(async move {
             let _timer = crate::metrics::time(crate::metrics::Stage::Redis);
-            self.0.req_packed_command(cmd).await
+            let limit = self.1;
+            tokio::time::timeout(limit, self.0.req_packed_command(cmd))
+                .await
+                .unwrap_or_else(|_| Err(timed_out(limit)))
         })
     }
 
@@ -267,7 +291,10 @@ impl redis::aio::ConnectionLike for TimedConnection {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         Box::pin(async move {
             let _timer = crate::metrics::time(crate::metrics::Stage::Redis);
-            self.0.req_packed_commands(cmd, offset, count).await
+            let limit = self.1;
+            tokio::time::timeout(limit, self.0.req_packed_commands(cmd, offset, count))
+                .await
+                .unwrap_or_else(|_| Err(timed_out(limit)))
         })
     }
 
@@ -405,66 +432,6 @@ impl RealtimeState for RedisState {
             .exec_async(&mut self.conn())
             .await?;
         Ok(())
-    }
-
-    async fn inbox_push_many(
-        &self,
-        user_ids: &[String],
-        message_id: &str,
-        at_ms: i64,
-    ) -> Result<()> {
-        if user_ids.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for user_id in user_ids {
-            let key = self.keys.inbox(user_id);
-            // NX: a redelivered event keeps the first push time, so order stays stable.
-            pipe.cmd("ZADD")
-                .arg(&key)
-                .arg("NX")
-                .arg(at_ms)
-                .arg(message_id)
-                .ignore()
-                .expire(&key, secs(INBOX_TTL))
-                .ignore();
-        }
-        pipe.exec_async(&mut self.conn()).await?;
-        Ok(())
-    }
-
-    async fn inbox_peek(&self, user_id: &str, limit: usize) -> Result<Vec<String>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.keys.inbox(user_id))
-            .arg(0)
-            .arg(limit as i64 - 1)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(ids)
-    }
-
-    async fn inbox_remove(&self, user_id: &str, message_ids: &[String]) -> Result<u64> {
-        if message_ids.is_empty() {
-            return Ok(0);
-        }
-        let removed: u64 = redis::cmd("ZREM")
-            .arg(self.keys.inbox(user_id))
-            .arg(message_ids)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(removed)
-    }
-
-    async fn inbox_len(&self, user_id: &str) -> Result<u64> {
-        let n: u64 = redis::cmd("ZCARD")
-            .arg(self.keys.inbox(user_id))
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(n)
     }
 
     async fn set_typing(&self, conversation_id: &str, user_id: &str, until_ms: i64) -> Result<()> {
@@ -614,41 +581,24 @@ impl RealtimeState for RedisState {
         limits: &[(&str, RateLimit)],
         now_ms: i64,
     ) -> Result<Vec<RateDecision>> {
-        // Fixed windows: INCR each window's counter and give it a TTL of one window, all in one
-        // round trip.
         let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut windows = Vec::with_capacity(limits.len());
-        for (scope, limit) in limits {
-            let window_ms = limit.window.as_millis().max(1) as i64;
-            let window = now_ms.div_euclid(window_ms);
-            let key = self.keys.rate_limit(scope, subject, window as u64);
-            pipe.incr(&key, 1u64)
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(window_ms)
-                .arg("NX")
-                .ignore();
-            windows.push((window, window_ms));
-        }
-        let counts: Vec<u64> = pipe.query_async(&mut self.conn()).await?;
-        Ok(counts
-            .into_iter()
-            .zip(limits)
-            .zip(windows)
-            .map(|((count, (_, limit)), (window, window_ms))| {
-                if count <= limit.max {
-                    RateDecision::Allowed {
-                        remaining: limit.max - count,
-                    }
-                } else {
-                    let reset_ms = (window + 1) * window_ms - now_ms;
-                    RateDecision::Limited {
-                        retry_after_secs: ((reset_ms + 999) / 1000).max(1) as u64,
-                    }
-                }
-            })
-            .collect())
+        self.token_buckets(&mut pipe, subject, limits, now_ms);
+        let (answer,): (Vec<i64>,) = pipe.query_async(&mut self.conn()).await?;
+        Ok(decisions(&answer, limits.len()))
+    }
+
+    async fn frame_budget(
+        &self,
+        connection_id: &str,
+        subject: &str,
+        limits: &[(&str, RateLimit)],
+        now_ms: i64,
+    ) -> Result<(Vec<RateDecision>, bool)> {
+        let mut pipe = redis::pipe();
+        self.token_buckets(&mut pipe, subject, limits, now_ms);
+        pipe.exists(self.keys.connection(connection_id));
+        let (answer, registered): (Vec<i64>, bool) = pipe.query_async(&mut self.conn()).await?;
+        Ok((decisions(&answer, limits.len()), registered))
     }
 
     async fn cache_get(&self, name: &str) -> Result<Option<String>> {
@@ -678,7 +628,85 @@ impl RealtimeState for RedisState {
     }
 }
 
+/// Token buckets, all or nothing: each bucket holds up to `max` tokens and refills at `max` per
+/// window, continuously, so no burst across a window edge can pass twice the budget (a fixed
+/// window could). A request takes one token from every bucket, or from none when any is empty.
+/// KEYS: the buckets; ARGV: now (ms), then per bucket its capacity and window (ms). Answers per
+/// bucket `1, tokens left` or `0, ms until a token is back`.
+const TOKEN_BUCKETS: &str = r#"
+    local now = tonumber(ARGV[1])
+    local state, ok = {}, true
+    for i, key in ipairs(KEYS) do
+        local cap = tonumber(ARGV[2 * i])
+        local window = tonumber(ARGV[2 * i + 1])
+        local saved = redis.call('HMGET', key, 'tokens', 'at')
+        local tokens, at = tonumber(saved[1]), tonumber(saved[2])
+        if tokens == nil or at == nil then tokens, at = cap, now end
+        tokens = math.min(cap, tokens + math.max(0, now - at) * cap / window)
+        state[i] = {tokens, cap, window}
+        if tokens < 1 then ok = false end
+    end
+    local answer = {}
+    for i, key in ipairs(KEYS) do
+        local tokens, cap, window = state[i][1], state[i][2], state[i][3]
+        if ok then tokens = tokens - 1 end
+        redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now)
+        redis.call('PEXPIRE', key, window)
+        if tokens >= 0 and ok then
+            table.insert(answer, 1)
+            table.insert(answer, math.floor(tokens))
+        elseif tokens >= 1 then
+            -- this bucket had room; another one refused the request
+            table.insert(answer, 1)
+            table.insert(answer, math.floor(tokens))
+        else
+            table.insert(answer, 0)
+            table.insert(answer, math.ceil((1 - tokens) * window / cap))
+        end
+    end
+    return answer
+"#;
+
+/// The decisions of [`TOKEN_BUCKETS`]' answer. When another bucket refused, a bucket with room
+/// reports its room; the caller refuses the request on the first refusal.
+fn decisions(answer: &[i64], buckets: usize) -> Vec<RateDecision> {
+    (0..buckets)
+        .map(|i| {
+            let allowed = answer.get(2 * i).copied().unwrap_or(0) == 1;
+            let value = answer.get(2 * i + 1).copied().unwrap_or(0).max(0) as u64;
+            if allowed {
+                RateDecision::Allowed { remaining: value }
+            } else {
+                RateDecision::Limited {
+                    retry_after_secs: value.div_ceil(1000).max(1),
+                }
+            }
+        })
+        .collect()
+}
+
 impl RedisState {
+    /// Adds the token-bucket script for `limits` of `subject` to `pipe` (one answer: a list).
+    fn token_buckets(
+        &self,
+        pipe: &mut redis::Pipeline,
+        subject: &str,
+        limits: &[(&str, RateLimit)],
+        now_ms: i64,
+    ) {
+        // EVAL rather than EVALSHA: the script is short, and a Redis that restarted empty has
+        // forgotten every loaded script.
+        pipe.cmd("EVAL").arg(TOKEN_BUCKETS).arg(limits.len());
+        for (scope, _) in limits {
+            pipe.arg(self.keys.rate_limit(scope, subject));
+        }
+        pipe.arg(now_ms);
+        for (_, limit) in limits {
+            pipe.arg(limit.max)
+                .arg(limit.window.as_millis().max(1) as u64);
+        }
+    }
+
     async fn forget_user_keys(&self, user_id: &str) -> Result<Vec<String>> {
         let connections = self.user_connections(user_id).await?;
         let mut doomed: Vec<String> = connections

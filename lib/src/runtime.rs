@@ -17,6 +17,9 @@
 //!   `ApiGatewayProxyResponse` JSON (what the Kubernetes gateway's remote integration calls).
 //! - [`run_http_function`]: HTTP functions (api, presign). Over HTTP every request is handed to
 //!   the handler as a `lambda_http::Request`.
+//! - [`run_authorizer_function`]: the WebSocket API's `$connect` authorizer. Under Lambda a
+//!   refusal is the error `Unauthorized` (API Gateway's 401); over HTTP it is a 401 with that
+//!   message, and an answer is the policy JSON.
 //!
 //! Every HTTP server answers `GET /healthz` (for probes) and stops gracefully on SIGTERM.
 
@@ -287,6 +290,73 @@ where
         }
     };
     axum::Json(handler(event).await).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The WebSocket authorizer
+
+/// Runs the `$connect` authorizer under Lambda or as an HTTP server taking the same JSON on
+/// `POST /` (answering the policy, or 401 `{"message":"Unauthorized"}`).
+pub async fn run_authorizer_function<F>(handler: F) -> Result<(), lambda_runtime::Error>
+where
+    F: Fn(
+            crate::identity::AuthorizerRequest,
+        ) -> Result<
+            aws_lambda_events::apigw::ApiGatewayCustomAuthorizerResponse,
+            crate::identity::AuthorizerError,
+        > + Send
+        + Sync
+        + 'static,
+{
+    let handler = Arc::new(handler);
+    match mode()? {
+        Mode::Lambda => {
+            lambda_runtime::run(service_fn(
+                move |e: LambdaEvent<crate::identity::AuthorizerRequest>| {
+                    let handler = handler.clone();
+                    async move {
+                        handler(e.payload).map_err(|refusal| lambda_runtime::Diagnostic {
+                            // API Gateway answers 401 for exactly this message.
+                            error_type: refusal.to_string(),
+                            error_message: refusal.to_string(),
+                        })
+                    }
+                },
+            ))
+            .await
+        }
+        Mode::Http(port) => {
+            let listener = listen(port).await?;
+            let router = Router::new()
+                .route(
+                    "/",
+                    post(move |body: Bytes| {
+                        let handler = handler.clone();
+                        async move {
+                            let request = match serde_json::from_slice(&body) {
+                                Ok(request) => request,
+                                Err(e) => {
+                                    return error_response(&Error::invalid(format!(
+                                        "not a WebSocket authorizer event: {e}"
+                                    )));
+                                }
+                            };
+                            match handler(request) {
+                                Ok(policy) => axum::Json(policy).into_response(),
+                                Err(refusal) => (
+                                    StatusCode::UNAUTHORIZED,
+                                    axum::Json(serde_json::json!({"message": refusal.to_string()})),
+                                )
+                                    .into_response(),
+                            }
+                        }
+                    }),
+                )
+                .route("/healthz", get(healthz));
+            serve(listener, router).await?;
+            Ok(())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

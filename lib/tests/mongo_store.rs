@@ -84,7 +84,7 @@ async fn sixty_four_concurrent_sends_with_one_key_store_one_message() {
         .await,
         1
     );
-    // The counter was advanced once: the next message gets 2.
+    // One number was used: the next message gets 2.
     let next = store
         .insert_message(new_message("key-2", "conv-a", "alice", "again"))
         .await
@@ -123,37 +123,97 @@ async fn a_retry_after_completion_returns_the_original_and_a_conflicting_reuse_i
 }
 
 #[tokio::test]
-async fn a_dead_claimer_is_taken_over_after_its_lease() {
+async fn numbers_never_start_over_when_retention_removed_every_message() {
     let store = store().await;
-    // Simulate a sender that claimed the key and crashed before storing anything.
-    let key = messaging::store::scoped_key("alice", "crashed");
-    let msg = new_message("crashed", "conv-c", "alice", "lost?");
+    let conversation = Conversation {
+        conversation_id: "conv-expired".into(),
+        kind: ConversationKind::Direct,
+        participants: vec!["alice".into(), "bob".into()],
+        admins: vec![],
+        agent_id: None,
+        agent_capability: None,
+        name: None,
+        description: None,
+        created_at: DateTime::now(),
+        last_message_at: None,
+        last_sequence_number: 0,
+        last_message: None,
+        read_up_to: Default::default(),
+    };
+    store.insert_conversation(&conversation).await.unwrap();
+    for i in 0..3 {
+        let m = store
+            .insert_message(new_message(
+                &format!("old-{i}"),
+                "conv-expired",
+                "alice",
+                "x",
+            ))
+            .await
+            .unwrap()
+            .message;
+        store
+            .record_message(
+                &messaging::model::LastMessage {
+                    message_id: m.message_id,
+                    sequence_number: m.sequence_number,
+                    sender_id: m.sender_id,
+                    message_type: m.message_type,
+                    at: m.timestamp,
+                },
+                "conv-expired",
+            )
+            .await
+            .unwrap();
+    }
+    // The TTL index removes them all (90 quiet days).
     store
         .database()
-        .collection::<Document>(collections::IDEMPOTENCY_KEYS)
-        .insert_one(doc! {
-            "_id": &key,
-            "message_id": "reserved-id",
-            "fingerprint": messaging::store::fingerprint(&msg),
-            "conversation_id": "conv-c",
-            "lease_until": DateTime::from_millis(DateTime::now().timestamp_millis() - 1),
-            "created_at": DateTime::now(),
-        })
+        .collection::<Document>(collections::MESSAGES)
+        .delete_many(doc! {"conversation_id": "conv-expired"})
         .await
         .unwrap();
-    let inserted = store.insert_message(msg).await.unwrap();
-    assert!(!inserted.duplicate);
-    assert_eq!(inserted.message.message_id, "reserved-id");
-    assert_eq!(inserted.message.sequence_number, 1);
+    let next = store
+        .insert_message(new_message("new", "conv-expired", "alice", "y"))
+        .await
+        .unwrap();
+    assert_eq!(next.message.sequence_number, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thousand_concurrent_allocations_are_exactly_one_to_thousand() {
+async fn concurrent_senders_get_exactly_one_to_n_and_no_number_twice() {
     let store = store().await;
-    let tasks: Vec<_> = (0..1000)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move { store.next_sequence("conv-seq").await.unwrap() })
+    // A second process (another Lambda container) sending to the same conversation: within a
+    // process sends take turns, between processes they race for numbers.
+    let other_process = MongoStore::connect(
+        &testkit::servers().mongodb_uri,
+        store.database().name(),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let n = 200;
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                store.clone()
+            } else {
+                other_process.clone()
+            };
+            tokio::spawn(async move {
+                store
+                    .insert_message(new_message(
+                        &format!("k{i}"),
+                        "conv-seq",
+                        &format!("sender-{}", i % 20),
+                        "hi",
+                    ))
+                    .await
+                    .unwrap()
+                    .message
+                    .sequence_number
+            })
         })
         .collect();
     let mut got = Vec::new();
@@ -161,9 +221,59 @@ async fn thousand_concurrent_allocations_are_exactly_one_to_thousand() {
         got.push(t.await.unwrap());
     }
     got.sort_unstable();
-    assert_eq!(got, (1..=1000).collect::<Vec<u64>>());
-    // Other conversations have their own counters.
-    assert_eq!(store.next_sequence("conv-other").await.unwrap(), 1);
+    assert_eq!(got, (1..=n).collect::<Vec<u64>>());
+    eprintln!(
+        "{n} concurrent sends to one conversation: {:?}",
+        started.elapsed()
+    );
+    // Other conversations number on their own.
+    let other = store
+        .insert_message(new_message("k", "conv-other", "alice", "hi"))
+        .await
+        .unwrap();
+    assert_eq!(other.message.sequence_number, 1);
+}
+
+#[tokio::test]
+async fn a_stored_message_waits_in_the_outbox_until_its_fanout_is_done() {
+    let store = store().await;
+    let m = store
+        .insert_message(new_message("o1", "conv-outbox", "alice", "hi"))
+        .await
+        .unwrap()
+        .message;
+    assert!(m.fanout_due_at.is_some(), "stored with its fan-out due");
+    let now = DateTime::now();
+    let later = DateTime::from_millis(now.timestamp_millis() + 60_000);
+    // Not overdue yet.
+    assert!(
+        store
+            .overdue_fanouts(now, later, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Overdue: one sweeper takes it, a concurrent one does not.
+    let future = DateTime::from_millis(now.timestamp_millis() + 30_000);
+    let retry_at = DateTime::from_millis(now.timestamp_millis() + 90_000);
+    let (a, b) = futures::join!(
+        store.overdue_fanouts(future, retry_at, 10),
+        store.overdue_fanouts(future, retry_at, 10)
+    );
+    let taken: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].message_id, m.message_id);
+    store.fanout_done(&m.message_id).await.unwrap();
+    let far = DateTime::from_millis(now.timestamp_millis() + 3_600_000);
+    assert!(
+        store
+            .overdue_fanouts(far, far, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stored = store.message(&m.message_id).await.unwrap().unwrap();
+    assert_eq!(stored.fanout_due_at, None);
 }
 
 #[tokio::test]
@@ -206,10 +316,15 @@ async fn indexes_exist_with_the_right_options() {
         doc! {"conversation_id": 1, "timestamp": -1}
     );
 
-    let keys = indexes(collections::IDEMPOTENCY_KEYS).await;
+    let outbox = find(&messages, "fanout_due");
+    assert_eq!(outbox.keys, doc! {"fanout_due_at": 1});
+    let cursors = indexes(collections::DEVICE_CURSORS).await;
     assert_eq!(
-        find(&keys, "created_at_ttl").options.unwrap().expire_after,
-        Some(Duration::from_secs(24 * 3600))
+        find(&cursors, "user_device_conversation_unique")
+            .options
+            .unwrap()
+            .unique,
+        Some(true)
     );
 
     let users = indexes(collections::USERS).await;
@@ -391,19 +506,34 @@ async fn conversations_round_trip() {
 }
 
 #[tokio::test]
-async fn three_round_trips_per_new_message() {
+async fn two_round_trips_per_new_message_three_for_a_retry() {
     let store = store().await;
-    // A conversation's first message also creates its counter (two more round trips, once).
+    // A conversation's first message also reads the conversation's number (one more, once).
     let before = store.round_trips();
     store
         .insert_message(new_message("rt0", "conv-rt", "alice", "x"))
         .await
         .unwrap();
-    assert_eq!(store.round_trips() - before, 5);
+    assert_eq!(store.round_trips() - before, 3);
     let before = store.round_trips();
     store
         .insert_message(new_message("rt", "conv-rt", "alice", "y"))
         .await
         .unwrap();
-    assert_eq!(store.round_trips() - before, 3, "claim, allocate, insert");
+    assert_eq!(
+        store.round_trips() - before,
+        2,
+        "read the last number, insert"
+    );
+    let before = store.round_trips();
+    let retry = store
+        .insert_message(new_message("rt", "conv-rt", "alice", "y"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        store.round_trips() - before,
+        3,
+        "read, insert refused, read the original"
+    );
 }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use messaging::keys::INBOX_TTL;
 use messaging::protocol::PresenceStatus;
 use messaging::realtime::{ConnectionInfo, RateDecision, RateLimit, RealtimeState, RedisState};
 use redis::AsyncCommands;
@@ -100,35 +99,41 @@ async fn concurrent_disconnects_count_down_exactly() {
 }
 
 #[tokio::test]
-async fn inbox_ttl_is_thirty_days_after_every_push() {
+async fn no_burst_across_a_window_edge_passes_more_than_the_budget() {
     let s = state().await;
-    let key = s.keys().inbox("dave");
-    let mut raw = s.connection_manager();
-    for (i, id) in ["m1", "m2", "m3"].iter().enumerate() {
-        s.inbox_push("dave", id, 1000 + i as i64).await.unwrap();
-        let ttl: i64 = raw.ttl(&key).await.unwrap();
-        assert!(
-            ttl > INBOX_TTL.as_secs() as i64 - 5 && ttl <= INBOX_TTL.as_secs() as i64,
-            "ttl after push {i}: {ttl}"
-        );
-        // Shorten it to prove the next push refreshes it.
-        let _: () = raw.expire(&key, 60).await.unwrap();
+    // 60 a minute. A fixed window would let 60 through just before a window edge and 60 more
+    // just after it; a token bucket lets the budget through once, then one per second.
+    let limit = RateLimit {
+        max: 60,
+        window: Duration::from_secs(60),
+    };
+    let edge = 1_700_000_040_000; // a minute boundary
+    let mut allowed = 0;
+    for t in [edge - 100, edge + 100] {
+        for _ in 0..60 {
+            if s.rate_limit("send", "burst", limit, t)
+                .await
+                .unwrap()
+                .check()
+                .is_ok()
+            {
+                allowed += 1;
+            }
+        }
     }
-    // A redelivered push is idempotent and keeps the original order.
-    s.inbox_push("dave", "m1", 9999).await.unwrap();
-    assert_eq!(s.inbox_len("dave").await.unwrap(), 3);
-    assert_eq!(s.inbox_peek("dave", 10).await.unwrap(), ["m1", "m2", "m3"]);
-    assert_eq!(s.inbox_peek("dave", 2).await.unwrap(), ["m1", "m2"]);
-    let ttl: i64 = raw.ttl(&key).await.unwrap();
-    assert!(ttl > INBOX_TTL.as_secs() as i64 - 5);
-
-    assert_eq!(
-        s.inbox_remove("dave", &["m1".into(), "m3".into(), "zz".into()])
-            .await
-            .unwrap(),
-        2
+    assert!(
+        allowed <= 61,
+        "{allowed} passed in 200 ms with a budget of 60 a minute"
     );
-    assert_eq!(s.inbox_peek("dave", 10).await.unwrap(), ["m2"]);
+    assert!(allowed >= 60, "the budget itself passes: {allowed}");
+    // The bucket refills continuously: a second later there is room for one more.
+    assert!(
+        s.rate_limit("send", "burst", limit, edge + 1_200)
+            .await
+            .unwrap()
+            .check()
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -193,13 +198,15 @@ async fn rate_limit_refuses_past_the_limit_and_names_the_wait() {
             }
         );
     }
+    // 3 per 10 s refills one token every 3.33 s.
     assert_eq!(
         s.rate_limit("send", "frank", limit, t).await.unwrap(),
         RateDecision::Limited {
-            retry_after_secs: 9
+            retry_after_secs: 4
         }
     );
-    // Other users and other scopes have their own budgets; the next window starts afresh.
+    // Other users and other scopes have their own budgets; a full window later the bucket is
+    // full again.
     assert!(matches!(
         s.rate_limit("send", "grace", limit, t).await.unwrap(),
         RateDecision::Allowed { .. }
@@ -223,7 +230,7 @@ async fn round_trips_are_counted() {
     s.register_connection(&conn("r1", "hank", "phone"))
         .await
         .unwrap();
-    s.inbox_push("hank", "m", 1).await.unwrap();
+    s.touch(&conn("r1", "hank", "phone"), 1).await.unwrap();
     assert_eq!(s.round_trips() - before, 2, "one round trip per operation");
 }
 
@@ -256,7 +263,8 @@ async fn several_budgets_are_counted_in_one_round_trip() {
         .rate_limits("ivy", &[("frames", frames), ("send", sends)], t)
         .await
         .unwrap();
-    assert_eq!(second[0], RateDecision::Allowed { remaining: 8 });
+    // Refused by the send budget, the frame counts against neither.
+    assert_eq!(second[0], RateDecision::Allowed { remaining: 9 });
     assert!(matches!(second[1], RateDecision::Limited { .. }));
 }
 
@@ -281,18 +289,46 @@ async fn cached_values_expire_and_can_be_dropped() {
 }
 
 #[tokio::test]
-async fn a_group_message_reaches_every_inbox_in_one_round_trip() {
+async fn a_frame_learns_its_budget_and_whether_its_connection_is_known_in_one_round_trip() {
     let s = state().await;
-    let members: Vec<String> = (0..99).map(|i| format!("member-{i}")).collect();
+    let frames = RateLimit {
+        max: 10,
+        window: Duration::from_secs(60),
+    };
+    let t = 1_700_000_000_000;
     let before = s.round_trips();
-    s.inbox_push_many(&members, "group-message", 5)
+    let (decisions, registered) = s
+        .frame_budget("j1", "jane", &[("frames", frames)], t)
         .await
         .unwrap();
     assert_eq!(s.round_trips() - before, 1);
-    let mut raw = s.connection_manager();
-    for m in &members {
-        assert_eq!(s.inbox_peek(m, 10).await.unwrap(), ["group-message"]);
-        let ttl: i64 = raw.ttl(s.keys().inbox(m)).await.unwrap();
-        assert!(ttl > INBOX_TTL.as_secs() as i64 - 5, "{m}: ttl {ttl}");
-    }
+    assert_eq!(decisions, [RateDecision::Allowed { remaining: 9 }]);
+    assert!(!registered, "never registered");
+    s.register_connection(&conn("j1", "jane", "phone"))
+        .await
+        .unwrap();
+    let (_, registered) = s
+        .frame_budget("j1", "jane", &[("frames", frames)], t)
+        .await
+        .unwrap();
+    assert!(registered);
+}
+
+#[tokio::test]
+async fn a_redis_that_does_not_answer_fails_within_the_deadline() {
+    // A listener that accepts connections and never answers: a stalled Redis.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/", listener.local_addr().unwrap());
+    let s = RedisState::connect_with_timeout(&url, "stall:", Duration::from_millis(200))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = s.presence("nobody").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.code(), messaging::ErrorCode::Unavailable, "{err}");
+    drop(listener);
 }

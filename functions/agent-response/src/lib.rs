@@ -14,13 +14,16 @@
 #![warn(missing_docs)]
 
 use cloudevents::{AttributesReader, Event};
+use messaging::agent_routing::route_agent;
 use messaging::context::Context;
-use messaging::delivery::{post_system_message, publish_received, route_agent, send_to_user};
 use messaging::events::event_data;
+use messaging::fanout::send_to_user;
 use messaging::model::{
     AgentProgress, AgentResponse, Conversation, NewMessage, ProgressKind, event_types,
 };
+use messaging::outbox::publish_received;
 use messaging::protocol::{ServerFrame, TypingPayload, TypingState};
+use messaging::system_messages::post_system_message;
 use messaging::{Error, Result};
 
 /// CloudEvent type of the scheduled sweep for silent agents.

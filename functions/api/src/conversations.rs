@@ -490,12 +490,10 @@ pub(crate) async fn delete(api: &Api, call: &Call) -> Result<Reply> {
     let user_id = call.user_id()?;
     let conversation_id = call.param("conversation_id");
     let mc = membership(api, conversation_id, user_id).await?;
-    let up_to = mc.conversation.last_sequence_number.max(
-        api.ctx
-            .store
-            .last_allocated_sequence(conversation_id)
-            .await?,
-    );
+    let up_to = mc
+        .conversation
+        .last_sequence_number
+        .max(api.ctx.store.last_sequence(conversation_id).await?);
     api.ctx
         .store
         .update_member_state(

@@ -7,8 +7,8 @@
 //! lists change by compare-and-set, retried, so concurrent changes never lose one another or pass
 //! the 100 cap. System message content is JSON naming users by id (`{"event": ..., ...}`).
 
-use messaging::delivery::post_system_message;
 use messaging::model::{Conversation, ConversationKind, MAX_GROUP_PARTICIPANTS};
+use messaging::system_messages::post_system_message;
 use messaging::{Error, ErrorCode, Result};
 use mongodb::bson::DateTime;
 use serde_json::json;

@@ -5,7 +5,7 @@ mod support;
 
 use futures::TryStreamExt;
 use messaging::realtime::{ConnectionInfo, RealtimeState};
-use messaging::store::{ConversationStore, MessageStore};
+use messaging::store::{ConversationStore, DeliveryStore, MessageStore};
 use mongodb::bson::Document;
 use serde_json::json;
 use support::{access, env};
@@ -119,6 +119,7 @@ async fn export_is_complete_and_erasure_leaves_no_personal_data() {
     env.store
         .record_receipts(
             &[bob_msgs[0].message_id.clone()],
+            None,
             &zelda,
             messaging::protocol::MessageStatus::Read,
         )
@@ -162,7 +163,11 @@ async fn export_is_complete_and_erasure_leaves_no_personal_data() {
         "no hashes in the export"
     );
 
-    // A live connection and an inbox in Redis.
+    // What her phone received (MongoDB), a live connection and presence (Redis).
+    env.store
+        .advance_cursor(&zelda, "zphone", &direct, 2)
+        .await
+        .unwrap();
     env.redis
         .register_connection(&ConnectionInfo {
             connection_id: format!("conn-{marker}"),
@@ -172,7 +177,7 @@ async fn export_is_complete_and_erasure_leaves_no_personal_data() {
         })
         .await
         .unwrap();
-    env.redis.inbox_push(&zelda, "m-1", 1).await.unwrap();
+    env.redis.set_offline(&zelda, 1).await.unwrap();
 
     // ---- Erasure ----
     let r = env.call("DELETE", "/v1/me", Some(&token), None).await;

@@ -9,8 +9,8 @@
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use messaging::Result;
+use messaging::connections::forget_connection;
 use messaging::context::Context;
-use messaging::delivery::forget_connection;
 use messaging::telemetry::hashed_id;
 use messaging::websocket::{connection_id, error_response, ok};
 

@@ -1,28 +1,35 @@
-//! `messaging.message.received`: the after-commit work of a stored message.
+//! `messaging.message.received`: the after-commit work of a stored message; and
+//! `messaging.outbox.sweep`: the schedule that makes sure that work always happens.
 //!
-//! The message is already durable in MongoDB when this runs; this function makes it reach
-//! people. In order, each step idempotent so a redelivered event changes nothing:
+//! The message is already durable in MongoDB when this runs, with its fan-out marked due in the
+//! outbox (`messaging::outbox`); this function makes it reach people. In order, each step
+//! idempotent so a redelivered or re-published event changes nothing:
 //!
 //! 1. conversation metadata: highest sequence number, last-message preview (no content), the
 //!    sender's read marker (unread counts are `last_sequence_number - read_up_to[user]`);
-//! 2. every human recipient's inbox gets the message id (a sorted-set add, so at most once; the
-//!    client's `delivery_ack` removes it), which is what makes offline delivery work;
-//! 3. live fan-out to every connection of every recipient, once per message (a Redis marker
-//!    stops redeliveries from sending it twice); a 410 prunes only that connection;
-//! 4. recipients no connection took it for get a `messaging.notification` (push), with an event
-//!    id derived from message and user so a redelivery is deduped downstream.
+//! 2. live fan-out to every connection of every participant (the sender's other devices too),
+//!    once per message (a Redis marker stops redeliveries from sending it twice); a 410 prunes
+//!    only that connection;
+//! 3. recipients no connection took it for get a `messaging.notification` (push), with an event
+//!    id derived from the message and a hash of the user, so a redelivery is deduped downstream
+//!    and no personal data rides in event ids;
+//! 4. the outbox mark is cleared.
 //!
-//! Agents are not delivered to here: the broker routes the same event to the conversation's agent
-//! by its `agentid` extension.
+//! What each device has received is not decided here: devices acknowledge messages, and `auth`
+//! and `sync` deliver from MongoDB whatever a device has not acknowledged. Agents are not
+//! delivered to here: the broker routes the same event to the conversation's agent by its
+//! `agentid` extension.
 
 #![warn(missing_docs)]
 
 use cloudevents::{AttributesReader, Event};
 use messaging::context::Context;
-use messaging::delivery::{SYSTEM_SENDER, send_to_user};
 use messaging::events::event_data;
+use messaging::fanout::send_to_user;
 use messaging::model::{LastMessage, MessageReceived, Notification, event_types};
 use messaging::protocol::{DeliveredMessage, MessageStatus, ServerFrame};
+use messaging::system_messages::SYSTEM_SENDER;
+use messaging::telemetry::hashed_id;
 use messaging::{Error, Result};
 use mongodb::bson::DateTime;
 
@@ -35,22 +42,34 @@ pub struct FanOut {
     pub notified: Vec<String>,
     /// True when this event had been fanned out before (redelivery).
     pub duplicate: bool,
+    /// Messages a sweep published again (for `messaging.outbox.sweep`).
+    pub republished: usize,
 }
 
-/// Handles one `messaging.message.received` event.
+/// Handles one `messaging.message.received` or `messaging.outbox.sweep` event.
 pub async fn handle(ctx: &Context, event: Event) -> Result<FanOut> {
-    if event.ty() != event_types::MESSAGE_RECEIVED {
-        return Err(Error::invalid(format!(
-            "store consumes {}, not {}",
+    match event.ty() {
+        event_types::MESSAGE_RECEIVED => received(ctx, event_data(&event)?).await,
+        messaging::outbox::SWEEP_EVENT => Ok(FanOut {
+            republished: messaging::outbox::sweep(ctx, messaging::clock::now_ms()).await?,
+            ..FanOut::default()
+        }),
+        other => Err(Error::invalid(format!(
+            "store consumes {} and {}, not {other}",
             event_types::MESSAGE_RECEIVED,
-            event.ty()
-        )));
+            messaging::outbox::SWEEP_EVENT,
+        ))),
     }
-    let data: MessageReceived = event_data(&event)?;
-    let conversation = messaging::conversations::routing(ctx, &data.conversation_id)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("conversation {}", data.conversation_id)))?;
-    let at = DateTime::from_millis(data.timestamp);
+}
+
+async fn received(ctx: &Context, data: MessageReceived) -> Result<FanOut> {
+    let Some(conversation) = messaging::conversations::routing(ctx, &data.conversation_id).await?
+    else {
+        // Deleted since the message was stored (its messages went with it): nothing to do.
+        tracing::info!(message_id = %data.message_id, "conversation gone; fan-out dropped");
+        ctx.store.fanout_done(&data.message_id).await?;
+        return Ok(FanOut::default());
+    };
     ctx.store
         .record_message(
             &LastMessage {
@@ -58,38 +77,37 @@ pub async fn handle(ctx: &Context, event: Event) -> Result<FanOut> {
                 sequence_number: data.sequence_number,
                 sender_id: data.sender_id.clone(),
                 message_type: data.message_type,
-                at,
+                at: DateTime::from_millis(data.timestamp),
             },
             &conversation.conversation_id,
         )
         .await?;
-
     let recipients: Vec<String> = conversation
         .recipients_of(&data.sender_id)
         .filter(|r| conversation.agent_id.as_deref() != Some(*r))
         .map(str::to_string)
         .collect();
-    ctx.realtime
-        .inbox_push_many(&recipients, &data.message_id, data.timestamp)
-        .await?;
 
     if !ctx.realtime.claim_once("fanout", &data.message_id).await? {
         tracing::info!(message_id = %data.message_id, "fan-out already done; redelivery ignored");
+        ctx.store.fanout_done(&data.message_id).await?;
         return Ok(FanOut {
             duplicate: true,
             ..FanOut::default()
         });
     }
-    match fan_out(ctx, &data, &recipients).await {
-        Ok(outcome) => Ok(outcome),
+    let outcome = match fan_out(ctx, &data, &recipients).await {
+        Ok(outcome) => outcome,
         Err(e) => {
-            // Let the broker's retry do the fan-out again.
+            // Let the broker's retry (or the outbox sweep) do the fan-out again.
             ctx.realtime
                 .release_once("fanout", &data.message_id)
                 .await?;
-            Err(e)
+            return Err(e);
         }
-    }
+    };
+    ctx.store.fanout_done(&data.message_id).await?;
+    Ok(outcome)
 }
 
 async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -> Result<FanOut> {
@@ -132,7 +150,6 @@ async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -
         }
     }
     for user_id in &outcome.notified {
-        let badge = ctx.realtime.inbox_len(user_id).await?;
         let note = Notification {
             user_id: user_id.clone(),
             conversation_id: data.conversation_id.clone(),
@@ -140,10 +157,10 @@ async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -
             sender_id: data.sender_id.clone(),
             sender_name: None,
             message_type: data.message_type,
-            badge,
+            badge: unread_count(ctx, user_id).await?,
         };
         let event = messaging::events::new_event_with_id(
-            &format!("{}:{}", data.message_id, user_id),
+            &notification_event_id(&data.message_id, user_id),
             event_types::NOTIFICATION,
             &ctx.settings.event_source,
             &note,
@@ -158,4 +175,22 @@ async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -
         "fan-out done"
     );
     Ok(outcome)
+}
+
+/// The id of the notification event of `message_id` for `user_id`: stable (redeliveries are
+/// deduped by it) and free of personal data (a hash of the user id, never the id itself).
+pub fn notification_event_id(message_id: &str, user_id: &str) -> String {
+    format!("{message_id}:{}", hashed_id(user_id))
+}
+
+/// A user's unread messages over all their conversations (the badge), from MongoDB: the same
+/// count as `auth_success` and the HTTP API.
+async fn unread_count(ctx: &Context, user_id: &str) -> Result<u64> {
+    Ok(ctx
+        .store
+        .conversations_of(user_id)
+        .await?
+        .iter()
+        .map(|mc| mc.state.unread(&mc.conversation, user_id))
+        .sum())
 }

@@ -241,6 +241,12 @@ fn main() -> anyhow::Result<()> {
     let mut config = StackConfig::new(redis_url, mongodb_uri, args.data_dir.clone(), secret);
     // Limits and timings come from the same variables as on AWS (MAX_CONTENT_BYTES, ...).
     config.settings = messaging::context::Settings::from_source(&messaging::config::Env)?;
+    config.store = messaging::store::StoreOptions::from_source(&messaging::config::Env)?;
+    config.redis_timeout = messaging::config::millis(
+        &messaging::config::Env,
+        "REDIS_TIMEOUT_MS",
+        messaging::realtime::DEFAULT_TIMEOUT,
+    )?;
     config.host = args.host;
     config.ws_port = args.ws_port;
     config.broker_port = args.broker_port;

@@ -57,6 +57,10 @@ pub struct StackConfig {
     pub mongodb_uri: String,
     /// MongoDB database.
     pub database: String,
+    /// MongoDB adapter options (deadlines, retention, outbox grace).
+    pub store: StoreOptions,
+    /// Deadline of each Redis round trip.
+    pub redis_timeout: Duration,
     /// Where S3 objects live.
     pub data_dir: PathBuf,
     /// HS256 secret of the stack's tokens.
@@ -97,6 +101,8 @@ impl StackConfig {
             redis_prefix: "msg:".into(),
             mongodb_uri,
             database: "messaging".into(),
+            store: StoreOptions::default(),
+            redis_timeout: messaging::realtime::DEFAULT_TIMEOUT,
             data_dir,
             jwt_secret,
             api: ApiSettings::default(),
@@ -134,7 +140,32 @@ pub struct RunningStack {
     pub issuer: JwtIssuer,
     /// The configuration it was started with.
     pub config: StackConfig,
+    /// The MongoDB adapter the functions use (tests read the outbox through it).
+    pub mongo: MongoStore,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningStack {
+    /// Waits until everything acknowledged so far has been fanned out: the broker has nothing in
+    /// flight and the outbox is empty (a message is published after its ack, so the broker alone
+    /// can look idle before the event of the last ack is in).
+    pub async fn settled(&self) {
+        loop {
+            self.broker.idle().await;
+            let waiting = self
+                .mongo
+                .database()
+                .collection::<mongodb::bson::Document>(messaging::store::collections::MESSAGES)
+                .count_documents(mongodb::bson::doc! {"fanout_due_at": {"$exists": true}})
+                .await
+                .unwrap_or(0);
+            if waiting == 0 {
+                self.broker.idle().await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for RunningStack {
@@ -209,15 +240,17 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let broker_url = format!("http://{broker_addr}/");
     let s3_url = format!("http://{s3_addr}");
 
-    let realtime = RedisState::connect(&config.redis_url, &config.redis_prefix).await?;
-    let store = MongoStore::connect(
-        &config.mongodb_uri,
-        &config.database,
-        StoreOptions::default(),
+    let realtime = RedisState::connect_with_timeout(
+        &config.redis_url,
+        &config.redis_prefix,
+        config.redis_timeout,
     )
     .await?;
+    let store =
+        MongoStore::connect(&config.mongodb_uri, &config.database, config.store.clone()).await?;
     store.ensure_indexes().await?;
     let database = store.database().clone();
+    let mongo = store.clone();
     let aws = local_aws_config().await;
     let jwt = JwtConfig {
         hs256_secret: Some(config.jwt_secret.clone().into_bytes()),
@@ -447,6 +480,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             }
         }));
     }
+    // The schedules: silent agents (AWS: an EventBridge schedule to agent-response) and the
+    // outbox (AWS: an EventBridge schedule to store).
     let c = ctx.clone();
     let every = config.sweep_interval;
     tasks.push(tokio::spawn(async move {
@@ -455,6 +490,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             tick.tick().await;
             if let Err(e) = fn_agent_response::sweep(&c, messaging::clock::now_ms()).await {
                 tracing::warn!(error = %e, "agent timeout sweep failed");
+            }
+            if let Err(e) = messaging::outbox::sweep(&c, messaging::clock::now_ms()).await {
+                tracing::warn!(error = %e, "outbox sweep failed");
             }
         }
     }));
@@ -471,6 +509,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         api_url,
         issuer,
         config,
+        mongo,
         tasks,
     })
 }

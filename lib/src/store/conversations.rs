@@ -71,7 +71,7 @@ pub trait ConversationStore: Send + Sync {
         name: Option<&str>,
         description: Option<Option<&str>>,
     ) -> Result<bool>;
-    /// Deletes a conversation with its messages, counter, claims and media records; returns how
+    /// Deletes a conversation with its messages, media records and device cursors; returns how
     /// many messages went.
     async fn delete_conversation_data(&self, conversation_id: &str) -> Result<u64>;
 }
@@ -372,13 +372,12 @@ impl ConversationStore for MongoStore {
                 .delete_many(by_conversation.clone())
                 .await?
                 .deleted_count;
-            self.claims().delete_many(by_conversation.clone()).await?;
             self.db
                 .collection::<Document>(collections::MEDIA)
                 .delete_many(by_conversation.clone())
                 .await?;
-            self.counters()
-                .delete_one(doc! {"_id": conversation_id})
+            self.device_cursors()
+                .delete_many(by_conversation.clone())
                 .await?;
             self.conversation_docs().delete_one(by_conversation).await?;
             Ok(messages)

@@ -180,8 +180,10 @@ impl GdprStore for MongoStore {
                     doc! {"$set": {"uploader_id": tombstone}},
                 )
                 .await?;
-            self.claims()
-                .delete_many(doc! {"_id": {"$regex": format!("^{}", regex_escape(&scope))}})
+
+            // What their devices received.
+            self.device_cursors()
+                .delete_many(doc! {"user_id": user_id})
                 .await?;
 
             // Account records.

@@ -1,22 +1,71 @@
-//! Messages: stored exactly once with their sequence number, read back by range or id, receipts.
+//! Messages: stored exactly once with a dense sequence number, read back by range or id,
+//! receipts, and the outbox of after-commit work.
+//!
+//! # Sending: two round trips, no lock, no hole
+//!
+//! [`MessageStore::insert_message`] makes the durable-ACK, exactly-once and dense-order
+//! guarantees true without a counter, a claim or a transaction:
+//!
+//! 1. **read** the conversation's highest sequence number `n` (the newest message, through the
+//!    unique `{conversation_id, sequence_number}` index; only when the conversation has no message
+//!    left, its `last_sequence_number`, so numbers never restart after retention expired
+//!    everything);
+//! 2. **insert** the message with `n + 1`. The unique indexes decide: `{conversation_id,
+//!    sequence_number}` lets exactly one message take `n + 1`, `idempotency_key` (scoped by sender)
+//!    lets exactly one message exist per key.
+//!
+//! On a duplicate-key error the message with our key is looked up (one more round trip): found,
+//! it is the answer to a retry (or an `idempotency_conflict` when the request differs); not
+//! found, another sender took `n + 1` and we go again from step 1. So the ack path costs 2
+//! MongoDB round trips, 3 for a retried send, 2 more per lost race.
+//!
+//! Why there is never a hole, whatever crashes: a number exists only as a stored message, and a
+//! message is only ever inserted with (an existing message's number) + 1, so the numbers of a
+//! conversation are always 1..=n (messages deleted since, by retention or a conversation
+//! delete, are reported `missing` by retransmit). Why one message never gets two numbers: only
+//! one insert per key can succeed, so a slow or stalled database makes a retry wait or fail,
+//! never allocate again. Nothing holds a lock, so a sender that dies mid-send blocks no one.
+//!
+//! # The outbox
+//!
+//! A message is inserted with `fanout_due_at` (a little after now): the after-commit work (fan-out
+//! to devices, push notifications) it still needs, in the same write as the message itself. The
+//! store function clears it when that work is done ([`MessageStore::fanout_done`]); a sweeper
+//! re-publishes what is overdue ([`MessageStore::overdue_fanouts`]). So an acknowledged message
+//! reaches everyone even if every process dies right after the ack.
 
 use async_trait::async_trait;
 
 use super::*;
 
-/// Messages: stored exactly once with their sequence number, read back by range or id, receipts.
+/// Default of `StoreOptions::fanout_grace`: how long after its insert a message's fan-out counts
+/// as overdue for the sweeper. Far longer than the normal path takes (milliseconds), short
+/// enough that a lost event costs seconds.
+pub const FANOUT_GRACE: Duration = Duration::from_secs(10);
+
+/// Messages: stored exactly once with their sequence number, read back by range or id, receipts,
+/// the outbox.
 #[async_trait]
 pub trait MessageStore: Send + Sync {
-    /// Allocates the next sequence number of a conversation (1, 2, 3, ... without gaps).
-    async fn next_sequence(&self, conversation_id: &str) -> Result<u64>;
-    /// Stores a message exactly once per `(sender, idempotency_key)`; see the module docs.
+    /// Stores a message exactly once per `(sender, idempotency_key)` with the conversation's next
+    /// sequence number, and its fan-out in the outbox; see the module docs.
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted>;
+    /// The highest sequence number stored in a conversation (0 when none ever was).
+    async fn last_sequence(&self, conversation_id: &str) -> Result<u64>;
     /// Messages of a conversation with `from <= sequence_number <= to`, ascending, at most `limit`.
     async fn messages_in_range(
         &self,
         conversation_id: &str,
         from: u64,
         to: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>>;
+    /// Messages after a floor in each of several conversations: for every `(conversation, floor)`
+    /// the messages with a sequence number above `floor`, ordered by conversation then sequence
+    /// number, at most `limit` in all. One round trip, whatever the number of conversations.
+    async fn messages_after(
+        &self,
+        floors: &[(String, u64)],
         limit: usize,
     ) -> Result<Vec<StoredMessage>>;
     /// One message by id.
@@ -26,10 +75,12 @@ pub trait MessageStore: Send + Sync {
     /// Moves messages' status forward (never backwards); returns how many changed.
     async fn advance_status(&self, message_ids: &[String], status: MessageStatus) -> Result<u64>;
     /// Records that `user_id` received (or read) messages; returns the messages as updated.
-    /// The sender's own messages are ignored.
+    /// The sender's own messages are ignored, and with `conversation_id` so are messages of any
+    /// other conversation.
     async fn record_receipts(
         &self,
         message_ids: &[String],
+        conversation_id: Option<&str>,
         user_id: &str,
         status: MessageStatus,
     ) -> Result<Vec<StoredMessage>>;
@@ -43,119 +94,106 @@ pub trait MessageStore: Send + Sync {
         limit: usize,
         newest_first: bool,
     ) -> Result<Vec<StoredMessage>>;
-    /// Highest sequence number handed out in a conversation (0 when none).
-    async fn last_allocated_sequence(&self, conversation_id: &str) -> Result<u64>;
+    /// Up to `limit` messages whose fan-out was due at or before `now` and is not done, oldest
+    /// first; each is given a new due time `retry_at` so that concurrent sweepers and the next
+    /// sweep leave it alone meanwhile.
+    async fn overdue_fanouts(
+        &self,
+        now: DateTime,
+        retry_at: DateTime,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>>;
+    /// The after-commit work of a message is done: take it out of the outbox (idempotent).
+    async fn fanout_done(&self, message_id: &str) -> Result<()>;
 }
 
 #[async_trait]
 impl MessageStore for MongoStore {
-    async fn next_sequence(&self, conversation_id: &str) -> Result<u64> {
+    async fn insert_message(&self, new: NewMessage) -> Result<Inserted> {
+        let key = scoped_key(&new.sender_id, &new.idempotency_key);
+        let fingerprint = fingerprint(&new);
+        let message_id = uuid::Uuid::now_v7().to_string();
         self.deadline(async move {
-            // `$inc` on an existing counter is atomic everywhere. Creating the counter with an
-            // upsert is not safe under concurrency on every MongoDB-wire server (a losing upsert
-            // may increment and still answer with no document, which would burn a number), so the
-            // counter is created by a plain insert of 0 (a lost race is a harmless E11000) and then
-            // incremented. One round trip per allocation; three for a conversation's first.
-            for _ in 0..3 {
-                let counter = self
-                    .counters()
-                    .find_one_and_update(
-                        doc! {"_id": conversation_id},
-                        doc! {
-                            "$inc": {"last_sequence_number": 1_i64},
-                            "$set": {"updated_at": DateTime::now()},
-                        },
-                    )
-                    .return_document(ReturnDocument::After)
-                    .await?;
-                if let Some(counter) = counter {
-                    return Ok(counter.last_sequence_number);
-                }
-                let created = self
-                    .counters()
-                    .insert_one(SequenceCounter {
-                        conversation_id: conversation_id.to_string(),
-                        last_sequence_number: 0,
-                        updated_at: DateTime::now(),
-                    })
-                    .await;
-                match created {
-                    Ok(_) => {}
+            // Sends to one conversation from this process go one at a time: they would only
+            // race each other for the same number. Across processes the unique index decides.
+            let _turn = self.senders.turn(&new.conversation_id).await;
+            let mut attempt: u32 = 0;
+            loop {
+                let last = self.last_sequence(&new.conversation_id).await?;
+                let now = DateTime::now();
+                let message = StoredMessage {
+                    message_id: message_id.clone(),
+                    idempotency_key: key.clone(),
+                    fingerprint: fingerprint.clone(),
+                    conversation_id: new.conversation_id.clone(),
+                    sequence_number: last + 1,
+                    sender_id: new.sender_id.clone(),
+                    receiver_id: new.receiver_id.clone(),
+                    message_type: new.message_type,
+                    content: new.content.clone(),
+                    media_url: new.media_url.clone(),
+                    reply_to_message_id: new.reply_to_message_id.clone(),
+                    forwarded_from: new.forwarded_from.clone(),
+                    location: new.location.clone(),
+                    client_timestamp: new.client_timestamp,
+                    timestamp: now,
+                    status: MessageStatus::Sent,
+                    delivered_to: Vec::new(),
+                    read_by: Vec::new(),
+                    created_at: now,
+                    fanout_due_at: Some(after(self.options.fanout_grace)),
+                };
+                match self.messages().insert_one(&message).await {
+                    Ok(_) => {
+                        return Ok(Inserted {
+                            message,
+                            duplicate: false,
+                        });
+                    }
                     Err(e) if is_duplicate_key(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
+                // Our key already stored (a retry), or someone else took `last + 1`.
+                if let Some(existing) = self.message_by_key(&key).await? {
+                    if existing.fingerprint != fingerprint {
+                        return Err(Error::client(
+                            ErrorCode::IdempotencyConflict,
+                            "idempotency_key was already used for a different message",
+                        ));
+                    }
+                    return Ok(Inserted {
+                        message: existing,
+                        duplicate: true,
+                    });
+                }
+                // Lost the race for the number: try the next one. Many senders racing in one
+                // conversation spread out a little instead of colliding again at once.
+                attempt += 1;
+                if attempt > 2 {
+                    let jitter = rand_below(1 + attempt.min(20) as u64);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
             }
-            Err(Error::dependency(
-                "mongodb",
-                "sequence counter could not be created",
-            ))
         })
         .await
     }
 
-    async fn insert_message(&self, new: NewMessage) -> Result<Inserted> {
+    async fn last_sequence(&self, conversation_id: &str) -> Result<u64> {
         self.deadline(async move {
-            let key = scoped_key(&new.sender_id, &new.idempotency_key);
-            let fingerprint = fingerprint(&new);
-            let mut backoff = Duration::from_millis(5);
-            let deadline = tokio::time::Instant::now() + CLAIM_LEASE * 2;
-            loop {
-                let record = IdempotencyRecord {
-                    key: key.clone(),
-                    message_id: uuid::Uuid::now_v7().to_string(),
-                    fingerprint: fingerprint.clone(),
-                    conversation_id: new.conversation_id.clone(),
-                    lease_until: after(CLAIM_LEASE),
-                    created_at: DateTime::now(),
-                };
-                if self.claim(&record).await? {
-                    return self
-                        .allocate_and_insert(&new, &key, &fingerprint, &record.message_id)
-                        .await;
-                }
-                let Some(existing) = self.claims().find_one(doc! {"_id": &key}).await? else {
-                    // Expired between our insert and our read: claim again.
-                    continue;
-                };
-                if existing.fingerprint != fingerprint {
-                    return Err(Error::client(
-                        ErrorCode::IdempotencyConflict,
-                        "idempotency_key was already used for a different message",
-                    ));
-                }
-                if let Some(message) = self.message_by_key(&key).await? {
-                    return Ok(Inserted {
-                        message,
-                        duplicate: true,
-                    });
-                }
-                if existing.lease_until <= DateTime::now() {
-                    // The claimer died before storing the message: take its claim over, atomically,
-                    // so that only one retry does.
-                    let taken = self
-                        .claims()
-                        .update_one(
-                            doc! {"_id": &key, "lease_until": existing.lease_until},
-                            doc! {"$set": {"lease_until": after(CLAIM_LEASE)}},
-                        )
-                        .await?;
-                    if taken.modified_count == 1 {
-                        return self
-                            .allocate_and_insert(&new, &key, &fingerprint, &existing.message_id)
-                            .await;
-                    }
-                    continue;
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(Error::dependency(
-                        "mongodb",
-                        "timed out waiting for a concurrent send with the same idempotency key",
-                    ));
-                }
-                // The claimer is alive and about to store the message: wait for it.
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(200));
+            let newest = self.newest_sequence(conversation_id).await?;
+            if let Some(n) = newest {
+                return Ok(n);
             }
+            // No message (a new conversation, or retention expired them all): the number the
+            // conversation had reached, so numbering never starts over.
+            let floor = self
+                .conversation_docs()
+                .find_one(doc! {"conversation_id": conversation_id})
+                .projection(doc! {"last_sequence_number": 1})
+                .await?
+                .and_then(|d| bson_u64(&d, "last_sequence_number"))
+                .unwrap_or(0);
+            Ok(floor)
         })
         .await
     }
@@ -172,7 +210,7 @@ impl MessageStore for MongoStore {
                 .messages()
                 .find(doc! {
                     "conversation_id": conversation_id,
-                    "sequence_number": {"$gte": from as i64, "$lte": to as i64},
+                    "sequence_number": {"$gte": seq(from), "$lte": seq(to)},
                 })
                 .sort(doc! {"sequence_number": 1})
                 .limit(limit as i64)
@@ -236,6 +274,7 @@ impl MessageStore for MongoStore {
     async fn record_receipts(
         &self,
         message_ids: &[String],
+        conversation_id: Option<&str>,
         user_id: &str,
         status: MessageStatus,
     ) -> Result<Vec<StoredMessage>> {
@@ -252,23 +291,26 @@ impl MessageStore for MongoStore {
             };
             if let [message_id] = message_ids {
                 // The common case (one delivery ack): update and read back in one round trip.
+                let mut filter = doc! {"message_id": message_id, "sender_id": {"$ne": user_id}};
+                if let Some(conversation_id) = conversation_id {
+                    filter.insert("conversation_id", conversation_id);
+                }
                 let updated = self
                     .messages()
-                    .find_one_and_update(
-                        doc! {"message_id": message_id, "sender_id": {"$ne": user_id}},
-                        update,
-                    )
+                    .find_one_and_update(filter, update)
                     .return_document(ReturnDocument::After)
                     .await?;
                 return Ok(updated.into_iter().collect());
             }
-            self.messages()
-                .update_many(
-                    doc! {"message_id": {"$in": message_ids}, "sender_id": {"$ne": user_id}},
-                    update,
-                )
-                .await?;
-            self.messages_by_ids(message_ids).await
+            let mut filter =
+                doc! {"message_id": {"$in": message_ids}, "sender_id": {"$ne": user_id}};
+            if let Some(conversation_id) = conversation_id {
+                filter.insert("conversation_id", conversation_id);
+            }
+            self.messages().update_many(filter, update).await?;
+            let mut updated = self.messages_by_ids(message_ids).await?;
+            updated.retain(|m| conversation_id.is_none_or(|c| m.conversation_id == c));
+            Ok(updated)
         })
         .await
     }
@@ -282,12 +324,11 @@ impl MessageStore for MongoStore {
         newest_first: bool,
     ) -> Result<Vec<StoredMessage>> {
         self.deadline(async move {
-            let to = to.min(i64::MAX as u64);
             let cursor = self
                 .messages()
                 .find(doc! {
                     "conversation_id": conversation_id,
-                    "sequence_number": {"$gte": from as i64, "$lte": to as i64},
+                    "sequence_number": {"$gte": seq(from), "$lte": seq(to)},
                 })
                 .sort(doc! {"sequence_number": if newest_first { -1 } else { 1 }})
                 .limit(limit as i64)
@@ -297,28 +338,85 @@ impl MessageStore for MongoStore {
         .await
     }
 
-    async fn last_allocated_sequence(&self, conversation_id: &str) -> Result<u64> {
+    async fn messages_after(
+        &self,
+        floors: &[(String, u64)],
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
         self.deadline(async move {
-            Ok(self
-                .counters()
-                .find_one(doc! {"_id": conversation_id})
+            if floors.is_empty() || limit == 0 {
+                return Ok(Vec::new());
+            }
+            let clauses: Vec<Document> = floors
+                .iter()
+                .map(|(conversation_id, floor)| {
+                    doc! {
+                        "conversation_id": conversation_id,
+                        "sequence_number": {"$gt": seq(*floor)},
+                    }
+                })
+                .collect();
+            let cursor = self
+                .messages()
+                .find(doc! {"$or": clauses})
+                .sort(doc! {"conversation_id": 1, "sequence_number": 1})
+                .limit(limit as i64)
+                .await?;
+            Ok(cursor.try_collect().await?)
+        })
+        .await
+    }
+
+    async fn overdue_fanouts(
+        &self,
+        now: DateTime,
+        retry_at: DateTime,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        self.deadline(async move {
+            let due: Vec<StoredMessage> = self
+                .messages()
+                .find(doc! {"fanout_due_at": {"$lte": now}})
+                .sort(doc! {"fanout_due_at": 1})
+                .limit(limit as i64)
                 .await?
-                .map(|c| c.last_sequence_number)
-                .unwrap_or(0))
+                .try_collect()
+                .await?;
+            let mut taken = Vec::with_capacity(due.len());
+            for mut message in due {
+                // Compare-and-set on the due time: of two sweepers, one takes the message.
+                let moved = self
+                    .messages()
+                    .update_one(
+                        doc! {"message_id": &message.message_id, "fanout_due_at": message.fanout_due_at},
+                        doc! {"$set": {"fanout_due_at": retry_at}},
+                    )
+                    .await?;
+                if moved.modified_count == 1 {
+                    message.fanout_due_at = Some(retry_at);
+                    taken.push(message);
+                }
+            }
+            Ok(taken)
+        })
+        .await
+    }
+
+    async fn fanout_done(&self, message_id: &str) -> Result<()> {
+        self.deadline(async move {
+            self.messages()
+                .update_one(
+                    doc! {"message_id": message_id},
+                    doc! {"$unset": {"fanout_due_at": ""}},
+                )
+                .await?;
+            Ok(())
         })
         .await
     }
 }
 
 impl MongoStore {
-    async fn claim(&self, record: &IdempotencyRecord) -> Result<bool> {
-        match self.claims().insert_one(record).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     async fn message_by_key(&self, scoped_key: &str) -> Result<Option<StoredMessage>> {
         Ok(self
             .messages()
@@ -326,53 +424,74 @@ impl MongoStore {
             .await?)
     }
 
-    /// Steps 2 and 3 for the owner of a claim.
-    async fn allocate_and_insert(
-        &self,
-        new: &NewMessage,
-        scoped_key: &str,
-        fingerprint: &str,
-        message_id: &str,
-    ) -> Result<Inserted> {
-        let sequence_number = self.next_sequence(&new.conversation_id).await?;
-        let now = DateTime::now();
-        let message = StoredMessage {
-            message_id: message_id.to_string(),
-            idempotency_key: scoped_key.to_string(),
-            fingerprint: fingerprint.to_string(),
-            conversation_id: new.conversation_id.clone(),
-            sequence_number,
-            sender_id: new.sender_id.clone(),
-            receiver_id: new.receiver_id.clone(),
-            message_type: new.message_type,
-            content: new.content.clone(),
-            media_url: new.media_url.clone(),
-            reply_to_message_id: new.reply_to_message_id.clone(),
-            forwarded_from: new.forwarded_from.clone(),
-            location: new.location.clone(),
-            client_timestamp: new.client_timestamp,
-            timestamp: now,
-            status: MessageStatus::Sent,
-            delivered_to: Vec::new(),
-            read_by: Vec::new(),
-            created_at: now,
-        };
-        match self.messages().insert_one(&message).await {
-            Ok(_) => Ok(Inserted {
-                message,
-                duplicate: false,
-            }),
-            // Someone who took over our claim got there first: theirs is the message.
-            Err(e) if is_duplicate_key(&e) => match self.message_by_key(scoped_key).await? {
-                Some(message) => Ok(Inserted {
-                    message,
-                    duplicate: true,
-                }),
-                None => Err(e.into()),
-            },
-            Err(e) => Err(e.into()),
-        }
+    async fn newest_sequence(&self, conversation_id: &str) -> Result<Option<u64>> {
+        Ok(self
+            .db
+            .collection::<Document>(collections::MESSAGES)
+            .find_one(doc! {"conversation_id": conversation_id})
+            .sort(doc! {"sequence_number": -1})
+            .projection(doc! {"sequence_number": 1})
+            .await?
+            .and_then(|d| bson_u64(&d, "sequence_number")))
     }
+}
+
+/// One queue per conversation of the sends this process is making (see
+/// [`MessageStore::insert_message`]).
+#[derive(Default)]
+pub struct SendQueues {
+    queues: std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl SendQueues {
+    /// Waits for this process's turn to send to `conversation_id`; the turn ends when the
+    /// returned guard is dropped.
+    pub async fn turn(&self, conversation_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let queue = {
+            let mut queues = self.queues.lock().expect("send queues");
+            if queues.len() > 1024 {
+                queues.retain(|_, q| q.strong_count() > 0);
+            }
+            match queues
+                .get(conversation_id)
+                .and_then(std::sync::Weak::upgrade)
+            {
+                Some(queue) => queue,
+                None => {
+                    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    queues.insert(
+                        conversation_id.to_string(),
+                        std::sync::Arc::downgrade(&queue),
+                    );
+                    queue
+                }
+            }
+        };
+        queue.lock_owned().await
+    }
+}
+
+/// A sequence number as stored (BSON int64). Numbers past `i64::MAX` cannot exist; a bound past
+/// it means "all of them", never a negative number that would match everything or nothing.
+pub fn seq(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// An unsigned number field of a raw document (int32 or int64).
+fn bson_u64(document: &Document, field: &str) -> Option<u64> {
+    match document.get(field)? {
+        mongodb::bson::Bson::Int64(n) => u64::try_from(*n).ok(),
+        mongodb::bson::Bson::Int32(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // No need for a random-number generator to spread a few milliseconds.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    h.finish() % n.max(1)
 }
 
 /// SHA-256 over every field that makes a send what it is, so a retry can be told from a reuse of

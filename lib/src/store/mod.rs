@@ -5,7 +5,7 @@
 //!
 //! | module | port | collections |
 //! |---|---|---|
-//! | [`messages`] | [`MessageStore`] | `messages`, `idempotency_keys`, `sequence_numbers` |
+//! | [`messages`] | [`MessageStore`] | `messages` (with the outbox) |
 //! | [`conversations`] | [`ConversationStore`] | `conversations` |
 //! | [`accounts`] | [`AccountStore`] | `users`, `credentials`, `verification_codes`, `refresh_tokens` |
 //! | [`agents`] | [`AgentStore`] | `agents` |
@@ -13,6 +13,7 @@
 //! | [`media`] | [`MediaStore`] | `media` |
 //! | [`gdpr`] | [`GdprStore`] | all of the above, for one user |
 //! | [`dead_letters`] | [`DeadLetterStore`] | `dead_letters` |
+//! | [`deliveries`] | [`DeliveryStore`] | `device_cursors` |
 //!
 //! [`schema`] names every collection and creates the indexes. [`Store`] is all the ports at once,
 //! what the shared [`crate::context::Context`] carries.
@@ -21,6 +22,7 @@
 //! `unavailable` in bounded time instead of silence. Round trips are counted in one place, the
 //! driver's command events ([`MongoStore::round_trips`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,24 +36,17 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::MediaState;
-use crate::model::{
-    Agent, Conversation, DeadLetter, IdempotencyRecord, LastMessage, NewMessage, SequenceCounter,
-    StoredMessage, User,
-};
+use crate::model::{Agent, Conversation, DeadLetter, LastMessage, NewMessage, StoredMessage, User};
 use crate::model::{
     AgentQuery, ConversationKind, Credentials, DeviceToken, Erasure, Media, MemberConversation,
     MemberState, MemberStateUpdate, RefreshToken, RefreshUse, UserData, VerificationCode,
 };
 use crate::protocol::MessageStatus;
 
-/// Claimed idempotency keys expire after 24 hours (seeds).
-pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default message retention (seeds: 90 days); `MESSAGE_RETENTION_DAYS` overrides it.
 pub const DEFAULT_MESSAGE_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Dead letters are kept this long.
 pub const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
-/// How long a claimer of an idempotency key is presumed alive.
-pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
 /// Records of the local code sender are kept this long.
 pub const CODE_OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Name of the TTL index on `messages.created_at` (changed in place when retention changes).
@@ -70,6 +65,7 @@ pub mod accounts;
 pub mod agents;
 pub mod conversations;
 pub mod dead_letters;
+pub mod deliveries;
 pub mod devices;
 pub mod gdpr;
 pub mod media;
@@ -80,6 +76,7 @@ pub use accounts::AccountStore;
 pub use agents::AgentStore;
 pub use conversations::ConversationStore;
 pub use dead_letters::DeadLetterStore;
+pub use deliveries::DeliveryStore;
 pub use devices::DeviceStore;
 pub use gdpr::GdprStore;
 pub use media::MediaStore;
@@ -97,6 +94,7 @@ pub trait Store:
     + MediaStore
     + GdprStore
     + DeadLetterStore
+    + DeliveryStore
 {
 }
 
@@ -109,6 +107,7 @@ impl<T> Store for T where
         + MediaStore
         + GdprStore
         + DeadLetterStore
+        + DeliveryStore
 {
 }
 
@@ -120,6 +119,8 @@ pub struct StoreOptions {
     /// Longest any one operation may take before it fails with `unavailable` (a stalled or
     /// unreachable server). Bulk operations on one user's data (GDPR) get ten times this.
     pub operation_timeout: Duration,
+    /// How long after its insert a message's fan-out counts as overdue for the outbox sweeper.
+    pub fanout_grace: Duration,
 }
 
 /// Default [`StoreOptions::operation_timeout`].
@@ -130,6 +131,7 @@ impl Default for StoreOptions {
         Self {
             message_retention: DEFAULT_MESSAGE_RETENTION,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            fanout_grace: messages::FANOUT_GRACE,
         }
     }
 }
@@ -140,6 +142,7 @@ pub struct MongoStore {
     db: Database,
     options: StoreOptions,
     round_trips: Arc<AtomicU64>,
+    senders: Arc<messages::SendQueues>,
 }
 
 impl MongoStore {
@@ -180,6 +183,7 @@ impl MongoStore {
             db: client.database(db_name),
             options,
             round_trips,
+            senders: Arc::default(),
         })
     }
 
@@ -205,14 +209,6 @@ impl MongoStore {
 
     fn messages(&self) -> Collection<StoredMessage> {
         self.db.collection(collections::MESSAGES)
-    }
-
-    fn claims(&self) -> Collection<IdempotencyRecord> {
-        self.db.collection(collections::IDEMPOTENCY_KEYS)
-    }
-
-    fn counters(&self) -> Collection<SequenceCounter> {
-        self.db.collection(collections::SEQUENCE_NUMBERS)
     }
 
     fn conversations(&self) -> Collection<Conversation> {

@@ -13,10 +13,8 @@ pub mod collections {
     pub const CONVERSATIONS: &str = "conversations";
     /// Messages (`messages`).
     pub const MESSAGES: &str = "messages";
-    /// Claimed idempotency keys (`idempotency_keys`).
-    pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
-    /// Per-conversation sequence counters (`sequence_numbers`).
-    pub const SEQUENCE_NUMBERS: &str = "sequence_numbers";
+    /// What each device has received, per conversation (`device_cursors`).
+    pub const DEVICE_CURSORS: &str = "device_cursors";
     /// Media metadata (`media`).
     pub const MEDIA: &str = "media";
     /// Dead letters (`dead_letters`).
@@ -79,14 +77,25 @@ impl MongoStore {
                     ),
                     // A user's own messages: data export and erasure.
                     index(doc! {"sender_id": 1}, named("sender")),
+                    // The outbox: only messages whose after-commit work is not done yet.
+                    index(
+                        doc! {"fanout_due_at": 1},
+                        IndexOptions::builder()
+                            .name("fanout_due".to_string())
+                            .partial_filter_expression(doc! {"fanout_due_at": {"$exists": true}})
+                            .build(),
+                    ),
                 ],
             ),
             (
-                collections::IDEMPOTENCY_KEYS,
-                vec![index(
-                    doc! {"created_at": 1},
-                    ttl("created_at_ttl", IDEMPOTENCY_TTL),
-                )],
+                collections::DEVICE_CURSORS,
+                vec![
+                    index(
+                        doc! {"user_id": 1, "device_id": 1, "conversation_id": 1},
+                        unique("user_device_conversation_unique"),
+                    ),
+                    index(doc! {"conversation_id": 1}, named("conversation")),
+                ],
             ),
             (
                 collections::USERS,

@@ -41,6 +41,11 @@ pub async fn stack_with(adjust: impl FnOnce(&mut StackConfig)) -> RunningStack {
     config.sweep_interval = Duration::from_millis(100);
     config.retry_delay = Duration::from_millis(20);
     config.settings.agent_timeout = Duration::from_secs(2);
+    // A fan-out that did not happen is redone quickly (the outbox), and the shared test servers
+    // may be slow under a full parallel run: generous deadlines.
+    config.store.fanout_grace = Duration::from_secs(2);
+    config.store.operation_timeout = Duration::from_secs(10);
+    config.redis_timeout = Duration::from_secs(5);
     adjust(&mut config);
     local_stack::stack::start(config)
         .await

@@ -167,9 +167,13 @@ async fn an_offline_recipient_gets_500_messages_in_order_on_reconnect() {
     for i in 0..500 {
         phone.send_text(&conv, &format!("m{i}")).await.unwrap();
     }
-    // Bob was never online: everything waits in his inbox.
-    stack.broker.idle().await;
-    assert_eq!(stack.ctx.realtime.inbox_len(&bob).await.unwrap(), 500);
+    // Bob was never online: everything waits for him, as MongoDB says.
+    stack.settled().await;
+    let owed = messaging::pending::pending(&stack.ctx, &bob, "phone", &Default::default(), 1000)
+        .await
+        .unwrap();
+    assert_eq!(owed.unread_count, 500);
+    assert_eq!(owed.messages[&conv].len(), 500);
     let mut bob_phone = Client::connect(client_config(&stack, &bob, "phone"))
         .await
         .unwrap();
@@ -178,12 +182,16 @@ async fn an_offline_recipient_gets_500_messages_in_order_on_reconnect() {
     let seqs: Vec<u64> = got.iter().map(|m| m.sequence_number).collect();
     assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
     assert_eq!(got[499].content, "m499");
-    // Delivery acks drain the inbox.
+    // Delivery acks move his phone's watermark in MongoDB to the end.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while stack.ctx.realtime.inbox_len(&bob).await.unwrap() > 0 {
+    loop {
+        let cursors = stack.ctx.store.cursors(&bob, "phone").await.unwrap();
+        if cursors.get(&conv) == Some(&500) {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "inbox drained by delivery acks"
+            "delivery acks record what the phone has: {cursors:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -209,7 +217,7 @@ async fn a_gap_from_lost_frames_is_detected_and_filled_by_retransmit() {
     stack.ctx.realtime.remove_connection(&id).await.unwrap();
     alice_phone.send_text(&conv, "m2").await.unwrap();
     alice_phone.send_text(&conv, "m3").await.unwrap();
-    stack.broker.idle().await;
+    stack.settled().await;
     stack.ctx.realtime.register_connection(&info).await.unwrap();
     alice_phone.send_text(&conv, "m4").await.unwrap();
 
@@ -298,7 +306,7 @@ async fn a_stale_connection_is_pruned_and_the_other_device_still_gets_the_messag
         .unwrap();
     alice_phone.send_text(&conv, "hi").await.unwrap();
     assert_eq!(messages(&mut bob_phone, &conv, 1).await[0].content, "hi");
-    stack.broker.idle().await;
+    stack.settled().await;
     let left = stack.ctx.realtime.user_connections(&bob).await.unwrap();
     assert_eq!(
         left.len(),
@@ -722,7 +730,7 @@ async fn a_redelivered_event_changes_nothing() {
     let mut bob_phone = client(&stack, &bob, "phone").await;
     let ack = phone.send_text(&conv, "once").await.unwrap();
     messages(&mut bob_phone, &conv, 1).await;
-    stack.broker.idle().await;
+    stack.settled().await;
     let before = stack.ctx.store.conversation(&conv).await.unwrap().unwrap();
 
     // The broker delivers the same event again (at-least-once).
@@ -742,7 +750,7 @@ async fn a_redelivered_event_changes_nothing() {
     )
     .unwrap();
     stack.broker.ingest(event).await;
-    stack.broker.idle().await;
+    stack.settled().await;
     phone.send_text(&conv, "next").await.unwrap();
     let got = messages(&mut bob_phone, &conv, 1).await;
     assert_eq!(
@@ -1132,7 +1140,7 @@ async fn an_offline_recipient_gets_a_notification_event_without_content() {
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
     let phone = client(&stack, &alice, "phone").await;
     let ack = phone.send_text(&conv, "secret words").await.unwrap();
-    stack.broker.idle().await;
+    stack.settled().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while received.lock().unwrap().is_empty() {
         assert!(
@@ -1182,7 +1190,7 @@ async fn a_redelivered_agent_response_is_stored_once() {
         .unwrap();
         stack.broker.ingest(event).await;
     }
-    stack.broker.idle().await;
+    stack.settled().await;
     assert_eq!(stored_count(&stack, &conv).await, 1);
     // An agent answering in a conversation that is not its own is refused (dead-lettered).
     let mut stranger = response.clone();
@@ -1196,7 +1204,7 @@ async fn a_redelivered_agent_response_is_stored_once() {
     )
     .unwrap();
     stack.broker.ingest(event).await;
-    stack.broker.idle().await;
+    stack.settled().await;
     assert_eq!(stored_count(&stack, &conv).await, 1);
     assert!(
         stack
@@ -1308,7 +1316,7 @@ async fn a_media_message_refers_to_a_completed_upload_of_its_conversation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_path_from_message_to_ack_takes_three_mongodb_and_three_redis_round_trips() {
+async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trips() {
     use messaging::realtime::RedisState;
     use messaging::store::{MongoStore, StoreOptions};
     use std::sync::Arc;
@@ -1338,6 +1346,18 @@ async fn the_path_from_message_to_ack_takes_three_mongodb_and_three_redis_round_
         let mut event = aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest::default();
         event.request_context.connection_id = Some(connection_id.clone());
         event.request_context.route_key = Some("message".into());
+        // The identity API Gateway passes from the $connect authorizer.
+        for (k, v) in [
+            ("principalId", &alice),
+            ("user_id", &alice),
+            ("device_id", &"phone".to_string()),
+        ] {
+            event
+                .request_context
+                .authorizer
+                .fields
+                .insert(k.into(), serde_json::Value::String(v.clone()));
+        }
         event.body = Some(
             serde_json::json!({"type": "message", "client_message_id": key, "idempotency_key": key,
                 "payload": {"conversation_id": conv, "content": "x", "type": "text", "timestamp": 1}})
@@ -1351,8 +1371,11 @@ async fn the_path_from_message_to_ack_takes_three_mongodb_and_three_redis_round_
     fn_message::handle(&ctx, event("measured")).await;
     let redis = realtime.round_trips() - redis_before;
     let mongo = store.round_trips() - mongo_before;
-    assert_eq!(mongo, 3, "claim, allocate, insert");
-    assert_eq!(redis, 3, "connection, rate limits, conversation routing");
+    assert_eq!(mongo, 2, "read the last number, insert");
+    assert_eq!(
+        redis, 2,
+        "rate limits with the registration check, conversation routing"
+    );
     let acks = phone
         .wait_for(WAIT, |e| match e {
             ClientEvent::Message(m) if m.content == "x" => Some(m.sequence_number),

@@ -1,0 +1,82 @@
+//! `auth`: authenticate a connection opened without a token (the seeds' flow), or confirm the
+//! identity of one opened with a token, then deliver what is pending.
+//!
+//! A failed `auth` is answered with the seeds' `auth_error` frame. A connection may
+//! authenticate again (after Redis lost its record, its frames get `unauthenticated`), but never
+//! as someone else than its authorizer identity or earlier `auth`.
+
+use messaging::context::Context;
+use messaging::error::ErrorCode;
+use messaging::fanout::post;
+use messaging::identity::{DEFAULT_DEVICE, Identity};
+use messaging::protocol::{AuthPayload, ServerFrame};
+use messaging::realtime::ConnectionInfo;
+use messaging::{Error, Result};
+
+/// Handles an `auth` frame of `connection_id` (whose authorizer identity, if any, is `identity`).
+pub async fn auth(
+    ctx: &Context,
+    connection_id: &str,
+    identity: Option<&Identity>,
+    payload: AuthPayload,
+) -> Result<()> {
+    let claims = match ctx.jwt.verify(&payload.auth_token) {
+        Ok(claims) => claims,
+        Err(e) => {
+            tracing::info!(connection_id, code = ?e.code(), "auth refused");
+            let frame = ServerFrame::AuthError {
+                error: e.public_message(),
+                code: Some(e.code()),
+            };
+            post(ctx, connection_id, &frame).await?;
+            return Ok(());
+        }
+    };
+    if let Some(claimed) = &payload.user_id
+        && claimed != &claims.sub
+    {
+        let frame = ServerFrame::AuthError {
+            error: "user_id does not match the token".into(),
+            code: Some(ErrorCode::Forbidden),
+        };
+        post(ctx, connection_id, &frame).await?;
+        return Ok(());
+    }
+    if identity.is_some_and(|i| i.user_id != claims.sub) {
+        return Err(Error::forbidden(
+            "this connection is authenticated as another user",
+        ));
+    }
+    let device_id = payload
+        .device_id
+        .or(claims.device_id.clone())
+        .or(identity.map(|i| i.device_id.clone()))
+        .unwrap_or_else(|| DEFAULT_DEVICE.into());
+    match ctx.realtime.connection(connection_id).await? {
+        Some(c) if c.user_id != claims.sub => {
+            return Err(Error::forbidden(
+                "this connection is authenticated as another user",
+            ));
+        }
+        Some(_) => {}
+        None => {
+            messaging::connections::register(ctx, connection_id, &claims.sub, &device_id, 0).await?
+        }
+    }
+    let caller = ConnectionInfo {
+        connection_id: connection_id.to_string(),
+        user_id: claims.sub,
+        device_id,
+        connected_at: 0,
+    };
+    ctx.realtime
+        .rate_limit(
+            "frames",
+            &caller.user_id,
+            ctx.settings.frame_limit,
+            messaging::clock::now_ms(),
+        )
+        .await?
+        .check()?;
+    crate::sync::deliver_pending(ctx, &caller, Default::default()).await
+}

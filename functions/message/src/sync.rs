@@ -1,0 +1,59 @@
+//! `sync` (and the end of `auth`): `auth_success`, then everything the device has not received,
+//! computed from MongoDB (see `messaging::pending`), in sequence order per conversation, in
+//! `messages` frames under the frame limit. When more is waiting than one answer carries, the
+//! last frame says `has_more` and the client syncs again from what it got.
+
+use std::collections::BTreeMap;
+
+use messaging::Result;
+use messaging::context::Context;
+use messaging::fanout::batch_frames;
+use messaging::model::StoredMessage;
+use messaging::protocol::{AuthSuccessPayload, DeliveredMessage, ServerFrame};
+use messaging::realtime::ConnectionInfo;
+
+use crate::reply;
+
+/// Answers `sync` (`since`: what the client has, per conversation) and completes `auth`.
+pub async fn deliver_pending(
+    ctx: &Context,
+    caller: &ConnectionInfo,
+    since: BTreeMap<String, u64>,
+) -> Result<()> {
+    let pending = messaging::pending::pending(
+        ctx,
+        &caller.user_id,
+        &caller.device_id,
+        &since,
+        ctx.settings.max_sync_messages,
+    )
+    .await?;
+    reply(
+        ctx,
+        caller,
+        &ServerFrame::AuthSuccess {
+            payload: AuthSuccessPayload {
+                user_id: Some(caller.user_id.clone()),
+                session_id: caller.connection_id.clone(),
+                server_time: messaging::clock::now_ms(),
+                unread_count: pending.unread_count,
+            },
+        },
+    )
+    .await?;
+    let mut frames = Vec::new();
+    for (conversation_id, messages) in &pending.messages {
+        let delivered: Vec<DeliveredMessage> =
+            messages.iter().map(StoredMessage::to_delivered).collect();
+        frames.extend(batch_frames(conversation_id, delivered));
+    }
+    if pending.has_more
+        && let Some(ServerFrame::Messages { payload }) = frames.last_mut()
+    {
+        payload.has_more = true;
+    }
+    for frame in frames {
+        reply(ctx, caller, &frame).await?;
+    }
+    Ok(())
+}
