@@ -42,6 +42,10 @@ pub async fn handle(
 
 async fn connect(ctx: &Context, event: &ApiGatewayWebsocketProxyRequest) -> Result<()> {
     let connection_id = connection_id(event)?;
+    // Only a connection's own upgrade is a CONNECT; a frame that names the route is not.
+    if event.request_context.event_type.as_deref() != Some("CONNECT") {
+        return Err(Error::invalid("$connect handles CONNECT events only"));
+    }
     let identity = match Identity::of_event(event) {
         Some(identity) => identity,
         None => match bearer_token(event) {

@@ -30,6 +30,13 @@ pub async fn handle(
 
 async fn disconnect(ctx: &Context, event: &ApiGatewayWebsocketProxyRequest) -> Result<()> {
     let connection_id = connection_id(event)?;
+    // Only the connection's end is a DISCONNECT; a frame that names the route must not
+    // unregister a live connection.
+    if event.request_context.event_type.as_deref() != Some("DISCONNECT") {
+        return Err(messaging::Error::invalid(
+            "$disconnect handles DISCONNECT events only",
+        ));
+    }
     // `None`: never authenticated, or already pruned after a 410.
     if let Some(removed) = forget_connection(ctx, connection_id).await? {
         tracing::info!(

@@ -136,22 +136,47 @@ def main(template_path, metadata_path):
         on_failure = fn.get("Properties", {}).get("EventInvokeConfig", {}).get("DestinationConfig", {}).get("OnFailure", {})
         check(on_failure.get("Type") == "SQS", f"{binary}: failed invocations must go to an SQS queue")
 
-    # The sweep.
-    sweeps = [
-        e["Properties"]
-        for e in functions.get(fn_by_binary.get("agent-response"), {}).get("Properties", {}).get("Events", {}).values()
-        if e["Type"] in ("ScheduleV2", "Schedule")
-    ]
-    check(len(sweeps) == 1, "agent-response: expected one schedule (the sweep)")
-    for sweep in sweeps:
-        check(sweep.get("ScheduleExpression") == "rate(1 minute)", "sweep: not every minute")
-        try:
-            event = json.loads(sweep.get("Input", ""))
-        except ValueError as e:
-            event = {}
-            check(False, f"sweep: Input is not JSON: {e}")
-        check(event.get("type") == "messaging.agent.sweep", "sweep: Input is not a messaging.agent.sweep CloudEvent")
-        check(event.get("specversion") == "1.0" and event.get("id") and event.get("source"), "sweep: Input lacks CloudEvent attributes")
+    # The sweeps: silent agents (agent-response) and the outbox (store).
+    for binary, sweep_type in (("agent-response", "messaging.agent.sweep"), ("store", "messaging.outbox.sweep")):
+        sweeps = [
+            e["Properties"]
+            for e in functions.get(fn_by_binary.get(binary), {}).get("Properties", {}).get("Events", {}).values()
+            if e["Type"] in ("ScheduleV2", "Schedule")
+        ]
+        check(len(sweeps) == 1, f"{binary}: expected one schedule (the {sweep_type})")
+        for sweep in sweeps:
+            check(sweep.get("ScheduleExpression") == "rate(1 minute)", f"{sweep_type}: not every minute")
+            try:
+                event = json.loads(sweep.get("Input", ""))
+            except ValueError as e:
+                event = {}
+                check(False, f"{sweep_type}: Input is not JSON: {e}")
+            check(event.get("type") == sweep_type, f"{binary}'s schedule is not a {sweep_type} CloudEvent")
+            check(event.get("specversion") == "1.0" and event.get("id") and event.get("source"), f"{sweep_type}: Input lacks CloudEvent attributes")
+
+    # The $connect authorizer: the authorizer binary, with an invoke permission for API Gateway.
+    authorizers = {k: v for k, v in resources.items() if v["Type"] == "AWS::ApiGatewayV2::Authorizer"}
+    check(len(authorizers) == 1, f"expected one WebSocket authorizer, found {len(authorizers)}")
+    for auth_id, auth in authorizers.items():
+        props = auth["Properties"]
+        check(props.get("AuthorizerType") == "REQUEST", "authorizer: must be a REQUEST authorizer")
+        check(binary_of.get(logical_id_of(props.get("AuthorizerUri"))) == "authorizer", "authorizer: AuthorizerUri must invoke the authorizer binary")
+        connect = [v for v in resources.values() if v["Type"] == "AWS::ApiGatewayV2::Route" and v["Properties"].get("RouteKey") == "$connect"]
+        check(
+            len(connect) == 1
+            and connect[0]["Properties"].get("AuthorizationType") == "CUSTOM"
+            and logical_id_of(connect[0]["Properties"].get("AuthorizerId")) == auth_id,
+            "$connect must use the authorizer (AuthorizationType CUSTOM)",
+        )
+        permissions = [
+            v for v in resources.values()
+            if v["Type"] == "AWS::Lambda::Permission"
+            and binary_of.get(logical_id_of(v["Properties"].get("FunctionName"))) == "authorizer"
+        ]
+        check(
+            any("/authorizers/" in json.dumps(p["Properties"].get("SourceArn")) for p in permissions),
+            "authorizer: API Gateway needs a lambda:InvokeFunction permission scoped to /authorizers/",
+        )
 
     # The agent rule filters on the agentid extension.
     agent_rules = [r for r in resources.values() if r["Type"] == "AWS::Events::Rule"]

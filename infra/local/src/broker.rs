@@ -9,7 +9,8 @@
 //! backoff ([`DeliverySpec`]); when that is not allowed or not enough, the event becomes a
 //! [`DeadLetter`] carrying the `knativeerror*` extensions, kept in memory (`GET /dead-letters`,
 //! replayable) and posted to a dead-letter sink when one is configured. Delivery is at least
-//! once: while the process runs, every accepted event ends either delivered or dead-lettered.
+//! once: every accepted event ends either delivered or dead-lettered, across restarts too when
+//! the broker has a [`crate::journal`] (the local stack keeps one under its data directory).
 //!
 //! Event data is never logged: it is end-to-end-encrypted message content.
 
@@ -240,7 +241,7 @@ pub struct HandlerError {
 }
 
 /// An event whose delivery failed for good.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// This dead letter's id (for replay).
     pub id: String,
@@ -264,7 +265,8 @@ pub struct DeadLetter {
 /// A dead letter and what replaying it needs.
 struct DeadRecord {
     letter: DeadLetter,
-    trigger: usize,
+    /// The trigger to replay to (`None`: it no longer exists).
+    trigger: Option<usize>,
     event: Event,
 }
 
@@ -272,6 +274,7 @@ struct DeadRecord {
 pub struct Broker {
     config: BrokerConfig,
     functions: HashMap<String, Arc<dyn EventHandler>>,
+    journal: Option<crate::journal::Journal>,
     client: reqwest::Client,
     dead: Mutex<Vec<DeadRecord>>,
     in_flight: AtomicUsize,
@@ -296,6 +299,25 @@ impl Broker {
     pub fn new(
         config: BrokerConfig,
         functions: HashMap<String, Arc<dyn EventHandler>>,
+    ) -> Arc<Self> {
+        Self::build(config, functions, None)
+    }
+
+    /// Like [`Broker::new`], keeping accepted deliveries and dead letters in `journal` (see
+    /// [`crate::journal`]); call [`Broker::recover`] once every subscriber is up to deliver what
+    /// a previous run left.
+    pub fn with_journal(
+        config: BrokerConfig,
+        functions: HashMap<String, Arc<dyn EventHandler>>,
+        journal: crate::journal::Journal,
+    ) -> Arc<Self> {
+        Self::build(config, functions, Some(journal))
+    }
+
+    fn build(
+        config: BrokerConfig,
+        functions: HashMap<String, Arc<dyn EventHandler>>,
+        journal: Option<crate::journal::Journal>,
     ) -> Arc<Self> {
         for trigger in &config.triggers {
             match Subscriber::parse(&trigger.subscriber) {
@@ -322,6 +344,7 @@ impl Broker {
         Arc::new_cyclic(|me| Self {
             config,
             functions,
+            journal,
             client,
             dead: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -331,14 +354,32 @@ impl Broker {
         })
     }
 
-    /// Accepts an event: every matching trigger gets a delivery in its own task. Returns at once.
+    /// Accepts an event: every matching trigger gets a delivery in its own task, recorded in the
+    /// journal first when there is one. Returns at once; a journal that cannot be written is
+    /// logged and the deliveries go ahead in memory (use [`Broker::accept`] to refuse instead).
     pub async fn ingest(self: &Arc<Self>, event: Event) {
+        if let Err(e) = self.accept(event).await {
+            tracing::error!(error = %e, "broker journal: event delivered without being recorded");
+        }
+    }
+
+    /// [`Broker::ingest`], failing when the journal cannot record the deliveries (then nothing
+    /// is delivered and the publisher should retry): what the ingress answers 202 after.
+    pub async fn accept(self: &Arc<Self>, event: Event) -> std::io::Result<()> {
         let mut matched = 0usize;
+        let mut deliveries = Vec::new();
         for (index, trigger) in self.config.triggers.iter().enumerate() {
             if trigger.filter.matches(&event) {
                 matched += 1;
-                self.spawn_delivery(index, event.clone());
+                let recorded = match &self.journal {
+                    Some(journal) => Some(journal.add_pending(&trigger.name, &event)?),
+                    None => None,
+                };
+                deliveries.push((index, recorded));
             }
+        }
+        for (index, recorded) in deliveries {
+            self.spawn_delivery(index, event.clone(), recorded);
         }
         if matched == 0 {
             // As in Knative: an event no trigger wants is accepted and dropped, but not silently.
@@ -355,6 +396,48 @@ impl Broker {
                 "event accepted"
             );
         }
+        Ok(())
+    }
+
+    /// Delivers what a previous run of this broker accepted and did not finish, and lists its
+    /// dead letters again (see [`crate::journal`]). Deliveries for a trigger that no longer
+    /// exists become dead letters.
+    pub async fn recover(self: &Arc<Self>) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let dead = journal.dead();
+        let pending = journal.pending();
+        {
+            let mut list = self.dead_list();
+            for entry in dead {
+                let trigger = self.trigger_index(&entry.letter.trigger);
+                list.push(DeadRecord {
+                    letter: entry.letter,
+                    trigger,
+                    event: entry.event,
+                });
+            }
+        }
+        if !pending.is_empty() {
+            tracing::warn!(
+                count = pending.len(),
+                "broker journal: delivering what a previous run accepted"
+            );
+        }
+        for entry in pending {
+            match self.trigger_index(&entry.trigger) {
+                Some(index) => self.spawn_delivery(index, entry.event, Some(entry.id)),
+                None => {
+                    tracing::error!(trigger = %entry.trigger, "broker journal: the trigger no longer exists");
+                    journal.remove_pending(&entry.id);
+                }
+            }
+        }
+    }
+
+    fn trigger_index(&self, name: &str) -> Option<usize> {
+        self.config.triggers.iter().position(|t| t.name == name)
     }
 
     /// The dead letters, oldest first.
@@ -384,7 +467,22 @@ impl Broker {
             event_id = %event.id(),
             "replaying dead letter"
         );
-        self.spawn_delivery(record.trigger, event);
+        let Some(index) = record.trigger else {
+            tracing::warn!(dead_letter = %id, "its trigger no longer exists: dropped");
+            if let Some(journal) = &self.journal {
+                journal.remove_dead(id);
+            }
+            return true;
+        };
+        let recorded = match &self.journal {
+            Some(journal) => {
+                let recorded = journal.add_pending(&record.letter.trigger, &event).ok();
+                journal.remove_dead(id);
+                recorded
+            }
+            None => None,
+        };
+        self.spawn_delivery(index, event, recorded);
         true
     }
 
@@ -425,12 +523,16 @@ impl Broker {
     }
 
     /// Starts delivering `event` to trigger `index` in a task counted by [`Broker::idle`].
-    fn spawn_delivery(self: &Arc<Self>, index: usize, event: Event) {
+    /// `recorded` is the delivery's journal entry, removed once it is over.
+    fn spawn_delivery(self: &Arc<Self>, index: usize, event: Event, recorded: Option<String>) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(Arc::clone(self));
         tokio::spawn(async move {
             let broker = Arc::clone(&guard.0);
             broker.deliver(index, event).await;
+            if let (Some(journal), Some(id)) = (&broker.journal, recorded) {
+                journal.remove_pending(&id);
+            }
             drop(guard);
         });
     }
@@ -630,9 +732,14 @@ impl Broker {
             attempts,
             "event dead-lettered"
         );
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.add_dead(&letter, &event)
+        {
+            tracing::error!(error = %e, "broker journal: dead letter kept in memory only");
+        }
         self.dead_list().push(DeadRecord {
             letter,
-            trigger: index,
+            trigger: Some(index),
             event,
         });
         let sink = trigger
@@ -683,8 +790,10 @@ impl messaging::events::EventPublisher for Broker {
             .me
             .upgrade()
             .ok_or_else(|| messaging::Error::dependency("broker", "the broker is shut down"))?;
-        broker.ingest(event).await;
-        Ok(())
+        broker
+            .accept(event)
+            .await
+            .map_err(|e| messaging::Error::dependency("broker journal", e))
     }
 }
 
@@ -869,10 +978,14 @@ async fn ingress(
         }
     };
     match cloudevents::binding::http::to_event(&headers, body.to_vec()) {
-        Ok(event) => {
-            broker.ingest(event).await;
-            StatusCode::ACCEPTED.into_response()
-        }
+        Ok(event) => match broker.accept(event).await {
+            Ok(()) => StatusCode::ACCEPTED.into_response(),
+            Err(e) => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the event could not be recorded: {e}"),
+            ),
+        },
         Err(e) => json_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",

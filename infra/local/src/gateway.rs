@@ -113,6 +113,9 @@ pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
 
 struct Connection {
     tx: mpsc::UnboundedSender<Outbound>,
+    /// `requestContext.authorizer` of every event of this connection (empty without an
+    /// authorizer).
+    authorizer: HashMap<String, serde_json::Value>,
     queued_bytes: std::sync::atomic::AtomicUsize,
     connected_at_ms: i64,
     last_active_ms: AtomicI64,
@@ -124,6 +127,7 @@ struct Connection {
 pub struct WebSocketApi {
     settings: ApiSettings,
     routes: HashMap<String, Route>,
+    authorizer: Option<crate::authorizer::SharedAuthorizer>,
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     domain: Mutex<String>,
     invocations: AtomicU64,
@@ -132,9 +136,20 @@ pub struct WebSocketApi {
 impl WebSocketApi {
     /// An API with these routes (`$connect`, `$disconnect`, `$default`, or route keys).
     pub fn new(settings: ApiSettings, routes: HashMap<String, Route>) -> Arc<Self> {
+        Self::with_authorizer(settings, routes, None)
+    }
+
+    /// An API whose `$connect` route has a Lambda REQUEST authorizer (see
+    /// [`crate::authorizer`]).
+    pub fn with_authorizer(
+        settings: ApiSettings,
+        routes: HashMap<String, Route>,
+        authorizer: Option<crate::authorizer::SharedAuthorizer>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             settings,
             routes,
+            authorizer,
             connections: Mutex::new(HashMap::new()),
             domain: Mutex::new("localhost".into()),
             invocations: AtomicU64::new(0),
@@ -241,6 +256,7 @@ impl WebSocketApi {
         Some((route, response))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn disconnect_event(
         &self,
         connection_id: &str,
@@ -249,9 +265,11 @@ impl WebSocketApi {
         user_agent: &str,
         code: u16,
         reason: &str,
+        authorizer: &HashMap<String, serde_json::Value>,
     ) -> ApiGatewayWebsocketProxyRequest {
         let mut event = ApiGatewayWebsocketProxyRequest::default();
         let mut ctx = self.base_context(connection_id, connected_at);
+        ctx.authorizer.fields = authorizer.clone();
         ctx.route_key = Some("$disconnect".into());
         ctx.event_type = Some("DISCONNECT".into());
         ctx.identity.source_ip = Some(source_ip.to_string());
@@ -283,7 +301,9 @@ impl WebSocketApi {
             serde_json::Value::Bool(b) => b.to_string(),
             _ => return "$default".into(),
         };
-        if self.routes.contains_key(&key) {
+        // `$connect` and `$disconnect` are never selected by a message: API Gateway runs them
+        // only for the connection's own life cycle.
+        if !key.starts_with('$') && self.routes.contains_key(&key) {
             key
         } else {
             "$default".into()
@@ -332,10 +352,32 @@ async fn upgrade(
     ctx.message_id = None;
     ctx.identity.source_ip = Some(peer.ip().to_string());
     ctx.identity.user_agent = Some(user_agent.clone());
+    let query_pairs: HashMap<String, Vec<String>> = url_pairs(query.as_deref().unwrap_or(""));
+    // The authorizer runs first; its context rides on every event of the connection.
+    let mut authorizer_fields = HashMap::new();
+    if let Some(authorizer) = &api.authorizer {
+        let arn = crate::authorizer::method_arn(&api.settings.api_id, &api.settings.stage);
+        let request = crate::authorizer::authorizer_event(&arn, &headers, &query_pairs, &ctx);
+        let started = Instant::now();
+        let outcome = authorizer.invoke(request).await;
+        let latency = started.elapsed().as_millis() as u64;
+        match crate::authorizer::evaluate(outcome, &arn) {
+            crate::authorizer::Decision::Allow(fields) => {
+                authorizer_fields = fields;
+                let mut connect_fields = authorizer_fields.clone();
+                connect_fields.insert("integrationLatency".into(), latency.into());
+                ctx.authorizer.fields = connect_fields;
+            }
+            crate::authorizer::Decision::Refuse(status, body) => {
+                tracing::info!(connection_id, status, "upgrade refused by the authorizer");
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+                return (code, axum::Json(body)).into_response();
+            }
+        }
+    }
     event.request_context = ctx;
     event.headers = headers.clone();
     event.multi_value_headers = headers;
-    let query_pairs: HashMap<String, Vec<String>> = url_pairs(query.as_deref().unwrap_or(""));
     event.query_string_parameters = query_pairs.clone().into();
     event.multi_value_query_string_parameters = query_pairs.into();
     event.is_base64_encoded = false;
@@ -355,6 +397,7 @@ async fn upgrade(
     let (tx, rx) = mpsc::unbounded_channel();
     let connection = Arc::new(Connection {
         tx,
+        authorizer: authorizer_fields.clone(),
         queued_bytes: std::sync::atomic::AtomicUsize::new(0),
         connected_at_ms: connected_at,
         last_active_ms: AtomicI64::new(connected_at),
@@ -389,6 +432,7 @@ async fn upgrade(
                     "",
                     1006,
                     "upgrade failed",
+                    &authorizer_fields,
                 );
                 failed_api.invoke("$disconnect", event).await;
             });
@@ -493,10 +537,9 @@ async fn run_connection(
                         }
                         let api = api.clone();
                         let id = connection_id.clone();
-                        let connected_at = connection.connected_at_ms;
-                        let tx = connection.tx.clone();
+                        let connection = connection.clone();
                         tokio::spawn(async move {
-                            on_message(api, id, connected_at, text.to_string(), tx).await;
+                            on_message(api, id, connection, text.to_string()).await;
                         });
                     }
                     Message::Binary(_) => {
@@ -551,6 +594,7 @@ async fn run_connection(
         &connection.user_agent,
         code,
         &reason,
+        &connection.authorizer,
     );
     api.invoke("$disconnect", event).await;
 }
@@ -566,13 +610,14 @@ fn is_size_limit_error(e: &axum::Error) -> bool {
 async fn on_message(
     api: Arc<WebSocketApi>,
     connection_id: String,
-    connected_at: i64,
+    connection: Arc<Connection>,
     body: String,
-    tx: mpsc::UnboundedSender<Outbound>,
 ) {
+    let tx = connection.tx.clone();
     let route_key = api.select_route(&body);
     let mut event = ApiGatewayWebsocketProxyRequest::default();
-    let mut ctx = api.base_context(&connection_id, connected_at);
+    let mut ctx = api.base_context(&connection_id, connection.connected_at_ms);
+    ctx.authorizer.fields = connection.authorizer.clone();
     ctx.route_key = Some(route_key.clone());
     ctx.event_type = Some("MESSAGE".into());
     ctx.message_id = Some(new_connection_id());

@@ -2,7 +2,10 @@
 //!
 //! - [`gateway`]: a managed WebSocket API (API Gateway semantics: routes, events, limits) and
 //!   its `@connections` management API;
+//! - [`authorizer`]: the WebSocket API's Lambda REQUEST authorizer on `$connect`, run as API
+//!   Gateway runs it;
 //! - [`broker`]: a CloudEvents broker with Knative Broker/Trigger semantics;
+//! - [`journal`]: the broker's durable queue of accepted deliveries and dead letters;
 //! - [`s3`]: an S3 endpoint that checks SigV4 signatures (presigned URLs work with curl);
 //! - [`remote`]: route integrations over HTTP, for the gateway on Kubernetes;
 //! - [`agent`]: a demo agent, subscribed through the broker like a real one;
@@ -14,10 +17,12 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod authorizer;
 pub mod broker;
 pub mod gateway;
 pub mod http_api;
 pub mod instance;
+pub mod journal;
 pub mod remote;
 pub mod s3;
 pub mod stack;

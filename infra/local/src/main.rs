@@ -73,6 +73,10 @@ struct GatewayArgs {
     /// URL of the disconnect function.
     #[arg(long, env = "DISCONNECT_FUNCTION_URL")]
     disconnect_url: String,
+    /// URL of the `$connect` authorizer (the connect function's `authorizer` binary); without
+    /// it the connect function verifies tokens itself.
+    #[arg(long, env = "AUTHORIZER_FUNCTION_URL")]
+    authorizer_url: Option<String>,
     /// Idle timeout, seconds.
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     idle_timeout_secs: u64,
@@ -104,7 +108,11 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         max_lifetime: Duration::from_secs(args.max_lifetime_secs),
         ..ApiSettings::default()
     };
-    let api = WebSocketApi::new(settings, routes);
+    let authorizer = args.authorizer_url.as_deref().map(|url| {
+        Arc::new(local_stack::remote::RemoteAuthorizer::new(url))
+            as local_stack::authorizer::SharedAuthorizer
+    });
+    let api = WebSocketApi::with_authorizer(settings, routes, authorizer);
     let ws = tokio::net::TcpListener::bind((args.host, args.ws_port)).await?;
     let management = tokio::net::TcpListener::bind((args.host, args.management_port)).await?;
     api.set_domain(ws.local_addr()?.to_string());

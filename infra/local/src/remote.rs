@@ -92,6 +92,43 @@ impl RemoteFunction {
     }
 }
 
+/// The `$connect` authorizer over HTTP (the connect function's `authorizer` binary in HTTP
+/// mode): `200` with the policy, or an error message (`401 {"message":"Unauthorized"}` is the
+/// refusal API Gateway turns into a 401).
+#[derive(Debug, Clone)]
+pub struct RemoteAuthorizer(RemoteFunction);
+
+impl RemoteAuthorizer {
+    /// Calls the authorizer at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(RemoteFunction::with_timeout(url, Duration::from_secs(10)))
+    }
+}
+
+#[async_trait]
+impl crate::authorizer::Authorizer for RemoteAuthorizer {
+    async fn invoke(&self, event: serde_json::Value) -> Result<serde_json::Value, String> {
+        let response = self
+            .0
+            .client
+            .post(&self.0.url)
+            .json(&event)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.map_err(|e| error_chain(&e))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(body
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("authorizer failed")
+            .to_string())
+    }
+}
+
 /// What API Gateway answers when an integration fails.
 pub fn integration_failure() -> ApiGatewayProxyResponse {
     let mut response = ApiGatewayProxyResponse::default();

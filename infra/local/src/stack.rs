@@ -316,7 +316,20 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     ] {
         routes.insert(key.to_string(), route("message", message.clone()));
     }
-    let api = WebSocketApi::new(config.api.clone(), routes);
+    // The `$connect` authorizer, as on AWS: its context rides on every event of the connection.
+    let jwt = ctx.jwt.clone();
+    let authorizer: crate::authorizer::SharedAuthorizer =
+        Arc::new(move |event: serde_json::Value| {
+            let jwt = jwt.clone();
+            async move {
+                let request: messaging::identity::AuthorizerRequest =
+                    serde_json::from_value(event).map_err(|e| e.to_string())?;
+                fn_connect::authorizer::handle(&jwt, &request)
+                    .map(|policy| serde_json::to_value(policy).unwrap_or_default())
+                    .map_err(|refusal| refusal.to_string())
+            }
+        });
+    let api = WebSocketApi::with_authorizer(config.api.clone(), routes, Some(authorizer));
     api.set_domain(ws_addr.to_string());
 
     // The broker: built-in triggers, then the operator's.
@@ -404,7 +417,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         broker_config.dead_letter_sink = extra.dead_letter_sink;
     }
     broker_config.validate()?;
-    let broker = Broker::new(broker_config, functions);
+    // Accepted events survive a restart: delivered again when the stack comes back.
+    let journal = crate::journal::Journal::open(&config.data_dir.join("broker"))?;
+    let broker = Broker::with_journal(broker_config, functions, journal);
 
     // The HTTP API: verification codes are printed and kept in MongoDB (`code_outbox`).
     let issuer = JwtIssuer::hs256(config.jwt_secret.as_bytes(), JWT_ISSUER, JWT_AUDIENCE);
@@ -496,6 +511,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             }
         }
     }));
+
+    // Everything is listening: deliver what a previous run accepted and did not finish.
+    broker.recover().await;
 
     Ok(RunningStack {
         ws_url: format!("ws://{ws_addr}"),

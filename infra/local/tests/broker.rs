@@ -1085,3 +1085,79 @@ fn backoff_follows_the_policy() {
     spec.backoff_policy = BackoffPolicy::Exponential;
     assert!(spec.backoff(200) >= spec.backoff(20));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The journal: a 202 survives a restart
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn accepted_events_and_dead_letters_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("broker-journal-{}", uuid::Uuid::new_v4()));
+    // First run: the subscriber keeps failing (503), so the delivery is still pending when the
+    // broker goes away; another trigger's event is dead-lettered at once (400).
+    let failing = Recorder::failing(&[503; 100]);
+    let refusing = Recorder::failing(&[400]);
+    let mut slow = trigger("store", exact(&[("type", "t.keep")]), "fn:store");
+    slow.delivery = DeliverySpec {
+        retry: 100,
+        backoff_policy: BackoffPolicy::Linear,
+        backoff_delay_ms: 1_000,
+        dead_letter_sink: None,
+    };
+    let triggers = vec![
+        slow,
+        trigger("refuse", exact(&[("type", "t.dead")]), "fn:refuse"),
+    ];
+    {
+        let journal = local_stack::journal::Journal::open(&dir).unwrap();
+        let broker = Broker::with_journal(
+            config(triggers.clone()),
+            functions(&[("store", &failing), ("refuse", &refusing)]),
+            journal,
+        );
+        broker.accept(event_from("t.keep", "kept-1")).await.unwrap();
+        broker.accept(event_from("t.dead", "dead-1")).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while broker.dead_letters().is_empty() || failing.events().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "first attempts");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The process dies here: its tasks and memory are gone, the journal stays.
+    }
+    // Second run, same directory, a subscriber that works now.
+    let working = Recorder::default();
+    let journal = local_stack::journal::Journal::open(&dir).unwrap();
+    let broker = Broker::with_journal(
+        config(triggers),
+        functions(&[("store", &working), ("refuse", &refusing)]),
+        journal,
+    );
+    broker.recover().await;
+    tokio::time::timeout(Duration::from_secs(10), broker.idle())
+        .await
+        .unwrap();
+    assert_eq!(
+        working.ids(),
+        ["kept-1"],
+        "the accepted event is delivered after the restart"
+    );
+    let dead = broker.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].trigger, "refuse");
+    // Nothing is delivered twice by a third run: the journal holds only the dead letter.
+    let journal = local_stack::journal::Journal::open(&dir).unwrap();
+    assert!(journal.pending().is_empty());
+    assert_eq!(journal.dead().len(), 1);
+    // A replayed dead letter leaves the journal.
+    assert!(broker.replay(&dead[0].id).await);
+    tokio::time::timeout(Duration::from_secs(10), broker.idle())
+        .await
+        .unwrap();
+    assert!(
+        local_stack::journal::Journal::open(&dir)
+            .unwrap()
+            .dead()
+            .is_empty()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -130,7 +130,15 @@ struct Server {
 
 impl Server {
     async fn start(settings: ApiSettings, routes: HashMap<String, Route>) -> Self {
-        let api = WebSocketApi::new(settings, routes);
+        Self::start_with(settings, routes, None).await
+    }
+
+    async fn start_with(
+        settings: ApiSettings,
+        routes: HashMap<String, Route>,
+        authorizer: Option<local_stack::authorizer::SharedAuthorizer>,
+    ) -> Self {
+        let api = WebSocketApi::with_authorizer(settings, routes, authorizer);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1142,4 +1150,136 @@ async fn a_client_that_does_not_read_gets_429_once_its_buffer_is_full() {
     }
     assert!(throttled.is_some(), "a full buffer must answer 429");
     drop(ws);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The $connect authorizer and reserved routes
+// ---------------------------------------------------------------------------------------------
+
+/// An authorizer that allows `?token=good` (context user_id=alice, n=7), denies `?token=deny`,
+/// fails with `Unauthorized` for `?token=bad`, and fails otherwise; it records what it got.
+fn test_authorizer(seen: Arc<Mutex<Vec<Value>>>) -> local_stack::authorizer::SharedAuthorizer {
+    Arc::new(move |event: Value| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(event.clone());
+            let arn = event["methodArn"].as_str().unwrap_or_default().to_string();
+            let policy = |effect: &str| {
+                serde_json::json!({
+                    "principalId": "alice",
+                    "policyDocument": {"Version": "2012-10-17", "Statement": [
+                        {"Action": "execute-api:Invoke", "Effect": effect, "Resource": arn}
+                    ]},
+                    "context": {"user_id": "alice", "n": 7},
+                })
+            };
+            match event
+                .pointer("/queryStringParameters/token")
+                .and_then(Value::as_str)
+            {
+                Some("good") => Ok(policy("Allow")),
+                Some("deny") => Ok(policy("Deny")),
+                Some("bad") => Err("Unauthorized".to_string()),
+                _ => Err("boom".to_string()),
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_authorizer_runs_before_connect_and_its_context_rides_on_every_event() {
+    let recorder = Recorder::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let server = Server::start_with(
+        ApiSettings::default(),
+        basic_routes(&recorder),
+        Some(test_authorizer(seen.clone())),
+    )
+    .await;
+    for (token, status) in [("bad", 401), ("deny", 403), ("other", 500)] {
+        let request = server.request(&format!("/local?token={token}"), &[]);
+        match connect_async(request).await {
+            Err(WsError::Http(response)) => assert_eq!(response.status(), status, "{token}"),
+            other => panic!("{token}: expected HTTP {status}, got {other:?}"),
+        }
+    }
+    assert!(
+        recorder.matching(|e| is_type(e, "CONNECT")).is_empty(),
+        "$connect never runs for a refused upgrade"
+    );
+
+    let request = server.request("/local?token=good&marker=auth", &[]);
+    let (mut ws, _) = connect_async(request).await.expect("allowed");
+    let connect = recorder
+        .wait_for("authorized CONNECT", |e| {
+            is_type(e, "CONNECT") && e.query_string_parameters.first("marker") == Some("auth")
+        })
+        .await;
+    // The authorizer got AWS's event for WebSocket APIs.
+    let event = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(event["type"], "REQUEST");
+    assert!(
+        event["methodArn"]
+            .as_str()
+            .unwrap()
+            .ends_with("/local/$connect"),
+        "{event}"
+    );
+    assert_eq!(event["requestContext"]["eventType"], "CONNECT");
+    assert_eq!(event["queryStringParameters"]["marker"], "auth");
+    assert!(event.get("body").is_none());
+    let fields = &connect.request_context.authorizer.fields;
+    assert_eq!(fields["principalId"], "alice");
+    assert_eq!(fields["user_id"], "alice");
+    assert_eq!(fields["n"], "7", "context values are stringified");
+    assert!(fields["integrationLatency"].is_number());
+    let id = connect.request_context.connection_id.clone().unwrap();
+    send_text(&mut ws, r#"{"type":"hello"}"#).await;
+    let message = recorder.wait_event("MESSAGE", &id).await;
+    assert_eq!(
+        message.request_context.authorizer.fields["user_id"],
+        "alice"
+    );
+    assert!(
+        !message
+            .request_context
+            .authorizer
+            .fields
+            .contains_key("integrationLatency")
+    );
+    close_with(&mut ws, 1000, "bye").await;
+    let disconnect = recorder.wait_event("DISCONNECT", &id).await;
+    assert_eq!(
+        disconnect.request_context.authorizer.fields["user_id"],
+        "alice"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_naming_a_reserved_route_goes_to_default() {
+    let recorder = Recorder::default();
+    let server = Server::start(ApiSettings::default(), basic_routes(&recorder)).await;
+    let (mut ws, id) = connect_and_id(&server, &recorder, "/local").await;
+    for reserved in ["$disconnect", "$connect", "$default"] {
+        send_text(&mut ws, format!(r#"{{"type":"{reserved}"}}"#)).await;
+    }
+    let messages = recorder
+        .wait_n(3, "three MESSAGE events", |e| {
+            is_type(e, "MESSAGE") && e.request_context.connection_id.as_deref() == Some(&id)
+        })
+        .await;
+    for m in messages {
+        assert_eq!(m.request_context.route_key.as_deref(), Some("$default"));
+    }
+    assert!(
+        recorder
+            .matching(|e| is_type(e, "DISCONNECT")
+                || e.request_context.route_key.as_deref() == Some("$disconnect"))
+            .is_empty()
+    );
+    assert_eq!(
+        server.api.connection_count(),
+        1,
+        "the connection is still open"
+    );
 }
