@@ -41,6 +41,8 @@ pub struct ClientConfig {
     pub auto_delivery_ack: bool,
     /// How long `send` waits for the ack (resends happen meanwhile on reconnect).
     pub ack_timeout: Duration,
+    /// How often a `heartbeat` keeps the connection and presence alive (seeds: 30 s).
+    pub heartbeat_interval: Duration,
 }
 
 impl ClientConfig {
@@ -55,6 +57,7 @@ impl ClientConfig {
             max_backoff: Duration::from_secs(10),
             auto_delivery_ack: true,
             ack_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
         }
     }
 }
@@ -147,14 +150,15 @@ struct Shared {
 
 /// A connected client. Dropping it closes the connection.
 pub struct Client {
-    shared: Arc<Shared>,
+    handle: ClientHandle,
     events: mpsc::UnboundedReceiver<ClientEvent>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.shared
+        self.handle
+            .shared
             .closed
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.abort();
@@ -213,7 +217,7 @@ impl Client {
         *shared.this.lock().expect("self lock") = Arc::downgrade(&shared);
         let task = tokio::spawn(run(shared.clone(), socket));
         Ok(Self {
-            shared,
+            handle: ClientHandle { shared },
             events,
             task,
         })
@@ -247,7 +251,31 @@ impl Client {
             }
         }
     }
+}
 
+/// The sending side of a [`Client`], cheap to clone: one task can read events while others
+/// send, mark read, type. A [`Client`] dereferences to its handle.
+#[derive(Clone)]
+pub struct ClientHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Client {
+    type Target = ClientHandle;
+
+    fn deref(&self) -> &ClientHandle {
+        &self.handle
+    }
+}
+
+impl Client {
+    /// A handle for sending from other tasks.
+    pub fn handle(&self) -> ClientHandle {
+        self.handle.clone()
+    }
+}
+
+impl ClientHandle {
     /// Last sequence number delivered to the caller per conversation (to persist and resume).
     pub fn state(&self) -> BTreeMap<String, u64> {
         self.shared.order.lock().expect("order lock").last.clone()
@@ -643,7 +671,7 @@ async fn session(shared: &Arc<Shared>, socket: Socket) {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     *shared.out.lock().expect("out lock") = Some(tx);
     shared.resume();
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(30));
+    let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
     heartbeat.tick().await;
     loop {
         tokio::select! {

@@ -11,8 +11,6 @@
 //! The sweep runs on a schedule: every second in the local stack, an EventBridge schedule on AWS
 //! (`messaging.outbox.sweep` to the store function), a PingSource on Knative.
 
-use std::time::Duration;
-
 use mongodb::bson::DateTime;
 
 use crate::context::Context;
@@ -23,8 +21,6 @@ use crate::model::{MessageReceived, StoredMessage, event_types};
 pub const SWEEP_EVENT: &str = "messaging.outbox.sweep";
 /// Most messages one sweep re-publishes (the next sweep takes the rest).
 pub const SWEEP_BATCH: usize = 200;
-/// How long a re-published message is left alone before the next attempt.
-pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Publishes `messaging.message.received` for a stored message, with the message id as the
 /// event id (consumers dedupe on it) and, when `agent` is given, the `agentid` extension that
@@ -53,11 +49,9 @@ pub async fn publish_received(
 /// `now_ms` (at most [`SWEEP_BATCH`]); returns how many. Safe to run concurrently: each overdue
 /// message is taken by one sweeper.
 pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
-    let now = DateTime::from_millis(now_ms);
-    let retry_at = DateTime::from_millis(now_ms + RETRY_AFTER.as_millis() as i64);
     let overdue = ctx
         .store
-        .overdue_fanouts(now, retry_at, SWEEP_BATCH)
+        .overdue_fanouts(DateTime::from_millis(now_ms), SWEEP_BATCH)
         .await?;
     let mut published = 0;
     for message in &overdue {

@@ -244,34 +244,20 @@ async fn a_stored_message_waits_in_the_outbox_until_its_fanout_is_done() {
         .message;
     assert!(m.fanout_due_at.is_some(), "stored with its fan-out due");
     let now = DateTime::now();
-    let later = DateTime::from_millis(now.timestamp_millis() + 60_000);
     // Not overdue yet.
-    assert!(
-        store
-            .overdue_fanouts(now, later, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.overdue_fanouts(now, 10).await.unwrap().is_empty());
     // Overdue: one sweeper takes it, a concurrent one does not.
     let future = DateTime::from_millis(now.timestamp_millis() + 30_000);
-    let retry_at = DateTime::from_millis(now.timestamp_millis() + 90_000);
     let (a, b) = futures::join!(
-        store.overdue_fanouts(future, retry_at, 10),
-        store.overdue_fanouts(future, retry_at, 10)
+        store.overdue_fanouts(future, 10),
+        store.overdue_fanouts(future, 10)
     );
     let taken: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].message_id, m.message_id);
     store.fanout_done(&m.message_id).await.unwrap();
     let far = DateTime::from_millis(now.timestamp_millis() + 3_600_000);
-    assert!(
-        store
-            .overdue_fanouts(far, far, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.overdue_fanouts(far, 10).await.unwrap().is_empty());
     let stored = store.message(&m.message_id).await.unwrap().unwrap();
     assert_eq!(stored.fanout_due_at, None);
 }

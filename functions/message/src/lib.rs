@@ -187,7 +187,8 @@ async fn caller(
             }
             if !registered {
                 // Redis lost this connection (restarted empty, evicted): the frame says who it
-                // is, so fan-out can find it again.
+                // is, so fan-out can find it again; and what the fan-out could not bring it
+                // meanwhile is delivered now, from MongoDB.
                 messaging::connections::register(
                     ctx,
                     connection_id,
@@ -196,6 +197,9 @@ async fn caller(
                     0,
                 )
                 .await?;
+                if let Err(e) = sync::deliver_missed(ctx, &caller).await {
+                    tracing::warn!(error = %e, "missed messages not delivered after re-registration");
+                }
             }
         }
         Err(e) => {

@@ -14,6 +14,20 @@ use messaging::realtime::ConnectionInfo;
 
 use crate::reply;
 
+/// Delivers what the caller's device has not acknowledged, without `auth_success`: for a
+/// connection registered again after Redis lost it (the fan-out could not find it meanwhile).
+pub async fn deliver_missed(ctx: &Context, caller: &ConnectionInfo) -> Result<()> {
+    let pending = messaging::pending::pending(
+        ctx,
+        &caller.user_id,
+        &caller.device_id,
+        &BTreeMap::new(),
+        ctx.settings.max_sync_messages,
+    )
+    .await?;
+    send_batches(ctx, caller, &pending).await
+}
+
 /// Answers `sync` (`since`: what the client has, per conversation) and completes `auth`.
 pub async fn deliver_pending(
     ctx: &Context,
@@ -41,6 +55,15 @@ pub async fn deliver_pending(
         },
     )
     .await?;
+    send_batches(ctx, caller, &pending).await
+}
+
+/// `messages` frames for what is pending, in order; `has_more` on the last when more waits.
+async fn send_batches(
+    ctx: &Context,
+    caller: &ConnectionInfo,
+    pending: &messaging::pending::Pending,
+) -> Result<()> {
     let mut frames = Vec::new();
     for (conversation_id, messages) in &pending.messages {
         let delivered: Vec<DeliveredMessage> =

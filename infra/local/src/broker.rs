@@ -275,6 +275,8 @@ pub struct Broker {
     config: BrokerConfig,
     functions: HashMap<String, Arc<dyn EventHandler>>,
     journal: Option<crate::journal::Journal>,
+    /// Simulated subscriber outages: trigger name -> until when its deliveries fail with 503.
+    outages: Mutex<HashMap<String, Instant>>,
     client: reqwest::Client,
     dead: Mutex<Vec<DeadRecord>>,
     in_flight: AtomicUsize,
@@ -345,6 +347,7 @@ impl Broker {
             config,
             functions,
             journal,
+            outages: Mutex::new(HashMap::new()),
             client,
             dead: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -487,12 +490,14 @@ impl Broker {
     }
 
     /// The HTTP API: `POST /` (ingress, binary or structured mode), `GET /dead-letters`,
-    /// `POST /dead-letters/{id}/replay` and `GET /healthz`.
+    /// `POST /dead-letters/{id}/replay`, `POST /admin/triggers/{name}/outage` (fault injection)
+    /// and `GET /healthz`.
     pub fn router(self: Arc<Self>) -> axum::Router {
         axum::Router::new()
             .route("/", post(ingress))
             .route("/dead-letters", get(list_dead_letters))
             .route("/dead-letters/{id}/replay", post(replay_dead_letter))
+            .route("/admin/triggers/{name}/outage", post(simulate_outage))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self)
     }
@@ -597,8 +602,41 @@ impl Broker {
         }
     }
 
+    /// Makes every delivery to trigger `name` fail with 503 for `duration`, as if its subscriber
+    /// were down (fault injection for testing the delivery guarantees: retries, dead letters,
+    /// the outbox; not a Knative feature). False when there is no such trigger.
+    pub fn simulate_outage(&self, name: &str, duration: Duration) -> bool {
+        if self.trigger_index(name).is_none() {
+            return false;
+        }
+        self.outages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), Instant::now() + duration);
+        tracing::warn!(
+            trigger = name,
+            seconds = duration.as_secs_f64(),
+            "simulated subscriber outage"
+        );
+        true
+    }
+
+    fn in_outage(&self, name: &str) -> bool {
+        self.outages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
     /// One delivery attempt.
     async fn attempt(&self, trigger: &Trigger, event: &Event) -> Outcome {
+        if self.in_outage(&trigger.name) {
+            return Outcome::Failed(Failure::new(
+                503,
+                "subscriber unavailable (simulated outage)",
+            ));
+        }
         match Subscriber::parse(&trigger.subscriber) {
             Subscriber::Function(name) => self.call_function(name, event).await,
             Subscriber::Http(url) => self.post_event(url, event).await,
@@ -991,6 +1029,34 @@ async fn ingress(
             "invalid_request",
             format!("not a valid CloudEvent: {e}"),
         ),
+    }
+}
+
+/// `POST /admin/triggers/{name}/outage` with `{"seconds": N}`: see [`Broker::simulate_outage`].
+async fn simulate_outage(
+    State(broker): State<Arc<Broker>>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let seconds = match body {
+        Ok(Json(value)) => value.get("seconds").and_then(serde_json::Value::as_f64),
+        Err(_) => None,
+    };
+    let Some(seconds) = seconds.filter(|s| (0.0..=3600.0).contains(s)) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected {\"seconds\": 0 to 3600}".into(),
+        );
+    };
+    if broker.simulate_outage(&name, Duration::from_secs_f64(seconds)) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no trigger named {name:?}"),
+        )
     }
 }
 

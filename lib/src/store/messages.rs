@@ -95,14 +95,9 @@ pub trait MessageStore: Send + Sync {
         newest_first: bool,
     ) -> Result<Vec<StoredMessage>>;
     /// Up to `limit` messages whose fan-out was due at or before `now` and is not done, oldest
-    /// first; each is given a new due time `retry_at` so that concurrent sweepers and the next
-    /// sweep leave it alone meanwhile.
-    async fn overdue_fanouts(
-        &self,
-        now: DateTime,
-        retry_at: DateTime,
-        limit: usize,
-    ) -> Result<Vec<StoredMessage>>;
+    /// first; each is given a new due time (three fan-out graces later) so that concurrent
+    /// sweepers and the next sweeps leave it alone while it is being retried.
+    async fn overdue_fanouts(&self, now: DateTime, limit: usize) -> Result<Vec<StoredMessage>>;
     /// The after-commit work of a message is done: take it out of the outbox (idempotent).
     async fn fanout_done(&self, message_id: &str) -> Result<()>;
 }
@@ -367,12 +362,10 @@ impl MessageStore for MongoStore {
         .await
     }
 
-    async fn overdue_fanouts(
-        &self,
-        now: DateTime,
-        retry_at: DateTime,
-        limit: usize,
-    ) -> Result<Vec<StoredMessage>> {
+    async fn overdue_fanouts(&self, now: DateTime, limit: usize) -> Result<Vec<StoredMessage>> {
+        let retry_at = DateTime::from_millis(
+            now.timestamp_millis() + 3 * self.options.fanout_grace.as_millis() as i64,
+        );
         self.deadline(async move {
             let due: Vec<StoredMessage> = self
                 .messages()

@@ -88,6 +88,27 @@ pub struct ServerProcess {
     child: Child,
 }
 
+impl ServerProcess {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the server (e.g. `libc::SIGSTOP` to stall it, `SIGCONT` to resume).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Kills the server at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -98,7 +119,15 @@ impl Drop for ServerProcess {
 /// Starts a `redis-server` on a free port. With `data_dir`, data is kept there (AOF); without,
 /// nothing is written to disk.
 pub fn start_redis(data_dir: Option<&std::path::Path>) -> Result<ServerProcess, String> {
-    let (port, child) = try_start("redis-server", |port| {
+    start_redis_at(None, data_dir)
+}
+
+/// [`start_redis`] on `port` when given (e.g. to restart a server where its clients expect it).
+pub fn start_redis_at(
+    port: Option<u16>,
+    data_dir: Option<&std::path::Path>,
+) -> Result<ServerProcess, String> {
+    let start = |port: u16| {
         let mut cmd = Command::new(redis_binary());
         cmd.args([
             "--port",
@@ -119,7 +148,11 @@ pub fn start_redis(data_dir: Option<&std::path::Path>) -> Result<ServerProcess, 
             }
         }
         cmd
-    })?;
+    };
+    let (port, child) = match port {
+        Some(port) => (port, start_on(port, "redis-server", start(port))?),
+        None => try_start("redis-server", start)?,
+    };
     Ok(ServerProcess {
         url: format!("redis://127.0.0.1:{port}/"),
         child,
@@ -201,6 +234,25 @@ fn try_start(name: &str, build: impl Fn(u16) -> Command) -> Result<(u16, Child),
         }
     }
     Err(format!("{name} did not come up: {last_error}"))
+}
+
+/// Starts `cmd` (a server for `port`) and waits for the port to answer.
+fn start_on(port: u16, name: &str, mut cmd: Command) -> Result<Child, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    tie_to_this_thread(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {name} ({e}); run scripts/setup"))?;
+    match wait_for_port(port, &mut child, Duration::from_secs(30)) {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            child.kill().ok();
+            child.wait().ok();
+            Err(format!("{name} did not come up on port {port}: {e}"))
+        }
+    }
 }
 
 fn wait_for_port(port: u16, child: &mut Child, timeout: Duration) -> Result<(), String> {
