@@ -94,6 +94,16 @@ pub enum Error {
         /// The deadline that passed.
         after: std::time::Duration,
     },
+    /// The work is being done elsewhere, or cannot be done yet: ask again after a while.
+    #[error("{context}: {detail} (retry in {retry_after_secs} s)")]
+    RetryLater {
+        /// What is busy.
+        context: &'static str,
+        /// Why (logged, never shown).
+        detail: String,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
     /// Another dependency failed (gateway, broker, S3, configuration at run time).
     #[error("{context}: {detail}")]
     Dependency {
@@ -156,6 +166,20 @@ impl Error {
         Self::Timeout { context, after }
     }
 
+    /// `unavailable`, to be asked again after `after` (e.g. work another worker holds a lease
+    /// on).
+    pub fn retry_later(
+        context: &'static str,
+        detail: impl Into<String>,
+        after: std::time::Duration,
+    ) -> Self {
+        Self::RetryLater {
+            context,
+            detail: detail.into(),
+            retry_after_secs: after.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    }
+
     /// The code clients see.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -164,7 +188,9 @@ impl Error {
             Self::Redis(e) if e.is_timeout() || e.is_connection_dropped() => ErrorCode::Unavailable,
             Self::Mongo(e) if is_mongo_unavailable(e) => ErrorCode::Unavailable,
             Self::Redis(_) | Self::Mongo(_) => ErrorCode::Internal,
-            Self::Dependency { .. } | Self::Timeout { .. } => ErrorCode::Unavailable,
+            Self::Dependency { .. } | Self::Timeout { .. } | Self::RetryLater { .. } => {
+                ErrorCode::Unavailable
+            }
         }
     }
 
@@ -194,7 +220,10 @@ impl Error {
     /// dependency is unavailable (retry then with the same idempotency key).
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::RateLimited { retry_after_secs }
+            | Self::RetryLater {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ if self.code() == ErrorCode::Unavailable => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         }

@@ -86,6 +86,21 @@ pub struct RateLimit {
     pub window: Duration,
 }
 
+/// Where a piece of at-least-once work stands (see [`RealtimeState::claim_work`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkClaim {
+    /// This caller does the work.
+    Claimed,
+    /// Another caller is doing it (or died doing it): ask again after `retry_after`, when its
+    /// lease runs out.
+    InProgress {
+        /// What is left of the other caller's lease.
+        retry_after: Duration,
+    },
+    /// It was done.
+    Done,
+}
+
 /// A message an agent has yet to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentWait {
@@ -146,11 +161,16 @@ pub trait RealtimeState: Send + Sync {
     async fn clear_typing(&self, conversation_id: &str, user_id: &str) -> Result<()>;
     /// Users typing in a conversation at `now_ms`.
     async fn typing_users(&self, conversation_id: &str, now_ms: i64) -> Result<Vec<String>>;
-    /// Marks `id` as done in `scope` for a day; true only for the first caller (dedupe of
-    /// at-least-once events).
-    async fn claim_once(&self, scope: &str, id: &str) -> Result<bool>;
-    /// Undoes [`RealtimeState::claim_once`] when the work failed and must be retried.
-    async fn release_once(&self, scope: &str, id: &str) -> Result<()>;
+    /// Claims work `id` in `scope` (the handling of an at-least-once event) for `lease`: the
+    /// first caller gets [`WorkClaim::Claimed`]; while it works, others get
+    /// [`WorkClaim::InProgress`]; once it called [`RealtimeState::finish_work`], others get
+    /// [`WorkClaim::Done`] for a day. A claimer that dies without finishing loses the claim when
+    /// the lease runs out, so a redelivery redoes the work instead of skipping it.
+    async fn claim_work(&self, scope: &str, id: &str, lease: Duration) -> Result<WorkClaim>;
+    /// The claimed work is done: redeliveries skip it for a day.
+    async fn finish_work(&self, scope: &str, id: &str) -> Result<()>;
+    /// The claimed work failed: the next delivery may claim it at once.
+    async fn release_work(&self, scope: &str, id: &str) -> Result<()>;
     /// Starts waiting for an agent's answer until `deadline_ms`.
     async fn await_agent(&self, wait: &AgentWait, deadline_ms: i64) -> Result<()>;
     /// The agent showed progress in a conversation: push its deadlines to `deadline_ms`.
@@ -475,16 +495,37 @@ impl RealtimeState for RedisState {
         Ok(users)
     }
 
-    async fn claim_once(&self, scope: &str, id: &str) -> Result<bool> {
-        let set: Option<String> = redis::cmd("SET")
+    async fn claim_work(&self, scope: &str, id: &str, lease: Duration) -> Result<WorkClaim> {
+        const SCRIPT: &str = r#"
+            local state = redis.call('GET', KEYS[1])
+            if state == 'done' then return -2 end
+            if state then return math.max(1, redis.call('PTTL', KEYS[1])) end
+            redis.call('SET', KEYS[1], 'working', 'PX', ARGV[1])
+            return 0
+        "#;
+        let state: i64 = redis::Script::new(SCRIPT)
+            .key(self.keys.once(scope, id))
+            .arg(lease.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(match state {
+            0 => WorkClaim::Claimed,
+            -2 => WorkClaim::Done,
+            left => WorkClaim::InProgress {
+                retry_after: Duration::from_millis(left.max(1) as u64),
+            },
+        })
+    }
+
+    async fn finish_work(&self, scope: &str, id: &str) -> Result<()> {
+        redis::cmd("SET")
             .arg(self.keys.once(scope, id))
-            .arg(1)
-            .arg("NX")
+            .arg("done")
             .arg("EX")
             .arg(secs(ONCE_TTL))
-            .query_async(&mut self.conn())
+            .exec_async(&mut self.conn())
             .await?;
-        Ok(set.is_some())
+        Ok(())
     }
 
     async fn await_agent(&self, wait: &AgentWait, deadline_ms: i64) -> Result<()> {
@@ -552,7 +593,7 @@ impl RealtimeState for RedisState {
         Ok(due.iter().filter_map(|m| AgentWait::decode(m)).collect())
     }
 
-    async fn release_once(&self, scope: &str, id: &str) -> Result<()> {
+    async fn release_work(&self, scope: &str, id: &str) -> Result<()> {
         redis::cmd("DEL")
             .arg(self.keys.once(scope, id))
             .exec_async(&mut self.conn())

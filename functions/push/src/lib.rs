@@ -4,9 +4,11 @@
 //! For one event, in order:
 //!
 //! 1. **Dedupe.** Events arrive at least once; the first delivery of an event (its `source` and
-//!    `id`) claims it in Redis (`claim_once("push", ...)`), later ones send nothing. When the
-//!    work fails before anything could be decided (MongoDB or Redis down), the claim is released
-//!    and the error (5xx) makes the broker retry.
+//!    `id`) claims it in Redis (`claim_work("push", ...)`, with a lease), later ones send nothing
+//!    once it is done, and are retried while it is in progress. When the work fails before
+//!    anything could be decided (MongoDB or Redis down), the claim is released and the error
+//!    (5xx) makes the broker retry; a sender that dies midway loses its claim with its lease,
+//!    so the notification is sent by a redelivery rather than lost.
 //! 2. **Payload.** Never the message: content is end-to-end encrypted. The sender's display name
 //!    (looked up among users, then agents, when the event has none), the conversation and
 //!    message ids, the message kind, and the badge (the user's total unread); with
@@ -43,6 +45,7 @@ use messaging::config::{ConfigError, Env, Source};
 use messaging::context::Context;
 use messaging::events::event_data;
 use messaging::model::{DeadLetter, DeviceToken, Notification, PushPlatform, event_types};
+use messaging::realtime::WorkClaim;
 use messaging::telemetry::hashed_id;
 use messaging::{Error, Result};
 use serde::Deserialize;
@@ -77,6 +80,16 @@ pub struct PushOptions {
     pub silent: bool,
     /// Timeout of one HTTP request to a provider.
     pub request_timeout: Duration,
+}
+
+impl PushOptions {
+    /// How long sending one notification may take at most (every attempt timing out, every
+    /// backoff at its longest): a redelivery takes the work over after this, never before, so a
+    /// sender that died does not lose the notification and a slow one is not doubled.
+    pub fn claim_lease(&self) -> Duration {
+        let attempts = self.retry.max_attempts.max(1);
+        (self.request_timeout + self.retry.max_backoff.max(self.retry.max_retry_after)) * attempts
+    }
 }
 
 impl Default for PushOptions {
@@ -476,12 +489,27 @@ pub async fn handle(push: &Push, event: Event) -> Result<()> {
     let note: Notification = event_data(&event)?;
     let ctx = &push.inner.ctx;
     let claim = format!("{} {}", event.source(), event.id());
-    if !ctx.realtime.claim_once(CLAIM_SCOPE, &claim).await? {
-        tracing::info!(event_id = %event.id(), "notification already handled; redelivery ignored");
-        return Ok(());
+    match ctx
+        .realtime
+        .claim_work(CLAIM_SCOPE, &claim, push.inner.options.claim_lease())
+        .await?
+    {
+        WorkClaim::Claimed => {}
+        WorkClaim::Done => {
+            tracing::info!(event_id = %event.id(), "notification already handled; redelivery ignored");
+            return Ok(());
+        }
+        WorkClaim::InProgress { retry_after } => {
+            // Being sent, or its sender died: a retry after the lease sends it.
+            return Err(Error::retry_later(
+                "push",
+                "this notification is being sent",
+                retry_after,
+            ));
+        }
     }
     let release = || async {
-        if let Err(e) = ctx.realtime.release_once(CLAIM_SCOPE, &claim).await {
+        if let Err(e) = ctx.realtime.release_work(CLAIM_SCOPE, &claim).await {
             tracing::error!(error = %e, "could not release a push claim");
         }
     };
@@ -492,6 +520,10 @@ pub async fn handle(push: &Push, event: Event) -> Result<()> {
             return Err(e);
         }
     };
+    // Decided (sent, or failed for good below): redeliveries send nothing.
+    if let Err(e) = ctx.realtime.finish_work(CLAIM_SCOPE, &claim).await {
+        tracing::warn!(error = %e, "push claim not marked done; a redelivery after its lease may send again");
+    }
     let count = |f: fn(&Final) -> bool| report.deliveries.iter().filter(|d| f(&d.end)).count();
     let delivered = count(|e| matches!(e, Final::Delivered));
     let removed = count(|e| matches!(e, Final::InvalidToken(_)));

@@ -8,8 +8,9 @@
 //! 1. conversation metadata: highest sequence number, last-message preview (no content), the
 //!    sender's read marker (unread counts are `last_sequence_number - read_up_to[user]`);
 //! 2. live fan-out to every connection of every participant (the sender's other devices too),
-//!    once per message (a Redis marker stops redeliveries from sending it twice); a 410 prunes
-//!    only that connection;
+//!    once per message: a Redis claim with a lease stops redeliveries from sending it twice, and
+//!    a fan-out that died midway is redone when its lease is over; a 410 prunes only that
+//!    connection;
 //! 3. recipients no connection took it for get a `messaging.notification` (push), with an event
 //!    id derived from the message and a hash of the user, so a redelivery is deduped downstream
 //!    and no personal data rides in event ids;
@@ -22,16 +23,25 @@
 
 #![warn(missing_docs)]
 
+use std::time::Duration;
+
 use cloudevents::{AttributesReader, Event};
 use messaging::context::Context;
 use messaging::events::event_data;
 use messaging::fanout::send_to_user;
 use messaging::model::{LastMessage, MessageReceived, Notification, event_types};
 use messaging::protocol::{DeliveredMessage, MessageStatus, ServerFrame};
+use messaging::realtime::WorkClaim;
 use messaging::system_messages::SYSTEM_SENDER;
 use messaging::telemetry::hashed_id;
 use messaging::{Error, Result};
 use mongodb::bson::DateTime;
+
+/// Scope of the fan-out claims in Redis.
+const FANOUT_SCOPE: &str = "fanout";
+/// How long one fan-out may take before another delivery of its event takes it over (a fan-out
+/// that died midway is redone, never skipped).
+pub const FANOUT_LEASE: Duration = Duration::from_secs(20);
 
 /// What one event led to (for logs and tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,24 +98,43 @@ async fn received(ctx: &Context, data: MessageReceived) -> Result<FanOut> {
         .map(str::to_string)
         .collect();
 
-    if !ctx.realtime.claim_once("fanout", &data.message_id).await? {
-        tracing::info!(message_id = %data.message_id, "fan-out already done; redelivery ignored");
-        ctx.store.fanout_done(&data.message_id).await?;
-        return Ok(FanOut {
-            duplicate: true,
-            ..FanOut::default()
-        });
+    match ctx
+        .realtime
+        .claim_work(FANOUT_SCOPE, &data.message_id, FANOUT_LEASE)
+        .await?
+    {
+        WorkClaim::Claimed => {}
+        WorkClaim::Done => {
+            tracing::info!(message_id = %data.message_id, "fan-out already done; redelivery ignored");
+            ctx.store.fanout_done(&data.message_id).await?;
+            return Ok(FanOut {
+                duplicate: true,
+                ..FanOut::default()
+            });
+        }
+        WorkClaim::InProgress { retry_after } => {
+            // Someone is fanning it out, or died doing it: try again once its lease is over
+            // (the broker retries then; failing that, the outbox sweep).
+            return Err(Error::retry_later(
+                "fan-out",
+                format!("message {} is being fanned out", data.message_id),
+                retry_after,
+            ));
+        }
     }
     let outcome = match fan_out(ctx, &data, &recipients).await {
         Ok(outcome) => outcome,
         Err(e) => {
             // Let the broker's retry (or the outbox sweep) do the fan-out again.
             ctx.realtime
-                .release_once("fanout", &data.message_id)
+                .release_work(FANOUT_SCOPE, &data.message_id)
                 .await?;
             return Err(e);
         }
     };
+    ctx.realtime
+        .finish_work(FANOUT_SCOPE, &data.message_id)
+        .await?;
     ctx.store.fanout_done(&data.message_id).await?;
     Ok(outcome)
 }

@@ -238,6 +238,9 @@ pub struct HandlerError {
     pub status: u16,
     /// What went wrong (it becomes `knativeerrordata`: no secrets, no message content).
     pub message: String,
+    /// How long to wait before retrying, when the function knows (like an HTTP
+    /// subscriber's `Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 /// An event whose delivery failed for good.
@@ -662,7 +665,10 @@ impl Broker {
                 status: 200,
                 reply: reply.map(Box::new),
             },
-            Ok(Ok(Err(error))) => Outcome::Failed(Failure::new(error.status, error.message)),
+            Ok(Ok(Err(error))) => Outcome::Failed(Failure {
+                retry_after: error.retry_after.map(|d| d.min(MAX_RETRY_AFTER)),
+                ..Failure::new(error.status, error.message)
+            }),
             Ok(Err(join)) => {
                 Outcome::Failed(Failure::new(500, format!("function {name} failed: {join}")))
             }

@@ -192,6 +192,7 @@ where
             HandlerError {
                 status: e.http_status(),
                 message: e.to_string(),
+                retry_after: e.retry_after().map(Duration::from_secs),
             }
         })
     }

@@ -279,6 +279,7 @@ impl EventHandler for Recorder {
             return Err(HandlerError {
                 status,
                 message: format!("failing with {status}"),
+                retry_after: None,
             });
         }
         Ok(self

@@ -98,6 +98,11 @@ impl Stack {
             ("API_RATE_PER_MINUTE", "100000"),
             ("PUSH_WEBHOOK_URL", webhook),
             ("PUSH_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            // A push that died with the stack is taken over after its lease: a few seconds.
+            ("PUSH_MAX_ATTEMPTS", "2"),
+            ("PUSH_REQUEST_TIMEOUT_SECS", "2"),
+            ("PUSH_MAX_BACKOFF_MS", "500"),
+            ("PUSH_MAX_RETRY_AFTER_SECS", "1"),
             ("RUST_LOG", "info"),
         ]
         .iter()
@@ -771,13 +776,31 @@ async fn run(fault: Fault) -> Report {
         "{fault:?}: numbers dense 1..=N (no hole, even after a kill)"
     );
     for d in &devices {
-        assert_eq!(
-            d.seqs(),
-            expected,
-            "{fault:?}: {}/{} received every message exactly once, in order",
-            d.user,
-            d.device
-        );
+        let got = d.seqs();
+        if got != expected {
+            let missing: Vec<u64> = expected
+                .iter()
+                .copied()
+                .filter(|s| !got.contains(s))
+                .collect();
+            let ids: Vec<&str> = stored
+                .iter()
+                .filter(|m| missing.contains(&m.sequence_number))
+                .map(|m| m.message_id.as_str())
+                .collect();
+            let log = std::fs::read_to_string(&stack.log).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| ids.iter().any(|id| l.contains(id)))
+                .collect();
+            panic!(
+                "{fault:?}: {}/{} received {got:?}; missing {missing:?} ({ids:?}); log lines about them:\n{}\nfull log: {}",
+                d.user,
+                d.device,
+                lines.join("\n"),
+                stack.log.display()
+            );
+        }
     }
     let carol_notified = notifications.of(&carol);
     for m in &stored {
@@ -800,7 +823,9 @@ async fn run(fault: Fault) -> Report {
     );
     drop(devices);
     drop(stack);
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("FAULTS_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     report
 }
 
