@@ -133,6 +133,19 @@ impl JwtVerifier {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+            // A signed token can still name nobody: its subject and device must be usable ids.
+            Ok(data) if !crate::ids::is_valid(&data.claims.sub) => {
+                Err(invalid("token subject is not a valid user id"))
+            }
+            Ok(data)
+                if data
+                    .claims
+                    .device_id
+                    .as_deref()
+                    .is_some_and(|d| !crate::ids::is_valid(d)) =>
+            {
+                Err(invalid("token device_id is not a valid device id"))
+            }
             Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
                 JwtErrorKind::ExpiredSignature => {

@@ -323,7 +323,7 @@ impl ClientHandle {
             .await
     }
 
-    /// Like [`Client::send_message`] with a chosen idempotency key (to retry a send made
+    /// Like [`ClientHandle::send_message`] with a chosen idempotency key (to retry a send made
     /// elsewhere, e.g. on another device).
     pub async fn send_with_key(
         &self,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use lambda_http::{Body, Request, Response};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 
 /// A route of an HTTP function: a method and a path template whose `{name}` segments are
 /// parameters (as in the OpenAPI document).
@@ -123,4 +123,33 @@ pub fn error_response(error: &Error, extra_headers: &[(&str, String)]) -> Respon
         headers.push(("retry-after", secs.to_string()));
     }
     json_response(error.http_status(), Some(&error.to_http_body()), &headers)
+}
+
+/// A request body as `T`. Every body this API takes is a JSON object: an empty body, malformed
+/// JSON (`malformed_json`), or JSON of another type (an array would fill a struct's fields by
+/// position) is a 400 that says which.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> crate::Result<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid("a JSON request body is required"));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Error::client(ErrorCode::MalformedJson, format!("request body: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::invalid(format!(
+            "the request body must be a JSON object, not {}",
+            json_type(&value)
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| Error::invalid(format!("request body: {e}")))
+}
+
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }

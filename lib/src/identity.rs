@@ -165,6 +165,15 @@ pub fn authorize(
         .map(str::to_string)
         .or(claims.device_id.clone())
         .unwrap_or_else(|| DEFAULT_DEVICE.to_string());
+    if !crate::ids::is_valid(&device_id) {
+        // API Gateway answers 403: the caller is known, the request is not acceptable.
+        return Ok(policy(
+            &claims.sub,
+            IamPolicyEffect::Deny,
+            &request.method_arn,
+            serde_json::Map::new(),
+        ));
+    }
     let mut context = serde_json::Map::new();
     context.insert(USER_ID_KEY.into(), Value::String(claims.sub.clone()));
     context.insert(DEVICE_ID_KEY.into(), Value::String(device_id));

@@ -25,6 +25,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod http;
 pub mod identity;
+pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod model;

@@ -144,8 +144,9 @@ impl CodeSender for LocalCodeSender {
                 .await?;
         }
         // Deliberately printed, not logged: this sender exists so that a developer can read it.
+        // It is the local stack's outbox only; deployments use the HTTP sender.
         println!(
-            "[local code sender] {} code for {}: {}",
+            "[local code outbox - development only, never in production] {} code for {}: {}",
             crate::views::wire_name(&message.purpose),
             message.to,
             message.code

@@ -64,11 +64,13 @@ async fn connect(ctx: &Context, event: &ApiGatewayWebsocketProxyRequest) -> Resu
                 {
                     return Err(Error::forbidden("user_id does not match the token"));
                 }
+                let device_id = query(event, "device_id")
+                    .map(str::to_string)
+                    .or(claims.device_id.clone())
+                    .unwrap_or_else(|| DEFAULT_DEVICE.into());
+                messaging::ids::check("device_id", &device_id)?;
                 Identity {
-                    device_id: query(event, "device_id")
-                        .map(str::to_string)
-                        .or(claims.device_id.clone())
-                        .unwrap_or_else(|| DEFAULT_DEVICE.into()),
+                    device_id,
                     user_id: claims.sub,
                 }
             }

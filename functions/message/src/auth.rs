@@ -52,6 +52,7 @@ pub async fn auth(
         .or(claims.device_id.clone())
         .or(identity.map(|i| i.device_id.clone()))
         .unwrap_or_else(|| DEFAULT_DEVICE.into());
+    messaging::ids::check("device_id", &device_id)?;
     match ctx.realtime.connection(connection_id).await? {
         Some(c) if c.user_id != claims.sub => {
             return Err(Error::forbidden(

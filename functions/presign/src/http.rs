@@ -53,17 +53,7 @@ impl Call {
 
     /// The JSON body as `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
-        if self.body_is_empty() {
-            return Err(Error::invalid("a JSON request body is required"));
-        }
-        serde_json::from_slice(&self.body).map_err(|e| {
-            let code = if e.is_syntax() || e.is_eof() {
-                ErrorCode::MalformedJson
-            } else {
-                ErrorCode::InvalidRequest
-            };
-            Error::client(code, format!("request body: {e}"))
-        })
+        messaging::http::json_body(&self.body)
     }
 }
 

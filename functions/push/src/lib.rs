@@ -13,7 +13,7 @@
 //!    (looked up among users, then agents, when the event has none), the conversation and
 //!    message ids, the message kind, and the badge (the user's total unread); with
 //!    [`PushOptions::silent`], background notifications that only wake the app to sync.
-//! 3. **Send.** To every registered device of the user ([`messaging::store::Store::devices_of`])
+//! 3. **Send.** To every registered device of the user ([`messaging::store::DeviceStore::devices_of`])
 //!    through its platform's provider ([`fcm`], [`apns`]), and once to the [`webhook`] when one
 //!    is configured, concurrently. Each delivery is retried with exponential backoff on 408, 429
 //!    and 5xx and on network errors, honouring `Retry-After` ([`retry`]). A device whose

@@ -223,3 +223,17 @@ async fn unread_count(ctx: &Context, user_id: &str) -> Result<u64> {
         .map(|mc| mc.state.unread(&mc.conversation, user_id))
         .sum())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn notification_event_ids_carry_no_user_id() {
+        let id = super::notification_event_id("01h-message", "alice@example.com");
+        assert!(id.starts_with("01h-message:"));
+        assert!(!id.contains("alice"), "{id}");
+        assert_eq!(
+            id,
+            super::notification_event_id("01h-message", "alice@example.com")
+        );
+    }
+}

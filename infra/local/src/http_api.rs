@@ -38,6 +38,52 @@ where
     }
 }
 
+/// A path as it may be logged: the API's fixed words stay, every other segment (an id, a name:
+/// possibly personal data) becomes `{id}`, so `/v1/users/alice` logs as `/v1/users/{id}`.
+pub fn redacted(path: &str) -> String {
+    const WORDS: &[&str] = &[
+        "",
+        "v1",
+        "me",
+        "auth",
+        "users",
+        "conversations",
+        "groups",
+        "agents",
+        "devices",
+        "media",
+        "participants",
+        "admins",
+        "leave",
+        "messages",
+        "heartbeat",
+        "export",
+        "register",
+        "verify",
+        "login",
+        "refresh",
+        "logout",
+        "resend",
+        "recover",
+        "openapi.json",
+        "download",
+        "complete",
+        "upload",
+        "thumbnail",
+        "healthz",
+    ];
+    path.split('/')
+        .map(|segment| {
+            if WORDS.contains(&segment) {
+                segment
+            } else {
+                "{id}"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// A router sending every request to `function`, with a REPORT log line per invocation.
 pub fn router(name: &'static str, function: Arc<dyn HttpFunction>) -> Router {
     Router::new().fallback(invoke).with_state((name, function))
@@ -83,7 +129,7 @@ async fn invoke(
         target: "report",
         function = name,
         method = %method,
-        path,
+        path = %redacted(&path),
         status = response.status().as_u16(),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "REPORT"
@@ -96,4 +142,20 @@ async fn invoke(
         _ => AxumBody::empty(),
     };
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logged_paths_carry_no_ids() {
+        assert_eq!(
+            super::redacted("/v1/users/alice@example.com"),
+            "/v1/users/{id}"
+        );
+        assert_eq!(
+            super::redacted("/v1/groups/g-1/participants/bob"),
+            "/v1/groups/{id}/participants/{id}"
+        );
+        assert_eq!(super::redacted("/openapi.json"), "/openapi.json");
+    }
 }

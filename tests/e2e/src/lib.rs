@@ -141,3 +141,63 @@ pub async fn ready(client: &mut Client) -> u64 {
         .await
         .expect("auth_success")
 }
+
+/// A WebSocket client that is not the client library: it sends exactly the frames a test writes
+/// and shows every frame the server sends, as JSON.
+pub struct RawWs {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl RawWs {
+    /// Connects to the stack with `?token=` (if any) and `device_id`.
+    pub async fn connect(stack: &RunningStack, token: Option<&str>, device: &str) -> Self {
+        let url = match token {
+            Some(t) => format!("{}/?token={t}&device_id={device}", stack.ws_url),
+            None => format!("{}/?device_id={device}", stack.ws_url),
+        };
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("raw client connects");
+        Self { ws }
+    }
+
+    /// Sends a text frame.
+    pub async fn send(&mut self, text: impl Into<String>) {
+        use futures::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next JSON frame within `timeout`, `None` if none came.
+    pub async fn next(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                    return serde_json::from_str(&t).ok();
+                }
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits for the next frame of `type`, skipping others; panics after [`WAIT`].
+    pub async fn expect(&mut self, frame_type: &str) -> serde_json::Value {
+        loop {
+            let frame = self
+                .next(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no `{frame_type}` frame"));
+            if frame["type"] == frame_type {
+                return frame;
+            }
+        }
+    }
+}
