@@ -208,6 +208,14 @@ impl Error {
         }
     }
 
+    /// Whether retrying the same request or event can never succeed (a client error: invalid,
+    /// forbidden, unknown, conflicting), as opposed to a transient failure (a dependency down or
+    /// slow, a rate limit, work in progress elsewhere). Events that fail permanently go to the
+    /// dead letters at once; transient failures are retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Client { .. })
+    }
+
     /// Whether this is the server's fault (logged at error level) rather than the client's.
     pub fn is_server_fault(&self) -> bool {
         matches!(
@@ -249,6 +257,22 @@ impl Error {
         serde_json::json!({
             "error": { "code": self.code(), "message": self.public_message() }
         })
+    }
+}
+
+/// Under Lambda, the error's code is its `errorType` (`invalid_request`, `unavailable`, ...), so
+/// alarms and filters can match it; the message is the full one (it goes to the logs and to the
+/// invoker, never to a client).
+impl From<Error> for lambda_runtime::Diagnostic {
+    fn from(error: Error) -> Self {
+        let code = serde_json::to_value(error.code())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "internal".into());
+        lambda_runtime::Diagnostic {
+            error_type: code,
+            error_message: error.to_string(),
+        }
     }
 }
 

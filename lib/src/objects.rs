@@ -124,8 +124,11 @@ fn to_presigned(req: aws_sdk_s3::presigning::PresignedRequest) -> PresignedReque
     PresignedRequest {
         method: req.method().to_string(),
         url: req.uri().to_string(),
+        // The headers the client must send. The SDK's tracing header (under Lambda, the
+        // invocation's X-Ray id) is not one of them.
         headers: req
             .headers()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("x-amzn-trace-id"))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
     }

@@ -40,6 +40,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+use crate::config::Source as _;
 use crate::error::Error;
 use crate::events::EventPublisher;
 
@@ -79,6 +80,65 @@ pub fn mode_from(src: &impl crate::config::Source) -> Result<Mode, crate::config
 /// The mode of this process.
 pub fn mode() -> Result<Mode, crate::config::ConfigError> {
     mode_from(&crate::config::Env)
+}
+
+/// Builds a function's dependencies (`build`, from the environment). When that fails the
+/// reason is reported where an operator looks for it: under Lambda to the Runtime API's
+/// `/runtime/init/error` (with an `errorType`: `invalid_configuration`, `unavailable`,
+/// `init_failed`), else to the log; then the process exits with status 1 at once, without
+/// running destructors (a half-started driver's background tasks would panic while the runtime
+/// shuts down).
+pub async fn init<T>(build: impl Future<Output = anyhow::Result<T>>) -> T {
+    match build.await {
+        Ok(dependencies) => dependencies,
+        Err(error) => {
+            let error_type = init_error_type(&error);
+            let message = format!("{error:#}");
+            tracing::error!(error_type, error = %message, "cannot start");
+            eprintln!("cannot start ({error_type}): {message}");
+            if let Some(api) = crate::config::Env.get(LAMBDA_RUNTIME_API_VAR) {
+                report_init_error(&api, error_type, &message).await;
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The `errorType` of an initialisation failure.
+fn init_error_type(error: &anyhow::Error) -> &'static str {
+    for cause in error.chain() {
+        if cause.downcast_ref::<crate::config::ConfigError>().is_some() {
+            return "invalid_configuration";
+        }
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return if e.code() == crate::ErrorCode::Unavailable || e.is_server_fault() {
+                "unavailable"
+            } else {
+                "invalid_configuration"
+            };
+        }
+    }
+    "init_failed"
+}
+
+/// POSTs an initialisation error to the Lambda Runtime API (best effort: Lambda also sees the
+/// exit).
+async fn report_init_error(api: &str, error_type: &str, message: &str) {
+    let body = serde_json::json!({
+        "errorMessage": message,
+        "errorType": error_type,
+        "stackTrace": [],
+    });
+    let sent = reqwest::Client::new()
+        .post(format!("http://{api}/2018-06-01/runtime/init/error"))
+        .header("Lambda-Runtime-Function-Error-Type", error_type)
+        .json(&body)
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await;
+    if let Err(e) = sent {
+        eprintln!("could not report the init error to the Runtime API: {e}");
+    }
 }
 
 async fn listen(port: u16) -> std::io::Result<TcpListener> {
@@ -138,15 +198,6 @@ pub fn error_response(error: &Error) -> Response {
     response
 }
 
-fn boxed_error(error: Error) -> lambda_runtime::Error {
-    if error.is_server_fault() {
-        tracing::error!(error = %error, "function failed");
-    } else {
-        tracing::warn!(code = ?error.code(), error = %error, "event refused");
-    }
-    lambda_runtime::Error::from(error)
-}
-
 // ---------------------------------------------------------------------------------------------
 // CloudEvent functions
 
@@ -154,13 +205,24 @@ fn boxed_error(error: Error) -> lambda_runtime::Error {
 /// module documentation). The handler may return a reply event: over HTTP it is the response
 /// (the broker publishes it); under Lambda it is published to the configured events adapter
 /// ([`crate::eventbridge::publisher_from_env`]) and also returned as the invocation's result.
-pub async fn run_cloudevent_function<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
+///
+/// Retries follow the error: a transient failure (a dependency down or slow, work in progress
+/// elsewhere) is an invocation error (Lambda retries, then sends it to the on-failure
+/// destination) or a 5xx/429 (Knative retries); a permanent one (an invalid event, an unknown
+/// conversation, a forbidden answer) is recorded in `dead_letters` at once with its reason and
+/// the invocation succeeds, or, over HTTP, is a 4xx Knative does not retry (404 and 409, which
+/// Knative retries, become 422), and the Broker dead-letters it.
+pub async fn run_cloudevent_function<F, Fut>(
+    function: &'static str,
+    dead_letters: Arc<dyn crate::store::DeadLetterStore>,
+    handler: F,
+) -> Result<(), lambda_runtime::Error>
 where
     F: Fn(Event) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = crate::Result<Option<Event>>> + Send + 'static,
 {
     match mode()? {
-        Mode::Lambda => run_cloudevent_lambda(handler).await,
+        Mode::Lambda => run_cloudevent_lambda(function, dead_letters, handler).await,
         Mode::Http(port) => {
             let listener = listen(port).await?;
             serve(listener, cloudevent_router(handler)).await?;
@@ -169,7 +231,11 @@ where
     }
 }
 
-async fn run_cloudevent_lambda<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
+async fn run_cloudevent_lambda<F, Fut>(
+    function: &'static str,
+    dead_letters: Arc<dyn crate::store::DeadLetterStore>,
+    handler: F,
+) -> Result<(), lambda_runtime::Error>
 where
     F: Fn(Event) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = crate::Result<Option<Event>>> + Send + 'static,
@@ -179,25 +245,66 @@ where
     lambda_runtime::run(service_fn(move |invocation: LambdaEvent<Value>| {
         let replies = replies.clone();
         let handler = handler.clone();
+        let dead_letters = dead_letters.clone();
         async move {
-            let event = crate::eventbridge::event_from_invocation(invocation.payload)
-                .map_err(boxed_error)?;
-            tracing::info!(event_type = %event.ty(), event_id = %event.id(), "event received");
-            match handler(event).await.map_err(boxed_error)? {
-                None => Ok::<Value, lambda_runtime::Error>(Value::Null),
-                Some(reply) => {
+            let payload = invocation.payload;
+            let outcome = match crate::eventbridge::event_from_invocation(payload.clone()) {
+                Ok(event) => {
+                    tracing::info!(event_type = %event.ty(), event_id = %event.id(), "event received");
+                    let kind = event.ty().to_string();
+                    match handler(event).await {
+                        Ok(reply) => Ok(reply),
+                        Err(e) => Err((kind, e)),
+                    }
+                }
+                Err(e) => Err(("unreadable".to_string(), e)),
+            };
+            match outcome {
+                Ok(None) => Ok::<Value, lambda_runtime::Diagnostic>(Value::Null),
+                Ok(Some(reply)) => {
                     let publisher = replies
                         .get_or_try_init(crate::eventbridge::publisher_from_env)
                         .await
-                        .map_err(|e| lambda_runtime::Error::from(format!("{e:#}")))?;
-                    let detail = crate::eventbridge::to_detail(&reply).map_err(boxed_error)?;
-                    publisher.publish(reply).await.map_err(boxed_error)?;
+                        .map_err(|e| lambda_runtime::Diagnostic {
+                            error_type: "unavailable".into(),
+                            error_message: format!("{e:#}"),
+                        })?;
+                    let detail = crate::eventbridge::to_detail(&reply).map_err(logged)?;
+                    publisher.publish(reply).await.map_err(logged)?;
                     Ok(detail)
                 }
+                Err((kind, e)) if e.is_permanent() => {
+                    // Retrying cannot help: dead-letter it now, with the reason.
+                    let dead = crate::model::DeadLetter::new(
+                        function,
+                        kind,
+                        payload,
+                        e.to_string(),
+                        1,
+                    );
+                    tracing::warn!(code = ?e.code(), error = %e, dead_letter = %dead.dead_letter_id, "event refused for good: dead-lettered");
+                    dead_letters.insert_dead_letter(&dead).await.map_err(logged)?;
+                    Ok(serde_json::json!({
+                        "dead_letter": dead.dead_letter_id,
+                        "error": {"code": e.code(), "message": e.to_string()},
+                    }))
+                }
+                Err((_, e)) => Err(logged(e)),
             }
         }
     }))
     .await
+}
+
+/// Logs an invocation error and turns it into what the Runtime API is told (`errorType` = the
+/// error's code).
+fn logged(error: Error) -> lambda_runtime::Diagnostic {
+    if error.is_server_fault() {
+        tracing::error!(error = %error, "function failed");
+    } else {
+        tracing::warn!(code = ?error.code(), error = %error, "event refused");
+    }
+    lambda_runtime::Diagnostic::from(error)
 }
 
 /// The HTTP subscriber of [`run_cloudevent_function`]: `POST /` and `GET /healthz`.
@@ -230,7 +337,14 @@ where
     match handler(event).await {
         Ok(Some(reply)) => reply.into_response(),
         Ok(None) => StatusCode::ACCEPTED.into_response(),
-        Err(e) => error_response(&e),
+        Err(e) => {
+            let mut response = error_response(&e);
+            // Knative retries 404, 408, 409 and 429: a permanent refusal must not look like them.
+            if e.is_permanent() && matches!(response.status().as_u16(), 404 | 408 | 409 | 429) {
+                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            }
+            response
+        }
     }
 }
 
@@ -247,12 +361,15 @@ where
     match mode()? {
         Mode::Lambda => {
             let handler = Arc::new(handler);
-            lambda_runtime::run(service_fn(
-                move |e: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, lambda_runtime::Error>(handler(e.payload).await) }
-                },
-            ))
+            lambda_runtime::run(service_fn(move |e: LambdaEvent<Value>| {
+                let handler = handler.clone();
+                async move {
+                    Ok::<_, lambda_runtime::Diagnostic>(match websocket_event(e.payload) {
+                        Ok(event) => handler(event).await,
+                        Err(e) => crate::websocket::error_response(&e),
+                    })
+                }
+            }))
             .await
         }
         Mode::Http(port) => {
@@ -261,6 +378,23 @@ where
             Ok(())
         }
     }
+}
+
+/// An API Gateway WebSocket event from its JSON. API Gateway always sends
+/// `requestContext.connectedAt`; an event without it (a hand-written test, a proxy that dropped
+/// it) is read with 0 rather than refused, and anything else unreadable is a 400 answer, never a
+/// failed invocation.
+pub fn websocket_event(mut json: Value) -> crate::Result<ApiGatewayWebsocketProxyRequest> {
+    if let Some(context) = json
+        .get_mut("requestContext")
+        .and_then(Value::as_object_mut)
+    {
+        context
+            .entry("connectedAt")
+            .or_insert_with(|| Value::from(0));
+    }
+    serde_json::from_value(json)
+        .map_err(|e| Error::invalid(format!("not an API Gateway WebSocket event: {e}")))
 }
 
 /// The HTTP server of [`run_websocket_function`]: `POST /` and `GET /healthz`.
@@ -281,13 +415,12 @@ where
     F: Fn(ApiGatewayWebsocketProxyRequest) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ApiGatewayProxyResponse> + Send + 'static,
 {
-    let event: ApiGatewayWebsocketProxyRequest = match serde_json::from_slice(&body) {
+    let event = match serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid(format!("not JSON: {e}")))
+        .and_then(websocket_event)
+    {
         Ok(event) => event,
-        Err(e) => {
-            return error_response(&Error::invalid(format!(
-                "not an API Gateway WebSocket event: {e}"
-            )));
-        }
+        Err(e) => return error_response(&e),
     };
     axum::Json(handler(event).await).into_response()
 }

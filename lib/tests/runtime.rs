@@ -457,17 +457,30 @@ async fn under_lambda_eventbridge_events_are_handled_and_errors_are_lambda_error
         queue.push_back(("r-reply".into(), envelope("test.reply", json!({"k": "v"}))));
         queue.push_back(("r-server".into(), envelope("test.server", json!({}))));
         queue.push_back(("r-garbage".into(), json!({"not": "an event"})));
+        queue.push_back(("r-forbidden".into(), envelope("test.forbidden", json!({}))));
         queue.push_back((
             "r-bare".into(),
             json!({"specversion": "1.0", "id": "sched-1", "type": "test.none", "source": "/aws/scheduler"}),
         ));
     }
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let servers = testkit::servers();
+    let store = messaging::store::MongoStore::connect(
+        &servers.mongodb_uri,
+        &testkit::unique_name("runtime"),
+        messaging::store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
     // The runtime's future is not `Send` (lambda_runtime's), so it runs in this task.
-    let run = messaging::runtime::run_cloudevent_function(test_handler(seen.clone()));
+    let run = messaging::runtime::run_cloudevent_function(
+        "store",
+        Arc::new(store.clone()),
+        test_handler(seen.clone()),
+    );
     let answered = async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while runtime.results.lock().unwrap().len() < 5 {
+        while runtime.results.lock().unwrap().len() < 6 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the runtime did not answer every invocation: {:?}",
@@ -494,10 +507,39 @@ async fn under_lambda_eventbridge_events_are_handled_and_errors_are_lambda_error
     assert_eq!(kind, "response");
     assert_eq!(reply["type"], "test.replied");
     assert_eq!(reply["data"], json!({"echo": {"k": "v"}}));
+    // A transient failure is a Lambda error (retried), its errorType the error's code.
     let (_, kind, error) = find("r-server");
     assert_eq!(kind, "error", "a failed handler is a Lambda error: {error}");
-    assert!(error.to_string().contains("redis"), "{error}");
-    assert_eq!(find("r-garbage").1, "error");
+    assert_eq!(error["errorType"], "unavailable", "{error}");
+    assert!(
+        error["errorMessage"].as_str().unwrap().contains("redis"),
+        "{error}"
+    );
+    // Permanent failures are dead-lettered at once, with the reason, and not retried.
+    for id in ["r-garbage", "r-forbidden"] {
+        let (_, kind, answer) = find(id);
+        assert_eq!(kind, "response", "{id}: {answer}");
+        assert!(answer["dead_letter"].is_string(), "{id}: {answer}");
+    }
+    let dead: Vec<mongodb::bson::Document> = {
+        use futures::TryStreamExt;
+        store
+            .database()
+            .collection::<mongodb::bson::Document>("dead_letters")
+            .find(mongodb::bson::doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead.iter()
+            .any(|d| d.get_str("kind") == Ok("test.forbidden")
+                && d.get_str("error").unwrap().contains("not yours"))
+    );
+    assert!(dead.iter().any(|d| d.get_str("kind") == Ok("unreadable")));
     assert_eq!(find("r-bare").1, "response");
 
     // The handler saw the CloudEvents inside the envelopes, extensions included.
@@ -505,7 +547,13 @@ async fn under_lambda_eventbridge_events_are_handled_and_errors_are_lambda_error
     let types: Vec<&str> = seen.iter().map(|e| e.ty()).collect();
     assert_eq!(
         types,
-        vec!["test.none", "test.reply", "test.server", "test.none"]
+        vec![
+            "test.none",
+            "test.reply",
+            "test.server",
+            "test.forbidden",
+            "test.none"
+        ]
     );
     assert_eq!(
         seen[0].extension("agentid").map(|v| v.to_string()),

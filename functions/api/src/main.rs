@@ -6,7 +6,7 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
-    let api = Arc::new(fn_api::Api::from_env().await?);
+    let api = Arc::new(messaging::runtime::init(fn_api::Api::from_env()).await);
     messaging::runtime::run_http_function(move |request| {
         let api = api.clone();
         async move { fn_api::handle(&api, request).await }

@@ -5,7 +5,7 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
-    let ctx = messaging::context::Context::from_env().await?;
+    let ctx = messaging::runtime::init(messaging::context::Context::from_env()).await;
     messaging::runtime::run_websocket_function(move |event| {
         let ctx = ctx.clone();
         async move { fn_disconnect::handle(&ctx, event).await }

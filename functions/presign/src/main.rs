@@ -4,7 +4,7 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
-    let presign = fn_presign::Presign::from_env().await?;
+    let presign = messaging::runtime::init(fn_presign::Presign::from_env()).await;
     messaging::runtime::run_http_function(move |request| {
         let presign = presign.clone();
         async move { fn_presign::handle(&presign, request).await }

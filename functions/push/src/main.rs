@@ -5,8 +5,9 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
-    let push = fn_push::Push::from_env().await?;
-    messaging::runtime::run_cloudevent_function(move |event| {
+    let push = messaging::runtime::init(fn_push::Push::from_env()).await;
+    let dead_letters = push.ctx().store.clone();
+    messaging::runtime::run_cloudevent_function("push", dead_letters, move |event| {
         let push = push.clone();
         async move { fn_push::handle(&push, event).await.map(|()| None) }
     })

@@ -5,8 +5,9 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
-    let ctx = messaging::context::Context::from_env().await?;
-    messaging::runtime::run_cloudevent_function(move |event| {
+    let ctx = messaging::runtime::init(messaging::context::Context::from_env()).await;
+    let dead_letters = ctx.store.clone();
+    messaging::runtime::run_cloudevent_function("store", dead_letters, move |event| {
         let ctx = ctx.clone();
         async move { fn_store::handle(&ctx, event).await.map(|_| None) }
     })

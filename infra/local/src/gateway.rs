@@ -166,6 +166,16 @@ impl WebSocketApi {
         self.connections.lock().expect("connections lock").len()
     }
 
+    /// The ids of the open connections.
+    pub fn connection_ids(&self) -> Vec<String> {
+        self.connections
+            .lock()
+            .expect("connections lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Route invocations so far.
     pub fn invocations(&self) -> u64 {
         self.invocations.load(Ordering::Relaxed)

@@ -5,7 +5,7 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
-    let jwt = messaging::auth::JwtVerifier::from_env()?;
+    let jwt = messaging::runtime::init(async { messaging::auth::JwtVerifier::from_env() }).await;
     messaging::runtime::run_authorizer_function(move |request| {
         fn_connect::authorizer::handle(&jwt, &request)
     })

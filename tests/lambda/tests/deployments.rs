@@ -1,0 +1,770 @@
+//! Every function binary, run the way its deployment runs it:
+//!
+//! - under a Lambda Runtime API with exactly the environment `infra/aws/template.yaml` gives it
+//!   (secrets, parameters without defaults and resource ids filled with test values; the only
+//!   endpoints redirected are those a deployment resolves itself: the `@connections` endpoint,
+//!   and the AWS SDK's EventBridge and S3 endpoints), fed the AWS-shaped events of each of its
+//!   triggers: the `$connect` authorizer's event, API Gateway WebSocket proxy events, EventBridge
+//!   events carrying CloudEvents, the scheduler's sweeps, HTTP API payload 2.0;
+//! - as a Knative Service with exactly the environment of its manifest (`infra/knative/base`).
+//!
+//! Side effects are checked where they land: frames on real WebSockets of the emulated API,
+//! events at a local PutEvents endpoint, documents in MongoDB, objects in the local S3.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lambda_tests::process::Function;
+use lambda_tests::runtime_api::{Outcome, RuntimeApi};
+use lambda_tests::template::{SamTemplate, Values, knative_services};
+use serde_json::{Value, json};
+
+const SECRET: &str = "deployment-test-secret-deployment-test";
+const OPERATOR_KEY: &str = "operator-key-0123456789";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The test's stand-ins for what a deployment provides.
+struct Deployment {
+    values: Values,
+    api: Arc<local_stack::gateway::WebSocketApi>,
+    management_url: String,
+    ws_url: String,
+    eventbridge_url: String,
+    put_events: Arc<Mutex<Vec<Value>>>,
+    s3_url: String,
+    logs: PathBuf,
+    database: String,
+}
+
+/// A PutEvents endpoint (the EventBridge JSON 1.1 protocol) that records the entries.
+async fn eventbridge(entries: Arc<Mutex<Vec<Value>>>) -> String {
+    let router = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let entries = entries.clone();
+            async move {
+                assert_eq!(
+                    headers.get("x-amz-target").and_then(|v| v.to_str().ok()),
+                    Some("AWSEvents.PutEvents")
+                );
+                let request: Value = serde_json::from_str(&body).unwrap_or_default();
+                let list = request["Entries"].as_array().cloned().unwrap_or_default();
+                let n = list.len();
+                entries.lock().unwrap().extend(list);
+                let ids: Vec<Value> = (0..n)
+                    .map(|i| json!({"EventId": format!("e{i}")}))
+                    .collect();
+                (
+                    [("content-type", "application/x-amz-json-1.1")],
+                    json!({"FailedEntryCount": 0, "Entries": ids}).to_string(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    url
+}
+
+impl Deployment {
+    async fn new() -> Self {
+        let servers = testkit::servers();
+        let database = testkit::unique_name("deploy");
+        let mongodb_uri = servers.mongodb_uri.replace("/?", &format!("/{database}?"));
+        let secrets: HashMap<String, String> = [
+            ("MONGODB_URI", mongodb_uri),
+            ("REDIS_URL", servers.redis_url.clone()),
+            ("JWT_HS256_SECRET", SECRET.to_string()),
+            ("OPERATOR_KEY", OPERATOR_KEY.to_string()),
+            ("CODE_SENDER_TOKEN", "code-sender-token".to_string()),
+            ("CODE_SENDER_URL", "https://codes.invalid/send".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let parameters: HashMap<String, String> = [
+            ("CodeSenderUrl", "https://codes.invalid/send"),
+            ("MongoDbDatabase", database.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        // The WebSocket API the functions post to, with plain routes: the functions under test
+        // are reached through the Runtime API, not through it.
+        let mut routes = HashMap::new();
+        for key in ["$connect", "$disconnect", "$default"] {
+            routes.insert(
+                key.to_string(),
+                local_stack::gateway::Route {
+                    function: "test".into(),
+                    handler: Arc::new(
+                        |_e: aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest| async {
+                            messaging::websocket::ok()
+                        },
+                    ),
+                    route_response: false,
+                },
+            );
+        }
+        let api = local_stack::gateway::WebSocketApi::new(
+            local_stack::gateway::ApiSettings::default(),
+            routes,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        api.set_domain(address.to_string());
+        let router = api.clone().router();
+        tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await;
+        });
+        let put_events = Arc::new(Mutex::new(Vec::new()));
+        let eventbridge_url = eventbridge(put_events.clone()).await;
+        let logs = std::env::temp_dir().join(testkit::unique_name("deploy-logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        let s3_dir = logs.join("s3");
+        let s3 = local_stack::s3::router(&s3_dir, &["test-mediabucket", "test-documentsbucket"])
+            .expect("s3");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s3_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, s3).await;
+        });
+        Self {
+            values: Values {
+                parameters,
+                secrets,
+            },
+            api,
+            management_url: format!("http://{address}"),
+            ws_url: format!("ws://{address}"),
+            eventbridge_url,
+            put_events,
+            s3_url,
+            logs,
+            database,
+        }
+    }
+
+    /// What Lambda gives every function, plus the endpoints a deployment resolves itself.
+    fn lambda_env(
+        &self,
+        template: &SamTemplate,
+        function: &str,
+        runtime: &RuntimeApi,
+    ) -> BTreeMap<String, String> {
+        let mut env = template
+            .environment(function, &self.values)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            env.contains_key("WEBSOCKET_MANAGEMENT_ENDPOINT") || function == "AuthorizerFunction",
+            "{function}: no @connections endpoint in the template"
+        );
+        env.insert(
+            "WEBSOCKET_MANAGEMENT_ENDPOINT".into(),
+            self.management_url.clone(),
+        );
+        for (k, v) in [
+            ("AWS_LAMBDA_RUNTIME_API", runtime.address().to_string()),
+            ("AWS_LAMBDA_FUNCTION_NAME", function.to_string()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{function}"),
+            ),
+            (
+                "AWS_LAMBDA_LOG_STREAM_NAME",
+                "2026/11/27/[$LATEST]test".into(),
+            ),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "local".into()),
+            ("AWS_SECRET_ACCESS_KEY", "local-secret-key".into()),
+            ("AWS_SESSION_TOKEN", "session".into()),
+            ("_HANDLER", "bootstrap".into()),
+            ("AWS_ENDPOINT_URL_EVENTBRIDGE", self.eventbridge_url.clone()),
+            ("AWS_ENDPOINT_URL_S3", self.s3_url.clone()),
+        ] {
+            env.insert(k.into(), v);
+        }
+        env
+    }
+
+    /// Starts `function` of the template under `runtime` and waits until it polls for work.
+    async fn start(
+        &self,
+        template: &SamTemplate,
+        function: &str,
+        binary: &str,
+        runtime: &RuntimeApi,
+    ) -> Function {
+        let env = self.lambda_env(template, function, runtime);
+        let mut process = Function::start(binary, &env, &self.logs);
+        let deadline = std::time::Instant::now() + WAIT;
+        while runtime.polls() == 0 {
+            if let Some(error) = runtime.init_error() {
+                panic!(
+                    "{function} ({binary}) failed to start: {error:?}\n{}",
+                    process.output()
+                );
+            }
+            if let Some(status) = process.exited() {
+                panic!(
+                    "{function} ({binary}) exited with {status}:\n{}",
+                    process.output()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{function} never asked for work:\n{}",
+                process.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    fn token(&self, user: &str) -> String {
+        messaging::auth::JwtIssuer::hs256(SECRET.as_bytes(), "messaging", "messaging-clients")
+            .issue(user, Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    async fn store(&self) -> messaging::store::MongoStore {
+        let store = messaging::store::MongoStore::connect(
+            &self.values.secrets["MONGODB_URI"],
+            &self.database,
+            messaging::store::StoreOptions::default(),
+        )
+        .await
+        .unwrap();
+        store.ensure_indexes().await.unwrap();
+        store
+    }
+
+    /// A WebSocket client of the emulated API and its connection id.
+    async fn socket(&self) -> (Ws, String) {
+        let before: Vec<String> = self.api.connection_ids();
+        let (ws, _) = tokio_tungstenite::connect_async(format!("{}/", self.ws_url))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(id) = self
+                .api
+                .connection_ids()
+                .into_iter()
+                .find(|id| !before.contains(id))
+            {
+                return (ws, id);
+            }
+            assert!(std::time::Instant::now() < deadline, "no connection id");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn frame(ws: &mut Ws, frame_type: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == frame_type {
+                    return v;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no `{frame_type}` frame: {other:?}"),
+        }
+    }
+}
+
+async fn invoke(runtime: &RuntimeApi, event: Value) -> Outcome {
+    runtime
+        .invoke(event, WAIT)
+        .await
+        .expect("an answer within the deadline")
+}
+
+fn response(outcome: Outcome) -> Value {
+    match outcome {
+        Outcome::Response(v) => v,
+        Outcome::Error { error_type, body } => panic!("an invocation error {error_type}: {body}"),
+    }
+}
+
+fn context(
+    route: &str,
+    event_type: &str,
+    connection: &str,
+    identity: Option<(&str, &str)>,
+) -> Value {
+    let mut context = json!({
+        "routeKey": route, "eventType": event_type, "connectionId": connection,
+        "connectedAt": 1_700_000_000_000i64, "requestTimeEpoch": 1_700_000_000_001i64,
+        "stage": "prod", "apiId": "test-api", "domainName": "test-api.execute-api.us-east-1.amazonaws.com",
+        "requestId": "r", "messageDirection": "IN", "identity": {"sourceIp": "127.0.0.1"},
+    });
+    if let Some((user, device)) = identity {
+        context["authorizer"] = json!({"principalId": user, "user_id": user, "device_id": device});
+    }
+    context
+}
+
+fn envelope(detail: Value) -> Value {
+    json!({
+        "version": "0", "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": detail["type"], "source": detail["source"],
+        "account": "123456789012", "time": "2026-11-27T00:00:00Z", "region": "us-east-1",
+        "resources": [], "detail": detail,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_function_starts_under_lambda_with_the_template_environment() {
+    let deployment = Deployment::new().await;
+    let template = SamTemplate::load(&root().join("infra/aws/template.yaml"));
+    let functions = template.functions();
+    assert!(functions.len() >= 9, "{functions:?}");
+    for (function, binary) in functions {
+        let runtime = RuntimeApi::start().await;
+        let _process = deployment
+            .start(&template, &function, &binary, &runtime)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_functions_answer_api_gateway_events() {
+    let deployment = Deployment::new().await;
+    let template = SamTemplate::load(&root().join("infra/aws/template.yaml"));
+    let store = deployment.store().await;
+    use messaging::store::{AccountStore, ConversationStore};
+    let (alice, bob) = (testkit::unique_name("alice"), testkit::unique_name("bob"));
+    for user in [&alice, &bob] {
+        store
+            .insert_user(&messaging::model::User {
+                user_id: user.clone(),
+                phone: None,
+                email: None,
+                name: user.clone(),
+                avatar_url: None,
+                created_at: mongodb::bson::DateTime::now(),
+                last_seen: None,
+                status: messaging::protocol::PresenceStatus::Offline,
+            })
+            .await
+            .unwrap();
+    }
+    let conversation_id = uuid::Uuid::new_v4().to_string();
+    store
+        .insert_conversation(&messaging::model::Conversation {
+            conversation_id: conversation_id.clone(),
+            kind: messaging::model::ConversationKind::Direct,
+            participants: vec![alice.clone(), bob.clone()],
+            admins: vec![],
+            agent_id: None,
+            agent_capability: None,
+            name: None,
+            description: None,
+            created_at: mongodb::bson::DateTime::now(),
+            last_message_at: None,
+            last_sequence_number: 0,
+            last_message: None,
+            read_up_to: Default::default(),
+        })
+        .await
+        .unwrap();
+
+    // The authorizer: allow with the identity, 'Unauthorized' for a bad token, deny for another user.
+    let runtime = RuntimeApi::start().await;
+    let _authorizer = deployment
+        .start(&template, "AuthorizerFunction", "authorizer", &runtime)
+        .await;
+    let request = |query: Value| {
+        json!({"type": "REQUEST", "methodArn": "arn:aws:execute-api:us-east-1:123456789012:test-api/prod/$connect",
+               "headers": {"Host": "test-api"}, "queryStringParameters": query, "stageVariables": {},
+               "requestContext": context("$connect", "CONNECT", "c0", None)})
+    };
+    let allowed = response(
+        invoke(
+            &runtime,
+            request(json!({"token": deployment.token(&alice), "device_id": "phone"})),
+        )
+        .await,
+    );
+    assert_eq!(allowed["principalId"], alice.as_str());
+    assert_eq!(allowed["policyDocument"]["Statement"][0]["Effect"], "Allow");
+    assert_eq!(allowed["context"]["user_id"], alice.as_str());
+    match invoke(&runtime, request(json!({"token": "not-a-token"}))).await {
+        Outcome::Error { error_type, body } => {
+            assert_eq!(
+                body["errorMessage"], "Unauthorized",
+                "API Gateway's 401: {body}"
+            );
+            assert_eq!(error_type, "Unauthorized");
+        }
+        other => panic!("{other:?}"),
+    }
+    let denied = response(
+        invoke(
+            &runtime,
+            request(json!({"token": deployment.token(&alice), "user_id": bob})),
+        )
+        .await,
+    );
+    assert_eq!(denied["policyDocument"]["Statement"][0]["Effect"], "Deny");
+
+    // $connect with the authorizer's identity; and without connectedAt, still an answer.
+    let (mut alice_ws, alice_conn) = deployment.socket().await;
+    let (mut bob_ws, bob_conn) = deployment.socket().await;
+    let runtime = RuntimeApi::start().await;
+    let _connect = deployment
+        .start(&template, "ConnectFunction", "connect", &runtime)
+        .await;
+    for (user, conn) in [(&alice, &alice_conn), (&bob, &bob_conn)] {
+        let answer = response(
+            invoke(&runtime, json!({"requestContext": context("$connect", "CONNECT", conn, Some((user, "phone"))), "isBase64Encoded": false})).await,
+        );
+        assert_eq!(answer["statusCode"], 200, "{answer}");
+    }
+    let mut no_connected_at = context("$connect", "CONNECT", "c-x", Some((&alice, "tablet")));
+    no_connected_at
+        .as_object_mut()
+        .unwrap()
+        .remove("connectedAt");
+    let answer = response(invoke(&runtime, json!({"requestContext": no_connected_at})).await);
+    assert!(answer["statusCode"].is_number(), "{answer}");
+
+    // $default: a heartbeat answered on the socket; a message acknowledged and announced on
+    // EventBridge.
+    let runtime = RuntimeApi::start().await;
+    let _message = deployment
+        .start(&template, "MessageFunction", "message", &runtime)
+        .await;
+    let event = |body: Value| {
+        json!({"requestContext": context("message", "MESSAGE", &alice_conn, Some((&alice, "phone"))),
+               "body": body.to_string(), "isBase64Encoded": false})
+    };
+    response(
+        invoke(
+            &runtime,
+            event(json!({"type": "heartbeat", "timestamp": 1})),
+        )
+        .await,
+    );
+    frame(&mut alice_ws, "heartbeat_ack").await;
+    response(
+        invoke(
+            &runtime,
+            event(json!({"type": "message", "client_message_id": "c1", "idempotency_key": "k1",
+                         "payload": {"conversation_id": conversation_id, "content": "hello", "type": "text", "timestamp": 1}})),
+        )
+        .await,
+    );
+    let ack = frame(&mut alice_ws, "message_ack").await;
+    assert_eq!(ack["payload"]["sequence_number"], 1);
+    let deadline = std::time::Instant::now() + WAIT;
+    let entry = loop {
+        if let Some(e) = deployment
+            .put_events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e["DetailType"] == "messaging.message.received")
+            .cloned()
+        {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no PutEvents entry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(entry["EventBusName"], "test-eventbus");
+
+    // store, with the EventBridge event that entry becomes: the message reaches bob's socket.
+    let runtime = RuntimeApi::start().await;
+    let _store_fn = deployment
+        .start(&template, "StoreFunction", "store", &runtime)
+        .await;
+    let detail: Value = serde_json::from_str(entry["Detail"].as_str().unwrap()).unwrap();
+    let answer = response(invoke(&runtime, envelope(detail.clone())).await);
+    assert!(answer.is_null(), "{answer}");
+    let delivered = frame(&mut bob_ws, "message").await;
+    assert_eq!(delivered["payload"]["content"], "hello");
+    // A permanent failure (data that is not a message) is dead-lettered at once.
+    let mut broken = detail.clone();
+    broken["id"] = json!("other-id");
+    broken["data"] = json!({"message_id": "other-id"});
+    let answer = response(invoke(&runtime, envelope(broken)).await);
+    assert!(answer["dead_letter"].is_string(), "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
+    // A malformed event too, and the process answers the next one.
+    let answer = response(invoke(&runtime, json!({"not": "an event"})).await);
+    assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
+    // The scheduler's outbox sweep.
+    let sweep = json!({"specversion": "1.0", "id": "sched-1", "type": "messaging.outbox.sweep", "source": "/aws/scheduler", "data": {}});
+    assert!(response(invoke(&runtime, sweep).await).is_null());
+
+    // agent-response and its sweep; push with its notification.
+    let runtime = RuntimeApi::start().await;
+    let _agents = deployment
+        .start(
+            &template,
+            "AgentResponseFunction",
+            "agent-response",
+            &runtime,
+        )
+        .await;
+    let sweep = json!({"specversion": "1.0", "id": "sched-2", "type": "messaging.agent.sweep", "source": "/aws/scheduler", "data": {}});
+    assert!(response(invoke(&runtime, sweep).await).is_null());
+    let runtime = RuntimeApi::start().await;
+    let _push = deployment
+        .start(&template, "PushFunction", "push", &runtime)
+        .await;
+    let note = json!({"specversion": "1.0", "id": "n1", "type": "messaging.notification", "source": "/messaging",
+                      "datacontenttype": "application/json",
+                      "data": {"user_id": bob, "conversation_id": conversation_id, "message_id": "m",
+                               "sender_id": alice, "message_type": "text", "badge": 1}});
+    assert!(response(invoke(&runtime, envelope(note)).await).is_null());
+
+    // $disconnect.
+    let runtime = RuntimeApi::start().await;
+    let _disconnect = deployment
+        .start(&template, "DisconnectFunction", "disconnect", &runtime)
+        .await;
+    let mut gone = context(
+        "$disconnect",
+        "DISCONNECT",
+        &bob_conn,
+        Some((&bob, "phone")),
+    );
+    gone["disconnectStatusCode"] = json!(1000);
+    let answer = response(invoke(&runtime, json!({"requestContext": gone})).await);
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_functions_answer_http_api_payload_2_events() {
+    let deployment = Deployment::new().await;
+    let template = SamTemplate::load(&root().join("infra/aws/template.yaml"));
+    let http_event = |method: &str, path: &str, token: Option<&str>, body: Option<Value>| {
+        let mut headers = json!({"content-type": "application/json", "host": "api.test"});
+        if let Some(t) = token {
+            headers["authorization"] = json!(format!("Bearer {t}"));
+        }
+        json!({
+            "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
+            "headers": headers,
+            "requestContext": {"accountId": "123456789012", "apiId": "api", "domainName": "api.test",
+                "domainPrefix": "api", "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1", "userAgent": "test"}, "requestId": "r", "routeKey": "$default",
+                "stage": "$default", "time": "27/Nov/2026:00:00:00 +0000", "timeEpoch": 1_800_000_000_000i64},
+            "body": body.map(|b| b.to_string()), "isBase64Encoded": false,
+        })
+    };
+    let runtime = RuntimeApi::start().await;
+    let _api = deployment
+        .start(&template, "ApiFunction", "api", &runtime)
+        .await;
+    let answer = response(invoke(&runtime, http_event("GET", "/openapi.json", None, None)).await);
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    let document: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    // The operator key from the secret works.
+    let mut register = http_event(
+        "POST",
+        "/v1/agents",
+        None,
+        Some(json!({"agent_id": "helper", "name": "Helper"})),
+    );
+    register["headers"]["x-operator-key"] = json!(OPERATOR_KEY);
+    let answer = response(invoke(&runtime, register).await);
+    assert_eq!(answer["statusCode"], 201, "{answer}");
+
+    // presign: an upload URL for a conversation of the caller, usable against S3.
+    let store = deployment.store().await;
+    use messaging::store::ConversationStore;
+    let user = testkit::unique_name("carol");
+    let conversation_id = uuid::Uuid::new_v4().to_string();
+    store
+        .insert_conversation(&messaging::model::Conversation {
+            conversation_id: conversation_id.clone(),
+            kind: messaging::model::ConversationKind::Direct,
+            participants: vec![user.clone(), "someone".into()],
+            admins: vec![],
+            agent_id: None,
+            agent_capability: None,
+            name: None,
+            description: None,
+            created_at: mongodb::bson::DateTime::now(),
+            last_message_at: None,
+            last_sequence_number: 0,
+            last_message: None,
+            read_up_to: Default::default(),
+        })
+        .await
+        .unwrap();
+    let runtime = RuntimeApi::start().await;
+    let _presign = deployment
+        .start(&template, "PresignFunction", "presign", &runtime)
+        .await;
+    let token = deployment.token(&user);
+    let answer = response(
+        invoke(
+            &runtime,
+            http_event(
+                "POST",
+                "/v1/media",
+                Some(&token),
+                Some(json!({"conversation_id": conversation_id,
+                "message_type": "document", "content_type": "application/pdf", "size_bytes": 5})),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(answer["statusCode"], 201, "{answer}");
+    let upload: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    let url = upload["upload"]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{upload}"));
+    assert!(url.starts_with(&deployment.s3_url), "{url}");
+    let mut put = reqwest::Client::new().put(url).body("%PDF-");
+    if let Some(headers) = upload["upload"]["headers"].as_object() {
+        for (k, v) in headers {
+            put = put.header(k, v.as_str().unwrap());
+        }
+    }
+    let response = put.send().await.unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert!(
+        status.is_success(),
+        "the presigned PUT: {status} {body}\n{upload}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_is_reported_to_the_runtime_api_and_exits_cleanly() {
+    let deployment = Deployment::new().await;
+    let template = SamTemplate::load(&root().join("infra/aws/template.yaml"));
+    for (missing, expected) in [
+        ("REDIS_URL", "invalid_configuration"),
+        ("WEBSOCKET_MANAGEMENT_ENDPOINT", "invalid_configuration"),
+    ] {
+        let runtime = RuntimeApi::start().await;
+        let mut env = deployment.lambda_env(&template, "ConnectFunction", &runtime);
+        env.remove(missing);
+        let mut process = Function::start("connect", &env, &deployment.logs);
+        let status = process.wait_exit(WAIT).await.expect("it exits");
+        assert_eq!(status.code(), Some(1));
+        let error = runtime
+            .init_error()
+            .expect("reported to /runtime/init/error");
+        assert_eq!(error.error_type, expected);
+        assert!(error.message.contains(missing), "{error:?}");
+        assert!(
+            !process.output().contains("panicked"),
+            "{}",
+            process.output()
+        );
+    }
+    // An unreachable MongoDB: `unavailable`, still without a panic.
+    let runtime = RuntimeApi::start().await;
+    let mut env = deployment.lambda_env(&template, "ConnectFunction", &runtime);
+    env.insert(
+        "MONGODB_URI".into(),
+        "mongodb://127.0.0.1:9/?directConnection=true".into(),
+    );
+    env.insert("MONGODB_TIMEOUT_MS".into(), "500".into());
+    let mut process = Function::start("connect", &env, &deployment.logs);
+    process.wait_exit(WAIT).await.expect("it exits");
+    let error = runtime.init_error().expect("reported");
+    assert_eq!(error.error_type, "unavailable", "{error:?}");
+    assert!(
+        !process.output().contains("panicked"),
+        "{}",
+        process.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_knative_service_starts_with_its_manifest_environment() {
+    let deployment = Deployment::new().await;
+    let services = knative_services(&root().join("infra/knative/base"), &deployment.values)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        services.len() >= 9,
+        "{:?}",
+        services.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let ours = [
+        "authorizer",
+        "connect",
+        "message",
+        "disconnect",
+        "store",
+        "agent-response",
+        "push",
+        "api",
+        "presign",
+    ];
+    for service in services
+        .iter()
+        .filter(|s| ours.contains(&s.binary.as_str()))
+    {
+        let port = testkit::free_port();
+        let mut env = service.env.clone();
+        // What the cluster resolves: the Broker and the gateway, by their in-cluster names.
+        env.insert("BROKER_URL".into(), deployment.eventbridge_url.clone());
+        env.insert(
+            "WEBSOCKET_MANAGEMENT_ENDPOINT".into(),
+            deployment.management_url.clone(),
+        );
+        env.insert("PORT".into(), port.to_string());
+        // The manifests' MONGODB_DATABASE is `messaging`; keep this test's data apart.
+        env.insert("MONGODB_DATABASE".into(), deployment.database.clone());
+        let mut process = Function::start(&service.binary, &env, &deployment.logs);
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await
+                && r.status() == 200
+            {
+                break;
+            }
+            if let Some(status) = process.exited() {
+                panic!(
+                    "Knative service {} ({}) exited with {status}:\n{}",
+                    service.name,
+                    service.binary,
+                    process.output()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never became healthy:\n{}",
+                service.name,
+                process.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
