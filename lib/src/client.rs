@@ -9,6 +9,7 @@
 //! `delivery_ack` automatically.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,6 +122,8 @@ type AckSender = oneshot::Sender<Result<MessageAckPayload, ClientError>>;
 struct Pending {
     frame: String,
     reply: Option<AckSender>,
+    /// The conversation it is queued in.
+    conversation: String,
 }
 
 #[derive(Default)]
@@ -139,11 +142,17 @@ struct Shared {
     me: Mutex<Option<String>>,
     out: Mutex<Option<mpsc::UnboundedSender<String>>>,
     pending: Mutex<HashMap<String, Pending>>,
+    /// Per conversation, the sends in the order they were made (`client_message_id`s): only the
+    /// first is on the wire; the next goes when it is answered. So a person's messages are
+    /// numbered in the order they were typed, while conversations proceed independently.
+    queues: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     order: Mutex<Ordering>,
     events: mpsc::UnboundedSender<ClientEvent>,
     closed: std::sync::atomic::AtomicBool,
     /// When `auth` was last sent (milliseconds), to re-authenticate at most once a second.
     last_auth_ms: Mutex<i64>,
+    /// An `auth` is on its way: sends wait for its `auth_success`.
+    awaiting_auth: std::sync::atomic::AtomicBool,
     /// This very value, for timers that resend later.
     this: Mutex<std::sync::Weak<Shared>>,
 }
@@ -205,6 +214,7 @@ impl Client {
             me: Mutex::new(None),
             out: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
             order: Mutex::new(Ordering {
                 last: since,
                 ..Ordering::default()
@@ -212,6 +222,7 @@ impl Client {
             events: events_tx,
             closed: std::sync::atomic::AtomicBool::new(false),
             last_auth_ms: Mutex::new(0),
+            awaiting_auth: std::sync::atomic::AtomicBool::new(false),
             this: Mutex::new(std::sync::Weak::new()),
         });
         *shared.this.lock().expect("self lock") = Arc::downgrade(&shared);
@@ -293,12 +304,14 @@ impl ClientHandle {
         )
     }
 
-    /// Sends a text message and waits for its ack.
-    pub async fn send_text(
+    /// Sends a text message and waits for its ack. The message is queued when this is called
+    /// (before the returned future is first polled), so calls made one after another are
+    /// numbered in that order in their conversation; see [`ClientHandle::send_with_key`].
+    pub fn send_text(
         &self,
         conversation_id: &str,
         content: &str,
-    ) -> Result<MessageAckPayload, ClientError> {
+    ) -> impl Future<Output = Result<MessageAckPayload, ClientError>> + Send + use<> {
         self.send_message(OutgoingMessage {
             conversation_id: conversation_id.into(),
             receiver_id: None,
@@ -310,53 +323,60 @@ impl ClientHandle {
             location: None,
             timestamp: crate::clock::now_ms(),
         })
-        .await
     }
 
     /// Sends a message with a fresh idempotency key and waits for its ack. If the connection
     /// drops first, the same frame (same key) is resent after reconnecting.
-    pub async fn send_message(
+    pub fn send_message(
         &self,
         payload: OutgoingMessage,
-    ) -> Result<MessageAckPayload, ClientError> {
+    ) -> impl Future<Output = Result<MessageAckPayload, ClientError>> + Send + use<> {
         self.send_with_key(&uuid::Uuid::new_v4().to_string(), payload)
-            .await
     }
 
     /// Like [`ClientHandle::send_message`] with a chosen idempotency key (to retry a send made
     /// elsewhere, e.g. on another device).
-    pub async fn send_with_key(
+    ///
+    /// Order: the send joins its conversation's queue now; it goes on the wire when the sends
+    /// before it in that conversation are answered (acknowledged or refused), so the server
+    /// numbers them in the order they were made. Sends to different conversations do not wait
+    /// for each other.
+    pub fn send_with_key(
         &self,
         idempotency_key: &str,
         payload: OutgoingMessage,
-    ) -> Result<MessageAckPayload, ClientError> {
+    ) -> impl Future<Output = Result<MessageAckPayload, ClientError>> + Send + use<> {
         let client_message_id = uuid::Uuid::new_v4().to_string();
+        let conversation = payload.conversation_id.clone();
         let frame = serde_json::to_string(&ClientFrame::Message {
             client_message_id: Some(client_message_id.clone()),
             idempotency_key: idempotency_key.into(),
             payload,
-        })
-        .map_err(|e| ClientError::Connection(e.to_string()))?;
+        });
         let (tx, rx) = oneshot::channel();
-        self.shared.pending.lock().expect("pending lock").insert(
-            client_message_id.clone(),
-            Pending {
-                frame: frame.clone(),
-                reply: Some(tx),
-            },
-        );
-        // A failed send now is fine: the frame is resent on reconnect.
-        let _ = self.shared.send(frame);
-        match tokio::time::timeout(self.shared.config.ack_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ClientError::Closed),
-            Err(_) => {
-                self.shared
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .remove(&client_message_id);
-                Err(ClientError::Timeout)
+        let shared = self.shared.clone();
+        let queued = frame.map(|frame| {
+            shared.pending.lock().expect("pending lock").insert(
+                client_message_id.clone(),
+                Pending {
+                    frame,
+                    reply: Some(tx),
+                    conversation: conversation.clone(),
+                },
+            );
+            shared.enqueue(&conversation, &client_message_id);
+        });
+        let timeout = self.shared.config.ack_timeout;
+        async move {
+            queued.map_err(|e| ClientError::Connection(e.to_string()))?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(ClientError::Closed),
+                Err(_) => {
+                    // Given up: out of the queue, so the sends after it go on.
+                    shared.answered(&client_message_id);
+                    Err(ClientError::Timeout)
+                }
             }
         }
     }
@@ -454,8 +474,9 @@ impl Shared {
         self.release(&mut order, &conversation, last);
     }
 
-    /// Sends `auth` with the configured token, then `sync` and every unacknowledged send, as
-    /// after a reconnect. At most once per second: a server that keeps refusing is not flooded.
+    /// Sends `auth` with the configured token; once it succeeds, every unacknowledged send again
+    /// (the server's answer to `auth` delivers what is pending). At most once per second: a
+    /// server that keeps refusing is not flooded.
     fn authenticate(&self) {
         let now = crate::clock::now_ms();
         {
@@ -474,24 +495,84 @@ impl Shared {
                 app_version: None,
             },
         };
+        // Nothing else goes until `auth_success` (frames the server reads before it would be
+        // refused again); then the sends waiting at the head of each conversation follow.
+        self.awaiting_auth
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.send(serde_json::to_string(&auth).unwrap_or_default());
-        self.resume();
     }
 
-    /// `sync` from what was received, then every unacknowledged send again (same keys).
+    /// `sync` from what was received, then the send at the head of every conversation's queue
+    /// again (same keys; the rest follow in order as they are answered).
     fn resume(&self) {
         let since = self.order.lock().expect("order lock").last.clone();
         let _ = self.send(serde_json::to_string(&ClientFrame::Sync { since }).unwrap_or_default());
-        let resend: Vec<String> = self
+        self.resend_heads();
+    }
+
+    fn resend_heads(&self) {
+        let heads: Vec<String> = self
+            .queues
+            .lock()
+            .expect("queues lock")
+            .values()
+            .filter_map(|q| q.front().cloned())
+            .collect();
+        let pending = self.pending.lock().expect("pending lock");
+        for id in heads {
+            if let Some(p) = pending.get(&id) {
+                let _ = self.send(p.frame.clone());
+            }
+        }
+    }
+
+    /// Queues send `id` in `conversation`; puts it on the wire if nothing is ahead of it.
+    fn enqueue(&self, conversation: &str, id: &str) {
+        let first = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let queue = queues.entry(conversation.to_string()).or_default();
+            queue.push_back(id.to_string());
+            queue.len() == 1
+        };
+        if first {
+            self.send_pending(id);
+        }
+    }
+
+    fn send_pending(&self, id: &str) {
+        if self.awaiting_auth.load(std::sync::atomic::Ordering::SeqCst) {
+            return; // resent after `auth_success`
+        }
+        let frame = self
             .pending
             .lock()
             .expect("pending lock")
-            .values()
-            .map(|p| p.frame.clone())
-            .collect();
-        for frame in resend {
+            .get(id)
+            .map(|p| p.frame.clone());
+        if let Some(frame) = frame {
+            // A failed send now is fine: the head is resent on reconnect.
             let _ = self.send(frame);
         }
+    }
+
+    /// Send `id` is answered (or given up): out of its queue, and the next one goes.
+    fn answered(&self, id: &str) -> Option<Pending> {
+        let pending = self.pending.lock().expect("pending lock").remove(id);
+        let conversation = pending.as_ref().map(|p| p.conversation.clone())?;
+        let next = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let queue = queues.get_mut(&conversation)?;
+            queue.retain(|q| q != id);
+            let next = queue.front().cloned();
+            if queue.is_empty() {
+                queues.remove(&conversation);
+            }
+            next
+        };
+        if let Some(next) = next {
+            self.send_pending(&next);
+        }
+        pending
     }
 
     /// Resends the pending send `client_message_id` after `secs`, if it is still unanswered.
@@ -564,6 +645,12 @@ impl Shared {
                 if let Some(me) = payload.user_id {
                     *self.me.lock().expect("me lock") = Some(me);
                 }
+                if self
+                    .awaiting_auth
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    self.resend_heads();
+                }
                 self.emit(ClientEvent::Ready {
                     unread_count: payload.unread_count,
                 })
@@ -589,8 +676,7 @@ impl Shared {
                 payload,
             } => {
                 if let Some(id) = client_message_id
-                    && let Some(mut pending) =
-                        self.pending.lock().expect("pending lock").remove(&id)
+                    && let Some(mut pending) = self.answered(&id)
                     && let Some(reply) = pending.reply.take()
                 {
                     let _ = reply.send(Ok(payload));
@@ -615,8 +701,7 @@ impl Shared {
                     self.resend_later(id, retry_after.unwrap_or(1));
                     return;
                 }
-                let pending = client_message_id
-                    .and_then(|id| self.pending.lock().expect("pending lock").remove(&id));
+                let pending = client_message_id.and_then(|id| self.answered(&id));
                 match pending {
                     Some(mut p) => {
                         if let Some(reply) = p.reply.take() {
@@ -670,6 +755,10 @@ async fn session(shared: &Arc<Shared>, socket: Socket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     *shared.out.lock().expect("out lock") = Some(tx);
+    // A new connection is authenticated by its token: nothing waits for an older `auth`.
+    shared
+        .awaiting_auth
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     shared.resume();
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
     heartbeat.tick().await;

@@ -1387,3 +1387,41 @@ async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trip
         "the measured send was acknowledged and delivered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_as_fast_as_possible_are_stored_in_the_order_they_were_typed() {
+    let stack = stack_with(|c| {
+        c.settings.send_limit.max = 10_000;
+        c.settings.frame_limit.max = 10_000;
+    })
+    .await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let carol = user(&stack, "carol").await;
+    let with_bob = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let with_carol = conversation(&stack, ConversationKind::Direct, &[&alice, &carol], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    // 200 messages typed one after another without waiting, in two conversations at once.
+    let mut sends = Vec::new();
+    for i in 0..200 {
+        let conversation = if i % 2 == 0 { &with_bob } else { &with_carol };
+        sends.push(phone.send_text(conversation, &format!("m{i}")));
+    }
+    for ack in futures::future::join_all(sends).await {
+        ack.unwrap();
+    }
+    for (conversation, parity) in [(&with_bob, 0), (&with_carol, 1)] {
+        let stored = stack
+            .ctx
+            .store
+            .messages_in_range(conversation, 1, 1_000, 1_000)
+            .await
+            .unwrap();
+        let typed: Vec<String> = (0..200)
+            .filter(|i| i % 2 == parity)
+            .map(|i| format!("m{i}"))
+            .collect();
+        let contents: Vec<String> = stored.iter().map(|m| m.content.clone()).collect();
+        assert_eq!(contents, typed, "stored in the order they were typed");
+    }
+}
