@@ -124,6 +124,9 @@ struct Pending {
     reply: Option<AckSender>,
     /// The conversation it is queued in.
     conversation: String,
+    /// When it first went on the wire: the ack timeout runs from then, not from when it was
+    /// queued behind other sends of its conversation.
+    sent_at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
 }
 
 #[derive(Default)]
@@ -353,8 +356,9 @@ impl ClientHandle {
             idempotency_key: idempotency_key.into(),
             payload,
         });
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let shared = self.shared.clone();
+        let sent_at = Arc::new(std::sync::OnceLock::new());
         let queued = frame.map(|frame| {
             shared.pending.lock().expect("pending lock").insert(
                 client_message_id.clone(),
@@ -362,6 +366,7 @@ impl ClientHandle {
                     frame,
                     reply: Some(tx),
                     conversation: conversation.clone(),
+                    sent_at: sent_at.clone(),
                 },
             );
             shared.enqueue(&conversation, &client_message_id);
@@ -369,13 +374,22 @@ impl ClientHandle {
         let timeout = self.shared.config.ack_timeout;
         async move {
             queued.map_err(|e| ClientError::Connection(e.to_string()))?;
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(ClientError::Closed),
-                Err(_) => {
-                    // Given up: out of the queue, so the sends after it go on.
-                    shared.answered(&client_message_id);
-                    Err(ClientError::Timeout)
+            loop {
+                // While queued behind earlier sends the clock has not started; each of those
+                // has its own deadline, so the queue always moves on.
+                let deadline = sent_at
+                    .get()
+                    .map(|at| *at + timeout)
+                    .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
+                match tokio::time::timeout_at(deadline, &mut rx).await {
+                    Ok(Ok(result)) => return result,
+                    Ok(Err(_)) => return Err(ClientError::Closed),
+                    Err(_) if sent_at.get().is_some_and(|at| at.elapsed() >= timeout) => {
+                        // Given up: out of the queue, so the sends after it go on.
+                        shared.answered(&client_message_id);
+                        return Err(ClientError::Timeout);
+                    }
+                    Err(_) => continue,
                 }
             }
         }
@@ -520,8 +534,10 @@ impl Shared {
             .collect();
         let pending = self.pending.lock().expect("pending lock");
         for id in heads {
-            if let Some(p) = pending.get(&id) {
-                let _ = self.send(p.frame.clone());
+            if let Some(p) = pending.get(&id)
+                && self.send(p.frame.clone()).is_ok()
+            {
+                let _ = p.sent_at.set(tokio::time::Instant::now());
             }
         }
     }
@@ -543,15 +559,17 @@ impl Shared {
         if self.awaiting_auth.load(std::sync::atomic::Ordering::SeqCst) {
             return; // resent after `auth_success`
         }
-        let frame = self
+        let pending = self
             .pending
             .lock()
             .expect("pending lock")
             .get(id)
-            .map(|p| p.frame.clone());
-        if let Some(frame) = frame {
+            .map(|p| (p.frame.clone(), p.sent_at.clone()));
+        if let Some((frame, sent_at)) = pending {
             // A failed send now is fine: the head is resent on reconnect.
-            let _ = self.send(frame);
+            if self.send(frame).is_ok() {
+                let _ = sent_at.set(tokio::time::Instant::now());
+            }
         }
     }
 

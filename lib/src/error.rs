@@ -10,7 +10,18 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::{FrameError, ServerFrame};
 
 /// Stable, machine-readable error codes of `error` frames and HTTP error bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The frame is not JSON.
@@ -41,8 +52,19 @@ pub enum ErrorCode {
     Unavailable,
     /// An unexpected server failure; retry later with the same idempotency key.
     Internal,
-    /// The operation exists but is not implemented yet.
-    NotImplemented,
+    /// The declared media type is not one accepted here (e.g. a content type not allowed for
+    /// the kind of upload).
+    UnsupportedMediaType,
+}
+
+/// The wire name (`not_found`, `rate_limited`, ...), as clients and logs see it.
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(name)) => f.write_str(&name),
+            _ => write!(f, "{self:?}"),
+        }
+    }
 }
 
 impl ErrorCode {
@@ -55,9 +77,9 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::IdempotencyConflict | Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,
             Self::Internal => 500,
-            Self::NotImplemented => 501,
             Self::Unavailable => 503,
         }
     }
@@ -143,14 +165,6 @@ impl Error {
     /// `not_found` with this message.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::client(ErrorCode::NotFound, message)
-    }
-
-    /// `not_implemented`, naming the operation and the issue that fills it.
-    pub fn not_implemented(what: &str) -> Self {
-        Self::client(
-            ErrorCode::NotImplemented,
-            format!("{what} is not implemented yet"),
-        )
     }
 
     /// A failure of a dependency other than Redis or MongoDB.
@@ -252,11 +266,9 @@ impl Error {
         self.code().http_status()
     }
 
-    /// The JSON body for an HTTP client: `{"error": {"code", "message"}}`.
+    /// The JSON body for an HTTP client: `{"error": {"code", "message", "retry_after"?}}`.
     pub fn to_http_body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": { "code": self.code(), "message": self.public_message() }
-        })
+        serde_json::to_value(crate::http::ErrorBody::of(self)).unwrap_or_default()
     }
 }
 
@@ -265,12 +277,8 @@ impl Error {
 /// invoker, never to a client).
 impl From<Error> for lambda_runtime::Diagnostic {
     fn from(error: Error) -> Self {
-        let code = serde_json::to_value(error.code())
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "internal".into());
         lambda_runtime::Diagnostic {
-            error_type: code,
+            error_type: error.code().to_string(),
             error_message: error.to_string(),
         }
     }

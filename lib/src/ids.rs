@@ -4,21 +4,28 @@
 //! Ids become parts of keys and of MongoDB field names (`read_up_to.{user}`,
 //! `member_state.{user}`), and appear in frames: an empty id would be a user nobody can address,
 //! a `.` would split a field name, a leading `$` would be an operator, control characters break
-//! logs and tools. So an id is 1 to 128 bytes of printable text, without `.`, not starting with
-//! `$`, and not only spaces.
+//! logs and tools. So an id is 1 to 128 characters of printable text without `.`, whose first
+//! character is neither a space nor `$` ([`PATTERN`], the same rule as a JSON Schema pattern
+//! for the published documents).
 
 use crate::error::{Error, Result};
 
-/// Longest id accepted, in bytes.
-pub const MAX_ID_BYTES: usize = 128;
+/// Longest id accepted, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// [`is_valid`] as a JSON Schema pattern (with `maxLength` [`MAX_ID_CHARS`]).
+pub const PATTERN: &str = r"^[^\s$.\x00-\x1f\x7f-\x9f][^.\x00-\x1f\x7f-\x9f]*$";
 
 /// Whether `id` may be a user or device id.
 pub fn is_valid(id: &str) -> bool {
-    !id.trim().is_empty()
-        && id.len() <= MAX_ID_BYTES
-        && !id.contains('.')
-        && !id.starts_with('$')
-        && !id.chars().any(char::is_control)
+    let mut chars = id.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    !first.is_whitespace()
+        && first != '$'
+        && id.chars().count() <= MAX_ID_CHARS
+        && !id.chars().any(|c| c == '.' || c.is_control())
 }
 
 /// `invalid_request` naming `what` when `id` is not a valid id.
@@ -27,7 +34,7 @@ pub fn check(what: &str, id: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "{what} must be 1 to {MAX_ID_BYTES} bytes of text, without `.`, control characters or a leading `$`"
+            "{what} must be 1 to {MAX_ID_CHARS} characters of text, without `.` or control characters, not starting with a space or `$`"
         )))
     }
 }
@@ -50,6 +57,7 @@ mod tests {
         for bad in [
             "",
             " ",
+            " alice",
             "\t",
             "a.b",
             "$gt",

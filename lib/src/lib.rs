@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod context;
+pub mod contract;
 pub mod conversations;
 pub mod error;
 pub mod eventbridge;

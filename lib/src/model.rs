@@ -406,7 +406,7 @@ pub mod event_types {
 }
 
 /// Data of `messaging.message.received`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageReceived {
     /// Server id.
     pub message_id: String,
@@ -463,7 +463,7 @@ impl MessageReceived {
 }
 
 /// Data of `agent.response`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgentResponse {
     /// Agent-generated key; a redelivered response is stored once.
     pub idempotency_key: String,
@@ -486,7 +486,7 @@ pub struct AgentResponse {
 }
 
 /// Kind of agent progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProgressKind {
     /// The agent is composing (shown as typing).
@@ -496,7 +496,7 @@ pub enum ProgressKind {
 }
 
 /// Data of `agent.progress`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgentProgress {
     /// Conversation.
     pub conversation_id: String,
@@ -511,7 +511,7 @@ pub struct AgentProgress {
 }
 
 /// Data of `messaging.notification`: no content, ever (it is end-to-end encrypted).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Notification {
     /// Who to notify.
     pub user_id: String,
@@ -531,7 +531,7 @@ pub struct Notification {
 }
 
 /// Data of `presence.changed`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PresenceChanged {
     /// Whose presence.
     pub user_id: String,

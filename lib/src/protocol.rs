@@ -17,7 +17,9 @@ use crate::error::ErrorCode;
 pub const MAX_FRAME_BYTES: usize = 128 * 1024;
 
 /// Kind of a message. `content` means different things per kind, but it is always opaque.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageType {
     /// Plain text.
@@ -53,7 +55,18 @@ impl MessageType {
 
 /// Delivery state of a message. It only ever moves forward: sent, delivered, read.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Default,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
@@ -67,7 +80,7 @@ pub enum MessageStatus {
 }
 
 /// Typing indicator state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TypingState {
     /// The user started typing.
@@ -77,7 +90,9 @@ pub enum TypingState {
 }
 
 /// Online state of a user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     /// At least one live connection.
@@ -89,7 +104,7 @@ pub enum PresenceStatus {
 
 /// Coordinates of a `location` message. Sent in the clear only when the client chooses to; most
 /// clients put the location inside the encrypted `content` and leave this out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Location {
     /// Degrees, -90..=90.
     pub latitude: f64,
@@ -101,7 +116,7 @@ pub struct Location {
 }
 
 /// Where a forwarded message came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ForwardedFrom {
     /// The original message.
     pub message_id: String,
@@ -110,7 +125,7 @@ pub struct ForwardedFrom {
 }
 
 /// `auth` payload (seeds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuthPayload {
     /// The user the client claims to be; must match the token's subject when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,7 +144,7 @@ pub struct AuthPayload {
 }
 
 /// The payload of a client's `message` frame: what to send.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OutgoingMessage {
     /// Conversation to send to.
     pub conversation_id: String,
@@ -158,7 +173,7 @@ pub struct OutgoingMessage {
 }
 
 /// A message as delivered to clients (`message` from the server, items of `messages`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeliveredMessage {
     /// Server-assigned id.
     pub message_id: String,
@@ -198,7 +213,7 @@ pub struct DeliveredMessage {
 }
 
 /// `auth_success` payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuthSuccessPayload {
     /// The authenticated user (so a client knows which messages are its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,7 +227,7 @@ pub struct AuthSuccessPayload {
 }
 
 /// `message_ack` payload: the message is durably stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageAckPayload {
     /// Server-assigned id.
     pub message_id: String,
@@ -225,7 +240,7 @@ pub struct MessageAckPayload {
 }
 
 /// `messages` payload: a batch of stored messages in sequence order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessagesPayload {
     /// Conversation the batch belongs to.
     pub conversation_id: String,
@@ -241,7 +256,7 @@ pub struct MessagesPayload {
 }
 
 /// `migration` payload: reconnect elsewhere.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MigrationPayload {
     /// Where to reconnect.
     pub new_endpoint: String,
@@ -250,7 +265,7 @@ pub struct MigrationPayload {
 }
 
 /// Receipt sent to the original sender when recipients got or read messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReadReceiptPayload {
     /// Messages concerned.
     pub message_ids: Vec<String>,
@@ -261,7 +276,7 @@ pub struct ReadReceiptPayload {
 }
 
 /// Delivery receipt sent to the original sender.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeliveryReceiptPayload {
     /// Messages concerned.
     pub message_ids: Vec<String>,
@@ -272,7 +287,7 @@ pub struct DeliveryReceiptPayload {
 }
 
 /// `typing` payload as forwarded to other participants.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TypingPayload {
     /// Conversation.
     pub conversation_id: String,
@@ -283,7 +298,7 @@ pub struct TypingPayload {
 }
 
 /// `presence` payload: a user's online state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PresencePayload {
     /// Whose presence.
     pub user_id: String,
@@ -295,7 +310,7 @@ pub struct PresencePayload {
 }
 
 /// A frame sent by a client.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Authenticate this connection (when the token was not given on connect) and get pending messages.
@@ -309,6 +324,7 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_message_id: Option<String>,
         /// Client-generated UUID; a retry with the same key gets the same answer.
+        #[schemars(length(min = 1, max = 128))]
         idempotency_key: String,
         /// What to send.
         payload: OutgoingMessage,
@@ -330,6 +346,7 @@ pub enum ClientFrame {
     /// The user read messages.
     ReadReceipt {
         /// Read messages.
+        #[schemars(length(min = 1, max = 500))]
         message_ids: Vec<String>,
         /// Client clock.
         timestamp: i64,
@@ -344,8 +361,10 @@ pub enum ClientFrame {
         /// Conversation.
         conversation_id: String,
         /// First sequence number wanted.
+        #[schemars(range(min = 1))]
         from_sequence: u64,
-        /// Last sequence number wanted (inclusive).
+        /// Last sequence number wanted (inclusive; at most 1000 numbers per request by default).
+        #[schemars(range(min = 1))]
         to_sequence: u64,
     },
     /// Typing indicator.
@@ -364,6 +383,7 @@ pub enum ClientFrame {
     /// Ask for the presence of users one shares a conversation with.
     Presence {
         /// Users to look up.
+        #[schemars(length(min = 1, max = 100))]
         user_ids: Vec<String>,
     },
 }
@@ -386,7 +406,7 @@ impl ClientFrame {
 }
 
 /// A frame sent by the server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Authentication accepted.

@@ -361,6 +361,7 @@ fn errors_map_to_frames_and_statuses_in_one_place() {
     assert!(!internal.public_message().contains("10.0.0.1"));
     assert_eq!(internal.to_http_body()["error"]["code"], "unavailable");
 
-    let not_impl = messaging::Error::not_implemented("groups");
-    assert_eq!(not_impl.http_status(), 501);
+    let unsupported =
+        messaging::Error::client(messaging::ErrorCode::UnsupportedMediaType, "text/html");
+    assert_eq!(unsupported.http_status(), 415);
 }

@@ -9,8 +9,13 @@ use mongodb::bson::DateTime;
 
 use crate::Api;
 use crate::accounts::{valid_name, valid_url};
-use crate::http::{Call, Reply};
-use crate::views::{AgentPage, AgentView, CreateAgentRequest, ErrorBody, UpdateAgentRequest};
+use crate::conversations::page_size;
+use crate::views::{
+    AgentListQuery, AgentPage, AgentStatusFilter, AgentView, CreateAgentRequest, ErrorBody,
+    UpdateAgentRequest, given,
+};
+use axum::extract::State;
+use messaging::http::{Caller, Json, Path, Query, Reply};
 
 /// Ids the system uses for itself.
 const RESERVED_IDS: &[&str] = &["system", "me", "operator"];
@@ -25,16 +30,20 @@ fn valid_agent_id(id: &str) -> Result<()> {
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && !RESERVED_IDS.contains(&id)
-        && !id.starts_with("deleted-user");
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "agent_id must be 1 to 64 of a-z, 0-9, `_`, `-`, start with a letter or digit, and not be reserved",
-        ))
+        && id.as_bytes()[0].is_ascii_alphanumeric();
+    if !ok {
+        return Err(Error::invalid(
+            "agent_id must be 1 to 64 of a-z, 0-9, `_`, `-`, starting with a letter or digit",
+        ));
     }
+    // A well-formed id the system uses for itself is taken, like another agent's.
+    if RESERVED_IDS.contains(&id) || id.starts_with("deleted-user") {
+        return Err(Error::client(
+            messaging::ErrorCode::Conflict,
+            format!("agent id {id} is reserved"),
+        ));
+    }
+    Ok(())
 }
 
 fn valid_list(items: Vec<String>, what: &str) -> Result<Vec<String>> {
@@ -72,50 +81,42 @@ async fn existing(api: &Api, agent_id: &str) -> Result<Agent> {
 #[utoipa::path(
     operation_id = "listAgents",
     get, path = "/v1/agents", tag = "agents", security(("bearer" = []), ("operator_key" = [])),
-    params(
-        ("q" = Option<String>, Query, description = "Case-insensitive text in the name, a capability or a category"),
-        ("capability" = Option<String>, Query, description = "Exact capability"),
-        ("category" = Option<String>, Query, description = "Exact category or tag"),
-        ("status" = Option<String>, Query, description = "`online` for online agents only; `any` (default)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
-        ("limit" = Option<u64>, Query, description = "Page size, 1 to 100 (default 20)"),
-    ),
+    params(AgentListQuery),
     responses(
         (status = 200, description = "A page of agents by id", body = AgentPage),
         (status = 400, description = "Bad filter or limit", body = ErrorBody),
         (status = 401, description = "No or bad credentials", body = ErrorBody),
     )
 )]
-pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
-    if !call.is_operator() {
-        call.user()?;
+pub(crate) async fn list(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Query(query): Query<AgentListQuery>,
+) -> Result<Reply> {
+    if !caller.is_operator() {
+        caller.user()?;
     }
-    let limit = match call.query_u64("limit")? {
-        None => 20,
-        Some(n @ 1..=100) => n as usize,
-        Some(_) => return Err(Error::invalid("limit must be 1 to 100")),
-    };
+    let limit = page_size(query.limit, (20, 100))?;
     let since = online_since_ms(api);
-    let online_since = match call.query("status") {
-        None | Some("any") => None,
-        Some("online") => Some(DateTime::from_millis(since)),
-        Some(_) => return Err(Error::invalid("status must be online or any")),
+    let online_since = match query.status {
+        None | Some(AgentStatusFilter::Any) => None,
+        Some(AgentStatusFilter::Online) => Some(DateTime::from_millis(since)),
     };
     let mut agents = api
         .ctx
         .store
         .search_agents(&AgentQuery {
-            text: call.query("q").map(|q| q.trim().to_string()),
-            capability: call.query("capability").map(str::to_string),
-            category: call.query("category").map(str::to_string),
+            text: given(&query.q).map(|q| q.trim().to_string()),
+            capability: given(&query.capability).map(str::to_string),
+            category: given(&query.category).map(str::to_string),
             online_since,
-            after: call.query("cursor").map(str::to_string),
+            after: given(&query.cursor).map(str::to_string),
             limit: limit + 1,
         })
         .await?;
     let more = agents.len() > limit;
     agents.truncate(limit);
-    let operator = call.is_operator();
+    let operator = caller.is_operator();
     Reply::ok(&AgentPage {
         next_cursor: more
             .then(|| agents.last().map(|a| a.agent_id.clone()))
@@ -138,15 +139,19 @@ pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such agent", body = ErrorBody),
     )
 )]
-pub(crate) async fn get(api: &Api, call: &Call) -> Result<Reply> {
-    if !call.is_operator() {
-        call.user()?;
+pub(crate) async fn get(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(agent_id): Path<String>,
+) -> Result<Reply> {
+    if !caller.is_operator() {
+        caller.user()?;
     }
-    let agent = existing(api, call.param("agent_id")).await?;
+    let agent = existing(api, agent_id.as_str()).await?;
     Reply::ok(&AgentView::of(
         &agent,
         online_since_ms(api),
-        call.is_operator(),
+        caller.is_operator(),
     ))
 }
 
@@ -163,9 +168,12 @@ pub(crate) async fn get(api: &Api, call: &Call) -> Result<Reply> {
         (status = 409, description = "The id is taken", body = ErrorBody),
     )
 )]
-pub(crate) async fn create(api: &Api, call: &Call) -> Result<Reply> {
-    call.operator()?;
-    let request: CreateAgentRequest = call.json()?;
+pub(crate) async fn create(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Json(request): Json<CreateAgentRequest>,
+) -> Result<Reply> {
+    caller.operator()?;
     valid_agent_id(&request.agent_id)?;
     let agent = Agent {
         agent_id: request.agent_id,
@@ -205,10 +213,14 @@ pub(crate) async fn create(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such agent", body = ErrorBody),
     )
 )]
-pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
-    call.operator()?;
-    let request: UpdateAgentRequest = call.json()?;
-    let mut agent = existing(api, call.param("agent_id")).await?;
+pub(crate) async fn update(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(agent_id): Path<String>,
+    Json(request): Json<UpdateAgentRequest>,
+) -> Result<Reply> {
+    caller.operator()?;
+    let mut agent = existing(api, agent_id.as_str()).await?;
     if let Some(name) = &request.name {
         agent.name = valid_name(name, "name")?;
     }
@@ -250,9 +262,13 @@ pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such agent", body = ErrorBody),
     )
 )]
-pub(crate) async fn delete(api: &Api, call: &Call) -> Result<Reply> {
-    call.operator()?;
-    let agent_id = call.param("agent_id");
+pub(crate) async fn delete(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(agent_id): Path<String>,
+) -> Result<Reply> {
+    caller.operator()?;
+    let agent_id = agent_id.as_str();
     if !api.ctx.store.delete_agent(agent_id).await? {
         return Err(Error::not_found(format!("agent {agent_id} does not exist")));
     }
@@ -271,9 +287,13 @@ pub(crate) async fn delete(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such agent", body = ErrorBody),
     )
 )]
-pub(crate) async fn heartbeat(api: &Api, call: &Call) -> Result<Reply> {
-    let agent_id = call.param("agent_id");
-    if !call.is_operator() && call.user()?.sub != agent_id {
+pub(crate) async fn heartbeat(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(agent_id): Path<String>,
+) -> Result<Reply> {
+    let agent_id = agent_id.as_str();
+    if !caller.is_operator() && caller.user()?.sub != agent_id {
         return Err(Error::forbidden(
             "only operators and the agent itself send its heartbeats",
         ));

@@ -13,11 +13,13 @@ use sha2::{Digest, Sha256};
 
 use crate::Api;
 use crate::accounts::{Contact, require_account};
-use crate::http::{Call, Reply};
 use crate::views::{
-    ConversationPage, ConversationView, CreateConversationRequest, ErrorBody, LastMessageView,
-    MessagePage, MessageView, UpdateConversationRequest, ms, wire_name,
+    ArchivedFilter, ConversationListQuery, ConversationPage, ConversationView,
+    CreateConversationRequest, ErrorBody, HistoryQuery, LastMessageView, MessagePage, MessageView,
+    Peer, UpdateConversationRequest, given, ms, wire_name,
 };
+use axum::extract::State;
+use messaging::http::{Caller, Json, Path, Query, Reply};
 
 /// Default and largest page of the conversation list.
 const LIST_PAGE: (usize, usize) = (20, 100);
@@ -169,8 +171,9 @@ impl PartialOrd for ListKey {
     }
 }
 
-fn page_size(call: &Call, (default, max): (usize, usize)) -> Result<usize> {
-    match call.query_u64("limit")? {
+/// The page size asked for (`limit`), within `1..=max`, else `default`.
+pub(crate) fn page_size(limit: Option<u64>, (default, max): (usize, usize)) -> Result<usize> {
+    match limit {
         None => Ok(default),
         Some(n) if n >= 1 && n as usize <= max => Ok(n as usize),
         Some(_) => Err(Error::invalid(format!("limit must be 1 to {max}"))),
@@ -178,7 +181,8 @@ fn page_size(call: &Call, (default, max): (usize, usize)) -> Result<usize> {
 }
 
 /// The conversation `conversation_id` with the caller's state: `not_found` when it does not
-/// exist, `forbidden` when the caller is not a participant.
+/// exist or the caller deleted it (until a new message brings it back, as in the list),
+/// `forbidden` when the caller is not a participant.
 pub(crate) async fn membership(
     api: &Api,
     conversation_id: &str,
@@ -190,6 +194,11 @@ pub(crate) async fn membership(
         .member_conversation(conversation_id, user_id)
         .await?
     {
+        if !mc.state.visible(&mc.conversation) {
+            return Err(Error::not_found(format!(
+                "conversation {conversation_id} was deleted for you"
+            )));
+        }
         return Ok(mc);
     }
     if api.ctx.store.conversation(conversation_id).await?.is_some() {
@@ -222,26 +231,15 @@ fn pair_key(kind: &str, a: &str, b: &str) -> String {
         (status = 404, description = "No such user or agent", body = ErrorBody),
     )
 )]
-pub(crate) async fn create(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let request: CreateConversationRequest = call.json()?;
-    let given = [
-        request.user_id.is_some(),
-        request.phone.is_some(),
-        request.email.is_some(),
-        request.agent_id.is_some(),
-    ]
-    .iter()
-    .filter(|g| **g)
-    .count();
-    if given != 1 {
-        return Err(Error::invalid(
-            "give exactly one of `user_id`, `phone`, `email`, `agent_id`",
-        ));
-    }
+pub(crate) async fn create(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Json(request): Json<CreateConversationRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     require_account(api, user_id).await?;
     let store = &api.ctx.store;
-    let (kind, other, agent_id) = if let Some(agent_id) = &request.agent_id {
+    let (kind, other, agent_id) = if let Peer::Agent { agent_id } = &request.with {
         let agent = store
             .agent(agent_id)
             .await?
@@ -252,17 +250,21 @@ pub(crate) async fn create(api: &Api, call: &Call) -> Result<Reply> {
             Some(agent.agent_id),
         )
     } else {
-        let other = match (&request.user_id, &request.phone, &request.email) {
-            (Some(id), _, _) => store.user(id).await?,
-            (_, Some(phone), _) => Contact::parse(Some(phone), None)?.account(api).await?,
-            (_, _, Some(email)) => Contact::parse(None, Some(email))?.account(api).await?,
-            _ => None,
+        let other = match &request.with {
+            Peer::User { user_id } => store.user(user_id).await?,
+            Peer::Contact(contact) => {
+                Contact::parse(contact.phone(), contact.email())?
+                    .account(api)
+                    .await?
+            }
+            Peer::Agent { .. } => None,
         }
         .ok_or_else(|| Error::not_found("no such user"))?;
         (ConversationKind::Direct, other.user_id, None)
     };
     if other == user_id {
-        return Err(Error::invalid(
+        return Err(Error::client(
+            messaging::ErrorCode::Conflict,
             "you cannot start a conversation with yourself",
         ));
     }
@@ -354,30 +356,28 @@ fn matches_search(mc: &MemberConversation, user_id: &str, names: &Names, needle:
 #[utoipa::path(
     operation_id = "listConversations",
     get, path = "/v1/conversations", tag = "conversations", security(("bearer" = [])),
-    params(
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
-        ("limit" = Option<u64>, Query, description = "Page size, 1 to 100 (default 20)"),
-        ("archived" = Option<String>, Query, description = "`false` (default without q): hide archived; `true`: only archived; `any` (default with q): both"),
-        ("q" = Option<String>, Query, description = "Search text (case-insensitive)"),
-    ),
+    params(ConversationListQuery),
     responses(
         (status = 200, description = "A page of conversations", body = ConversationPage),
         (status = 400, description = "Bad cursor, limit or filter", body = ErrorBody),
         (status = 401, description = "No or bad access token", body = ErrorBody),
     )
 )]
-pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let limit = page_size(call, LIST_PAGE)?;
-    let needle = call.query("q").map(|q| q.trim().to_lowercase());
-    let archived = match call.query("archived") {
+pub(crate) async fn list(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Query(query): Query<ConversationListQuery>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    let limit = page_size(query.limit, LIST_PAGE)?;
+    let needle = given(&query.q).map(|q| q.trim().to_lowercase());
+    let archived = match query.archived {
         None if needle.is_some() => None,
-        None | Some("false") => Some(false),
-        Some("true") => Some(true),
-        Some("any") => None,
-        Some(_) => return Err(Error::invalid("archived must be true, false or any")),
+        None | Some(ArchivedFilter::False) => Some(false),
+        Some(ArchivedFilter::True) => Some(true),
+        Some(ArchivedFilter::Any) => None,
     };
-    let after = call.query("cursor").map(ListKey::decode).transpose()?;
+    let after = given(&query.cursor).map(ListKey::decode).transpose()?;
     let all = api.ctx.store.conversations_of(user_id).await?;
     let mut chosen: Vec<MemberConversation> = all
         .into_iter()
@@ -427,9 +427,13 @@ pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such conversation", body = ErrorBody),
     )
 )]
-pub(crate) async fn get(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let mc = membership(api, call.param("conversation_id"), user_id).await?;
+pub(crate) async fn get(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    let mc = membership(api, conversation_id.as_str(), user_id).await?;
     let names = names_for(api, std::slice::from_ref(&mc), user_id, false).await?;
     Reply::ok(&view(&mc, user_id, &names))
 }
@@ -448,10 +452,14 @@ pub(crate) async fn get(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such conversation", body = ErrorBody),
     )
 )]
-pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let conversation_id = call.param("conversation_id");
-    let request: UpdateConversationRequest = call.json()?;
+pub(crate) async fn update(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    Json(request): Json<UpdateConversationRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    let conversation_id = conversation_id.as_str();
     if request.pinned.is_none() && request.archived.is_none() {
         return Err(Error::invalid("give `pinned` and/or `archived`"));
     }
@@ -486,9 +494,13 @@ pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such conversation", body = ErrorBody),
     )
 )]
-pub(crate) async fn delete(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let conversation_id = call.param("conversation_id");
+pub(crate) async fn delete(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    let conversation_id = conversation_id.as_str();
     let mc = membership(api, conversation_id, user_id).await?;
     let up_to = mc
         .conversation
@@ -515,9 +527,7 @@ pub(crate) async fn delete(api: &Api, call: &Call) -> Result<Reply> {
     get, path = "/v1/conversations/{conversation_id}/messages", tag = "conversations", security(("bearer" = [])),
     params(
         ("conversation_id" = String, Path, description = "The conversation"),
-        ("from" = Option<u64>, Query, description = "Lowest sequence number (inclusive); the page starts here"),
-        ("to" = Option<u64>, Query, description = "Highest sequence number (inclusive); without `from` the page ends here"),
-        ("limit" = Option<u64>, Query, description = "Page size, 1 to 200 (default 50)"),
+        HistoryQuery,
     ),
     responses(
         (status = 200, description = "Messages, ascending", body = MessagePage),
@@ -527,18 +537,34 @@ pub(crate) async fn delete(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such conversation", body = ErrorBody),
     )
 )]
-pub(crate) async fn messages(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let conversation_id = call.param("conversation_id");
-    let limit = page_size(call, HISTORY_PAGE)?;
-    let (from, to) = (call.query_u64("from")?, call.query_u64("to")?);
+pub(crate) async fn messages(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    let conversation_id = conversation_id.as_str();
+    let limit = page_size(query.limit, HISTORY_PAGE)?;
+    let (from, to) = (query.from, query.to);
+    if from.is_some_and(|f| f < 0) || to.is_some_and(|t| t < 0) {
+        return Err(Error::invalid("from and to must be at least 0"));
+    }
+    let (from, to) = (from.map(|f| f as u64), to.map(|t| t as u64));
+    let mc = membership(api, conversation_id, user_id).await?;
+    let floor = mc.state.cleared_up_to + 1;
     if let (Some(f), Some(t)) = (from, to)
         && f > t
     {
-        return Err(Error::invalid("from must not be above to"));
+        // An empty range: nothing in it.
+        return Reply::ok(&MessagePage {
+            conversation_id: conversation_id.to_string(),
+            messages: Vec::new(),
+            older_to: None,
+            newer_from: None,
+            first_available: floor,
+        });
     }
-    let mc = membership(api, conversation_id, user_id).await?;
-    let floor = mc.state.cleared_up_to + 1;
     let store = &api.ctx.store;
     let page = match (from, to) {
         (Some(f), to) => {

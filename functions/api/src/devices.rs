@@ -8,8 +8,9 @@ use mongodb::bson::DateTime;
 
 use crate::Api;
 use crate::accounts::require_account;
-use crate::http::{Call, Reply};
 use crate::views::{DeviceList, DeviceRequest, DeviceView, ErrorBody};
+use axum::extract::State;
+use messaging::http::{Caller, Json, Path, Reply};
 
 fn valid_device_id(id: &str) -> Result<()> {
     if id.is_empty()
@@ -34,8 +35,8 @@ fn valid_device_id(id: &str) -> Result<()> {
         (status = 401, description = "No or bad access token", body = ErrorBody),
     )
 )]
-pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
-    let devices = api.ctx.store.devices_of(call.user_id()?).await?;
+pub(crate) async fn list(State(ref api): State<Api>, caller: Caller) -> Result<Reply> {
+    let devices = api.ctx.store.devices_of(caller.user_id()?).await?;
     Reply::ok(&DeviceList {
         devices: devices.iter().map(DeviceView::from).collect(),
     })
@@ -45,7 +46,7 @@ pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
 #[utoipa::path(
     operation_id = "putDevice",
     put, path = "/v1/devices/{device_id}", tag = "devices", security(("bearer" = [])),
-    params(("device_id" = String, Path, description = "The device (as in tokens and connections)")),
+    params(("device_id" = String, Path, pattern = r"^[A-Za-z0-9_:-]{1,128}$", description = "The device (as in tokens and connections)")),
     request_body = DeviceRequest,
     responses(
         (status = 200, description = "The device", body = DeviceView),
@@ -53,11 +54,15 @@ pub(crate) async fn list(api: &Api, call: &Call) -> Result<Reply> {
         (status = 401, description = "No or bad access token", body = ErrorBody),
     )
 )]
-pub(crate) async fn put(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let device_id = call.param("device_id");
+pub(crate) async fn put(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+    Json(request): Json<DeviceRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    let device_id = device_id.as_str();
     valid_device_id(device_id)?;
-    let request: DeviceRequest = call.json()?;
     let token = request.token.trim();
     if token.is_empty() || token.len() > 4096 || token.chars().any(char::is_whitespace) {
         return Err(Error::invalid(
@@ -99,9 +104,13 @@ pub(crate) async fn put(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such device", body = ErrorBody),
     )
 )]
-pub(crate) async fn delete(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let device_id = call.param("device_id");
+pub(crate) async fn delete(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    let device_id = device_id.as_str();
     if !api.ctx.store.delete_device(user_id, device_id).await? {
         return Err(Error::not_found(format!(
             "device {device_id} is not registered"

@@ -17,11 +17,12 @@ use serde_json::json;
 
 use crate::Api;
 use crate::groups::leave_group;
-use crate::http::{Call, Reply};
 use crate::views::{
-    DeviceView, ErrorBody, ExportArchive, ExportConversation, MediaView, MessageView, Profile,
+    DeviceView, ErrorBody, ExportArchive, ExportConversation, MediaRecord, MessageView, Profile,
     SessionView, ms, wire_name,
 };
+use axum::extract::State;
+use messaging::http::{Caller, Reply};
 
 /// Prefix of the ids that replace erased users.
 pub const DELETED_USER_PREFIX: &str = "deleted-user-";
@@ -36,8 +37,8 @@ pub const DELETED_USER_PREFIX: &str = "deleted-user-";
         (status = 404, description = "The account no longer exists", body = ErrorBody),
     )
 )]
-pub(crate) async fn export_me(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
+pub(crate) async fn export_me(State(ref api): State<Api>, caller: Caller) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     let data = api
         .ctx
         .store
@@ -79,7 +80,7 @@ pub(crate) async fn export_me(api: &Api, call: &Call) -> Result<Reply> {
         devices: data.devices.iter().map(DeviceView::from).collect(),
         conversations,
         messages_sent: data.messages.iter().map(MessageView::from).collect(),
-        media: data.media.iter().map(MediaView::from).collect(),
+        media: data.media.iter().map(MediaRecord::from).collect(),
     })
 }
 
@@ -93,8 +94,8 @@ pub(crate) async fn export_me(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "The account no longer exists", body = ErrorBody),
     )
 )]
-pub(crate) async fn delete_me(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
+pub(crate) async fn delete_me(State(ref api): State<Api>, caller: Caller) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     let store = &api.ctx.store;
     if store.user(user_id).await?.is_none() {
         return Err(Error::not_found("the account no longer exists"));

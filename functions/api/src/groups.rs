@@ -16,11 +16,12 @@ use serde_json::json;
 use crate::Api;
 use crate::accounts::{require_account, valid_name};
 use crate::conversations::{Names, membership};
-use crate::http::{Call, Reply};
 use crate::views::{
     AddParticipantsRequest, CreateGroupRequest, ErrorBody, GroupView, ParticipantList,
     ParticipantView, PromoteRequest, UpdateGroupRequest, ms,
 };
+use axum::extract::State;
+use messaging::http::{Caller, Json, Path, Reply};
 
 /// Attempts of a compare-and-set before giving up with `conflict`.
 const CAS_ATTEMPTS: usize = 8;
@@ -49,9 +50,10 @@ fn valid_description(description: &str) -> Result<String> {
 }
 
 fn cap_error(count: usize) -> Error {
-    Error::invalid(format!(
-        "a group has at most {MAX_GROUP_PARTICIPANTS} participants ({count} requested)"
-    ))
+    Error::client(
+        messaging::ErrorCode::Conflict,
+        format!("a group has at most {MAX_GROUP_PARTICIPANTS} participants ({count} requested)"),
+    )
 }
 
 /// Fails unless every id is an existing user.
@@ -66,7 +68,7 @@ async fn require_users(api: &Api, ids: &[String]) -> Result<()> {
         return Ok(());
     }
     let shown: Vec<&str> = unknown.iter().take(10).copied().collect();
-    Err(Error::invalid(format!(
+    Err(Error::not_found(format!(
         "{} participant(s) are not users: {}{}",
         unknown.len(),
         shown.join(", "),
@@ -179,13 +181,17 @@ where
     request_body = CreateGroupRequest,
     responses(
         (status = 201, description = "The group", body = GroupView),
-        (status = 400, description = "Bad name or description, unknown users, fewer than 2 or more than 100 participants", body = ErrorBody),
         (status = 401, description = "No or bad access token", body = ErrorBody),
+        (status = 404, description = "Some participants are not users", body = ErrorBody),
+        (status = 409, description = "No participant but the caller", body = ErrorBody),
     )
 )]
-pub(crate) async fn create(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let request: CreateGroupRequest = call.json()?;
+pub(crate) async fn create(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Json(request): Json<CreateGroupRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     let name = valid_name(&request.name, "name")?;
     let description = request
         .description
@@ -203,7 +209,8 @@ pub(crate) async fn create(api: &Api, call: &Call) -> Result<Reply> {
         return Err(cap_error(participants.len()));
     }
     if participants.len() < 2 {
-        return Err(Error::invalid(
+        return Err(Error::client(
+            messaging::ErrorCode::Conflict,
             "a group needs at least one other participant",
         ));
     }
@@ -251,9 +258,13 @@ pub(crate) async fn create(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such group", body = ErrorBody),
     )
 )]
-pub(crate) async fn get(api: &Api, call: &Call) -> Result<Reply> {
-    let group = group_of(api, call.param("conversation_id"), call.user_id()?).await?;
-    Reply::ok(&group_view(api, &group, call.user_id()?).await?)
+pub(crate) async fn get(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+) -> Result<Reply> {
+    let group = group_of(api, conversation_id.as_str(), caller.user_id()?).await?;
+    Reply::ok(&group_view(api, &group, caller.user_id()?).await?)
 }
 
 /// Rename or describe a group (admins only).
@@ -270,9 +281,13 @@ pub(crate) async fn get(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such group", body = ErrorBody),
     )
 )]
-pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let request: UpdateGroupRequest = call.json()?;
+pub(crate) async fn update(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    Json(request): Json<UpdateGroupRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     let name = request
         .name
         .as_deref()
@@ -283,7 +298,7 @@ pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
         Some(None) => Some(None),
         None => None,
     };
-    let group = group_of(api, call.param("conversation_id"), call.user_id()?).await?;
+    let group = group_of(api, conversation_id.as_str(), caller.user_id()?).await?;
     require_admin(&group, user_id, "change the group's info")?;
     api.ctx
         .store
@@ -293,7 +308,7 @@ pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
             description.as_ref().map(|d| d.as_deref()),
         )
         .await?;
-    let group = group_of(api, call.param("conversation_id"), call.user_id()?).await?;
+    let group = group_of(api, conversation_id.as_str(), caller.user_id()?).await?;
     if name.is_some() || description.is_some() {
         announce(
             api,
@@ -322,8 +337,12 @@ pub(crate) async fn update(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such group", body = ErrorBody),
     )
 )]
-pub(crate) async fn participants(api: &Api, call: &Call) -> Result<Reply> {
-    let group = group_of(api, call.param("conversation_id"), call.user_id()?).await?;
+pub(crate) async fn participants(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+) -> Result<Reply> {
+    let group = group_of(api, conversation_id.as_str(), caller.user_id()?).await?;
     Reply::ok(&ParticipantList {
         participants: participants_view(api, &group).await?,
     })
@@ -337,16 +356,19 @@ pub(crate) async fn participants(api: &Api, call: &Call) -> Result<Reply> {
     request_body = AddParticipantsRequest,
     responses(
         (status = 200, description = "The members after the change", body = ParticipantList),
-        (status = 400, description = "Unknown users, or over 100 members", body = ErrorBody),
         (status = 401, description = "No or bad access token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
-        (status = 404, description = "No such group", body = ErrorBody),
-        (status = 409, description = "The group kept changing; retry", body = ErrorBody),
+        (status = 404, description = "No such group, or some of the users do not exist", body = ErrorBody),
+        (status = 409, description = "The group would pass 100 members, or it kept changing (retry)", body = ErrorBody),
     )
 )]
-pub(crate) async fn add_participants(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let request: AddParticipantsRequest = call.json()?;
+pub(crate) async fn add_participants(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    Json(request): Json<AddParticipantsRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     let mut wanted: Vec<String> = Vec::new();
     for id in request.user_ids {
         if !wanted.contains(&id) {
@@ -359,11 +381,11 @@ pub(crate) async fn add_participants(api: &Api, call: &Call) -> Result<Reply> {
     if wanted.len() > MAX_GROUP_PARTICIPANTS {
         return Err(cap_error(wanted.len()));
     }
-    let first = group_of(api, call.param("conversation_id"), call.user_id()?).await?;
+    let first = group_of(api, conversation_id.as_str(), caller.user_id()?).await?;
     require_admin(&first, user_id, "add participants")?;
     require_users(api, &wanted).await?;
     let mut added = Vec::new();
-    let changed = change_members(api, call.param("conversation_id"), user_id, |group| {
+    let changed = change_members(api, conversation_id.as_str(), user_id, |group| {
         require_admin(group, user_id, "add participants")?;
         added = wanted
             .iter()
@@ -392,7 +414,7 @@ pub(crate) async fn add_participants(api: &Api, call: &Call) -> Result<Reply> {
             .await;
             group
         }
-        None => group_of(api, call.param("conversation_id"), call.user_id()?).await?,
+        None => group_of(api, conversation_id.as_str(), caller.user_id()?).await?,
     };
     Reply::ok(&ParticipantList {
         participants: participants_view(api, &group).await?,
@@ -473,13 +495,23 @@ pub(crate) async fn leave_group(
         (status = 409, description = "The group kept changing; retry", body = ErrorBody),
     )
 )]
-pub(crate) async fn remove_participant(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let target = call.param("user_id").to_string();
+pub(crate) async fn remove_participant(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path((conversation_id, target)): Path<(String, String)>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     if target == user_id {
-        return leave(api, call).await;
+        leave_group(
+            api,
+            &conversation_id,
+            user_id,
+            json!({"event": "participant_left", "user": user_id}),
+        )
+        .await?;
+        return Reply::no_content();
     }
-    let changed = change_members(api, call.param("conversation_id"), user_id, |group| {
+    let changed = change_members(api, conversation_id.as_str(), user_id, |group| {
         require_admin(group, user_id, "remove participants")?;
         if !group.has_participant(&target) {
             return Err(Error::not_found(format!(
@@ -525,11 +557,15 @@ pub(crate) async fn remove_participant(api: &Api, call: &Call) -> Result<Reply> 
         (status = 404, description = "No such group", body = ErrorBody),
     )
 )]
-pub(crate) async fn leave(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
+pub(crate) async fn leave(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     leave_group(
         api,
-        call.param("conversation_id"),
+        conversation_id.as_str(),
         user_id,
         json!({"event": "participant_left", "user": user_id}),
     )
@@ -550,11 +586,15 @@ pub(crate) async fn leave(api: &Api, call: &Call) -> Result<Reply> {
         (status = 404, description = "No such group or member", body = ErrorBody),
     )
 )]
-pub(crate) async fn promote(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let request: PromoteRequest = call.json()?;
+pub(crate) async fn promote(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    Json(request): Json<PromoteRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     let target = request.user_id;
-    let changed = change_members(api, call.param("conversation_id"), user_id, |group| {
+    let changed = change_members(api, conversation_id.as_str(), user_id, |group| {
         require_admin(group, user_id, "promote members")?;
         if !group.has_participant(&target) {
             return Err(Error::not_found(format!(
@@ -579,7 +619,7 @@ pub(crate) async fn promote(api: &Api, call: &Call) -> Result<Reply> {
             .await;
             group
         }
-        None => group_of(api, call.param("conversation_id"), call.user_id()?).await?,
+        None => group_of(api, conversation_id.as_str(), caller.user_id()?).await?,
     };
     Reply::ok(&ParticipantList {
         participants: participants_view(api, &group).await?,
@@ -602,10 +642,13 @@ pub(crate) async fn promote(api: &Api, call: &Call) -> Result<Reply> {
         (status = 409, description = "It is the last admin", body = ErrorBody),
     )
 )]
-pub(crate) async fn demote(api: &Api, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let target = call.param("user_id").to_string();
-    let changed = change_members(api, call.param("conversation_id"), user_id, |group| {
+pub(crate) async fn demote(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path((conversation_id, target)): Path<(String, String)>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    let changed = change_members(api, conversation_id.as_str(), user_id, |group| {
         require_admin(group, user_id, "demote admins")?;
         if !group.admins.contains(&target) {
             return Err(Error::not_found(format!(
@@ -639,7 +682,7 @@ pub(crate) async fn demote(api: &Api, call: &Call) -> Result<Reply> {
             .await;
             group
         }
-        None => group_of(api, call.param("conversation_id"), call.user_id()?).await?,
+        None => group_of(api, conversation_id.as_str(), caller.user_id()?).await?,
     };
     Reply::ok(&ParticipantList {
         participants: participants_view(api, &group).await?,

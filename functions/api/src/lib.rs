@@ -1,12 +1,17 @@
 //! The HTTP API: accounts and tokens, profiles, conversations, groups, the agent registry, push
 //! devices, and personal data export and erasure (API Gateway HTTP API events via `lambda_http`).
 //!
-//! Every route is in [`ROUTES`] and, with its request and response schemas, in the OpenAPI 3
-//! document [`openapi`] (served at `GET /openapi.json`); a test checks that the two agree. Requests
-//! and answers are JSON; every refusal is a 4xx with `{"error": {"code", "message"}}` built by
-//! `messaging::Error`, and a 429 carries `Retry-After`. Every route is rate limited in Redis: per
-//! user with an access token (`API_RATE_PER_MINUTE`), per client address without one
-//! (`AUTH_RATE_PER_MINUTE`), and the sign-in routes also per phone number or email.
+//! The function is an `axum` [`router`] run under `lambda_http` ([`handle`]): each route is
+//! registered together with its OpenAPI entry (`utoipa-axum`), so neither exists without the
+//! other, and [`openapi`] (served at `GET /openapi.json`, with the presign function's routes)
+//! is generated from those registrations. Handlers take typed extractors
+//! (`messaging::http::{Json, Path, Query, Caller}`); request bodies are checked against their
+//! published schema before a handler runs; every refusal is a 4xx with the one
+//! `messaging::http::ErrorBody`, and a 429 carries `Retry-After`. One gate in front of every
+//! route verifies the caller and rate limits in Redis: per user with an access token
+//! (`API_RATE_PER_MINUTE`), per client address without one (`AUTH_RATE_PER_MINUTE`), and the
+//! sign-in routes also per phone number or email. `GET /asyncapi.json` serves the WebSocket
+//! API's and the CloudEvents' AsyncAPI document.
 //!
 //! | method | path | who | what |
 //! |---|---|---|---|
@@ -35,7 +40,8 @@
 //! | POST | `/v1/agents/{agent_id}/heartbeat` | operator, the agent | marks the agent online |
 //! | GET | `/v1/devices` | user | registered push devices |
 //! | PUT, DELETE | `/v1/devices/{device_id}` | user | register / unregister an FCM or APNs token |
-//! | GET | `/openapi.json` | anyone | this API's OpenAPI document |
+//! | GET | `/openapi.json` | anyone | the HTTP API's OpenAPI document |
+//! | GET | `/asyncapi.json` | anyone | the WebSocket API's and CloudEvents' AsyncAPI document |
 //!
 //! # Accounts and tokens
 //!
@@ -81,22 +87,23 @@ mod devices;
 mod docs;
 mod gdpr;
 mod groups;
-mod http;
 pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_http::{Body, Request, Response};
+use messaging::Result;
 use messaging::auth::JwtIssuer;
 use messaging::config::{ConfigError, Env, MongoConfig, Source, parsed, seconds};
 use messaging::context::Context;
+use messaging::http::gate::{self, Budget, Gate};
 use messaging::realtime::RateLimit;
-use messaging::telemetry::hashed_id;
-use messaging::{Error, Result};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use codes::{CodeMessage, CodeSender, HttpCodeSender, LocalCodeSender};
-use http::{Call, Reply};
 
 /// Cost of the argon2id hashes of passwords and verification codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,357 +321,100 @@ impl Api {
     }
 }
 
-/// What a route does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Register,
-    Verify,
-    ResendCode,
-    Login,
-    Recover,
-    Refresh,
-    Logout,
-    GetMe,
-    UpdateMe,
-    DeleteMe,
-    ExportMe,
-    GetUser,
-    CreateConversation,
-    ListConversations,
-    GetConversation,
-    UpdateConversation,
-    DeleteConversation,
-    ConversationMessages,
-    CreateGroup,
-    GetGroup,
-    UpdateGroup,
-    ListParticipants,
-    AddParticipants,
-    RemoveParticipant,
-    LeaveGroup,
-    PromoteAdmin,
-    DemoteAdmin,
-    ListAgents,
-    CreateAgent,
-    GetAgent,
-    UpdateAgent,
-    DeleteAgent,
-    AgentHeartbeat,
-    ListDevices,
-    PutDevice,
-    DeleteDevice,
-    OpenApi,
+/// The routes of this function, each registered with its OpenAPI entry by `routes!` (a route
+/// cannot exist without its documentation), before the gate is put in front of them.
+fn documented_routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+        .routes(routes!(accounts::register))
+        .routes(routes!(accounts::verify))
+        .routes(routes!(accounts::resend))
+        .routes(routes!(accounts::login))
+        .routes(routes!(accounts::recover))
+        .routes(routes!(accounts::refresh))
+        .routes(routes!(accounts::logout))
+        .routes(routes!(
+            accounts::get_me,
+            accounts::update_me,
+            gdpr::delete_me
+        ))
+        .routes(routes!(gdpr::export_me))
+        .routes(routes!(accounts::get_user))
+        .routes(routes!(conversations::create, conversations::list))
+        .routes(routes!(
+            conversations::get,
+            conversations::update,
+            conversations::delete
+        ))
+        .routes(routes!(conversations::messages))
+        .routes(routes!(groups::create))
+        .routes(routes!(groups::get, groups::update))
+        .routes(routes!(groups::participants, groups::add_participants))
+        .routes(routes!(groups::remove_participant))
+        .routes(routes!(groups::leave))
+        .routes(routes!(groups::promote))
+        .routes(routes!(groups::demote))
+        .routes(routes!(agents::list, agents::create))
+        .routes(routes!(agents::get, agents::update, agents::delete))
+        .routes(routes!(agents::heartbeat))
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::put, devices::delete))
 }
 
-/// One route: method, path template (`{name}` segments are parameters), operation.
-#[derive(Debug, Clone, Copy)]
-pub struct Route {
-    /// HTTP method.
-    pub method: &'static str,
-    /// Path template, as in the OpenAPI document.
-    pub path: &'static str,
-    op: Op,
+/// The published documents, outside the gate: free to fetch, and not rate limited.
+fn document_routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::new()
+        .routes(routes!(docs::openapi_json))
+        .routes(routes!(docs::asyncapi_json))
 }
 
-const fn route(method: &'static str, path: &'static str, op: Op) -> Route {
-    Route { method, path, op }
-}
-
-/// Every route [`handle`] serves.
-pub const ROUTES: &[Route] = &[
-    route("POST", "/v1/auth/register", Op::Register),
-    route("POST", "/v1/auth/verify", Op::Verify),
-    route("POST", "/v1/auth/resend", Op::ResendCode),
-    route("POST", "/v1/auth/login", Op::Login),
-    route("POST", "/v1/auth/recover", Op::Recover),
-    route("POST", "/v1/auth/refresh", Op::Refresh),
-    route("POST", "/v1/auth/logout", Op::Logout),
-    route("GET", "/v1/me", Op::GetMe),
-    route("PATCH", "/v1/me", Op::UpdateMe),
-    route("DELETE", "/v1/me", Op::DeleteMe),
-    route("GET", "/v1/me/export", Op::ExportMe),
-    route("GET", "/v1/users/{user_id}", Op::GetUser),
-    route("POST", "/v1/conversations", Op::CreateConversation),
-    route("GET", "/v1/conversations", Op::ListConversations),
-    route(
-        "GET",
-        "/v1/conversations/{conversation_id}",
-        Op::GetConversation,
-    ),
-    route(
-        "PATCH",
-        "/v1/conversations/{conversation_id}",
-        Op::UpdateConversation,
-    ),
-    route(
-        "DELETE",
-        "/v1/conversations/{conversation_id}",
-        Op::DeleteConversation,
-    ),
-    route(
-        "GET",
-        "/v1/conversations/{conversation_id}/messages",
-        Op::ConversationMessages,
-    ),
-    route("POST", "/v1/groups", Op::CreateGroup),
-    route("GET", "/v1/groups/{conversation_id}", Op::GetGroup),
-    route("PATCH", "/v1/groups/{conversation_id}", Op::UpdateGroup),
-    route(
-        "GET",
-        "/v1/groups/{conversation_id}/participants",
-        Op::ListParticipants,
-    ),
-    route(
-        "POST",
-        "/v1/groups/{conversation_id}/participants",
-        Op::AddParticipants,
-    ),
-    route(
-        "DELETE",
-        "/v1/groups/{conversation_id}/participants/{user_id}",
-        Op::RemoveParticipant,
-    ),
-    route("POST", "/v1/groups/{conversation_id}/leave", Op::LeaveGroup),
-    route(
-        "POST",
-        "/v1/groups/{conversation_id}/admins",
-        Op::PromoteAdmin,
-    ),
-    route(
-        "DELETE",
-        "/v1/groups/{conversation_id}/admins/{user_id}",
-        Op::DemoteAdmin,
-    ),
-    route("GET", "/v1/agents", Op::ListAgents),
-    route("POST", "/v1/agents", Op::CreateAgent),
-    route("GET", "/v1/agents/{agent_id}", Op::GetAgent),
-    route("PATCH", "/v1/agents/{agent_id}", Op::UpdateAgent),
-    route("DELETE", "/v1/agents/{agent_id}", Op::DeleteAgent),
-    route(
-        "POST",
-        "/v1/agents/{agent_id}/heartbeat",
-        Op::AgentHeartbeat,
-    ),
-    route("GET", "/v1/devices", Op::ListDevices),
-    route("PUT", "/v1/devices/{device_id}", Op::PutDevice),
-    route("DELETE", "/v1/devices/{device_id}", Op::DeleteDevice),
-    route("GET", "/openapi.json", Op::OpenApi),
-];
-
-/// `(method, path template)` of every route [`handle`] serves.
-pub fn route_table() -> Vec<(&'static str, &'static str)> {
-    ROUTES.iter().map(|r| (r.method, r.path)).collect()
-}
-
-/// The OpenAPI 3 document of this API, generated from the handlers' annotations and the views.
-pub fn openapi() -> serde_json::Value {
-    docs::document()
-}
-
-/// The path of a request without any stage prefix (`/prod/v1/me` -> `/v1/me`).
-fn route_path(path: &str) -> &str {
-    if path.starts_with("/v1/") || path == "/openapi.json" {
-        return path;
-    }
-    if let Some(i) = path.find("/v1/") {
-        return &path[i..];
-    }
-    if path.ends_with("/openapi.json") {
-        return "/openapi.json";
-    }
-    path
-}
-
-impl messaging::http::RouteTemplate for Route {
-    fn method(&self) -> &'static str {
-        self.method
-    }
-
-    fn path(&self) -> &'static str {
-        self.path
-    }
-}
-
-/// The route for a path: `Ok` with the route and its parameters, `Err` with the methods the path
-/// allows (empty when no route has this path).
-fn find_route(
-    method: &str,
-    path: &str,
-) -> std::result::Result<(Route, messaging::http::RouteParams), Vec<&'static str>> {
-    messaging::http::find_route(ROUTES, method, path).map(|(route, params)| (*route, params))
-}
-
-/// Handles one HTTP request: route, authenticate, rate limit, run, answer. Never panics; every
-/// failure is a JSON error answer.
-pub async fn handle(api: &Api, request: Request) -> Response<Body> {
-    let method = request.method().as_str().to_ascii_uppercase();
-    let path = route_path(request.uri().path()).to_string();
-    let (route, params) = match find_route(&method, &path) {
-        Ok(found) => found,
-        Err(allowed) if allowed.is_empty() => {
-            return http::error_response(&Error::not_found(format!(
-                "no route {method} {path}; see /openapi.json"
-            )));
-        }
-        Err(allowed) => {
-            let error = Error::invalid(format!(
-                "{method} is not allowed on {path}; allowed: {}",
-                allowed.join(", ")
-            ));
-            return http::respond(
-                Reply {
-                    status: 405,
-                    body: Some(error.to_http_body()),
-                },
-                &[("allow", allowed.join(", "))],
-            );
-        }
-    };
-    let body = http::body_bytes(&request);
-    if body.len() > http::MAX_BODY_BYTES {
-        return http::error_response(&Error::client(
-            messaging::ErrorCode::PayloadTooLarge,
-            format!("request body exceeds {} bytes", http::MAX_BODY_BYTES),
-        ));
-    }
-    let (claims, token_error) = match http::bearer(&request) {
-        Some(token) => match api.ctx.jwt.verify(token) {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e)),
+/// The api function as an `axum` router: every documented route behind the one [`Gate`]
+/// (bearer token or operator key, rate limits), the documents, and JSON answers for unknown
+/// paths (404) and methods (405 with `Allow`). Serve it with [`messaging::http::call`].
+pub fn router(api: Api) -> axum::Router {
+    let gate = Gate::new(
+        api.ctx.jwt.clone(),
+        api.ctx.realtime.clone(),
+        Budget {
+            scope: "api",
+            limit: api.options.rate_limit,
         },
-        None => (None, None),
-    };
-    let operator_key = match (
-        &api.options.operator_key,
-        request.headers().get("x-operator-key"),
-    ) {
-        (Some(expected), Some(given)) => given
-            .to_str()
-            .is_ok_and(|given| http::same_secret(expected, given)),
-        _ => false,
-    };
-    let call = Call {
-        params,
-        query: http::query_of(&request),
-        body,
-        claims,
-        token_error,
-        operator_key,
-        client_ip: http::client_ip(&request),
-    };
-    let (scope, subject, limit) = match &call.claims {
-        Some(c) => ("api", c.sub.clone(), api.options.rate_limit),
-        None if call.operator_key => ("api", "operator".to_string(), api.options.rate_limit),
-        None => (
-            "api-anon",
-            format!("ip:{}", call.client_ip),
-            api.options.auth_rate_limit,
-        ),
-    };
-    let started = std::time::Instant::now();
-    // Documents are not rate limited: tools fetch them freely, and they cost nothing.
-    let budget = if route.op == Op::OpenApi {
-        Ok(limit.max)
-    } else {
-        api.limit(scope, &subject, limit).await
-    };
-    let outcome = match budget {
-        Ok(remaining) => dispatch(api, route.op, &call).await.map(|r| (r, remaining)),
-        Err(e) => Err(e),
-    };
-    let who = call
-        .claims
-        .as_ref()
-        .map(|c| hashed_id(&c.sub))
-        .unwrap_or_default();
-    match outcome {
-        Ok((reply, remaining)) => {
-            tracing::info!(
-                method = %method,
-                route = route.path,
-                status = reply.status,
-                user = %who,
-                ms = started.elapsed().as_millis() as u64,
-                "request served"
-            );
-            http::respond(reply, &[("x-ratelimit-remaining", remaining.to_string())])
-        }
-        Err(e) => {
-            if e.is_server_fault() {
-                tracing::error!(method = %method, route = route.path, error = %e, "request failed");
-            } else {
-                tracing::info!(
-                    method = %method,
-                    route = route.path,
-                    status = e.http_status(),
-                    code = ?e.code(),
-                    user = %who,
-                    "request refused"
-                );
-            }
-            http::error_response(&e)
-        }
-    }
+    )
+    .anonymous(Budget {
+        scope: "api-anon",
+        limit: api.options.auth_rate_limit,
+    })
+    .operator_key(api.options.operator_key.clone());
+    let (routes, _) = documented_routes().split_for_parts();
+    let (documents, _) = document_routes().split_for_parts();
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(gate, gate::admit))
+        .merge(documents)
+        .fallback(messaging::http::no_route)
+        .method_not_allowed_fallback(messaging::http::method_not_allowed)
+        .with_state(api)
 }
 
-async fn dispatch(api: &Api, op: Op, call: &Call) -> Result<Reply> {
-    match op {
-        Op::Register => accounts::register(api, call).await,
-        Op::Verify => accounts::verify(api, call).await,
-        Op::ResendCode => accounts::resend(api, call).await,
-        Op::Login => accounts::login(api, call).await,
-        Op::Recover => accounts::recover(api, call).await,
-        Op::Refresh => accounts::refresh(api, call).await,
-        Op::Logout => accounts::logout(api, call).await,
-        Op::GetMe => accounts::get_me(api, call).await,
-        Op::UpdateMe => accounts::update_me(api, call).await,
-        Op::DeleteMe => gdpr::delete_me(api, call).await,
-        Op::ExportMe => gdpr::export_me(api, call).await,
-        Op::GetUser => accounts::get_user(api, call).await,
-        Op::CreateConversation => conversations::create(api, call).await,
-        Op::ListConversations => conversations::list(api, call).await,
-        Op::GetConversation => conversations::get(api, call).await,
-        Op::UpdateConversation => conversations::update(api, call).await,
-        Op::DeleteConversation => conversations::delete(api, call).await,
-        Op::ConversationMessages => conversations::messages(api, call).await,
-        Op::CreateGroup => groups::create(api, call).await,
-        Op::GetGroup => groups::get(api, call).await,
-        Op::UpdateGroup => groups::update(api, call).await,
-        Op::ListParticipants => groups::participants(api, call).await,
-        Op::AddParticipants => groups::add_participants(api, call).await,
-        Op::RemoveParticipant => groups::remove_participant(api, call).await,
-        Op::LeaveGroup => groups::leave(api, call).await,
-        Op::PromoteAdmin => groups::promote(api, call).await,
-        Op::DemoteAdmin => groups::demote(api, call).await,
-        Op::ListAgents => agents::list(api, call).await,
-        Op::CreateAgent => agents::create(api, call).await,
-        Op::GetAgent => agents::get(api, call).await,
-        Op::UpdateAgent => agents::update(api, call).await,
-        Op::DeleteAgent => agents::delete(api, call).await,
-        Op::AgentHeartbeat => agents::heartbeat(api, call).await,
-        Op::ListDevices => devices::list(api, call).await,
-        Op::PutDevice => devices::put(api, call).await,
-        Op::DeleteDevice => devices::delete(api, call).await,
-        Op::OpenApi => docs::serve(api, call).await,
-    }
+/// The OpenAPI 3 document of the whole HTTP API: this function's routes and the presign
+/// function's (`/v1/media`), generated from the same route registrations the routers use.
+pub fn openapi() -> serde_json::Value {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOCUMENT
+        .get_or_init(|| {
+            let mut document = documented_routes().merge(document_routes()).into_openapi();
+            document.merge(fn_presign::openapi_document());
+            docs::finish(document)
+        })
+        .clone()
+}
+
+/// Answers one HTTP request (API Gateway's, Knative's or the local stack's) with `router`.
+pub async fn handle(router: &axum::Router, request: Request) -> Response<Body> {
+    messaging::http::call(router, request).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_match_templates_and_decode_parameters() {
-        let (r, params) = find_route("GET", "/v1/conversations/a%20b/messages").unwrap();
-        assert_eq!(r.op, Op::ConversationMessages);
-        assert_eq!(params["conversation_id"], "a b");
-        assert_eq!(
-            find_route("PUT", "/v1/me").unwrap_err(),
-            vec!["GET", "PATCH", "DELETE"]
-        );
-        assert!(find_route("GET", "/v1/nothing").unwrap_err().is_empty());
-        assert_eq!(route_path("/prod/v1/me"), "/v1/me");
-    }
 
     #[test]
     fn options_from_configuration_name_the_bad_variable() {
@@ -716,13 +466,5 @@ mod tests {
         assert_eq!(options.access_token_ttl, Duration::from_secs(60));
         assert_eq!(options.code_ttl, Duration::from_secs(600));
         assert_eq!(options.code_max_attempts, 5);
-    }
-
-    #[test]
-    fn every_route_is_unique() {
-        let mut seen = std::collections::HashSet::new();
-        for r in ROUTES {
-            assert!(seen.insert((r.method, r.path)), "{} {}", r.method, r.path);
-        }
     }
 }

@@ -8,7 +8,7 @@ use messaging::model::{
     Agent, DeviceToken, LastMessage, Media, PushPlatform, RefreshToken, StoredMessage, User,
 };
 use serde::{Deserialize, Deserializer, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// Milliseconds since the epoch of a BSON date.
 pub(crate) fn ms(t: mongodb::bson::DateTime) -> i64 {
@@ -34,22 +34,174 @@ where
 
 // ---- errors ----
 
-/// Every error answer: `{"error": {"code", "message"}}`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
+/// Every error answer: the one body of all HTTP functions.
+pub use messaging::http::{ErrorBody, ErrorDetail};
+
+// ---- queries ----
+
+/// Which conversations the list shows by their archived flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchivedFilter {
+    /// Only conversations that are not archived.
+    False,
+    /// Only archived conversations.
+    True,
+    /// Both.
+    Any,
 }
 
-/// A stable code and a message safe to show.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Machine-readable code (`invalid_request`, `unauthenticated`, `forbidden`, `not_found`,
-    /// `conflict`, `rate_limited`, `payload_too_large`, `invalid_token`, `token_expired`,
-    /// `internal`, `unavailable`).
-    pub code: String,
-    /// Explanation.
-    pub message: String,
+/// Filters and page of the conversation list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversationListQuery {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u64>,
+    /// `false` (default without `q`): hide archived; `true`: only archived; `any` (default with
+    /// `q`): both.
+    #[param(inline)]
+    pub archived: Option<ArchivedFilter>,
+    /// Search text (case-insensitive) in titles, group names and descriptions, and participant
+    /// and agent names.
+    pub q: Option<String>,
+}
+
+/// A range and page of history.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Lowest sequence number (inclusive); the page starts here.
+    #[param(minimum = 0)]
+    pub from: Option<i64>,
+    /// Highest sequence number (inclusive); without `from` the page ends here. Below `from`:
+    /// an empty page.
+    #[param(minimum = 0)]
+    pub to: Option<i64>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u64>,
+}
+
+/// Which agents the registry lists by status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatusFilter {
+    /// Every agent (default).
+    Any,
+    /// Agents whose last heartbeat is recent.
+    Online,
+}
+
+/// Filters and page of the agent registry.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AgentListQuery {
+    /// Case-insensitive text in the name, a capability or a category.
+    pub q: Option<String>,
+    /// Exact capability.
+    pub capability: Option<String>,
+    /// Exact category or tag.
+    pub category: Option<String>,
+    /// `online` for online agents only; `any` (default).
+    #[param(inline)]
+    pub status: Option<AgentStatusFilter>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u64>,
+}
+
+/// A query parameter that was given a value (an empty `?q=` counts as not given).
+pub(crate) fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
+// ---- what request fields may be ----
+//
+// Request bodies are checked against these schemas before a handler runs
+// (`messaging::http::schema`), so each rule here is the server's rule, published.
+
+/// A user id (as `messaging::ids`), for `schema_with`.
+fn user_id_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(messaging::ids::MAX_ID_CHARS))
+        .pattern(Some(messaging::ids::PATTERN))
+        .description(Some("A user id"))
+        .build()
+}
+
+/// A list of user ids, for `schema_with`.
+fn user_ids_schema(min: usize, max: usize) -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(user_id_schema())
+        .min_items(Some(min))
+        .max_items(Some(max))
+        .build()
+}
+
+/// Capabilities, categories or examples of an agent: at most 50 of at most 200 characters.
+fn labels_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .max_length(Some(200)),
+        )
+        .max_items(Some(50))
+        .build()
+}
+
+fn participants_schema() -> utoipa::openapi::schema::Array {
+    user_ids_schema(1, messaging::model::MAX_GROUP_PARTICIPANTS - 1)
+}
+
+fn added_participants_schema() -> utoipa::openapi::schema::Array {
+    user_ids_schema(1, messaging::model::MAX_GROUP_PARTICIPANTS - 1)
+}
+
+/// A phone number or an email address: exactly one of the two.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ContactInput {
+    /// By phone.
+    Phone {
+        /// E.164 phone number: `+`, then 7 to 15 digits, e.g. `+14155550123`.
+        #[schema(pattern = r"^\+[1-9][0-9]{6,14}$")]
+        phone: String,
+    },
+    /// By email.
+    Email {
+        /// Email address.
+        #[schema(
+            pattern = r"^[^@\s\x22]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+            max_length = 254
+        )]
+        email: String,
+    },
+}
+
+impl ContactInput {
+    /// The phone number, if given.
+    pub fn phone(&self) -> Option<&str> {
+        match self {
+            Self::Phone { phone } => Some(phone),
+            Self::Email { .. } => None,
+        }
+    }
+
+    /// The email address, if given.
+    pub fn email(&self) -> Option<&str> {
+        match self {
+            Self::Email { email } => Some(email),
+            Self::Phone { .. } => None,
+        }
+    }
 }
 
 // ---- accounts ----
@@ -58,63 +210,62 @@ pub struct ErrorDetail {
 /// password. A verification code goes to the phone or email.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    /// E.164 phone number, e.g. `+14155550123` (give this or `email`).
-    #[serde(default)]
-    pub phone: Option<String>,
-    /// Email address (give this or `phone`).
-    #[serde(default)]
-    pub email: Option<String>,
-    /// Display name (1 to 100 characters).
+    /// The phone number or email address the code goes to.
+    #[serde(flatten)]
+    pub contact: ContactInput,
+    /// Display name.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
-    /// Optional password (8 to 128 characters), for signing in without a code.
+    /// Optional password, for signing in without a code.
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 128)]
     pub password: Option<String>,
 }
 
 /// A phone number or an email address.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ContactRequest {
-    /// E.164 phone number (give this or `email`).
-    #[serde(default)]
-    pub phone: Option<String>,
-    /// Email address (give this or `phone`).
-    #[serde(default)]
-    pub email: Option<String>,
+    /// The phone number or email address.
+    #[serde(flatten)]
+    pub contact: ContactInput,
 }
 
 /// Entering a verification code (registration, code sign-in or recovery).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct VerifyRequest {
-    /// The phone number the code went to (or `email`).
-    #[serde(default)]
-    pub phone: Option<String>,
-    /// The email address the code went to (or `phone`).
-    #[serde(default)]
-    pub email: Option<String>,
+    /// The phone number or email address the code went to.
+    #[serde(flatten)]
+    pub contact: ContactInput,
     /// The six-digit code.
+    #[schema(pattern = r"^[0-9]{6}$")]
     pub code: String,
     /// Device to bind the session to (carried in the access token).
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_:-]{1,128}$")]
     pub device_id: Option<String>,
     /// Recovery only: a new password to set.
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 128)]
     pub new_password: Option<String>,
 }
 
 /// Sign-in: with a password, or without one to receive a code.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
-    /// E.164 phone number (give this or `email`).
-    #[serde(default)]
-    pub phone: Option<String>,
-    /// Email address (give this or `phone`).
-    #[serde(default)]
-    pub email: Option<String>,
+    /// The account's phone number or email address.
+    #[serde(flatten)]
+    pub contact: ContactInput,
     /// The password; without it a sign-in code is sent.
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub password: Option<String>,
     /// Device to bind the session to.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_:-]{1,128}$")]
     pub device_id: Option<String>,
 }
 
@@ -228,13 +379,20 @@ impl From<&User> for PublicProfile {
 
 /// Profile changes; absent fields stay, `avatar_url: null` removes the avatar.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(min_properties = 1)]
 pub struct UpdateProfileRequest {
     /// New display name.
     #[serde(default)]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
-    /// New avatar URL (http or https), or null.
+    /// New avatar URL (http or https), or null to remove it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 2048, pattern = r"^https?://[^\s/?#]+([/?#]\S*)?$")]
     pub avatar_url: Option<Option<String>>,
 }
 
@@ -243,28 +401,43 @@ pub struct UpdateProfileRequest {
 /// Starts (or returns) the 1:1 conversation with a user, or the conversation with an agent.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateConversationRequest {
-    /// The other user's id.
-    #[serde(default)]
-    pub user_id: Option<String>,
-    /// Or the other user's phone number.
-    #[serde(default)]
-    pub phone: Option<String>,
-    /// Or the other user's email address.
-    #[serde(default)]
-    pub email: Option<String>,
-    /// Or an agent's id.
-    #[serde(default)]
-    pub agent_id: Option<String>,
+    /// Who the conversation is with.
+    #[serde(flatten)]
+    pub with: Peer,
+}
+
+/// The other party of a 1:1 or agent conversation: exactly one of a user id, a phone number,
+/// an email address or an agent id.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Peer {
+    /// A user by id.
+    User {
+        /// The other user's id.
+        #[schema(schema_with = user_id_schema)]
+        user_id: String,
+    },
+    /// A user by phone number or email address.
+    Contact(ContactInput),
+    /// An agent.
+    Agent {
+        /// The agent's id.
+        #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+        agent_id: String,
+    },
 }
 
 /// Pin, unpin, archive, unarchive (for the caller only).
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(min_properties = 1)]
 pub struct UpdateConversationRequest {
     /// Show it first.
     #[serde(default)]
+    #[schema(nullable = false)]
     pub pinned: Option<bool>,
     /// Hide it from the default list.
     #[serde(default)]
+    #[schema(nullable = false)]
     pub archived: Option<bool>,
 }
 
@@ -439,25 +612,39 @@ pub struct MessagePage {
 /// A new group.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateGroupRequest {
-    /// Name (1 to 100 characters).
+    /// Name.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
-    /// Description (at most 1000 characters).
+    /// Description.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     /// Other members' user ids (all must exist; with the creator at most 100).
     #[serde(default)]
+    #[schema(schema_with = participants_schema)]
     pub participants: Vec<String>,
 }
 
 /// Group info changes (admins only); `description: null` removes it.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(min_properties = 1)]
 pub struct UpdateGroupRequest {
     /// New name.
     #[serde(default)]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
-    /// New description, or null.
+    /// New description, or null to remove it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 1000)]
     pub description: Option<Option<String>>,
 }
 
@@ -465,6 +652,7 @@ pub struct UpdateGroupRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AddParticipantsRequest {
     /// User ids (all must exist).
+    #[schema(schema_with = added_participants_schema)]
     pub user_ids: Vec<String>,
 }
 
@@ -472,6 +660,7 @@ pub struct AddParticipantsRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PromoteRequest {
     /// The member's user id.
+    #[schema(schema_with = user_id_schema)]
     pub user_id: String,
 }
 
@@ -520,27 +709,40 @@ pub struct ParticipantList {
 /// A new agent of the registry (operators only).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateAgentRequest {
-    /// Id: 1 to 64 of `a-z`, `0-9`, `_`, `-`, starting with a letter or digit.
+    /// Id: 1 to 64 of `a-z`, `0-9`, `_`, `-`, starting with a letter or digit (`system`, `me`,
+    /// `operator` and `deleted-user…` are taken: 409).
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub agent_id: String,
     /// Display name.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     /// What it does.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: String,
     /// Capabilities, for search and routing.
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub capabilities: Vec<String>,
     /// Categories and tags.
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub categories: Vec<String>,
     /// Example prompts.
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub examples: Vec<String>,
     /// Avatar URL.
     #[serde(default)]
+    #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+([/?#]\S*)?$")]
     pub avatar_url: Option<String>,
     /// HTTP endpoint the broker delivers its messages to (subscription).
     #[serde(default)]
+    #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#]+([/?#]\S*)?$")]
     pub endpoint: Option<String>,
 }
 
@@ -549,26 +751,36 @@ pub struct CreateAgentRequest {
 pub struct UpdateAgentRequest {
     /// Display name.
     #[serde(default)]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
     /// What it does.
     #[serde(default)]
+    #[schema(nullable = false, max_length = 2000)]
     pub description: Option<String>,
     /// Capabilities.
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub capabilities: Option<Vec<String>>,
     /// Categories and tags.
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub categories: Option<Vec<String>>,
     /// Example prompts.
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub examples: Option<Vec<String>>,
-    /// Avatar URL, or null.
+    /// Avatar URL, or null to remove it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 2048, pattern = r"^https?://[^\s/?#]+([/?#]\S*)?$")]
     pub avatar_url: Option<Option<String>>,
-    /// Endpoint, or null.
+    /// Endpoint, or null to remove it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 2048, pattern = r"^https?://[^\s/?#]+([/?#]\S*)?$")]
     pub endpoint: Option<Option<String>>,
 }
 
@@ -667,6 +879,7 @@ pub struct DeviceRequest {
     /// `fcm` or `apns`.
     pub platform: Platform,
     /// The FCM registration token or APNs device token.
+    #[schema(min_length = 1, max_length = 4096, pattern = r"^\S+$")]
     pub token: String,
 }
 
@@ -739,9 +952,10 @@ impl From<&RefreshToken> for SessionView {
     }
 }
 
-/// A media object the user uploaded (metadata; the bytes are in object storage).
+/// A media object the user uploaded, as stored (metadata with its object key; the bytes are in
+/// object storage): for the personal data export.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct MediaView {
+pub struct MediaRecord {
     /// Media id.
     pub media_id: String,
     /// Conversation.
@@ -760,7 +974,7 @@ pub struct MediaView {
     pub created_at: i64,
 }
 
-impl From<&Media> for MediaView {
+impl From<&Media> for MediaRecord {
     fn from(m: &Media) -> Self {
         Self {
             media_id: m.media_id.clone(),
@@ -829,5 +1043,5 @@ pub struct ExportArchive {
     /// Every message the user sent (content as stored: end-to-end encrypted).
     pub messages_sent: Vec<MessageView>,
     /// Media uploaded.
-    pub media: Vec<MediaView>,
+    pub media: Vec<MediaRecord>,
 }

@@ -9,9 +9,9 @@
 //! | POST | `/v1/media/{media_id}/complete` | the uploader | check the stored object, make the preview, mark the media `ready` |
 //! | GET | `/v1/media/{media_id}` | participant | short-lived presigned GETs of the media and its preview |
 //!
-//! Every route is in [`ROUTES`] and, with its schemas, in the OpenAPI 3 document [`openapi`];
-//! a test checks that the two agree. Requests and answers are JSON; every refusal is a 4xx with
-//! `{"error": {"code", "message"}}` built by `messaging::Error`, and a 429 carries
+//! The function is an `axum` [`router`]: every route is registered together with its OpenAPI
+//! entry ([`openapi`]), so neither exists without the other. Requests and answers are JSON;
+//! every refusal is a 4xx with the one `messaging::http::ErrorBody`, and a 429 carries
 //! `Retry-After`. Callers authenticate with the same access JWT as the api function, and each
 //! user has one request budget per minute for all routes (`MEDIA_RATE_PER_MINUTE`).
 //!
@@ -38,7 +38,6 @@
 #![warn(missing_docs)]
 
 mod docs;
-mod http;
 pub mod limits;
 mod media;
 pub mod thumbnail;
@@ -52,15 +51,15 @@ pub use lambda_http;
 use lambda_http::{Body, Request, Response};
 use messaging::config::{ConfigError, Env, S3Config, Source};
 use messaging::context::Context;
+use messaging::http::gate::{self, Budget, Gate};
 use messaging::objects::{ObjectStore, S3Objects};
 use messaging::realtime::RateLimit;
-use messaging::telemetry::hashed_id;
-use messaging::{Error, ErrorCode, Result};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use limits::{KindLimits, MediaKind};
 pub use media::{PREVIEW_SUFFIX, THUMBNAIL_SUFFIX};
-
-use http::{Call, Reply};
 
 /// Longest validity S3 allows for a presigned URL (SigV4: 7 days).
 pub const MAX_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -264,208 +263,67 @@ impl Presign {
     pub fn options(&self) -> &PresignOptions {
         &self.options
     }
-
-    /// Counts one request of `user_id`; `rate_limited` when over the budget.
-    async fn limit(&self, user_id: &str) -> Result<u64> {
-        self.ctx
-            .realtime
-            .rate_limit(
-                "media",
-                user_id,
-                self.options.rate_limit,
-                messaging::clock::now_ms(),
-            )
-            .await?
-            .check()
-    }
 }
 
-/// What a route does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    RequestUpload,
-    Complete,
-    Download,
+/// The routes of this function, each registered with its OpenAPI entry by `routes!`.
+fn documented_routes() -> OpenApiRouter<Presign> {
+    OpenApiRouter::with_openapi(docs::MediaDoc::openapi())
+        .routes(routes!(media::request_upload))
+        .routes(routes!(media::complete))
+        .routes(routes!(media::download))
 }
 
-/// One route: method, path template (`{name}` segments are parameters), operation.
-#[derive(Debug, Clone, Copy)]
-pub struct Route {
-    /// HTTP method.
-    pub method: &'static str,
-    /// Path template, as in the OpenAPI document.
-    pub path: &'static str,
-    op: Op,
+/// The presign function as an `axum` router: every route behind the one [`Gate`] (bearer
+/// token, one per-user budget for all routes), JSON answers for unknown paths and methods, and
+/// `Cache-Control: no-store` on every answer (they carry presigned URLs). Serve it with
+/// [`messaging::http::call`].
+pub fn router(presign: Presign) -> axum::Router {
+    let gate = Gate::new(
+        presign.ctx.jwt.clone(),
+        presign.ctx.realtime.clone(),
+        Budget {
+            scope: "media",
+            limit: presign.options.rate_limit,
+        },
+    );
+    let (routes, _) = documented_routes().split_for_parts();
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(gate, gate::admit))
+        .fallback(messaging::http::no_route)
+        .method_not_allowed_fallback(messaging::http::method_not_allowed)
+        .layer(axum::middleware::map_response(no_store))
+        .with_state(presign)
 }
 
-/// Every route [`handle`] serves.
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "POST",
-        path: "/v1/media",
-        op: Op::RequestUpload,
-    },
-    Route {
-        method: "POST",
-        path: "/v1/media/{media_id}/complete",
-        op: Op::Complete,
-    },
-    Route {
-        method: "GET",
-        path: "/v1/media/{media_id}",
-        op: Op::Download,
-    },
-];
-
-/// `(method, path template)` of every route [`handle`] serves.
-pub fn route_table() -> Vec<(&'static str, &'static str)> {
-    ROUTES.iter().map(|r| (r.method, r.path)).collect()
+/// The OpenAPI document of these routes (the api function publishes it merged with its own).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    documented_routes().into_openapi()
 }
 
-/// The OpenAPI 3 document of these routes, generated from the handlers' annotations.
+/// The OpenAPI document as JSON, with the answers every operation can give.
 pub fn openapi() -> serde_json::Value {
-    docs::document()
+    let mut document = serde_json::to_value(openapi_document()).unwrap_or_default();
+    messaging::http::openapi::with_common_responses(&mut document, |_| true);
+    document
 }
 
-/// The path of a request without any stage prefix (`/prod/v1/media` -> `/v1/media`).
-fn route_path(path: &str) -> &str {
-    messaging::http::without_stage(path, "/v1/")
+/// Answers carry presigned URLs: never cache them anywhere.
+async fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
-impl messaging::http::RouteTemplate for Route {
-    fn method(&self) -> &'static str {
-        self.method
-    }
-
-    fn path(&self) -> &'static str {
-        self.path
-    }
-}
-
-/// The route for a path: `Ok` with the route and its parameters, `Err` with the methods the path
-/// allows (empty when no route has this path).
-fn find_route(
-    method: &str,
-    path: &str,
-) -> std::result::Result<(Route, messaging::http::RouteParams), Vec<&'static str>> {
-    messaging::http::find_route(ROUTES, method, path).map(|(route, params)| (*route, params))
-}
-
-/// Handles one HTTP request: route, authenticate, rate limit, run, answer. Never panics; every
-/// failure is a JSON error answer.
-pub async fn handle(presign: &Presign, request: Request) -> Response<Body> {
-    let method = request.method().as_str().to_ascii_uppercase();
-    let path = route_path(request.uri().path()).to_string();
-    let (route, params) = match find_route(&method, &path) {
-        Ok(found) => found,
-        Err(allowed) if allowed.is_empty() => {
-            return http::error_response(
-                &Error::not_found(format!("no route {method} {path}")),
-                &[],
-            );
-        }
-        Err(allowed) => {
-            let error = Error::invalid(format!(
-                "{method} is not allowed on {path}; allowed: {}",
-                allowed.join(", ")
-            ));
-            return http::respond(405, &error.to_http_body(), &[("allow", allowed.join(", "))]);
-        }
-    };
-    let body = http::body_bytes(&request);
-    if body.len() > http::MAX_BODY_BYTES {
-        return http::error_response(
-            &Error::client(
-                ErrorCode::PayloadTooLarge,
-                format!("request body exceeds {} bytes", http::MAX_BODY_BYTES),
-            ),
-            &[],
-        );
-    }
-    let (claims, token_error) = match http::bearer(&request) {
-        Some(token) => match presign.ctx.jwt.verify(token) {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e)),
-        },
-        None => (None, None),
-    };
-    let call = Call {
-        params,
-        body,
-        claims,
-        token_error,
-    };
-    let started = std::time::Instant::now();
-    let outcome = match call.user_id() {
-        Ok(user_id) => match presign.limit(user_id).await {
-            Ok(remaining) => dispatch(presign, route.op, &call)
-                .await
-                .map(|r| (r, remaining)),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    let who = call
-        .claims
-        .as_ref()
-        .map(|c| hashed_id(&c.sub))
-        .unwrap_or_default();
-    match outcome {
-        Ok((reply, remaining)) => {
-            tracing::info!(
-                method = %method,
-                route = route.path,
-                status = reply.status,
-                user = %who,
-                ms = started.elapsed().as_millis() as u64,
-                "request served"
-            );
-            http::respond(
-                reply.status,
-                &reply.body,
-                &[("x-ratelimit-remaining", remaining.to_string())],
-            )
-        }
-        Err(e) => {
-            if e.is_server_fault() {
-                tracing::error!(method = %method, route = route.path, error = %e, "request failed");
-            } else {
-                tracing::info!(
-                    method = %method,
-                    route = route.path,
-                    status = e.http_status(),
-                    code = ?e.code(),
-                    user = %who,
-                    "request refused"
-                );
-            }
-            http::error_response(&e, &[])
-        }
-    }
-}
-
-async fn dispatch(presign: &Presign, op: Op, call: &Call) -> Result<Reply> {
-    match op {
-        Op::RequestUpload => media::request_upload(presign, call).await,
-        Op::Complete => media::complete(presign, call).await,
-        Op::Download => media::download(presign, call).await,
-    }
+/// Answers one HTTP request (API Gateway's, Knative's or the local stack's) with `router`.
+pub async fn handle(router: &axum::Router, request: Request) -> Response<Body> {
+    messaging::http::call(router, request).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_match_templates() {
-        let (r, params) = find_route("POST", "/v1/media/abc/complete").unwrap();
-        assert_eq!(r.op, Op::Complete);
-        assert_eq!(params["media_id"], "abc");
-        assert_eq!(find_route("GET", "/v1/media/x").unwrap().0.op, Op::Download);
-        assert_eq!(find_route("PUT", "/v1/media").unwrap_err(), vec!["POST"]);
-        assert!(find_route("GET", "/v1/other").unwrap_err().is_empty());
-        assert_eq!(route_path("/prod/v1/media"), "/v1/media");
-    }
 
     #[test]
     fn options_from_configuration_name_the_bad_variable() {
@@ -507,13 +365,5 @@ mod tests {
         assert_eq!(options.audio.content_types, vec!["audio/ogg", "audio/mpeg"]);
         assert_eq!(options.download_url_ttl, Duration::from_secs(60));
         assert_eq!(options.upload_url_ttl, Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn every_route_is_unique() {
-        let mut seen = std::collections::HashSet::new();
-        for r in ROUTES {
-            assert!(seen.insert((r.method, r.path)), "{} {}", r.method, r.path);
-        }
     }
 }

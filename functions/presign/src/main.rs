@@ -5,9 +5,10 @@
 async fn main() -> Result<(), lambda_runtime::Error> {
     messaging::telemetry::init();
     let presign = messaging::runtime::init(fn_presign::Presign::from_env()).await;
+    let router = fn_presign::router(presign);
     messaging::runtime::run_http_function(move |request| {
-        let presign = presign.clone();
-        async move { fn_presign::handle(&presign, request).await }
+        let router = router.clone();
+        async move { fn_presign::handle(&router, request).await }
     })
     .await
 }

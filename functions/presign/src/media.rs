@@ -16,12 +16,13 @@ use messaging::{Error, ErrorCode, Result};
 use mongodb::bson::DateTime;
 
 use crate::Presign;
-use crate::http::{Call, Reply};
 use crate::limits::{ENCRYPTED_CONTENT_TYPE, MediaKind, essence};
 use crate::thumbnail;
 use crate::views::{
     CompleteRequest, DownloadView, ErrorBody, MediaView, PresignedView, UploadRequest, UploadView,
 };
+use axum::extract::State;
+use messaging::http::{Caller, Json, Path, Reply};
 
 /// Suffix of a thumbnail's object key (after the media's own key).
 pub const THUMBNAIL_SUFFIX: &str = ".thumbnail.jpg";
@@ -53,9 +54,12 @@ async fn member_of(
 }
 
 /// The media record, if the caller takes part in its conversation.
-async fn visible_media(presign: &Presign, call: &Call) -> Result<(Media, String)> {
-    let user_id = call.user_id()?.to_string();
-    let media_id = call.param("media_id");
+async fn visible_media(
+    presign: &Presign,
+    caller: &Caller,
+    media_id: &str,
+) -> Result<(Media, String)> {
+    let user_id = caller.user_id()?.to_string();
     let media = presign
         .ctx
         .store
@@ -73,7 +77,8 @@ async fn visible_media(presign: &Presign, call: &Call) -> Result<(Media, String)
     request_body = UploadRequest,
     responses(
         (status = 201, description = "Upload granted: PUT the bytes with the given headers, then complete", body = UploadView),
-        (status = 400, description = "Bad request, or a content type not accepted for this message type", body = ErrorBody),
+        (status = 400, description = "Not what the schema says", body = ErrorBody),
+        (status = 415, description = "A content type this deployment does not accept for this message type", body = ErrorBody),
         (status = 401, description = "No or bad access token", body = ErrorBody),
         (status = 403, description = "Not a participant of the conversation", body = ErrorBody),
         (status = 404, description = "No such conversation", body = ErrorBody),
@@ -81,9 +86,12 @@ async fn visible_media(presign: &Presign, call: &Call) -> Result<(Media, String)
         (status = 429, description = "Too many requests (Retry-After)", body = ErrorBody),
     )
 )]
-pub(crate) async fn request_upload(presign: &Presign, call: &Call) -> Result<Reply> {
-    let user_id = call.user_id()?;
-    let request: UploadRequest = call.json()?;
+pub(crate) async fn request_upload(
+    State(ref presign): State<Presign>,
+    caller: Caller,
+    Json(request): Json<UploadRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
     let conversation_id = request.conversation_id.trim();
     if conversation_id.is_empty() || conversation_id.len() > 128 {
         return Err(Error::invalid(
@@ -107,10 +115,13 @@ pub(crate) async fn request_upload(presign: &Presign, call: &Call) -> Result<Rep
         accepted.push_str(&format!(
             "; {ENCRYPTED_CONTENT_TYPE} when the upload is encrypted"
         ));
-        return Err(Error::invalid(format!(
-            "{essence} is not accepted for {} messages; accepted: {accepted}",
-            kind.name()
-        )));
+        return Err(Error::client(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "{essence} is not accepted for {} messages; accepted: {accepted}",
+                kind.name()
+            ),
+        ));
     }
     if request.size_bytes == 0 {
         return Err(Error::invalid("size_bytes must be at least 1"));
@@ -221,7 +232,10 @@ async fn reject(presign: &Presign, media: &Media, why: String) -> Error {
         return e;
     }
     tracing::info!(media_id = %media.media_id, reason = %why, "media rejected");
-    Error::invalid(format!("media {} is rejected: {why}", media.media_id))
+    Error::client(
+        ErrorCode::Conflict,
+        format!("media {} is rejected: {why}", media.media_id),
+    )
 }
 
 /// Complete an upload: check what storage holds, make the preview, mark the media ready.
@@ -229,28 +243,29 @@ async fn reject(presign: &Presign, media: &Media, why: String) -> Error {
     operation_id = "completeUpload",
     post, path = "/v1/media/{media_id}/complete", tag = "media", security(("bearer" = [])),
     params(("media_id" = String, Path, description = "The media id from the upload request")),
-    request_body(content = CompleteRequest, description = "Optional; only encrypted media may send an encrypted preview"),
+    request_body(content = Option<CompleteRequest>, description = "Optional; only encrypted media may send an encrypted preview"),
     responses(
         (status = 200, description = "The media, ready (also when it was completed before)", body = MediaView),
-        (status = 400, description = "The object does not match the request (the media is rejected and deleted), or a bad preview", body = ErrorBody),
+        (status = 400, description = "Not what the schema says", body = ErrorBody),
         (status = 401, description = "No or bad access token", body = ErrorBody),
         (status = 403, description = "Not the uploader, or not a participant", body = ErrorBody),
         (status = 404, description = "No such media", body = ErrorBody),
-        (status = 409, description = "Nothing uploaded yet, or the media was rejected", body = ErrorBody),
+        (status = 409, description = "Nothing uploaded yet; the object does not match the request (the media is rejected and its object deleted); the media was rejected before; a preview for plaintext media", body = ErrorBody),
         (status = 413, description = "Encrypted preview too large", body = ErrorBody),
         (status = 429, description = "Too many requests (Retry-After)", body = ErrorBody),
     )
 )]
-pub(crate) async fn complete(presign: &Presign, call: &Call) -> Result<Reply> {
-    let (media, user_id) = visible_media(presign, call).await?;
+pub(crate) async fn complete(
+    State(ref presign): State<Presign>,
+    caller: Caller,
+    Path(media_id): Path<String>,
+    body: Option<Json<CompleteRequest>>,
+) -> Result<Reply> {
+    let (media, user_id) = visible_media(presign, &caller, &media_id).await?;
     if media.uploader_id != user_id {
         return Err(Error::forbidden("only the uploader completes an upload"));
     }
-    let request: CompleteRequest = if call.body_is_empty() {
-        CompleteRequest::default()
-    } else {
-        call.json()?
-    };
+    let request = body.map(|Json(request)| request).unwrap_or_default();
     match media.state {
         MediaState::Ready => return Reply::json(200, &MediaView::from(&media)),
         MediaState::Rejected => {
@@ -267,7 +282,8 @@ pub(crate) async fn complete(presign: &Presign, call: &Call) -> Result<Reply> {
     let preview = match request.encrypted_preview.as_deref() {
         None => None,
         Some(_) if !media.encrypted => {
-            return Err(Error::invalid(
+            return Err(Error::client(
+                ErrorCode::Conflict,
                 "encrypted_preview is only for encrypted media; plaintext images get a thumbnail",
             ));
         }
@@ -408,8 +424,12 @@ pub(crate) async fn complete(presign: &Presign, call: &Call) -> Result<Reply> {
         (status = 429, description = "Too many requests (Retry-After)", body = ErrorBody),
     )
 )]
-pub(crate) async fn download(presign: &Presign, call: &Call) -> Result<Reply> {
-    let (media, _) = visible_media(presign, call).await?;
+pub(crate) async fn download(
+    State(ref presign): State<Presign>,
+    caller: Caller,
+    Path(media_id): Path<String>,
+) -> Result<Reply> {
+    let (media, _) = visible_media(presign, &caller, &media_id).await?;
     match media.state {
         MediaState::Ready => {}
         MediaState::Pending => {

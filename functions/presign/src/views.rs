@@ -12,23 +12,8 @@ use messaging::protocol::MessageType;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Every error answer: `{"error": {"code", "message"}}`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// A stable code and a message safe to show.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Machine-readable code (`invalid_request`, `malformed_json`, `unauthenticated`,
-    /// `invalid_token`, `token_expired`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `rate_limited`, `internal`, `unavailable`).
-    pub code: String,
-    /// Explanation.
-    pub message: String,
-}
+/// Every error answer: the one body of all HTTP functions.
+pub use messaging::http::{ErrorBody, ErrorDetail};
 
 /// The message type a media object is uploaded for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -63,17 +48,28 @@ impl From<UploadType> for MessageType {
 #[serde(deny_unknown_fields)]
 pub struct UploadRequest {
     /// The conversation the media is for (the caller must take part in it).
+    #[schema(min_length = 1, max_length = 128, pattern = r"^\S+$")]
     pub conversation_id: String,
     /// The type of the message that will carry it.
     pub message_type: UploadType,
     /// MIME type of the bytes, e.g. `image/png` (with `encrypted`, `application/octet-stream`
-    /// is accepted too). The upload must send exactly this `Content-Type`.
-    #[schema(example = "image/png")]
+    /// is accepted too). The upload must send exactly this `Content-Type`. Which types each
+    /// message type accepts is the deployment's configuration (`MEDIA_<KIND>_TYPES`): another
+    /// type is 415.
+    #[schema(
+        example = "image/png",
+        max_length = 200,
+        pattern = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+( *;[ -~]*)?$"
+    )]
     pub content_type: String,
-    /// Exact size in bytes. The upload must send exactly this `Content-Length`.
+    /// Exact size in bytes. The upload must send exactly this `Content-Length`. The largest
+    /// size of each message type is the deployment's configuration (`MEDIA_MAX_<KIND>_BYTES`):
+    /// a larger one is 413.
+    #[schema(minimum = 1)]
     pub size_bytes: u64,
     /// Base64 of the SHA-256 of the bytes: when given, storage refuses any other bytes.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
     pub checksum_sha256: Option<String>,
     /// The client encrypted the bytes (end-to-end): no server thumbnail; the client may supply
     /// an encrypted preview at completion instead.
@@ -171,8 +167,13 @@ impl From<&Media> for MediaView {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
-    /// Base64 of the encrypted preview (only for encrypted media; stored as it is).
+    /// Base64 of the encrypted preview (only for encrypted media, else 409; stored as it is;
+    /// at most `MEDIA_MAX_PREVIEW_BYTES` bytes, else 413).
     #[serde(default)]
+    #[schema(
+        min_length = 4,
+        pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)$"
+    )]
     pub encrypted_preview: Option<String>,
 }
 

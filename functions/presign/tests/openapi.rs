@@ -77,24 +77,3 @@ fn the_document_is_valid_openapi_3() {
     );
     assert!(problems.is_empty(), "{problems:#?}");
 }
-
-#[test]
-fn the_document_lists_exactly_the_routes_handle_serves() {
-    let doc = fn_presign::openapi();
-    let documented: BTreeSet<(String, String)> = doc["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(path, item)| {
-            item.as_object()
-                .unwrap()
-                .keys()
-                .map(move |m| (m.to_uppercase(), path.clone()))
-        })
-        .collect();
-    let served: BTreeSet<(String, String)> = fn_presign::route_table()
-        .into_iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
-        .collect();
-    assert_eq!(documented, served);
-}

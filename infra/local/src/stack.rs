@@ -429,14 +429,14 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         fn_api::ApiOptions::new(issuer.clone()).with_limits_from(&messaging::config::Env)?;
     api_options.code_sender = Arc::new(fn_api::LocalCodeSender::new(Some(database)));
     api_options.operator_key = config.operator_key.clone();
-    let http_api = Arc::new(fn_api::Api::new(ctx.clone(), api_options));
+    let http_api = fn_api::router(fn_api::Api::new(ctx.clone(), api_options));
     // Media presigning, against the local S3.
     let objects = Arc::new(messaging::objects::S3Objects::new(
         &aws,
         Some(&s3_url),
         true,
     ));
-    let presign = Arc::new(fn_presign::Presign::new(
+    let presign = fn_presign::router(fn_presign::Presign::new(
         ctx.clone(),
         objects,
         fn_presign::PresignOptions::from_source(&messaging::config::Env)?,

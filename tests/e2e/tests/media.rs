@@ -90,7 +90,11 @@ impl Media {
             }
             None => Body::Empty,
         };
-        let response = fn_presign::handle(presign, builder.body(body).unwrap()).await;
+        let response = fn_presign::handle(
+            &fn_presign::router(presign.clone()),
+            builder.body(body).unwrap(),
+        )
+        .await;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = match response.body() {
@@ -344,7 +348,7 @@ async fn a_mismatched_size_or_type_is_rejected_and_deleted() {
         .await
         .unwrap();
     let done = m.complete(&m.alice, media_id, None).await;
-    assert_eq!(done.status, 400, "{done:?}");
+    assert_eq!(done.status, 409, "{done:?}");
     let message = done.body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("rejected") && message.contains("2000 declared"),
@@ -371,7 +375,7 @@ async fn a_mismatched_size_or_type_is_rejected_and_deleted() {
         .await
         .unwrap();
     let done = m.complete(&m.alice, media_id, None).await;
-    assert_eq!(done.status, 400);
+    assert_eq!(done.status, 409);
     assert!(
         done.body["error"]["message"]
             .as_str()
@@ -387,7 +391,7 @@ async fn a_mismatched_size_or_type_is_rejected_and_deleted() {
     m.upload(&granted, pattern()).await;
     let media_id = granted.body["media_id"].as_str().unwrap();
     let done = m.complete(&m.alice, media_id, None).await;
-    assert_eq!(done.status, 400, "{done:?}");
+    assert_eq!(done.status, 409, "{done:?}");
     assert!(
         done.body["error"]["message"]
             .as_str()
@@ -470,7 +474,7 @@ async fn types_and_sizes_are_limited_by_kind() {
     let r = m
         .request(&m.alice, ask("image", "application/pdf", 10, false))
         .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 415);
     assert!(
         r.body["error"]["message"]
             .as_str()
@@ -508,7 +512,7 @@ async fn types_and_sizes_are_limited_by_kind() {
         )
         .await
         .status,
-        400,
+        415,
         "octet-stream only when encrypted"
     );
     assert_eq!(
@@ -681,7 +685,7 @@ async fn encrypted_media_get_the_clients_preview_instead_of_a_thumbnail() {
             Some(json!({"encrypted_preview": "AAAA"})),
         )
         .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 409);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,8 @@ pub struct Recorded {
 
 pub struct Env {
     pub api: Api,
+    /// The api function's router over `api`, as Lambda runs it.
+    pub router: axum::Router,
     pub store: MongoStore,
     pub redis: RedisState,
     pub prefix: String,
@@ -135,8 +137,10 @@ pub async fn env_with(adjust: impl FnOnce(&mut ApiOptions, &mut Settings)) -> En
         jwt: JwtVerifier::new(&jwt).unwrap(),
         settings,
     };
+    let api = Api::new(ctx, options);
     Env {
-        api: Api::new(ctx, options),
+        router: fn_api::router(api.clone()),
+        api,
         store,
         redis,
         prefix,
@@ -199,7 +203,7 @@ impl Env {
             }
             None => Body::Empty,
         };
-        let response = fn_api::handle(&self.api, builder.body(body).unwrap()).await;
+        let response = fn_api::handle(&self.router, builder.body(body).unwrap()).await;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = match response.body() {

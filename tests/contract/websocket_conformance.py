@@ -1,0 +1,315 @@
+"""The WebSocket API against its published AsyncAPI document, with clients this project did not
+write (Python `websockets`, `jsonschema`).
+
+Run against a running local stack (scripts/conformance starts one): LOCAL_STACK_DATA names its
+data directory (endpoints in stack.json), LOCAL_STACK_BIN the binary that mints tokens.
+
+1. The served document (`/asyncapi.json`) is the published one (`docs/contract/asyncapi.json`).
+2. Every client frame kind the document lists is sent, built from the document's own example
+   with real ids, and checked against its schema before it goes out; a kind this test does not
+   know how to exercise fails the test, so a new frame cannot go untested.
+3. Every frame the server sends, on every connection, is validated against the schema of its
+   kind; the answers the document promises (`x-answer`) arrive.
+4. The seeds' example frames validate where the document says they should, and where they do
+   not, the document names the difference.
+"""
+
+import copy
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+
+from jsonschema import Draft7Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
+from websockets.sync.client import connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DATA = os.environ.get("LOCAL_STACK_DATA", os.path.join(ROOT, ".local-stack"))
+BIN = os.environ.get("LOCAL_STACK_BIN", os.path.join(ROOT, "target", "debug", "local-stack"))
+WAIT = 10.0
+DOC_URI = "urn:messaging:asyncapi"
+
+failures = []
+
+
+def fail(message):
+    failures.append(message)
+    print(f"conformance: FAIL: {message}", file=sys.stderr, flush=True)
+
+
+def step(message):
+    print(f"conformance: {message}", flush=True)
+
+
+def endpoints():
+    with open(os.path.join(DATA, "stack.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def token(user, device=None):
+    command = [BIN, "token", user, "--data-dir", DATA]
+    if device:
+        command += ["--device", device]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def http(method, url, token_=None, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("content-type", "application/json")
+    if token_:
+        request.add_header("authorization", f"Bearer {token_}")
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        return json.loads(response.read() or b"null")
+
+
+class Schemas:
+    """Validators for the document's schemas, resolving its own `#/components/...` refs."""
+
+    def __init__(self, doc):
+        self.doc = doc
+        resource = Resource(contents=doc, specification=DRAFT7)
+        self.registry = Registry().with_resource(DOC_URI, resource)
+        self.names = set(doc["components"]["schemas"])
+
+    def errors(self, name, instance):
+        validator = Draft7Validator(
+            {"$ref": f"{DOC_URI}#/components/schemas/{name}"}, registry=self.registry
+        )
+        return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+class Connection:
+    """One WebSocket connection; every frame it receives is validated as it arrives."""
+
+    def __init__(self, name, url, schemas, seen):
+        self.name = name
+        self.socket = connect(url, open_timeout=WAIT, max_size=None)
+        self.frames = queue.Queue()
+        self.schemas = schemas
+        self.seen = seen
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            for text in self.socket:
+                frame = json.loads(text)
+                kind = frame.get("type")
+                schema = f"server_{kind}"
+                if schema not in self.schemas.names:
+                    fail(f"{self.name}: server sent a frame kind the document lacks: {text[:200]}")
+                else:
+                    for error in self.schemas.errors(schema, frame):
+                        fail(f"{self.name}: {kind} does not match its schema: {error}: {text[:300]}")
+                self.seen.add(kind)
+                self.frames.put(frame)
+        except Exception:  # closed
+            pass
+
+    def send(self, frame, schema=None):
+        if schema:
+            for error in self.schemas.errors(schema, frame):
+                fail(f"the test's own {schema} frame is off the document: {error}")
+        self.socket.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    def expect(self, what, predicate, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        skipped = []
+        while time.monotonic() < deadline:
+            try:
+                frame = self.frames.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if predicate(frame):
+                for other in skipped:
+                    self.frames.put(other)
+                return frame
+            skipped.append(frame)
+        for other in skipped:
+            self.frames.put(other)
+        fail(f"{self.name}: no {what} within {timeout:.0f} s")
+        return None
+
+    def close(self):
+        self.socket.close()
+
+
+def example(doc, kind):
+    """The document's example of client frame `kind`, copied."""
+    message = doc["components"]["messages"][f"client.{kind}"]
+    return copy.deepcopy(message["examples"][0]["payload"])
+
+
+def check_seed_frames(doc, schemas):
+    with open(os.path.join(ROOT, "tests", "contract", "seed_frames.json"), encoding="utf-8") as f:
+        seeds = json.load(f)
+    overview = doc["info"]["description"]
+    for entry in seeds["frames"]:
+        frame = entry["frame"]
+        schema = f"{entry['direction']}_{frame['type']}"
+        if schema not in schemas.names:
+            fail(f"seed frame {schema} has no schema in the document")
+            continue
+        errors = schemas.errors(schema, frame)
+        if entry["expect"] == "valid" and errors:
+            fail(f"seed frame {schema} should validate: {errors}")
+        if entry["expect"] == "deviation":
+            if not errors:
+                fail(f"seed frame {schema} validates: it is no longer a deviation")
+            if entry["deviation"] not in overview:
+                fail(f"seed frame {schema}: the document does not name the deviation "
+                     f"\"{entry['deviation']}\"")
+    step(f"{len(seeds['frames'])} seed frames checked against the document")
+
+
+def main():
+    stack = endpoints()
+    api = stack["api_url"]
+    served = http("GET", f"{api}/asyncapi.json")
+    with open(os.path.join(ROOT, "docs", "contract", "asyncapi.json"), encoding="utf-8") as f:
+        published = json.load(f)
+    if served != published:
+        fail("the served /asyncapi.json differs from docs/contract/asyncapi.json")
+    doc = served
+    schemas = Schemas(doc)
+    check_seed_frames(doc, schemas)
+
+    client_kinds = sorted(k.split(".", 1)[1] for k in doc["components"]["messages"] if k.startswith("client."))
+    step(f"client frames in the document: {', '.join(client_kinds)}")
+
+    run = uuid.uuid4().hex[:8]
+    alice, bob = f"alice-{run}", f"bob-{run}"
+    alice_token, bob_token = token(alice, "phone"), token(bob, "phone")
+    conversation = http("POST", f"{api}/v1/conversations", alice_token, {"user_id": bob})["conversation_id"]
+    ws = stack["ws_url"]
+    seen = set()
+    a = Connection("alice", f"{ws}?token={alice_token}&device_id=phone", schemas, seen)
+    b = Connection("bob", f"{ws}?token={bob_token}&device_id=phone", schemas, seen)
+    exercised = set()
+    now = lambda: int(time.time() * 1000)  # noqa: E731
+
+    # sync: the first frame of a connection opened with a token.
+    for connection in (a, b):
+        frame = example(doc, "sync")
+        frame["since"] = {conversation: 0}
+        connection.send(frame, "client_sync")
+        connection.expect("auth_success after sync", lambda f: f["type"] == "auth_success")
+    exercised.add("sync")
+
+    # auth: a connection without a token authenticates with a frame.
+    c = Connection("alice-tablet", f"{ws}", schemas, seen)
+    frame = example(doc, "auth")
+    frame["payload"].update({"user_id": alice, "auth_token": token(alice, "tablet"), "device_id": "tablet"})
+    c.send(frame, "client_auth")
+    c.expect("auth_success after auth", lambda f: f["type"] == "auth_success")
+    d = Connection("stranger", f"{ws}", schemas, seen)
+    frame = example(doc, "auth")
+    frame["payload"].update({"user_id": alice, "auth_token": "not-a-token", "device_id": "x"})
+    d.send(frame, "client_auth")
+    d.expect("auth_error for a bad token", lambda f: f["type"] == "auth_error")
+    exercised.add("auth")
+
+    # message: acknowledged to the sender, delivered to the receiver, echoed to the sender's devices.
+    frame = example(doc, "message")
+    frame["client_message_id"] = f"c-{run}"
+    frame["idempotency_key"] = str(uuid.uuid4())
+    frame["payload"].update({"conversation_id": conversation, "receiver_id": bob, "content": "hello", "timestamp": now()})
+    a.send(frame, "client_message")
+    ack = a.expect("message_ack", lambda f: f["type"] == "message_ack" and f.get("client_message_id") == f"c-{run}")
+    received = b.expect("the message at the receiver", lambda f: f["type"] == "message" and f["payload"]["content"] == "hello")
+    c.expect("the message echoed to the sender's other device", lambda f: f["type"] == "message" and f["payload"]["content"] == "hello")
+    exercised.add("message")
+    if not (ack and received):
+        return
+    message_id = ack["payload"]["message_id"]
+    seq = ack["payload"]["sequence_number"]
+    # The same key again: the same ack, no second message.
+    a.send(frame, "client_message")
+    again = a.expect("the same message_ack for a retried key", lambda f: f["type"] == "message_ack" and f.get("client_message_id") == f"c-{run}")
+    if again and again["payload"]["message_id"] != message_id:
+        fail("a retried idempotency key made a second message")
+
+    # delivery_ack: the sender hears it was delivered.
+    frame = example(doc, "delivery_ack")
+    frame.update({"message_id": message_id, "timestamp": now(), "conversation_id": conversation, "sequence_number": seq})
+    b.send(frame, "client_delivery_ack")
+    a.expect("delivery_ack at the sender", lambda f: f["type"] == "delivery_ack")
+    exercised.add("delivery_ack")
+
+    # read_receipt: the sender hears it was read.
+    frame = example(doc, "read_receipt")
+    frame.update({"message_ids": [message_id], "timestamp": now()})
+    b.send(frame, "client_read_receipt")
+    a.expect("read_receipt at the sender", lambda f: f["type"] == "read_receipt")
+    exercised.add("read_receipt")
+
+    # heartbeat
+    frame = example(doc, "heartbeat")
+    frame["timestamp"] = now()
+    a.send(frame, "client_heartbeat")
+    a.expect("heartbeat_ack", lambda f: f["type"] == "heartbeat_ack")
+    exercised.add("heartbeat")
+
+    # retransmit
+    frame = example(doc, "retransmit")
+    frame.update({"conversation_id": conversation, "from_sequence": 1, "to_sequence": seq})
+    b.send(frame, "client_retransmit")
+    batch = b.expect("messages after retransmit", lambda f: f["type"] == "messages")
+    if batch and seq not in [m["sequence_number"] for m in batch["payload"]["messages"]]:
+        fail(f"retransmit 1..{seq} did not return message {seq}")
+    exercised.add("retransmit")
+
+    # typing
+    frame = example(doc, "typing")
+    frame.update({"conversation_id": conversation, "state": "start"})
+    b.send(frame, "client_typing")
+    a.expect("typing at the other participant", lambda f: f["type"] == "typing")
+    exercised.add("typing")
+
+    # presence
+    frame = example(doc, "presence")
+    frame["user_ids"] = [bob]
+    a.send(frame, "client_presence")
+    a.expect("presence", lambda f: f["type"] == "presence")
+    exercised.add("presence")
+
+    # Refusals are typed error frames.
+    a.send("{not json")
+    a.expect("error for malformed JSON", lambda f: f["type"] == "error" and f["code"] == "malformed_json")
+    a.send({"type": "no_such_frame"})
+    a.expect("error for an unknown type", lambda f: f["type"] == "error" and f["code"] == "unknown_type")
+    a.send({"type": "message", "client_message_id": "bad", "payload": {"conversation_id": conversation}})
+    a.expect("error for a message without its fields", lambda f: f["type"] == "error" and f["code"] == "invalid_request")
+
+    untested = set(client_kinds) - exercised
+    if untested:
+        fail(f"client frames in the document this test does not exercise: {sorted(untested)}")
+    promised = {"auth_success", "auth_error", "message", "message_ack", "delivery_ack", "read_receipt",
+                "heartbeat_ack", "messages", "typing", "presence", "error"}
+    missing = promised - seen
+    if missing:
+        fail(f"server frames never seen: {sorted(missing)}")
+    time.sleep(0.5)  # the last frames' validation
+    for connection in (a, b, c, d):
+        connection.close()
+    server_kinds = sorted(k.split(".", 1)[1] for k in doc["components"]["messages"] if k.startswith("server."))
+    step(f"client frames sent: {len(exercised)}; server frames validated: {sorted(seen)} "
+         f"(of {server_kinds})")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # a crash is a failure with its reason
+        fail(f"{type(e).__name__}: {e}")
+    if failures:
+        print(f"conformance: {len(failures)} failure(s)", file=sys.stderr)
+        sys.exit(1)
+    step("WebSocket API conforms to its AsyncAPI document")
