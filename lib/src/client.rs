@@ -19,8 +19,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::error::ErrorCode;
 use crate::protocol::{
-    ClientFrame, DeliveredMessage, DeliveryReceiptPayload, MessageAckPayload, MessageType,
-    OutgoingMessage, PresencePayload, ReadReceiptPayload, ServerFrame, TypingPayload, TypingState,
+    AgentRunPayload, ClientFrame, DeliveredMessage, DeliveryReceiptPayload, MessageAckPayload,
+    MessageDeltaPayload, MessageType, OutgoingMessage, PresencePayload, ReadReceiptPayload,
+    ServerFrame, TypingPayload, TypingState,
 };
 
 /// How to reach the API.
@@ -81,6 +82,20 @@ pub enum ClientEvent {
     Typing(TypingPayload),
     /// Someone's presence.
     Presence(PresencePayload),
+    /// An agent run's state changed.
+    Run(AgentRunPayload),
+    /// An agent's answer grew: `text` is the whole answer so far (deltas are put in order and
+    /// repeats dropped here; a device that missed one asks for a snapshot by itself).
+    Streaming {
+        /// Conversation.
+        conversation_id: String,
+        /// The run.
+        run_id: String,
+        /// The agent.
+        agent_id: String,
+        /// The answer so far.
+        text: String,
+    },
     /// An error frame not tied to a send.
     Error {
         /// Code.
@@ -158,7 +173,23 @@ struct Shared {
     awaiting_auth: std::sync::atomic::AtomicBool,
     /// This very value, for timers that resend later.
     this: Mutex<std::sync::Weak<Shared>>,
+    /// Streamed answers being received, by (conversation, run).
+    streams: Mutex<HashMap<(String, String), Stream>>,
 }
+
+/// A streamed answer being received.
+#[derive(Default)]
+struct Stream {
+    /// Index after the last piece in `text`.
+    have: u32,
+    /// The answer so far.
+    text: String,
+    /// Frames that came ahead of a missing one: from index -> (to index, text).
+    ahead: BTreeMap<u32, (u32, String)>,
+}
+
+/// How long frames ahead of a missing one wait for it before the client asks for a snapshot.
+const DELTA_GAP_WAIT: Duration = Duration::from_secs(1);
 
 /// A connected client. Dropping it closes the connection.
 pub struct Client {
@@ -227,6 +258,7 @@ impl Client {
             last_auth_ms: Mutex::new(0),
             awaiting_auth: std::sync::atomic::AtomicBool::new(false),
             this: Mutex::new(std::sync::Weak::new()),
+            streams: Mutex::new(HashMap::new()),
         });
         *shared.this.lock().expect("self lock") = Arc::downgrade(&shared);
         let task = tokio::spawn(run(shared.clone(), socket));
@@ -414,6 +446,14 @@ impl ClientHandle {
     /// Asks for the presence of users.
     pub fn presence(&self, user_ids: Vec<String>) -> Result<(), ClientError> {
         self.send_frame(&ClientFrame::Presence { user_ids })
+    }
+
+    /// Stops an agent's run (the answer is an `agent_run` `cancelled`, or an error).
+    pub fn cancel(&self, conversation_id: &str, run_id: &str) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Cancel {
+            conversation_id: conversation_id.into(),
+            run_id: run_id.into(),
+        })
     }
 
     /// Closes the connection from the client side (no reconnect).
@@ -657,6 +697,74 @@ impl Shared {
         }
     }
 
+    /// Puts a piece of a streamed answer in place (see [`MessageDeltaPayload`] for the rules):
+    /// frames ahead of a missing one wait for it (frames of one run may be posted out of
+    /// order), and after [`DELTA_GAP_WAIT`] a `sync` brings a snapshot.
+    fn on_delta(&self, delta: MessageDeltaPayload) {
+        let key = (delta.conversation_id.clone(), delta.run_id.clone());
+        let text = {
+            let mut streams = self.streams.lock().expect("streams lock");
+            let stream = streams.entry(key.clone()).or_default();
+            if delta.snapshot {
+                if delta.to_index < stream.have {
+                    return; // older than what we have
+                }
+                stream.have = delta.to_index;
+                stream.text = delta.text;
+            } else if delta.to_index <= stream.have {
+                return; // a repeat
+            } else if delta.from_index > stream.have {
+                let first = stream.ahead.is_empty();
+                stream
+                    .ahead
+                    .insert(delta.from_index, (delta.to_index, delta.text));
+                drop(streams);
+                if first {
+                    self.sync_unless_filled(key, delta.from_index);
+                }
+                return;
+            } else if delta.from_index < stream.have {
+                return; // overlaps a snapshot: the snapshot has it
+            } else {
+                stream.have = delta.to_index;
+                stream.text.push_str(&delta.text);
+            }
+            // Frames that waited for this one.
+            while let Some((to, text)) = stream.ahead.remove(&stream.have) {
+                stream.have = to;
+                stream.text.push_str(&text);
+            }
+            stream.ahead.retain(|from, _| *from > stream.have);
+            stream.text.clone()
+        };
+        self.emit(ClientEvent::Streaming {
+            conversation_id: delta.conversation_id,
+            run_id: delta.run_id,
+            agent_id: delta.agent_id,
+            text,
+        });
+    }
+
+    /// Asks for a snapshot if the stream is still stuck before `from` after the wait.
+    fn sync_unless_filled(&self, key: (String, String), from: u32) {
+        let Some(shared) = self.me_arc() else { return };
+        tokio::spawn(async move {
+            tokio::time::sleep(DELTA_GAP_WAIT).await;
+            let stuck = shared
+                .streams
+                .lock()
+                .expect("streams lock")
+                .get(&key)
+                .is_some_and(|s| s.have < from);
+            if stuck {
+                let frame = ClientFrame::Sync {
+                    since: shared.order.lock().expect("order lock").last.clone(),
+                };
+                let _ = shared.send(serde_json::to_string(&frame).unwrap_or_default());
+            }
+        });
+    }
+
     fn on_frame(&self, frame: ServerFrame) {
         match frame {
             ServerFrame::AuthSuccess { payload } => {
@@ -733,6 +841,16 @@ impl Shared {
             ServerFrame::ReadReceipt { payload } => self.emit(ClientEvent::Read(payload)),
             ServerFrame::Typing { payload } => self.emit(ClientEvent::Typing(payload)),
             ServerFrame::Presence { payload } => self.emit(ClientEvent::Presence(payload)),
+            ServerFrame::AgentRun { payload } => {
+                if payload.state.is_final() {
+                    self.streams
+                        .lock()
+                        .expect("streams lock")
+                        .remove(&(payload.conversation_id.clone(), payload.run_id.clone()));
+                }
+                self.emit(ClientEvent::Run(payload))
+            }
+            ServerFrame::MessageDelta { payload } => self.on_delta(payload),
             ServerFrame::HeartbeatAck { .. } | ServerFrame::Migration { .. } => {}
         }
     }

@@ -31,6 +31,11 @@ pub struct Settings {
     pub max_sync_messages: usize,
     /// How long an agent may stay silent before the user is told.
     pub agent_timeout: Duration,
+    /// A run with no word from its agent for this long is shown as stalled (BR-7: agents
+    /// report progress at least every 30 s on long tasks).
+    pub agent_progress_interval: Duration,
+    /// How long a streamed answer waits for a missing piece before skipping it.
+    pub delta_gap_wait: Duration,
     /// Agent used when a message names none and no capability matches.
     pub default_agent: Option<String>,
     /// An agent without a heartbeat for this long is offline.
@@ -56,6 +61,8 @@ impl Default for Settings {
             max_retransmit_range: 1000,
             max_sync_messages: 1000,
             agent_timeout: Duration::from_secs(60),
+            agent_progress_interval: Duration::from_secs(30),
+            delta_gap_wait: Duration::from_secs(1),
             default_agent: None,
             agent_offline_after: Duration::from_secs(120),
             frame_timeout: Duration::from_secs(10),
@@ -65,7 +72,8 @@ impl Default for Settings {
 
 impl Settings {
     /// Reads `EVENT_SOURCE`, `MAX_CONTENT_BYTES`, `FRAME_RATE_PER_MINUTE`, `SEND_RATE_PER_MINUTE`,
-    /// `MAX_RETRANSMIT_RANGE`, `MAX_SYNC_MESSAGES`, `AGENT_TIMEOUT_SECS`, `DEFAULT_AGENT_ID`,
+    /// `MAX_RETRANSMIT_RANGE`, `MAX_SYNC_MESSAGES`, `AGENT_TIMEOUT_SECS`,
+    /// `AGENT_PROGRESS_INTERVAL_SECS`, `DELTA_GAP_WAIT_MS`, `DEFAULT_AGENT_ID`,
     /// `AGENT_OFFLINE_AFTER_SECS`, `FRAME_TIMEOUT_MS`.
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
         let d = Self::default();
@@ -95,6 +103,12 @@ impl Settings {
                 "AGENT_TIMEOUT_SECS",
                 d.agent_timeout.as_secs(),
             )?),
+            agent_progress_interval: crate::config::seconds(
+                src,
+                "AGENT_PROGRESS_INTERVAL_SECS",
+                d.agent_progress_interval,
+            )?,
+            delta_gap_wait: crate::config::millis(src, "DELTA_GAP_WAIT_MS", d.delta_gap_wait)?,
             default_agent: src.get("DEFAULT_AGENT_ID"),
             agent_offline_after: Duration::from_secs(num(
                 "AGENT_OFFLINE_AFTER_SECS",

@@ -14,7 +14,10 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
 use crate::error::ErrorCode;
-use crate::model::{AgentProgress, AgentResponse, MessageReceived, Notification, PresenceChanged};
+use crate::model::{
+    AgentCancel, AgentDelta, AgentProgress, AgentResponse, MessageReceived, Notification,
+    PresenceChanged,
+};
 use crate::protocol::{ClientFrame, MAX_FRAME_BYTES, ServerFrame};
 
 /// Version of the contract (the protocol is additive: fields and frames are only ever added).
@@ -74,6 +77,21 @@ people, the `client_message_id` of a refused `message`, and `retry_after` for `r
 answered within the server's frame deadline, never silently dropped, except the frames that \
 have no answer when they succeed: `delivery_ack`, `read_receipt` and `typing`.
 
+**Agents' answers, live.** While an agent works on a message, every participant's devices get \
+`agent_run` frames (the run's state: `queued`, `working` with an optional `step` and \
+`percent`, `input_required` with the question in `reason`, and the final `completed` with \
+the stored message's id, `failed` with a reason, or `cancelled`; `stalled` when the agent has \
+said nothing for 30 s) and the answer as it is generated, in `message_delta` frames: append \
+`text` when `from_index` equals the `to_index` you have (0 at first), replace what you have \
+with a `snapshot` that reaches further, ignore a frame whose `to_index` you already have, and \
+hold a frame that starts past what you have until the ones before it arrive (frames of a run \
+can arrive out of order); after a second without them, send `sync` (you get a snapshot). A device that connects mid-answer gets \
+the run's state and a snapshot after `auth_success`. The answer ends as an ordinary message \
+(`message`, with `reply_to_message_id` the run id) that replaces the streamed text. `cancel` \
+stops a run: every device gets `agent_run` `cancelled`, the agent gets `agent.cancel`, and \
+nothing more of the run arrives; a cancelled run leaves no message (show what was streamed as \
+cancelled).
+
 **Content** is opaque to the server (end-to-end encrypted by clients): stored and forwarded, \
 never read or logged.
 
@@ -90,7 +108,13 @@ receive their own messages (multi-device); pending and retransmitted messages co
 Broker, or EventBridge on AWS with the CloudEvent in `detail`). An agent receives \
 `messaging.message.received` (filtered on the `agentid` extension attribute) and answers with \
 `agent.response` (as the HTTP reply to the delivery, or a new event), optionally \
-`agent.progress` first. Events are delivered at least once: dedupe on `source` and `id`.";
+`agent.progress` first; or streams it: `agent.delta` pieces numbered from 0 (each (run, \
+index) counts once; pieces are passed on in order; a missing one is waited for 1 s, then \
+skipped), `agent.progress` with the `run_id` for the run's state, and `agent.response` with \
+the `run_id` to end it. The run id is the agent's (by convention the id of the message it \
+answers). A participant's stop reaches the agent as `agent.cancel` (filtered on `agentid`); \
+whatever it sends for the run afterwards is dropped. Events are delivered at least once: \
+dedupe on `source` and `id`.";
 
 /// The AsyncAPI 3.1 document of the WebSocket API and the CloudEvents.
 pub fn asyncapi() -> Value {
@@ -122,6 +146,19 @@ pub fn asyncapi() -> Value {
              pushes the user's 'did not answer' notice back by a full timeout (report progress \
              at least every 30 s on long tasks).",
             generator.subschema_for::<AgentProgress>().to_value(),
+        ),
+        (
+            crate::model::event_types::AGENT_DELTA,
+            "A piece of an agent's answer as it is generated, numbered from 0 per run: passed on \
+             to every participant's devices in order as `message_delta` frames. At most 4 KB of \
+             text per piece. The run's `agent.response` (with `run_id`) stores the whole answer.",
+            generator.subschema_for::<AgentDelta>().to_value(),
+        ),
+        (
+            crate::model::event_types::AGENT_CANCEL,
+            "A participant stopped a run (`cancel` frame). Sent to the run's agent (extension \
+             `agentid`); the platform drops whatever the agent sends for the run afterwards.",
+            generator.subschema_for::<AgentCancel>().to_value(),
         ),
         (
             crate::model::event_types::NOTIFICATION,
@@ -251,7 +288,9 @@ pub fn asyncapi() -> Value {
                 },
             }),
         );
-        let action = if *event_type == crate::model::event_types::MESSAGE_RECEIVED {
+        let action = if *event_type == crate::model::event_types::MESSAGE_RECEIVED
+            || *event_type == crate::model::event_types::AGENT_CANCEL
+        {
             "receive"
         } else {
             "send"
@@ -355,7 +394,9 @@ fn cloudevent_headers(event_type: &str) -> Value {
         "datacontenttype": {"const": "application/json"},
         "time": {"type": "string", "format": "date-time"},
     });
-    if event_type == crate::model::event_types::MESSAGE_RECEIVED {
+    if event_type == crate::model::event_types::MESSAGE_RECEIVED
+        || event_type == crate::model::event_types::AGENT_CANCEL
+    {
         properties["agentid"] = json!({
             "type": "string",
             "description": "Extension attribute: the agent the message is for (present when the conversation has one); Triggers and EventBridge rules filter on it.",
@@ -379,6 +420,7 @@ fn answer_of(kind: &str) -> &'static str {
         "retransmit" => "messages frames (the last one with missing), or error",
         "sync" => "auth_success then messages frames, or error",
         "presence" => "one presence frame per user, or error",
+        "cancel" => "agent_run cancelled (to every device of every participant), or error",
         _ => "",
     }
 }
@@ -409,6 +451,15 @@ fn example(direction: &str, kind: &str) -> Option<Value> {
         }
         ("client", "sync") => json!({"type": "sync", "since": {conversation: 41}}),
         ("client", "presence") => json!({"type": "presence", "user_ids": ["u-456"]}),
+        ("client", "cancel") => {
+            json!({"type": "cancel", "conversation_id": conversation, "run_id": message_id})
+        }
+        ("server", "agent_run") => {
+            json!({"type": "agent_run", "payload": {"conversation_id": conversation, "run_id": message_id, "agent_id": "assistant", "state": "working", "step": "search", "percent": 40, "updated_at": 1_700_000_000_000i64}})
+        }
+        ("server", "message_delta") => {
+            json!({"type": "message_delta", "payload": {"conversation_id": conversation, "run_id": message_id, "agent_id": "assistant", "from_index": 3, "to_index": 5, "text": "Hello there"}})
+        }
         ("server", "auth_success") => {
             json!({"type": "auth_success", "payload": {"user_id": "u-123", "session_id": "Xk2=", "server_time": 1_700_000_000_000i64, "unread_count": 3}})
         }
@@ -459,6 +510,7 @@ mod tests {
             "typing",
             "sync",
             "presence",
+            "cancel",
         ] {
             assert!(
                 client.contains(&kind.to_string()),
@@ -481,6 +533,8 @@ mod tests {
             "presence",
             "heartbeat_ack",
             "error",
+            "agent_run",
+            "message_delta",
         ] {
             assert!(
                 server.contains(&kind.to_string()),

@@ -67,6 +67,33 @@ impl Keys {
         format!("{}agent-waits", self.prefix)
     }
 
+    /// Hash of an agent run's state (see `runs`).
+    pub fn run(&self, conversation_id: &str, run_id: &str) -> String {
+        format!("{}run:{{r:{conversation_id}:{run_id}}}", self.prefix)
+    }
+
+    /// The pieces of a run's answer so far: a list whose position is the piece's index.
+    pub fn run_text(&self, conversation_id: &str, run_id: &str) -> String {
+        format!("{}run:{{r:{conversation_id}:{run_id}}}:text", self.prefix)
+    }
+
+    /// Pieces of a run that arrived ahead of a missing one, by index.
+    pub fn run_held(&self, conversation_id: &str, run_id: &str) -> String {
+        format!("{}run:{{r:{conversation_id}:{run_id}}}:held", self.prefix)
+    }
+
+    /// Sorted set of unfinished runs (`conversation\x1frun`), scored by last change (ms): the
+    /// sweep finds gaps to skip and silent runs here.
+    pub fn active_runs(&self) -> String {
+        format!("{}runs:active", self.prefix)
+    }
+
+    /// Set of the unfinished runs a user sees (`conversation\x1frun`), for devices that
+    /// connect mid-stream.
+    pub fn user_runs(&self, user_id: &str) -> String {
+        format!("{}{{u:{user_id}}}:runs", self.prefix)
+    }
+
     /// Set of the waits of one conversation (members of [`Keys::agent_waits`]).
     pub fn agent_waits_of(&self, conversation_id: &str) -> String {
         format!("{}agent-waits:{conversation_id}", self.prefix)

@@ -1,14 +1,37 @@
 //! The shared core of the messaging backend.
 //!
 //! Every function (connect, message, disconnect, store, agent-response, presign, push, api) is a
-//! thin binary over this crate. It holds the wire protocol ([`protocol`]), the domain model
-//! ([`model`]), one port per outside system with its real adapter ([`realtime`] for Redis,
-//! [`store`] for MongoDB, [`gateway`] for the WebSocket management API, [`events`] for the broker,
-//! [`objects`] for S3), JWT handling ([`auth`]), configuration ([`config`]) and the single mapping
-//! from failures to what clients see ([`error`]).
+//! thin binary over this crate; the local stack, the tests, Lambda and Knative run the same code.
+//!
+//! **What travels** — [`protocol`]: every WebSocket frame, both ways; [`model`]: what is stored
+//! and what travels in CloudEvents; [`contract`]: the AsyncAPI document generated from both;
+//! [`ids`]: what a user or device id may be; [`error`]: the one error type and its mapping to
+//! frames and HTTP statuses.
+//!
+//! **Ports and their adapters** (one per outside system) — [`store`]: MongoDB, the truth
+//! (one trait per collection group); [`realtime`]: Redis (connections, presence, typing, rate
+//! limits, caches, leases) with every key named in [`keys`]; [`runs`]: agent runs in Redis and
+//! the service that streams them; [`gateway`]: the `@connections` management API; [`events`]:
+//! the CloudEvents broker, and [`eventbridge`] for AWS; [`objects`]: S3.
+//!
+//! **Shared services** — [`connections`]: registering and forgetting a connection, presence;
+//! [`identity`]: the `$connect` authorizer and the identity every frame carries; [`auth`]: JWTs;
+//! [`conversations`]: cached lookups and the one membership check; [`fanout`]: frames to
+//! connections; [`pending`]: what a device is owed, from MongoDB; [`outbox`]: every
+//! acknowledged message fanned out and notified; [`agent_routing`]: which agent answers;
+//! [`system_messages`]: messages the server writes itself.
+//!
+//! **Running a function** — [`context`]: the ports and settings a function is given;
+//! [`config`]: configuration from the environment; [`runtime`]: Lambda or an HTTP server;
+//! [`websocket`]: the WebSocket route events; [`http`]: the HTTP functions' routers, extractors,
+//! gates and replies; [`telemetry`]: logging; [`metrics`]: per-stage counters; [`clock`]: time.
+//!
+//! **For the other side** — `client` (feature `client`): the WebSocket client library for apps,
+//! agents and tests; [`agent`]: the agent SDK.
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod agent_routing;
 pub mod auth;
 #[cfg(feature = "client")]
@@ -35,6 +58,7 @@ pub mod outbox;
 pub mod pending;
 pub mod protocol;
 pub mod realtime;
+pub mod runs;
 pub mod runtime;
 pub mod store;
 pub mod system_messages;

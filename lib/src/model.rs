@@ -395,8 +395,12 @@ pub mod event_types {
     pub const MESSAGE_RECEIVED: &str = "messaging.message.received";
     /// An agent answers a message.
     pub const AGENT_RESPONSE: &str = "agent.response";
-    /// An agent reports progress (typing, partial work).
+    /// An agent reports progress (typing, a run's state, step and percent).
     pub const AGENT_PROGRESS: &str = "agent.progress";
+    /// A piece of an agent's answer as it is generated.
+    pub const AGENT_DELTA: &str = "agent.delta";
+    /// A participant stopped an agent's run (to the agent, by its `agentid`).
+    pub const AGENT_CANCEL: &str = "agent.cancel";
     /// A recipient had no live connection: push notify.
     pub const NOTIFICATION: &str = "messaging.notification";
     /// A user went online or offline.
@@ -483,6 +487,10 @@ pub struct AgentResponse {
     pub message_type: MessageType,
     /// Agent clock, milliseconds.
     pub timestamp: i64,
+    /// The run this answer ends (`completed`), when it was streamed or reported; its deltas
+    /// are superseded by this full answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// Kind of agent progress.
@@ -506,7 +514,57 @@ pub struct AgentProgress {
     pub agent_id: String,
     /// What the agent is doing.
     pub kind: ProgressKind,
+    /// Agent clock, milliseconds. Events may arrive in any order: a run's progress older than
+    /// the last one applied to it is dropped, so keep it increasing within a run.
+    pub timestamp: i64,
+    /// The run this progress is about; with it, the devices get an `agent_run` frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The run's state (`queued`, `working`, `input_required`, or `failed` to end it without
+    /// an answer; `completed` comes with `agent.response`). Default `working`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::protocol::RunState>,
+    /// Its step, percent, question or reason.
+    #[serde(flatten)]
+    pub detail: crate::protocol::RunDetail,
+}
+
+/// Data of `agent.delta`: a piece of an answer. Deltas of a run are numbered from 0; each
+/// (run, index) counts once, and the devices get them in index order whatever order they
+/// arrive in (a missing index is waited for [`crate::runs::GAP_WAIT`], then skipped). The
+/// run's `agent.response` (with `run_id`) stores the full answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AgentDelta {
+    /// The run (by convention the id of the message answered).
+    #[schemars(length(min = 1, max = 128))]
+    pub run_id: String,
+    /// Conversation.
+    pub conversation_id: String,
+    /// The user being answered.
+    pub user_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// Position of this piece in the answer, from 0.
+    pub index: u32,
+    /// The piece.
+    pub text: String,
     /// Agent clock, milliseconds.
+    pub timestamp: i64,
+}
+
+/// Data of `agent.cancel`: a participant stopped a run. Sent to the run's agent (extension
+/// `agentid`); whatever the agent sends for the run afterwards is dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AgentCancel {
+    /// The run.
+    pub run_id: String,
+    /// Conversation.
+    pub conversation_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// Who stopped it.
+    pub cancelled_by: String,
+    /// Server time, milliseconds.
     pub timestamp: i64,
 }
 

@@ -264,6 +264,131 @@ pub struct MigrationPayload {
     pub session_token: String,
 }
 
+/// The state of an agent run: the A2A task states a person needs to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Accepted, not started.
+    Queued,
+    /// Working (a step label and a percent may say on what).
+    Working,
+    /// Waiting for the user to answer a question (the run's `reason`).
+    InputRequired,
+    /// Done: the answer is stored as a message (`message_id`, `sequence_number`).
+    Completed,
+    /// Ended without an answer (`reason` says why).
+    Failed,
+    /// Stopped by a participant (`cancel`); nothing more of it arrives.
+    Cancelled,
+}
+
+impl RunState {
+    /// Whether the run is over: nothing changes it any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// The wire name (`working`, `input_required`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Working => "working",
+            Self::InputRequired => "input_required",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Working,
+            Self::InputRequired,
+            Self::Completed,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
+/// What an agent says about its run besides the state (in `agent.progress`, and passed on in
+/// `agent_run`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RunDetail {
+    /// What it is doing (a tool's name, a phase), at most 200 characters; kept until changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200))]
+    pub step: Option<String>,
+    /// How far along, 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub percent: Option<u8>,
+    /// The question (`input_required`) or the reason (`failed`), at most 2000 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2000))]
+    pub reason: Option<String>,
+}
+
+/// `agent_run` payload: where an agent's run on a conversation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AgentRunPayload {
+    /// Conversation.
+    pub conversation_id: String,
+    /// The run (chosen by the agent; by convention the id of the message it answers).
+    pub run_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// State.
+    pub state: RunState,
+    /// What the agent said about it.
+    #[serde(flatten)]
+    pub detail: RunDetail,
+    /// The agent has said nothing for longer than the progress interval (30 s by default):
+    /// show the run as silent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stalled: bool,
+    /// The stored answer (`completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Its sequence number (`completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_number: Option<u64>,
+    /// Server time of this state, milliseconds.
+    pub updated_at: i64,
+}
+
+/// `message_delta` payload: a piece of an agent's answer as it is generated.
+///
+/// A device appends `text` when `from_index` is the `to_index` it has (0 at the start); a frame
+/// with `snapshot` replaces what it has when it reaches further (the whole text so far, for a
+/// device that connected mid-stream); a frame whose `to_index` is not past what it has is a
+/// repeat, ignored; a frame whose `from_index` is past what it has waits for the frames before
+/// it (frames of a run may arrive out of order), and after a second without them the device
+/// sends `sync` and gets a snapshot. The run's final message (`agent_run` `completed`)
+/// replaces the streamed text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MessageDeltaPayload {
+    /// Conversation.
+    pub conversation_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// Index of the first delta in `text` (0: the start of the answer).
+    pub from_index: u32,
+    /// Index after the last delta in `text`: the next frame starts there.
+    pub to_index: u32,
+    /// The text of deltas `from_index..to_index`.
+    pub text: String,
+    /// `text` is the whole answer so far (replace, do not append).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
+}
+
 /// Receipt sent to the original sender when recipients got or read messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReadReceiptPayload {
@@ -386,6 +511,15 @@ pub enum ClientFrame {
         #[schemars(length(min = 1, max = 100))]
         user_ids: Vec<String>,
     },
+    /// Stop an agent's run (any participant of its conversation): the agent gets
+    /// `agent.cancel`, every device `agent_run` `cancelled`, and nothing more of the run arrives.
+    Cancel {
+        /// The run's conversation.
+        conversation_id: String,
+        /// The run (from `agent_run` or `message_delta`).
+        #[schemars(length(min = 1, max = 128))]
+        run_id: String,
+    },
 }
 
 impl ClientFrame {
@@ -401,6 +535,7 @@ impl ClientFrame {
             Self::Typing { .. } => "typing",
             Self::Sync { .. } => "sync",
             Self::Presence { .. } => "presence",
+            Self::Cancel { .. } => "cancel",
         }
     }
 }
@@ -470,6 +605,17 @@ pub enum ServerFrame {
         /// Whose, which.
         payload: PresencePayload,
     },
+    /// An agent run's state changed (queued, working on a step, waiting for input, done,
+    /// failed, cancelled, silent).
+    AgentRun {
+        /// The run.
+        payload: AgentRunPayload,
+    },
+    /// A piece of an agent's answer as it is generated (see [`MessageDeltaPayload`]).
+    MessageDelta {
+        /// The piece.
+        payload: MessageDeltaPayload,
+    },
     /// A request failed; nothing was changed unless the code says so.
     Error {
         /// Stable machine-readable code.
@@ -513,7 +659,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         Some(_) => return Err(FrameError::Invalid("`type` must be a string".into())),
         None => return Err(FrameError::Invalid("missing `type`".into())),
     };
-    const KNOWN: [&str; 9] = [
+    const KNOWN: [&str; 10] = [
         "auth",
         "message",
         "delivery_ack",
@@ -523,6 +669,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         "typing",
         "sync",
         "presence",
+        "cancel",
     ];
     if !KNOWN.contains(&kind.as_str()) {
         return Err(FrameError::UnknownType(kind));

@@ -138,7 +138,7 @@ impl AgentWait {
 
 /// The real-time state port.
 #[async_trait]
-pub trait RealtimeState: Send + Sync {
+pub trait RealtimeState: crate::runs::RunStore + Send + Sync {
     /// Records a connection and marks its user online.
     /// Returns how many connections the user has now (1: they just came online).
     async fn register_connection(&self, connection: &ConnectionInfo) -> Result<u64>;
@@ -272,7 +272,7 @@ impl RedisState {
         self.conn.clone()
     }
 
-    fn conn(&self) -> TimedConnection {
+    pub(crate) fn conn(&self) -> TimedConnection {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         TimedConnection(self.conn.clone(), self.timeout)
     }
@@ -280,7 +280,7 @@ impl RedisState {
 
 /// The shared connection: every round trip counted, timed for [`crate::metrics`], and bounded
 /// by the deadline (the one place all three happen).
-struct TimedConnection(ConnectionManager, Duration);
+pub(crate) struct TimedConnection(ConnectionManager, Duration);
 
 fn timed_out(limit: Duration) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(

@@ -141,7 +141,8 @@ async fn report_init_error(api: &str, error_type: &str, message: &str) {
     }
 }
 
-async fn listen(port: u16) -> std::io::Result<TcpListener> {
+/// Listens on `port` on every interface (the HTTP mode of the functions and agents).
+pub async fn listen(port: u16) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await?;
     tracing::info!(address = %listener.local_addr()?, "listening (HTTP mode)");
     Ok(listener)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -280,6 +281,32 @@ def main():
     a.expect("presence", lambda f: f["type"] == "presence")
     exercised.add("presence")
 
+    # An agent's answer, live: the demo agent streams it (message_delta), says how its run
+    # stands (agent_run), and a participant can stop a run (cancel).
+    demo = http("POST", f"{api}/v1/conversations", alice_token, {"agent_id": "demo"})["conversation_id"]
+    frame = example(doc, "message")
+    frame.update({"client_message_id": f"d-{run}", "idempotency_key": str(uuid.uuid4())})
+    frame["payload"] = {"conversation_id": demo, "content": "hello demo", "type": "text", "timestamp": now()}
+    a.send(frame, "client_message")
+    a.expect("message_ack from the demo conversation", lambda f: f["type"] == "message_ack" and f.get("client_message_id") == f"d-{run}")
+    a.expect("message_delta from the demo agent", lambda f: f["type"] == "message_delta" and f["payload"]["conversation_id"] == demo)
+    done = a.expect("agent_run completed", lambda f: f["type"] == "agent_run" and f["payload"]["state"] == "completed")
+    answer = a.expect("the demo agent's stored answer", lambda f: f["type"] == "message" and f["payload"].get("sender_id") == "demo")
+    if done and answer and answer["payload"]["message_id"] != done["payload"].get("message_id"):
+        fail("agent_run completed does not name the stored answer")
+    frame = example(doc, "message")
+    frame.update({"client_message_id": f"s-{run}", "idempotency_key": str(uuid.uuid4())})
+    frame["payload"] = {"conversation_id": demo, "content": "/slow", "type": "text", "timestamp": now()}
+    a.send(frame, "client_message")
+    working = a.expect("agent_run working on a step", lambda f: f["type"] == "agent_run" and f["payload"]["state"] == "working" and f["payload"].get("step"))
+    if working:
+        frame = example(doc, "cancel")
+        frame.update({"conversation_id": demo, "run_id": working["payload"]["run_id"]})
+        a.send(frame, "client_cancel")
+        a.expect("agent_run cancelled", lambda f: f["type"] == "agent_run" and f["payload"]["state"] == "cancelled")
+        c.expect("agent_run cancelled on the other device", lambda f: f["type"] == "agent_run" and f["payload"]["state"] == "cancelled")
+    exercised.add("cancel")
+
     # Refusals are typed error frames.
     a.send("{not json")
     a.expect("error for malformed JSON", lambda f: f["type"] == "error" and f["code"] == "malformed_json")
@@ -292,7 +319,7 @@ def main():
     if untested:
         fail(f"client frames in the document this test does not exercise: {sorted(untested)}")
     promised = {"auth_success", "auth_error", "message", "message_ack", "delivery_ack", "read_receipt",
-                "heartbeat_ack", "messages", "typing", "presence", "error"}
+                "heartbeat_ack", "messages", "typing", "presence", "error", "agent_run", "message_delta"}
     missing = promised - seen
     if missing:
         fail(f"server frames never seen: {sorted(missing)}")

@@ -1,4 +1,5 @@
-//! `agent.response` and `agent.progress`: what agents say back, and the watch on silent agents.
+//! `agent.response`, `agent.progress` and `agent.delta`: what agents say back, streamed or
+//! whole, and the watch on silent agents.
 //!
 //! An agent answers a user's message with `agent.response` (as the HTTP reply to the delivered
 //! event, or as a new event). The answer is checked (the agent must be the conversation's agent,
@@ -7,9 +8,12 @@
 //! function delivers it to the user like any message (without the `agentid` extension: agents
 //! never get their own messages back). `agent.progress` becomes a `typing` frame on the user's
 //! devices and pushes the agent's answer deadline back (BR-7: progress at least every 30 s).
+//! With a `run_id`, progress reports a run's state (`agent_run` frames), `agent.delta` streams
+//! the answer as it is generated (`message_delta` frames, see `messaging::runs`), and the
+//! response ends the run; a cancelled run's deltas and response are dropped.
 //! [`sweep`] turns deadlines that passed into a `system` message telling the user the agent did
-//! not answer; the local stack runs it every second, on AWS a schedule sends
-//! `messaging.agent.sweep`.
+//! not answer (and fails the run), skips gaps in streams and shows silent runs as stalled; the
+//! local stack runs it every second, on AWS a schedule sends `messaging.agent.sweep`.
 
 #![warn(missing_docs)]
 
@@ -19,10 +23,12 @@ use messaging::context::Context;
 use messaging::events::event_data;
 use messaging::fanout::send_to_user;
 use messaging::model::{
-    AgentProgress, AgentResponse, Conversation, NewMessage, ProgressKind, event_types,
+    AgentDelta, AgentProgress, AgentResponse, Conversation, NewMessage, ProgressKind, event_types,
 };
 use messaging::outbox::publish_received;
+use messaging::protocol::{RunDetail, RunState};
 use messaging::protocol::{ServerFrame, TypingPayload, TypingState};
+use messaging::runs::{self, RunChange, RunKey};
 use messaging::system_messages::post_system_message;
 use messaging::{Error, Result};
 
@@ -34,6 +40,7 @@ pub async fn handle(ctx: &Context, event: Event) -> Result<()> {
     match event.ty() {
         event_types::AGENT_RESPONSE => respond(ctx, event_data(&event)?).await,
         event_types::AGENT_PROGRESS => progress(ctx, event_data(&event)?).await,
+        event_types::AGENT_DELTA => delta(ctx, event_data(&event)?).await,
         SWEEP_EVENT => sweep(ctx, messaging::clock::now_ms()).await.map(|_| ()),
         other => Err(Error::invalid(format!(
             "agent-response does not consume {other}"
@@ -48,9 +55,9 @@ async fn agent_conversation(
     agent_id: &str,
     user_id: &str,
 ) -> Result<Conversation> {
-    let conversation = ctx
-        .store
-        .conversation(conversation_id)
+    // The routing fields (cached in Redis) are all this needs: a streamed answer costs no
+    // MongoDB round trip per delta.
+    let conversation = messaging::conversations::routing(ctx, conversation_id)
         .await?
         .ok_or_else(|| {
             Error::not_found(format!("conversation {conversation_id} does not exist"))
@@ -87,6 +94,13 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
         &response.user_id,
     )
     .await?;
+    if let Some(run_id) = &response.run_id
+        && !runs::may_complete(ctx, &conversation.conversation_id, run_id).await?
+    {
+        // The run was cancelled (or failed): its answer is dropped, acknowledged.
+        tracing::info!(run = %run_id, "response of a cancelled run dropped");
+        return Ok(());
+    }
     let reply_to = match &response.in_reply_to {
         Some(id) => ctx
             .store
@@ -133,6 +147,18 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
         duplicate = inserted.duplicate,
         "agent response stored"
     );
+    if let Some(run_id) = &response.run_id {
+        runs::on_completed(
+            ctx,
+            &conversation,
+            run_id,
+            &response.agent_id,
+            &response.user_id,
+            &inserted.message.message_id,
+            inserted.message.sequence_number,
+        )
+        .await?;
+    }
     // Republished on a duplicate too: the first attempt may have died before publishing.
     publish_received(ctx, &inserted.message, None).await
 }
@@ -145,31 +171,59 @@ async fn progress(ctx: &Context, progress: AgentProgress) -> Result<()> {
         &progress.user_id,
     )
     .await?;
+    if let Some(run_id) = &progress.run_id {
+        let change = RunChange {
+            detail: progress.detail.clone(),
+            said_at: Some(progress.timestamp),
+            ..RunChange::to(progress.state.unwrap_or(RunState::Working))
+        };
+        let applied = runs::on_progress(
+            ctx,
+            &conversation,
+            run_id,
+            &progress.agent_id,
+            &progress.user_id,
+            change,
+        )
+        .await?;
+        if !applied {
+            // The run is over, or the agent said something newer: typing must not restart.
+            return Ok(());
+        }
+    }
     let now = messaging::clock::now_ms();
-    let state = match progress.kind {
-        ProgressKind::Typing => {
+    // A question for the user, or a failure, is the agent's answer whatever `kind` says: it
+    // stops typing, and nobody waits for it any more (a timeout notice now would be false).
+    let answered = matches!(
+        progress.state,
+        Some(RunState::InputRequired | RunState::Failed)
+    );
+    let state = if progress.kind == ProgressKind::Typing && !answered {
+        ctx.realtime
+            .set_typing(
+                &conversation.conversation_id,
+                &progress.agent_id,
+                now + messaging::keys::TYPING_TTL.as_millis() as i64,
+            )
+            .await?;
+        // The agent is alive and working: give it another full timeout.
+        ctx.realtime
+            .extend_agent_waits(
+                &conversation.conversation_id,
+                now + ctx.settings.agent_timeout.as_millis() as i64,
+            )
+            .await?;
+        TypingState::Start
+    } else {
+        ctx.realtime
+            .clear_typing(&conversation.conversation_id, &progress.agent_id)
+            .await?;
+        if answered {
             ctx.realtime
-                .set_typing(
-                    &conversation.conversation_id,
-                    &progress.agent_id,
-                    now + messaging::keys::TYPING_TTL.as_millis() as i64,
-                )
+                .agent_answered(&conversation.conversation_id)
                 .await?;
-            // The agent is alive and working: give it another full timeout.
-            ctx.realtime
-                .extend_agent_waits(
-                    &conversation.conversation_id,
-                    now + ctx.settings.agent_timeout.as_millis() as i64,
-                )
-                .await?;
-            TypingState::Start
         }
-        ProgressKind::Idle => {
-            ctx.realtime
-                .clear_typing(&conversation.conversation_id, &progress.agent_id)
-                .await?;
-            TypingState::Stop
-        }
+        TypingState::Stop
     };
     let frame = ServerFrame::Typing {
         payload: TypingPayload {
@@ -182,10 +236,18 @@ async fn progress(ctx: &Context, progress: AgentProgress) -> Result<()> {
     Ok(())
 }
 
-/// Tells users whose agent let its deadline pass; returns how many notices were posted.
+async fn delta(ctx: &Context, delta: AgentDelta) -> Result<()> {
+    let conversation =
+        agent_conversation(ctx, &delta.conversation_id, &delta.agent_id, &delta.user_id).await?;
+    runs::on_delta(ctx, &conversation, &delta).await
+}
+
+/// Tells users whose agent let its deadline pass (failing the run that answered the message,
+/// if any), skips old gaps in streams and shows silent runs as stalled; returns how many
+/// notices were posted and runs changed.
 pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
     let expired = ctx.realtime.take_expired_agent_waits(now_ms, 100).await?;
-    let mut posted = 0;
+    let mut posted = runs::sweep(ctx, now_ms).await?;
     for wait in expired {
         let Some(conversation) = ctx.store.conversation(&wait.conversation_id).await? else {
             continue;
@@ -209,6 +271,22 @@ pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
         ctx.realtime
             .clear_typing(&wait.conversation_id, &wait.agent_id)
             .await?;
+        // A run answering that message (by convention the run id is the message id) failed.
+        let key = RunKey::new(&wait.conversation_id, &wait.message_id);
+        let change = RunChange {
+            detail: RunDetail {
+                reason: Some("the agent did not answer in time".into()),
+                ..RunDetail::default()
+            },
+            ..RunChange::to(RunState::Failed)
+        };
+        if let runs::Transition::Changed { record, .. } =
+            ctx.realtime.change_run(&key, None, &change, now_ms).await?
+        {
+            for user in &record.owners.audience {
+                send_to_user(ctx, user, &record.frame(), None).await?;
+            }
+        }
         posted += 1;
     }
     Ok(posted)

@@ -13,11 +13,13 @@
 //! Redis (`unauthenticated` when it is gone: the client sends `auth` again).
 //!
 //! One module per frame: [`auth`], [`send`] (`message`), [`receipts`] (`delivery_ack`,
-//! `read_receipt`), [`heartbeat`], [`retransmit`], [`typing`], [`sync`], [`presence`].
+//! `read_receipt`), [`heartbeat`], [`retransmit`], [`typing`], [`sync`], [`presence`],
+//! [`cancel`].
 
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cancel;
 pub mod heartbeat;
 pub mod presence;
 pub mod receipts;
@@ -130,6 +132,10 @@ async fn on_frame(
         } => typing::typing(ctx, &caller, &conversation_id, state).await,
         ClientFrame::Sync { since } => sync::deliver_pending(ctx, &caller, since).await,
         ClientFrame::Presence { user_ids } => presence::presence(ctx, &caller, user_ids).await,
+        ClientFrame::Cancel {
+            conversation_id,
+            run_id,
+        } => cancel::cancel(ctx, &caller, &conversation_id, &run_id).await,
     }
 }
 

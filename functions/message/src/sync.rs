@@ -1,7 +1,9 @@
 //! `sync` (and the end of `auth`): `auth_success`, then everything the device has not received,
 //! computed from MongoDB (see `messaging::pending`), in sequence order per conversation, in
 //! `messages` frames under the frame limit. When more is waiting than one answer carries, the
-//! last frame says `has_more` and the client syncs again from what it got.
+//! last frame says `has_more` and the client syncs again from what it got. Then the agent runs
+//! still going in the user's conversations: each run's state and its answer so far (a device
+//! that connects mid-stream gets the text so far, then the rest as it comes).
 
 use std::collections::BTreeMap;
 
@@ -55,7 +57,11 @@ pub async fn deliver_pending(
         },
     )
     .await?;
-    send_batches(ctx, caller, &pending).await
+    send_batches(ctx, caller, &pending).await?;
+    for frame in messaging::runs::catch_up_frames(ctx, &caller.user_id).await? {
+        reply(ctx, caller, &frame).await?;
+    }
+    Ok(())
 }
 
 /// `messages` frames for what is pending, in order; `has_more` on the last when more waits.

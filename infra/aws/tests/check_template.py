@@ -10,8 +10,9 @@
 - each consumed CloudEvent type has an EventBridge rule to the right binary, with a retry policy
   and a dead-letter queue, and the function's async invocation failures go to a queue too;
 - the agent sweep is scheduled every minute with a valid `messaging.agent.sweep` CloudEvent;
-- the WebSocket API selects routes on `$request.body.type` and has exactly the expected routes,
-  each integrated with the expected function;
+- the WebSocket API selects routes on `$request.body.type` and has exactly the expected routes
+  (the reserved ones and one per client frame of docs/contract/asyncapi.json), each integrated
+  with the expected function;
 - secrets are dynamic references, never literal values.
 
 Run by scripts/validate-infra with the python of .tools/venv-infra (it uses cfn-lint's YAML
@@ -28,22 +29,23 @@ EVENT_ROUTES = {
     "messaging.message.received": "store",
     "agent.response": "agent-response",
     "agent.progress": "agent-response",
+    "agent.delta": "agent-response",
     "messaging.notification": "push",
 }
-WEBSOCKET_ROUTES = {
-    "$connect": "connect",
-    "$disconnect": "disconnect",
-    "$default": "message",
-    "auth": "message",
-    "message": "message",
-    "delivery_ack": "message",
-    "read_receipt": "message",
-    "heartbeat": "message",
-    "retransmit": "message",
-    "typing": "message",
-    "sync": "message",
-    "presence": "message",
-}
+CONTRACT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "docs", "contract", "asyncapi.json")
+
+
+def websocket_routes():
+    """The routes the template must have: the reserved ones, and one per client frame of the
+    published AsyncAPI document (a frame added to the protocol without its route fails here)."""
+    with open(CONTRACT, encoding="utf-8") as f:
+        schemas = json.load(f)["components"]["schemas"]
+    frames = {name[len("client_"):] for name in schemas if name.startswith("client_")}
+    return {"$connect": "connect", "$disconnect": "disconnect", "$default": "message",
+            **{frame: "message" for frame in sorted(frames)}}
+
+
+WEBSOCKET_ROUTES = websocket_routes()
 SECRET_VARIABLES = ("REDIS_URL", "MONGODB_URI", "JWT_HS256_SECRET")
 
 failures = []

@@ -163,9 +163,10 @@ struct RunArgs {
     /// data.
     #[arg(long, env = "LOCAL_STACK_DATA", default_value = instance::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
-    /// More broker triggers (TOML `[[trigger]]` tables), e.g. for an external agent.
+    /// More broker triggers (TOML `[[trigger]]` tables), e.g. for an external agent; repeat the
+    /// flag for several files.
     #[arg(long)]
-    triggers: Option<PathBuf>,
+    triggers: Vec<PathBuf>,
     /// Idle timeout of WebSocket connections, seconds (AWS: 600).
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 600)]
     idle_timeout_secs: u64,

@@ -69,8 +69,8 @@ pub struct StackConfig {
     pub api: ApiSettings,
     /// Function settings (limits, agent timeout).
     pub settings: Settings,
-    /// More triggers (e.g. an external agent), from a TOML file.
-    pub extra_triggers: Option<PathBuf>,
+    /// More triggers (e.g. external agents), from TOML files.
+    pub extra_triggers: Vec<PathBuf>,
     /// Run the demo agent.
     pub demo_agent: bool,
     /// How long the demo agent thinks before answering.
@@ -107,7 +107,7 @@ impl StackConfig {
             jwt_secret,
             api: ApiSettings::default(),
             settings: Settings::default(),
-            extra_triggers: None,
+            extra_triggers: Vec::new(),
             demo_agent: true,
             agent_think: Duration::from_millis(300),
             sweep_interval: Duration::from_secs(1),
@@ -314,6 +314,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         "typing",
         "sync",
         "presence",
+        "cancel",
     ] {
         routes.insert(key.to_string(), route("message", message.clone()));
     }
@@ -385,6 +386,12 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             delay,
         ),
         trigger(
+            "agent-delta",
+            "fn:agent-response",
+            &[("type", event_types::AGENT_DELTA)],
+            delay,
+        ),
+        trigger(
             "push",
             "fn:push",
             &[("type", event_types::NOTIFICATION)],
@@ -405,6 +412,15 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             ],
             delay,
         ));
+        triggers.push(trigger(
+            "demo-agent-cancel",
+            &url,
+            &[
+                ("type", event_types::AGENT_CANCEL),
+                (event_types::AGENT_ID_EXTENSION, DEMO_AGENT_ID),
+            ],
+            delay,
+        ));
         agent_listener = Some(listener);
         agent_url = Some(url);
     }
@@ -412,10 +428,12 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         triggers,
         dead_letter_sink: None,
     };
-    if let Some(path) = &config.extra_triggers {
+    for path in &config.extra_triggers {
         let extra = BrokerConfig::load(path)?;
         broker_config.triggers.extend(extra.triggers);
-        broker_config.dead_letter_sink = extra.dead_letter_sink;
+        if extra.dead_letter_sink.is_some() {
+            broker_config.dead_letter_sink = extra.dead_letter_sink;
+        }
     }
     broker_config.validate()?;
     // Accepted events survive a restart: delivered again when the stack comes back.
@@ -483,8 +501,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     ];
     if let Some(listener) = agent_listener {
         ctx.store.upsert_agent(&DemoAgent::registry_entry()).await?;
-        let agent = DemoAgent::new(&broker_url, config.agent_think);
-        tasks.push(serve(listener, agent.router()).await);
+        tasks.push(serve(listener, DemoAgent::router(&broker_url, config.agent_think)).await);
         let store = ctx.store.clone();
         tasks.push(tokio::spawn(async move {
             let mut beat = tokio::time::interval(Duration::from_secs(30));

@@ -1134,7 +1134,7 @@ async fn an_offline_recipient_gets_a_notification_event_without_content() {
         ),
     )
     .unwrap();
-    let stack = stack_with(|c| c.extra_triggers = Some(triggers.clone())).await;
+    let stack = stack_with(|c| c.extra_triggers = vec![triggers.clone()]).await;
     let alice = user(&stack, "alice").await;
     let bob = user(&stack, "bob").await;
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
@@ -1176,6 +1176,7 @@ async fn a_redelivered_agent_response_is_stored_once() {
         user_id: alice.clone(),
         agent_id: local_stack::agent::DEMO_AGENT_ID.into(),
         response: "the answer".into(),
+        run_id: None,
         in_reply_to: None,
         message_type: MessageType::Text,
         timestamp: 1,

@@ -131,6 +131,7 @@ pub fn client_frames_for(conversation_id: &str, message_id: &str) -> Vec<Value> 
         json!({"type": "typing", "conversation_id": "c1", "state": "start"}),
         json!({"type": "sync", "since": {"c1": 5}}),
         json!({"type": "presence", "user_ids": ["a"]}),
+        json!({"type": "cancel", "conversation_id": "c1", "run_id": "m"}),
     ];
     for frame in &mut frames {
         replace_strings(frame, "c1", conversation_id);

@@ -55,6 +55,7 @@ fn expected_answer(text: &str) -> Option<&'static [&'static str]> {
             ClientFrame::Retransmit { .. } => Some(&["messages", "error"]),
             ClientFrame::Sync { .. } => Some(&["auth_success", "error"]),
             ClientFrame::Presence { .. } => Some(&["presence", "error"]),
+            ClientFrame::Cancel { .. } => Some(&["agent_run", "error"]),
             ClientFrame::DeliveryAck { .. }
             | ClientFrame::ReadReceipt { .. }
             | ClientFrame::Typing { .. } => None,

@@ -41,6 +41,11 @@ enum Scenario {
     Group,
     /// Conversations with the demo agent (answers counted as deliveries).
     Agent,
+    /// Streamed agent answers: the bench is the agent, posting `agent.delta` events to the
+    /// broker ingress at `--delta-rate` per stream for `--duration` seconds, one stream per
+    /// sender, each watched by two devices of its user. Measures delta latency (the agent's
+    /// emit to the device's `message_delta`) and frames per second per stream.
+    Stream,
 }
 
 /// Load generator for the local stack.
@@ -68,6 +73,9 @@ struct Args {
     /// Members of the group scenario.
     #[arg(long, default_value_t = 100)]
     group_size: usize,
+    /// Deltas per second per stream (stream scenario); a model emits some 30 to 100 tokens/s.
+    #[arg(long, default_value_t = 50)]
+    delta_rate: u64,
     /// The local-stack binary (default: next to this one).
     #[arg(long)]
     stack_bin: Option<PathBuf>,
@@ -138,6 +146,7 @@ fn raise_fd_limit() {
 struct StackProcess {
     child: std::process::Child,
     ws_url: String,
+    broker_url: String,
     metrics_url: String,
 }
 
@@ -195,6 +204,7 @@ fn start_stack(
     let stack = StackProcess {
         child,
         ws_url: format!("ws://127.0.0.1:{}", ports[0]),
+        broker_url: format!("http://127.0.0.1:{}/", ports[1]),
         metrics_url: format!("http://127.0.0.1:{}/metrics", ports[1]),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -427,10 +437,22 @@ async fn main() -> anyhow::Result<()> {
         per_connection / 1024.0
     );
 
+    if args.scenario == Scenario::Stream {
+        let report = stream::run(&args, &stack, &store, &issuer, &redis_url, &machine).await?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
+        drop(idle);
+        drop(stack);
+        drop(own);
+        return Ok(());
+    }
+
     // 2. Conversations and senders.
     let mut pairs: Vec<(Arc<Mutex<Client>>, String)> = Vec::new();
     let mut all_receivers: Vec<Client> = Vec::new();
     match args.scenario {
+        Scenario::Stream => unreachable!("measured above"),
         Scenario::Direct | Scenario::Agent => {
             for i in 0..args.senders {
                 let sender = format!("sender-{i}");
@@ -652,6 +674,209 @@ async fn main() -> anyhow::Result<()> {
     drop(stack);
     drop(own);
     Ok(())
+}
+
+/// The stream scenario (see [`Scenario::Stream`]).
+mod stream {
+    use super::*;
+    use messaging::events::{EventPublisher, HttpBroker, new_event_with_id};
+    use messaging::model::{Agent, AgentDelta, AgentResponse, event_types};
+    use messaging::protocol::MessageType;
+    use messaging::store::AgentStore;
+
+    const AGENT: &str = "bench-agent";
+
+    /// Streams and measures; returns the report.
+    pub async fn run(
+        args: &Args,
+        stack: &StackProcess,
+        store: &MongoStore,
+        issuer: &JwtIssuer,
+        redis_url: &str,
+        machine: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        store
+            .upsert_agent(&Agent {
+                agent_id: AGENT.into(),
+                name: "Bench".into(),
+                description: "the bench, as an agent".into(),
+                capabilities: vec![],
+                categories: vec![],
+                examples: vec![],
+                avatar_url: None,
+                endpoint: None,
+                last_heartbeat_at: Some(DateTime::now()),
+                created_at: DateTime::now(),
+            })
+            .await?;
+        let streams = args.senders.max(1);
+        let mut devices = Vec::new();
+        for i in 0..streams {
+            let user = format!("reader-{i}");
+            let id = format!("bench-stream-{i}");
+            store
+                .insert_conversation(&conversation(
+                    id.clone(),
+                    ConversationKind::Agent,
+                    vec![user.clone(), AGENT.into()],
+                    Some(AGENT),
+                ))
+                .await?;
+            for device in ["phone", "laptop"] {
+                devices.push(connect(&stack.ws_url, issuer, &user, device).await?);
+            }
+        }
+        let before = metrics(&stack.metrics_url).await?;
+        let deadline = Instant::now() + Duration::from_secs(args.duration);
+        let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+        let frames = Arc::new(AtomicU64::new(0));
+        let watchers: Vec<_> = devices
+            .into_iter()
+            .map(|mut device| {
+                let latencies = latencies.clone();
+                let frames = frames.clone();
+                tokio::spawn(async move {
+                    let stop = deadline + Duration::from_secs(5);
+                    let mut seen = 0;
+                    while let Some(event) = device
+                        .next_event_within(stop.saturating_duration_since(Instant::now()))
+                        .await
+                    {
+                        let ClientEvent::Streaming { text, .. } = event else {
+                            continue;
+                        };
+                        let now = now_micros();
+                        frames.fetch_add(1, Ordering::Relaxed);
+                        let mut batch = Vec::new();
+                        for emitted in text[seen.min(text.len())..].split('|') {
+                            if let Ok(t) = emitted.parse::<u64>() {
+                                batch.push(now.saturating_sub(t));
+                            }
+                        }
+                        seen = text.len();
+                        latencies.lock().expect("latencies").extend(batch);
+                    }
+                })
+            })
+            .collect();
+        let interval = Duration::from_secs_f64(1.0 / args.delta_rate.max(1) as f64);
+        let emitted = Arc::new(AtomicU64::new(0));
+        let agents: Vec<_> = (0..streams)
+            .map(|i| {
+                let broker = HttpBroker::new(stack.broker_url.clone());
+                let emitted = emitted.clone();
+                tokio::spawn(async move {
+                    let run_id = format!("bench-run-{i}");
+                    let conversation_id = format!("bench-stream-{i}");
+                    let user_id = format!("reader-{i}");
+                    let mut next = tokio::time::Instant::now();
+                    let mut index = 0u32;
+                    while Instant::now() < deadline {
+                        let delta = AgentDelta {
+                            run_id: run_id.clone(),
+                            conversation_id: conversation_id.clone(),
+                            user_id: user_id.clone(),
+                            agent_id: AGENT.into(),
+                            index,
+                            text: format!("{}|", now_micros()),
+                            timestamp: 0,
+                        };
+                        let event = new_event_with_id(
+                            &format!("delta/{run_id}/{index}"),
+                            event_types::AGENT_DELTA,
+                            "/agents/bench-agent",
+                            &delta,
+                            &[],
+                        )?;
+                        broker.publish(event).await?;
+                        emitted.fetch_add(1, Ordering::Relaxed);
+                        index += 1;
+                        next += interval;
+                        tokio::time::sleep_until(next).await;
+                    }
+                    let response = AgentResponse {
+                        idempotency_key: format!("run/{run_id}"),
+                        conversation_id,
+                        user_id,
+                        agent_id: AGENT.into(),
+                        response: "done".into(),
+                        run_id: Some(run_id.clone()),
+                        in_reply_to: None,
+                        message_type: MessageType::Text,
+                        timestamp: 0,
+                    };
+                    let event = new_event_with_id(
+                        &format!("response/{run_id}"),
+                        event_types::AGENT_RESPONSE,
+                        "/agents/bench-agent",
+                        &response,
+                        &[],
+                    )?;
+                    broker.publish(event).await?;
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for a in agents {
+            a.await??;
+        }
+        for w in watchers {
+            w.await?;
+        }
+        let after = metrics(&stack.metrics_url).await?;
+        let emitted = emitted.load(Ordering::Relaxed);
+        let frames = frames.load(Ordering::Relaxed);
+        let mut latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
+        let received = latencies.len() as u64;
+        println!(
+            "\n{streams} streams x 2 devices, {} deltas/s each for {} s: {emitted} deltas emitted, {received} delta receptions of {} expected",
+            args.delta_rate,
+            args.duration,
+            emitted * 2
+        );
+        let latency = summary("delta latency", &mut latencies);
+        let frames_per_stream_s = frames as f64 / (streams * 2) as f64 / args.duration as f64;
+        println!(
+            "frames per stream per device: {frames_per_stream_s:.1}/s for {} deltas/s",
+            args.delta_rate
+        );
+        let stages = stage_delta(&before, &after);
+        let per_delta = |name: &str| {
+            stages.get(name).copied().unwrap_or_default().calls as f64 / emitted.max(1) as f64
+        };
+        println!("\nper delta, calls by stage:");
+        let mut stage_json = serde_json::Map::new();
+        for name in [
+            "route_invocation",
+            "redis",
+            "mongodb",
+            "broker_publish",
+            "event_delivery",
+            "gateway_post",
+        ] {
+            println!("  {name:<18} {:>7.2}", per_delta(name));
+            stage_json.insert(name.into(), serde_json::json!(per_delta(name)));
+        }
+        let floor = floor(redis_url, store, per_delta("redis"), per_delta("mongodb")).await?;
+        let floor_ms = floor["whole_message_floor_ms"].as_f64().unwrap_or(f64::NAN);
+        let p50 = latency["p50_ms"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "delta latency p50 / its server floor ({:.2} redis + {:.2} mongodb round trips = {floor_ms:.2} ms) = {:.1}x",
+            per_delta("redis"),
+            per_delta("mongodb"),
+            p50 / floor_ms
+        );
+        Ok(serde_json::json!({
+            "machine": machine,
+            "scenario": "Stream",
+            "args": {"streams": streams, "devices_per_stream": 2, "delta_rate": args.delta_rate, "duration_s": args.duration},
+            "emitted": emitted, "receptions": received, "expected_receptions": emitted * 2,
+            "delta_latency": latency,
+            "frames_per_stream_device_s": frames_per_stream_s,
+            "calls_per_delta": stage_json,
+            "floor": floor,
+        }))
+    }
 }
 
 fn now_micros() -> u64 {

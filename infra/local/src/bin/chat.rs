@@ -6,7 +6,9 @@
 //! chat --user alice --conversation ID # an existing conversation
 //! ```
 //! Type a line and press enter to send it. Incoming messages print with their sequence number;
-//! typing, delivery and read receipts show as they come. Received messages are marked read.
+//! typing, delivery and read receipts show as they come. Received messages are marked read. An
+//! agent's answer appears word by word as it is generated, with the run's state (working on a
+//! step, waiting for you, failed, cancelled, silent); `/cancel` stops the agent's run.
 //! On the local stack the token is minted from its signing key and the endpoints are read from
 //! its data directory (`--data-dir`, default `.local-stack`), whatever ports it runs on; elsewhere
 //! pass `--token`, `--url` and `--api`. Errors are one line on stderr and a non-zero exit status.
@@ -111,7 +113,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut client = Client::connect(config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
-    println!("conversation {conversation_id}; type and press enter (ctrl-d to quit)");
+    println!(
+        "conversation {conversation_id}; type and press enter (/cancel stops an agent's answer, ctrl-d quits)"
+    );
+    let mut view = View::default();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
@@ -121,6 +126,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if line.is_empty() {
                     continue;
                 }
+                if line == "/cancel" {
+                    match view.running.last() {
+                        Some(run) => {
+                            if let Err(e) = client.cancel(&conversation_id, run) {
+                                println!("  ✗ {e}");
+                            }
+                        }
+                        None => println!("  (no agent is answering)"),
+                    }
+                    continue;
+                }
                 match client.send_text(&conversation_id, line).await {
                     Ok(ack) => println!("  ✓ sent #{}", ack.sequence_number),
                     Err(e) => println!("  ✗ {e}"),
@@ -128,7 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             event = client.next_event() => {
                 let Some(event) = event else { break };
-                show(&client, &args.user, &conversation_id, event);
+                view.show(&client, &args.user, &conversation_id, event);
             }
         }
     }
@@ -137,32 +153,127 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show(client: &Client, me: &str, conversation_id: &str, event: ClientEvent) {
-    match event {
-        ClientEvent::Ready { unread_count } => println!("connected ({unread_count} unread)"),
-        ClientEvent::Message(m) => {
-            let sender = m.sender_id.clone().unwrap_or_default();
-            if sender == me {
-                return; // our own message, echoed to keep every device in sync
+/// What the terminal shows of runs: the answers being streamed, and the runs still going.
+#[derive(Default)]
+struct View {
+    /// Run id -> the text printed so far.
+    streamed: std::collections::HashMap<String, String>,
+    /// Runs still going, oldest first (`/cancel` stops the last).
+    running: Vec<String>,
+}
+
+impl View {
+    fn show(&mut self, client: &Client, me: &str, conversation_id: &str, event: ClientEvent) {
+        use std::io::Write as _;
+        match event {
+            ClientEvent::Ready { unread_count } => println!("connected ({unread_count} unread)"),
+            ClientEvent::Message(m) => {
+                let sender = m.sender_id.clone().unwrap_or_default();
+                if sender == me {
+                    return; // our own message, echoed to keep every device in sync
+                }
+                if m.conversation_id.as_deref() != Some(conversation_id) {
+                    println!(
+                        "(#{} in another conversation from {sender})",
+                        m.sequence_number
+                    );
+                    return;
+                }
+                let streamed = m
+                    .reply_to_message_id
+                    .as_ref()
+                    .and_then(|run| self.streamed.remove(run));
+                match streamed {
+                    // Already on screen word by word: the stored message only gets its number.
+                    Some(_) => println!("\n  ✓ #{} from {sender}", m.sequence_number),
+                    None => println!("#{} {sender}: {}", m.sequence_number, m.content),
+                }
+                let _ = client.read(vec![m.message_id.clone()]);
             }
-            if m.conversation_id.as_deref() != Some(conversation_id) {
-                println!(
-                    "(#{} in another conversation from {sender})",
-                    m.sequence_number
-                );
-                return;
+            ClientEvent::Streaming {
+                conversation_id: conversation,
+                run_id,
+                agent_id,
+                text,
+            } if conversation == conversation_id => {
+                let printed = self.streamed.entry(run_id).or_default();
+                if printed.is_empty() {
+                    print!("{agent_id}: ");
+                }
+                match text.strip_prefix(printed.as_str()) {
+                    Some(more) => print!("{more}"),
+                    None => print!("\n{agent_id}: {text}"),
+                }
+                *printed = text;
+                let _ = std::io::stdout().flush();
             }
-            println!("#{} {sender}: {}", m.sequence_number, m.content);
-            let _ = client.read(vec![m.message_id.clone()]);
+            ClientEvent::Run(run) if run.conversation_id == conversation_id => {
+                use messaging::protocol::RunState;
+                self.running.retain(|r| r != &run.run_id);
+                if !run.state.is_final() {
+                    self.running.push(run.run_id.clone());
+                }
+                let detail = [
+                    run.detail.step.clone(),
+                    run.detail.percent.map(|p| format!("{p}%")),
+                    run.detail.reason.clone(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", ");
+                let detail = if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({detail})")
+                };
+                let streaming = self.streamed.contains_key(&run.run_id);
+                match run.state {
+                    RunState::Completed => {}
+                    RunState::Cancelled => {
+                        self.streamed.remove(&run.run_id);
+                        println!(
+                            "{}  ⊘ {} cancelled",
+                            if streaming { "\n" } else { "" },
+                            run.agent_id
+                        );
+                    }
+                    RunState::Failed => {
+                        self.streamed.remove(&run.run_id);
+                        println!(
+                            "{}  ✗ {} failed{detail}",
+                            if streaming { "\n" } else { "" },
+                            run.agent_id
+                        );
+                    }
+                    _ if run.stalled => {
+                        println!("  … {} has said nothing for a while", run.agent_id)
+                    }
+                    RunState::InputRequired => println!("  ? {}{detail}", run.agent_id),
+                    _ if !streaming => {
+                        println!("  … {} {}{detail}", run.agent_id, run.state.as_str())
+                    }
+                    _ => {}
+                }
+            }
+            ClientEvent::Typing(t) if t.user_id != me => match t.state {
+                messaging::protocol::TypingState::Start => {
+                    if !self.streamed.is_empty() || !self.running.is_empty() {
+                        return; // the run's own state says it better
+                    }
+                    println!("  … {} is typing", t.user_id)
+                }
+                messaging::protocol::TypingState::Stop => {}
+            },
+            ClientEvent::Read(r) => println!("  ✓✓ read by {}", r.read_by),
+            ClientEvent::Delivered(_)
+            | ClientEvent::Typing(_)
+            | ClientEvent::Presence(_)
+            | ClientEvent::Streaming { .. }
+            | ClientEvent::Run(_) => {}
+            ClientEvent::Error { code, message } => println!("  ! {code}: {message}"),
+            ClientEvent::Disconnected => println!("  (disconnected, reconnecting)"),
         }
-        ClientEvent::Typing(t) if t.user_id != me => match t.state {
-            messaging::protocol::TypingState::Start => println!("  … {} is typing", t.user_id),
-            messaging::protocol::TypingState::Stop => {}
-        },
-        ClientEvent::Read(r) => println!("  ✓✓ read by {}", r.read_by),
-        ClientEvent::Delivered(_) | ClientEvent::Typing(_) | ClientEvent::Presence(_) => {}
-        ClientEvent::Error { code, message } => println!("  ! {code:?}: {message}"),
-        ClientEvent::Disconnected => println!("  (disconnected, reconnecting)"),
     }
 }
 

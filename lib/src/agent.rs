@@ -1,0 +1,441 @@
+//! The agent SDK: what a new agent needs to answer people, stream its answer as it is
+//! generated, show what it is doing, ask a question, and stop when a participant cancels.
+//!
+//! An agent implements [`Agent`] (one method: answer a message through a [`Run`]) and hands
+//! it to [`serve`]: an HTTP CloudEvents subscriber on `$PORT` (Knative, the local stack, any
+//! container behind an EventBridge API destination), or a Lambda function invoked by an
+//! EventBridge rule (the same binary, when `AWS_LAMBDA_RUNTIME_API` is set). Events go out
+//! through the deployment's broker (`BROKER_URL`) or event bus (`EVENT_BUS_NAME`).
+//!
+//! ```no_run
+//! use messaging::agent::{Agent, AgentHost, Run, serve};
+//! use messaging::model::MessageReceived;
+//!
+//! struct Echo;
+//!
+//! #[async_trait::async_trait]
+//! impl Agent for Echo {
+//!     async fn answer(&self, message: MessageReceived, run: Run) -> messaging::Result<()> {
+//!         run.working(Some("thinking"), None).await?;
+//!         for word in message.content.split_inclusive(' ') {
+//!             run.delta(word).await?; // fails once a participant cancelled: stop there
+//!         }
+//!         run.finish().await
+//!     }
+//! }
+//!
+//! # async fn main_() -> anyhow::Result<()> {
+//! serve(AgentHost::from_env("echo").await?, Echo).await
+//! # }
+//! ```
+//!
+//! What the SDK does for the agent: one run per message (the run id is the message id, so a
+//! redelivered message is the same run); ignores its own messages, system messages and
+//! redeliveries of a message it is answering; numbers deltas; answers the HTTP delivery at once
+//! (the run goes on in the background, within EventBridge API destinations' 5 s); notices
+//! `agent.cancel` and makes the run's next call fail with `conflict`. On Lambda the run is
+//! answered within the invocation and a cancel reaching another instance is not seen by the
+//! run: the platform still drops everything the run sends after it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use cloudevents::{AttributesReader, Event};
+use tokio::sync::watch;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::events::{EventPublisher, event_data, new_event, new_event_with_id};
+use crate::model::{
+    AgentCancel, AgentDelta, AgentProgress, AgentResponse, MessageReceived, ProgressKind,
+    event_types,
+};
+use crate::protocol::{MessageType, RunDetail, RunState};
+
+/// How many answered message ids a host remembers, to ignore redeliveries.
+const REMEMBERED: usize = 10_000;
+
+/// An agent: answers a user's message through a [`Run`].
+#[async_trait]
+pub trait Agent: Send + Sync + 'static {
+    /// Answers `message`. Returning an error fails the run (the user sees `failed` with the
+    /// error's message) unless the run already ended.
+    async fn answer(&self, message: MessageReceived, run: Run) -> Result<()>;
+}
+
+/// Where an agent publishes, and the runs it has going.
+pub struct AgentHost {
+    agent_id: String,
+    source: String,
+    publisher: Arc<dyn EventPublisher>,
+    /// Runs going on, by run id: the sender of their cancellation.
+    runs: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Message ids answered lately (oldest first), to ignore redeliveries.
+    answered: Mutex<VecDeque<String>>,
+}
+
+impl AgentHost {
+    /// A host for agent `agent_id` publishing with `publisher` (events carry the source
+    /// `/agents/{agent_id}`).
+    pub fn new(agent_id: impl Into<String>, publisher: Arc<dyn EventPublisher>) -> Arc<Self> {
+        let agent_id = agent_id.into();
+        Arc::new(Self {
+            source: format!("/agents/{agent_id}"),
+            agent_id,
+            publisher,
+            runs: Mutex::new(HashMap::new()),
+            answered: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// A host publishing where the environment says: EventBridge with `EVENT_BUS_NAME`, else
+    /// the broker at `BROKER_URL`.
+    pub async fn from_env(agent_id: impl Into<String>) -> anyhow::Result<Arc<Self>> {
+        Ok(Self::new(
+            agent_id,
+            crate::eventbridge::publisher_from_env().await?,
+        ))
+    }
+
+    /// This agent's id.
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// Takes one delivered CloudEvent: a message starts a run (returned, for the caller to
+    /// await or spawn; `None` when there is nothing to answer), a cancel stops one.
+    pub fn receive(
+        self: &Arc<Self>,
+        agent: Arc<dyn Agent>,
+        event: &Event,
+    ) -> Result<Option<impl Future<Output = ()> + Send + use<>>> {
+        match event.ty() {
+            event_types::AGENT_CANCEL => {
+                let cancel: AgentCancel = event_data(event)?;
+                if cancel.agent_id == self.agent_id
+                    && let Some(flag) = self.runs.lock().expect("runs lock").get(&cancel.run_id)
+                {
+                    let _ = flag.send(true);
+                    tracing::info!(run = %cancel.run_id, by = %cancel.cancelled_by, "run cancelled");
+                }
+                Ok(None)
+            }
+            event_types::MESSAGE_RECEIVED => {
+                let message: MessageReceived = event_data(event)?;
+                if message.sender_id == self.agent_id
+                    || message.message_type == MessageType::System
+                    || !self.first_time(&message.message_id)
+                {
+                    return Ok(None);
+                }
+                let (run, cancelled) = self.start(&message);
+                let host = self.clone();
+                let run_id = run.inner.run_id.clone();
+                Ok(Some(async move {
+                    let outcome = agent.answer(message, run.clone_for_host()).await;
+                    if let Err(e) = outcome
+                        && !run.ended()
+                        && !*cancelled.borrow()
+                    {
+                        tracing::warn!(run = %run_id, error = %e, "run failed");
+                        let _ = run.fail_with(&e.public_message()).await;
+                    }
+                    host.runs.lock().expect("runs lock").remove(&run_id);
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn first_time(&self, message_id: &str) -> bool {
+        let mut answered = self.answered.lock().expect("answered lock");
+        if answered.iter().any(|m| m == message_id) {
+            return false;
+        }
+        if answered.len() >= REMEMBERED {
+            answered.pop_front();
+        }
+        answered.push_back(message_id.to_string());
+        true
+    }
+
+    fn start(self: &Arc<Self>, message: &MessageReceived) -> (Run, watch::Receiver<bool>) {
+        let (tx, rx) = watch::channel(false);
+        self.runs
+            .lock()
+            .expect("runs lock")
+            .insert(message.message_id.clone(), tx);
+        let run = Run {
+            inner: Arc::new(RunInner {
+                host: self.clone(),
+                run_id: message.message_id.clone(),
+                conversation_id: message.conversation_id.clone(),
+                user_id: message.sender_id.clone(),
+                in_reply_to: message.message_id.clone(),
+                next_index: AtomicU32::new(0),
+                streamed: Mutex::new(String::new()),
+                ended: std::sync::atomic::AtomicBool::new(false),
+                cancelled: rx.clone(),
+            }),
+        };
+        (run, rx)
+    }
+}
+
+struct RunInner {
+    host: Arc<AgentHost>,
+    run_id: String,
+    conversation_id: String,
+    user_id: String,
+    in_reply_to: String,
+    next_index: AtomicU32,
+    streamed: Mutex<String>,
+    ended: std::sync::atomic::AtomicBool,
+    cancelled: watch::Receiver<bool>,
+}
+
+/// One answer in the making: stream it, say what you are doing, ask, reply, or fail. Every
+/// call after a participant cancelled the run fails with `conflict` (stop there: the platform
+/// drops whatever the run sends anyway).
+pub struct Run {
+    inner: Arc<RunInner>,
+}
+
+impl Run {
+    fn clone_for_host(&self) -> Run {
+        Run {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The run id (the id of the message being answered).
+    pub fn id(&self) -> &str {
+        &self.inner.run_id
+    }
+
+    /// The conversation.
+    pub fn conversation_id(&self) -> &str {
+        &self.inner.conversation_id
+    }
+
+    /// The user being answered.
+    pub fn user_id(&self) -> &str {
+        &self.inner.user_id
+    }
+
+    /// Whether a participant cancelled the run.
+    pub fn is_cancelled(&self) -> bool {
+        *self.inner.cancelled.borrow()
+    }
+
+    /// Resolves when a participant cancels the run (use in `tokio::select!` around long work).
+    pub async fn cancelled(&self) {
+        let mut rx = self.inner.cancelled.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.inner.ended.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            return Err(Error::client(
+                ErrorCode::Conflict,
+                format!("run {} was cancelled", self.inner.run_id),
+            ));
+        }
+        if self.ended() {
+            return Err(Error::client(
+                ErrorCode::Conflict,
+                format!("run {} is over", self.inner.run_id),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn progress(
+        &self,
+        state: RunState,
+        step: Option<&str>,
+        percent: Option<u8>,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let data = AgentProgress {
+            conversation_id: self.inner.conversation_id.clone(),
+            user_id: self.inner.user_id.clone(),
+            agent_id: self.inner.host.agent_id.clone(),
+            kind: if state == RunState::Working {
+                ProgressKind::Typing
+            } else {
+                ProgressKind::Idle
+            },
+            timestamp: crate::clock::now_ms(),
+            run_id: Some(self.inner.run_id.clone()),
+            state: Some(state),
+            detail: RunDetail {
+                step: step.map(str::to_string),
+                percent,
+                reason: reason.map(str::to_string),
+            },
+        };
+        let event = new_event(
+            event_types::AGENT_PROGRESS,
+            &self.inner.host.source,
+            &data,
+            &[],
+        )?;
+        self.inner.host.publisher.publish(event).await
+    }
+
+    /// Working, optionally on `step` (a tool's name, a phase) and `percent` of the way. Say it
+    /// at least every 30 s on long work: a run silent for longer is shown as stalled.
+    pub async fn working(&self, step: Option<&str>, percent: Option<u8>) -> Result<()> {
+        self.check()?;
+        self.progress(RunState::Working, step, percent, None).await
+    }
+
+    /// Needs the user to answer `question` (their next message starts a new run).
+    pub async fn input_required(&self, question: &str) -> Result<()> {
+        self.check()?;
+        self.progress(RunState::InputRequired, None, None, Some(question))
+            .await
+    }
+
+    /// The next piece of the answer (split in pieces of at most 4 KB when longer).
+    pub async fn delta(&self, text: &str) -> Result<()> {
+        self.check()?;
+        let mut start = 0;
+        while start < text.len() {
+            let mut end = (start + crate::runs::MAX_DELTA_TEXT).min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let piece = &text[start..end];
+            let index = self.inner.next_index.fetch_add(1, Ordering::SeqCst);
+            let data = AgentDelta {
+                run_id: self.inner.run_id.clone(),
+                conversation_id: self.inner.conversation_id.clone(),
+                user_id: self.inner.user_id.clone(),
+                agent_id: self.inner.host.agent_id.clone(),
+                index,
+                text: piece.to_string(),
+                timestamp: crate::clock::now_ms(),
+            };
+            // The id names the piece: a retried publish is one delta.
+            let event = new_event_with_id(
+                &format!("delta/{}/{index}", self.inner.run_id),
+                event_types::AGENT_DELTA,
+                &self.inner.host.source,
+                &data,
+                &[],
+            )?;
+            self.inner.host.publisher.publish(event).await?;
+            self.inner
+                .streamed
+                .lock()
+                .expect("streamed lock")
+                .push_str(piece);
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Ends the run with `text` as the answer, stored as one message (it replaces what was
+    /// streamed).
+    pub async fn reply(&self, text: &str) -> Result<()> {
+        self.check()?;
+        let response = AgentResponse {
+            idempotency_key: format!("run/{}", self.inner.run_id),
+            conversation_id: self.inner.conversation_id.clone(),
+            user_id: self.inner.user_id.clone(),
+            agent_id: self.inner.host.agent_id.clone(),
+            response: text.to_string(),
+            in_reply_to: Some(self.inner.in_reply_to.clone()),
+            message_type: MessageType::Text,
+            timestamp: crate::clock::now_ms(),
+            run_id: Some(self.inner.run_id.clone()),
+        };
+        let event = new_event_with_id(
+            &format!("response/{}", self.inner.run_id),
+            event_types::AGENT_RESPONSE,
+            &self.inner.host.source,
+            &response,
+            &[],
+        )?;
+        self.inner.host.publisher.publish(event).await?;
+        self.inner.ended.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Ends the run with what was streamed as the answer.
+    pub async fn finish(&self) -> Result<()> {
+        let text = self.inner.streamed.lock().expect("streamed lock").clone();
+        self.reply(&text).await
+    }
+
+    /// Ends the run without an answer; the user sees `reason`.
+    pub async fn fail(&self, reason: &str) -> Result<()> {
+        self.check()?;
+        self.fail_with(reason).await
+    }
+
+    async fn fail_with(&self, reason: &str) -> Result<()> {
+        self.progress(RunState::Failed, None, None, Some(reason))
+            .await?;
+        self.inner.ended.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Runs `agent`: under Lambda (invoked by an EventBridge rule; each run is answered within its
+/// invocation) when `AWS_LAMBDA_RUNTIME_API` is set, else as an HTTP CloudEvents subscriber on
+/// `$PORT` (8080): `POST /` in binary or structured mode, answered at once while the run goes
+/// on, and `GET /healthz`.
+pub async fn serve(host: Arc<AgentHost>, agent: impl Agent) -> anyhow::Result<()> {
+    let agent: Arc<dyn Agent> = Arc::new(agent);
+    match crate::runtime::mode()? {
+        crate::runtime::Mode::Lambda => lambda_runtime::run(lambda_runtime::service_fn(
+            move |invocation: lambda_runtime::LambdaEvent<serde_json::Value>| {
+                let host = host.clone();
+                let agent = agent.clone();
+                async move {
+                    let event = crate::eventbridge::event_from_invocation(invocation.payload)
+                        .map_err(lambda_runtime::Diagnostic::from)?;
+                    if let Some(run) = host
+                        .receive(agent, &event)
+                        .map_err(lambda_runtime::Diagnostic::from)?
+                    {
+                        run.await;
+                    }
+                    Ok::<_, lambda_runtime::Diagnostic>(serde_json::Value::Null)
+                }
+            },
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}")),
+        crate::runtime::Mode::Http(port) => {
+            let listener = crate::runtime::listen(port).await?;
+            crate::runtime::serve(listener, router(host, agent)).await?;
+            Ok(())
+        }
+    }
+}
+
+/// The HTTP subscriber of [`serve`] (to mount elsewhere, e.g. in a test or the local stack).
+pub fn router(host: Arc<AgentHost>, agent: Arc<dyn Agent>) -> axum::Router {
+    crate::runtime::cloudevent_router(move |event: Event| {
+        let started = host.receive(agent.clone(), &event);
+        async move {
+            if let Some(run) = started? {
+                tokio::spawn(run);
+            }
+            Ok(None)
+        }
+    })
+}
