@@ -17,7 +17,7 @@
 //! impl Agent for Echo {
 //!     async fn answer(&self, message: MessageReceived, run: Run) -> messaging::Result<()> {
 //!         run.working(Some("thinking"), None).await?;
-//!         for word in message.content.split_inclusive(' ') {
+//!         for word in message.body.content.split_inclusive(' ') {
 //!             run.delta(word).await?; // fails once a participant cancelled: stop there
 //!         }
 //!         run.finish().await
@@ -124,7 +124,7 @@ impl AgentHost {
             event_types::MESSAGE_RECEIVED => {
                 let message: MessageReceived = event_data(event)?;
                 if message.sender_id == self.agent_id
-                    || message.message_type == MessageType::System
+                    || message.body.message_type == MessageType::System
                     || !self.first_time(&message.message_id)
                 {
                     return Ok(None);

@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::error::ErrorCode;
 use crate::protocol::{
     AgentRunPayload, ClientFrame, DeliveredMessage, DeliveryReceiptPayload, MessageAckPayload,
-    MessageDeltaPayload, MessageType, OutgoingMessage, PresencePayload, ReadReceiptPayload,
-    ServerFrame, TypingPayload, TypingState,
+    MessageDeltaPayload, OutgoingMessage, PresencePayload, ReadReceiptPayload, ServerFrame,
+    TypingPayload, TypingState,
 };
 
 /// How to reach the API.
@@ -350,12 +350,7 @@ impl ClientHandle {
         self.send_message(OutgoingMessage {
             conversation_id: conversation_id.into(),
             receiver_id: None,
-            content: content.into(),
-            message_type: MessageType::Text,
-            media_url: None,
-            reply_to_message_id: None,
-            forwarded_from: None,
-            location: None,
+            body: crate::protocol::MessageBody::text(content),
             timestamp: crate::clock::now_ms(),
         })
     }

@@ -70,6 +70,23 @@ where
     }
 }
 
+/// `var` as a whole number within `range`, `default` when unset; the error names the bounds.
+pub fn bounded(
+    src: &impl Source,
+    var: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let value = parsed(src, var, default)?;
+    if !range.contains(&value) {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: format!("must be between {} and {}", range.start(), range.end()),
+        });
+    }
+    Ok(value)
+}
+
 /// `var` as a whole number of milliseconds (at least 1), `default` when unset.
 pub fn millis(
     src: &impl Source,

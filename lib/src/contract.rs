@@ -500,18 +500,7 @@ mod tests {
         let doc = asyncapi();
         let client = frames(&doc, "client");
         let server = frames(&doc, "server");
-        for kind in [
-            "auth",
-            "message",
-            "delivery_ack",
-            "read_receipt",
-            "heartbeat",
-            "retransmit",
-            "typing",
-            "sync",
-            "presence",
-            "cancel",
-        ] {
+        for kind in crate::protocol::ClientFrame::KINDS {
             assert!(
                 client.contains(&kind.to_string()),
                 "client {kind}: {client:?}"

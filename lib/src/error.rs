@@ -5,67 +5,10 @@
 //! [`Error::to_http_body`]. Internal failures (Redis, MongoDB, AWS) are logged with their details and
 //! shown to clients only as `internal` with no details, so nothing private leaks.
 
-use serde::{Deserialize, Serialize};
-
 use crate::protocol::{FrameError, ServerFrame};
 
-/// Stable, machine-readable error codes of `error` frames and HTTP error bodies.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The frame is not JSON.
-    MalformedJson,
-    /// The frame's `type` is not one the server knows.
-    UnknownType,
-    /// Fields are missing or invalid.
-    InvalidRequest,
-    /// The frame or content is over its size limit.
-    PayloadTooLarge,
-    /// No valid credentials on this connection yet.
-    Unauthenticated,
-    /// The token is malformed, badly signed, or for another audience/issuer.
-    InvalidToken,
-    /// The token has expired.
-    TokenExpired,
-    /// Authenticated, but not allowed (e.g. not a participant).
-    Forbidden,
-    /// The thing does not exist (or the caller may not know it exists).
-    NotFound,
-    /// The idempotency key was used before with different content.
-    IdempotencyConflict,
-    /// A conflicting state (e.g. already exists).
-    Conflict,
-    /// Too many requests; see `retry_after`.
-    RateLimited,
-    /// A dependency is unavailable; retry later with the same idempotency key.
-    Unavailable,
-    /// An unexpected server failure; retry later with the same idempotency key.
-    Internal,
-    /// The declared media type is not one accepted here (e.g. a content type not allowed for
-    /// the kind of upload).
-    UnsupportedMediaType,
-}
-
-/// The wire name (`not_found`, `rate_limited`, ...), as clients and logs see it.
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match serde_json::to_value(self) {
-            Ok(serde_json::Value::String(name)) => f.write_str(&name),
-            _ => write!(f, "{self:?}"),
-        }
-    }
-}
+/// The wire codes live with the protocol (they are part of it); their mapping to HTTP is here.
+pub use crate::protocol::ErrorCode;
 
 impl ErrorCode {
     /// HTTP status for this code.

@@ -28,6 +28,26 @@
 //!
 //! **For the other side** — `client` (feature `client`): the WebSocket client library for apps,
 //! agents and tests; [`agent`]: the agent SDK.
+//!
+//! The path of a message, and the module that does each step:
+//!
+//! ```text
+//! client ──`message` frame──▶ message function: identity ─ conversations::membership
+//!                                 │ store::MessageStore::insert_message (number + outbox, MongoDB)
+//!        ◀──`message_ack`─────────┤ gateway
+//!                                 └ outbox::publish_received ──▶ events (broker / EventBridge)
+//!                                                                  │
+//!            store function ◀─ messaging.message.received ─────────┤──▶ agents (agent_routing)
+//!              fanout ──`message`──▶ every device of every member   │      agent.delta ─▶ runs
+//!              messaging.notification for the offline               │      agent.response
+//!              MessageStore::fanout_done (outbox cleared)           └──▶ push (notification)
+//!
+//! A device that was away gets what it is owed from MongoDB ([`pending`]) on `sync`; the
+//! [`outbox`] sweep redoes the store function's work for any message it never finished.
+//! ```
+//!
+//! Every form of a message (the frame a client sends, the stored document, the event, the frame
+//! and the HTTP history a client receives) flattens one [`protocol::MessageBody`].
 
 #![warn(missing_docs)]
 

@@ -7,9 +7,7 @@
 use mongodb::bson::DateTime;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{
-    DeliveredMessage, ForwardedFrom, Location, MessageStatus, MessageType, PresenceStatus,
-};
+use crate::protocol::{DeliveredMessage, MessageBody, MessageStatus, MessageType, PresenceStatus};
 
 /// Largest number of participants in a group conversation.
 pub const MAX_GROUP_PARTICIPANTS: usize = 100;
@@ -120,6 +118,30 @@ pub struct LastMessage {
 }
 
 impl Conversation {
+    /// A conversation of `kind` between `participants`, created now: no admins, no agent, no
+    /// name, nothing sent yet. Set the rest with struct update syntax.
+    pub fn new(
+        conversation_id: impl Into<String>,
+        kind: ConversationKind,
+        participants: Vec<String>,
+    ) -> Self {
+        Self {
+            conversation_id: conversation_id.into(),
+            kind,
+            participants,
+            admins: Vec::new(),
+            agent_id: None,
+            agent_capability: None,
+            name: None,
+            description: None,
+            created_at: DateTime::now(),
+            last_message_at: None,
+            last_sequence_number: 0,
+            last_message: None,
+            read_up_to: Default::default(),
+        }
+    }
+
     /// Checks the shape rules: at least two distinct participants, groups at most
     /// [`MAX_GROUP_PARTICIPANTS`], admins and agent among the participants, no `.` or `$` in ids
     /// (they become field names of `read_up_to`).
@@ -210,23 +232,9 @@ pub struct StoredMessage {
     /// Receiver in 1:1 conversations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver_id: Option<String>,
-    /// Kind.
-    #[serde(rename = "type")]
-    pub message_type: MessageType,
-    /// Opaque, end-to-end encrypted.
-    pub content: String,
-    /// Media id for media kinds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_url: Option<String>,
-    /// Answered or reacted-to message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to_message_id: Option<String>,
-    /// Origin of a forwarded message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forwarded_from: Option<ForwardedFrom>,
-    /// Coordinates of a location message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<Location>,
+    /// What it says.
+    #[serde(flatten)]
+    pub body: MessageBody,
     /// Client clock at send time, milliseconds.
     pub client_timestamp: i64,
     /// Server time of acceptance.
@@ -256,12 +264,7 @@ impl StoredMessage {
             sender_id: Some(self.sender_id.clone()),
             receiver_id: self.receiver_id.clone(),
             conversation_id: Some(self.conversation_id.clone()),
-            content: self.content.clone(),
-            message_type: Some(self.message_type),
-            media_url: self.media_url.clone(),
-            reply_to_message_id: self.reply_to_message_id.clone(),
-            forwarded_from: self.forwarded_from.clone(),
-            location: self.location.clone(),
+            body: self.body.clone(),
             timestamp: self.timestamp.timestamp_millis(),
             status: Some(self.status),
         }
@@ -279,18 +282,8 @@ pub struct NewMessage {
     pub sender_id: String,
     /// Receiver in 1:1 conversations.
     pub receiver_id: Option<String>,
-    /// Kind.
-    pub message_type: MessageType,
-    /// Opaque content.
-    pub content: String,
-    /// Media id.
-    pub media_url: Option<String>,
-    /// Answered or reacted-to message.
-    pub reply_to_message_id: Option<String>,
-    /// Origin of a forwarded message.
-    pub forwarded_from: Option<ForwardedFrom>,
-    /// Coordinates.
-    pub location: Option<Location>,
+    /// What it says.
+    pub body: MessageBody,
     /// Client clock, milliseconds.
     pub client_timestamp: i64,
 }
@@ -425,22 +418,9 @@ pub struct MessageReceived {
     pub receiver_id: Option<String>,
     /// Position in the conversation.
     pub sequence_number: u64,
-    /// Kind.
-    pub message_type: MessageType,
-    /// Opaque content (agents hold keys to their own conversations).
-    pub content: String,
-    /// Media id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_url: Option<String>,
-    /// Answered message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to_message_id: Option<String>,
-    /// Origin of a forwarded message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forwarded_from: Option<ForwardedFrom>,
-    /// Coordinates of a location message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<Location>,
+    /// What it says (agents hold keys to their own conversations).
+    #[serde(flatten)]
+    pub body: MessageBody,
     /// Server time of acceptance, milliseconds.
     pub timestamp: i64,
 }
@@ -455,12 +435,7 @@ impl MessageReceived {
             sender_id: message.sender_id.clone(),
             receiver_id: message.receiver_id.clone(),
             sequence_number: message.sequence_number,
-            message_type: message.message_type,
-            content: message.content.clone(),
-            media_url: message.media_url.clone(),
-            reply_to_message_id: message.reply_to_message_id.clone(),
-            forwarded_from: message.forwarded_from.clone(),
-            location: message.location.clone(),
+            body: message.body.clone(),
             timestamp: message.timestamp.timestamp_millis(),
         }
     }
@@ -531,8 +506,8 @@ pub struct AgentProgress {
 
 /// Data of `agent.delta`: a piece of an answer. Deltas of a run are numbered from 0; each
 /// (run, index) counts once, and the devices get them in index order whatever order they
-/// arrive in (a missing index is waited for [`crate::runs::GAP_WAIT`], then skipped). The
-/// run's `agent.response` (with `run_id`) stores the full answer.
+/// arrive in (a missing index is waited for `DELTA_GAP_WAIT_MS`, 1 s by default, then
+/// skipped). The run's `agent.response` (with `run_id`) stores the full answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgentDelta {
     /// The run (by convention the id of the message answered).

@@ -11,14 +11,22 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ErrorCode;
-
 /// Largest frame API Gateway accepts or sends on a WebSocket connection (128 KB).
 pub const MAX_FRAME_BYTES: usize = 128 * 1024;
 
 /// Kind of a message. `content` means different things per kind, but it is always opaque.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    Default,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum MessageType {
@@ -104,7 +112,9 @@ pub enum PresenceStatus {
 
 /// Coordinates of a `location` message. Sent in the clear only when the client chooses to; most
 /// clients put the location inside the encrypted `content` and leave this out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 pub struct Location {
     /// Degrees, -90..=90.
     pub latitude: f64,
@@ -116,7 +126,9 @@ pub struct Location {
 }
 
 /// Where a forwarded message came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 pub struct ForwardedFrom {
     /// The original message.
     pub message_id: String,
@@ -143,18 +155,19 @@ pub struct AuthPayload {
     pub app_version: Option<String>,
 }
 
-/// The payload of a client's `message` frame: what to send.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct OutgoingMessage {
-    /// Conversation to send to.
-    pub conversation_id: String,
-    /// The other party of a 1:1 conversation; informational, membership decides.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub receiver_id: Option<String>,
-    /// Opaque, end-to-end encrypted.
+/// What a message says: the body every form of a message shares (the `message` frame a client
+/// sends, the stored document, the `messaging.message.received` event, the `message` frame and
+/// the HTTP history a client receives). Flattened into each, so a field added here appears in
+/// all of them.
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
+pub struct MessageBody {
+    /// Opaque, end-to-end encrypted (`system` messages: JSON written by the server).
     pub content: String,
-    /// Message kind.
-    #[serde(rename = "type")]
+    /// Message kind; `text` when absent (the seeds' `messages` example leaves it out). Always
+    /// present in what the server sends.
+    #[serde(rename = "type", alias = "message_type", default)]
     pub message_type: MessageType,
     /// Media id for media kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +181,38 @@ pub struct OutgoingMessage {
     /// Coordinates of a `location` message, when not inside `content`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
+}
+
+impl MessageBody {
+    /// A text message saying `content`.
+    pub fn text(content: impl Into<String>) -> Self {
+        Self::of(MessageType::Text, content)
+    }
+
+    /// A message of `message_type` saying `content`, with nothing else.
+    pub fn of(message_type: MessageType, content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            message_type,
+            media_url: None,
+            reply_to_message_id: None,
+            forwarded_from: None,
+            location: None,
+        }
+    }
+}
+
+/// The payload of a client's `message` frame: what to send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OutgoingMessage {
+    /// Conversation to send to.
+    pub conversation_id: String,
+    /// The other party of a 1:1 conversation; informational, membership decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<String>,
+    /// What it says.
+    #[serde(flatten)]
+    pub body: MessageBody,
     /// Client clock, milliseconds since the epoch.
     pub timestamp: i64,
 }
@@ -188,23 +233,9 @@ pub struct DeliveredMessage {
     /// Conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<String>,
-    /// Opaque, end-to-end encrypted.
-    pub content: String,
-    /// Message kind.
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub message_type: Option<MessageType>,
-    /// Media id for media kinds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_url: Option<String>,
-    /// The message this one answers or reacts to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to_message_id: Option<String>,
-    /// Where a forwarded message came from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forwarded_from: Option<ForwardedFrom>,
-    /// Coordinates of a `location` message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<Location>,
+    /// What it says.
+    #[serde(flatten)]
+    pub body: MessageBody,
     /// Server time of acceptance, milliseconds since the epoch.
     pub timestamp: i64,
     /// Delivery state.
@@ -523,6 +554,21 @@ pub enum ClientFrame {
 }
 
 impl ClientFrame {
+    /// Every client frame's `type`: one WebSocket route each (the local stack's, the SAM
+    /// template's, checked against the published document).
+    pub const KINDS: [&'static str; 10] = [
+        "auth",
+        "message",
+        "delivery_ack",
+        "read_receipt",
+        "heartbeat",
+        "retransmit",
+        "typing",
+        "sync",
+        "presence",
+        "cancel",
+    ];
+
     /// The `type` tag of this frame, for logs and error frames.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -659,20 +705,66 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         Some(_) => return Err(FrameError::Invalid("`type` must be a string".into())),
         None => return Err(FrameError::Invalid("missing `type`".into())),
     };
-    const KNOWN: [&str; 10] = [
-        "auth",
-        "message",
-        "delivery_ack",
-        "read_receipt",
-        "heartbeat",
-        "retransmit",
-        "typing",
-        "sync",
-        "presence",
-        "cancel",
-    ];
-    if !KNOWN.contains(&kind.as_str()) {
+    if !ClientFrame::KINDS.contains(&kind.as_str()) {
         return Err(FrameError::UnknownType(kind));
     }
     serde_json::from_value(value).map_err(|e| FrameError::Invalid(format!("{kind}: {e}")))
+}
+
+/// Stable, machine-readable error codes of `error` frames and HTTP error bodies.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not JSON.
+    MalformedJson,
+    /// The frame's `type` is not one the server knows.
+    UnknownType,
+    /// Fields are missing or invalid.
+    InvalidRequest,
+    /// The frame or content is over its size limit.
+    PayloadTooLarge,
+    /// No valid credentials on this connection yet.
+    Unauthenticated,
+    /// The token is malformed, badly signed, or for another audience/issuer.
+    InvalidToken,
+    /// The token has expired.
+    TokenExpired,
+    /// Authenticated, but not allowed (e.g. not a participant).
+    Forbidden,
+    /// The thing does not exist (or the caller may not know it exists).
+    NotFound,
+    /// The idempotency key was used before with different content.
+    IdempotencyConflict,
+    /// A conflicting state (e.g. already exists).
+    Conflict,
+    /// Too many requests; see `retry_after`.
+    RateLimited,
+    /// A dependency is unavailable; retry later with the same idempotency key.
+    Unavailable,
+    /// An unexpected server failure; retry later with the same idempotency key.
+    Internal,
+    /// The declared media type is not one accepted here (e.g. a content type not allowed for
+    /// the kind of upload).
+    UnsupportedMediaType,
+}
+
+/// The wire name (`not_found`, `rate_limited`, ...), as clients and logs see it.
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(name)) => f.write_str(&name),
+            _ => write!(f, "{self:?}"),
+        }
+    }
 }

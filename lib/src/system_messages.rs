@@ -24,12 +24,7 @@ pub async fn post_system_message(
             conversation_id: conversation.conversation_id.clone(),
             sender_id: SYSTEM_SENDER.to_string(),
             receiver_id: None,
-            message_type: crate::protocol::MessageType::System,
-            content: text.to_string(),
-            media_url: None,
-            reply_to_message_id: None,
-            forwarded_from: None,
-            location: None,
+            body: crate::protocol::MessageBody::of(crate::protocol::MessageType::System, text),
             client_timestamp: crate::clock::now_ms(),
         })
         .await?;

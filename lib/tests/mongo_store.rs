@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use messaging::ErrorCode;
 use messaging::model::{Conversation, ConversationKind, NewMessage, User};
-use messaging::protocol::{MessageStatus, MessageType, PresenceStatus};
+use messaging::protocol::{MessageBody, MessageStatus, PresenceStatus};
 use messaging::store::{MongoStore, StoreOptions, collections};
 use mongodb::bson::{DateTime, Document, doc};
 
@@ -30,12 +30,7 @@ fn new_message(key: &str, conversation: &str, sender: &str, content: &str) -> Ne
         conversation_id: conversation.into(),
         sender_id: sender.into(),
         receiver_id: Some("bob".into()),
-        message_type: MessageType::Text,
-        content: content.into(),
-        media_url: None,
-        reply_to_message_id: None,
-        forwarded_from: None,
-        location: None,
+        body: MessageBody::text(content),
         client_timestamp: 1,
     }
 }
@@ -125,21 +120,11 @@ async fn a_retry_after_completion_returns_the_original_and_a_conflicting_reuse_i
 #[tokio::test]
 async fn numbers_never_start_over_when_retention_removed_every_message() {
     let store = store().await;
-    let conversation = Conversation {
-        conversation_id: "conv-expired".into(),
-        kind: ConversationKind::Direct,
-        participants: vec!["alice".into(), "bob".into()],
-        admins: vec![],
-        agent_id: None,
-        agent_capability: None,
-        name: None,
-        description: None,
-        created_at: DateTime::now(),
-        last_message_at: None,
-        last_sequence_number: 0,
-        last_message: None,
-        read_up_to: Default::default(),
-    };
+    let conversation = Conversation::new(
+        "conv-expired",
+        ConversationKind::Direct,
+        vec!["alice".into(), "bob".into()],
+    );
     store.insert_conversation(&conversation).await.unwrap();
     for i in 0..3 {
         let m = store
@@ -158,7 +143,7 @@ async fn numbers_never_start_over_when_retention_removed_every_message() {
                     message_id: m.message_id,
                     sequence_number: m.sequence_number,
                     sender_id: m.sender_id,
-                    message_type: m.message_type,
+                    message_type: m.body.message_type,
                     at: m.timestamp,
                 },
                 "conv-expired",
@@ -377,7 +362,7 @@ async fn range_reads_are_ordered_and_bounded() {
     let page = store.messages_in_range("conv-r", 3, 9, 100).await.unwrap();
     let seqs: Vec<u64> = page.iter().map(|m| m.sequence_number).collect();
     assert_eq!(seqs, (3..=9).collect::<Vec<_>>());
-    assert_eq!(page[0].content, "m2");
+    assert_eq!(page[0].body.content, "m2");
     let capped = store.messages_in_range("conv-r", 1, 12, 4).await.unwrap();
     assert_eq!(capped.len(), 4);
     assert_eq!(capped[3].sequence_number, 4);
@@ -467,19 +452,13 @@ async fn users_are_unique_by_phone_and_email_when_present() {
 async fn conversations_round_trip() {
     let store = store().await;
     let c = Conversation {
-        conversation_id: "g1".into(),
-        kind: ConversationKind::Group,
-        participants: vec!["a".into(), "b".into(), "c".into()],
         admins: vec!["a".into()],
-        agent_id: None,
-        agent_capability: None,
         name: Some("Team".into()),
-        description: None,
-        created_at: DateTime::now(),
-        last_message_at: None,
-        last_sequence_number: 0,
-        last_message: None,
-        read_up_to: Default::default(),
+        ..Conversation::new(
+            "g1",
+            ConversationKind::Group,
+            vec!["a".into(), "b".into(), "c".into()],
+        )
     };
     store.insert_conversation(&c).await.unwrap();
     let back = store.conversation("g1").await.unwrap().unwrap();

@@ -99,8 +99,8 @@ fn send_message_seed() {
         } => {
             assert_eq!(client_message_id.as_deref(), Some("client_abc123"));
             assert_eq!(idempotency_key, "uuid-v4");
-            assert_eq!(payload.message_type, MessageType::Text);
-            assert_eq!(payload.media_url, None);
+            assert_eq!(payload.body.message_type, MessageType::Text);
+            assert_eq!(payload.body.media_url, None);
         }
         other => panic!("wrong frame {other:?}"),
     }
@@ -247,7 +247,12 @@ fn retransmit_seeds() {
     ]
   }
 }"#;
-    match round_trip_server(messages) {
+    // Its message has no `type`: it is a text message, and says so when sent on.
+    let frame: ServerFrame = serde_json::from_str(messages).expect("seed parses");
+    let mut expected: Value = serde_json::from_str(messages).unwrap();
+    expected["payload"]["messages"][0]["type"] = "text".into();
+    assert_eq!(serde_json::to_value(&frame).unwrap(), expected);
+    match frame {
         ServerFrame::Messages { payload } => assert_eq!(payload.messages[0].sequence_number, 100),
         other => panic!("wrong frame {other:?}"),
     }
@@ -364,4 +369,22 @@ fn errors_map_to_frames_and_statuses_in_one_place() {
     let unsupported =
         messaging::Error::client(messaging::ErrorCode::UnsupportedMediaType, "text/html");
     assert_eq!(unsupported.http_status(), 415);
+}
+
+/// The one list of client frame types (the routes) is exactly the frames the published
+/// document describes.
+#[test]
+fn the_client_frame_kinds_are_the_documented_frames() {
+    let document = messaging::contract::asyncapi();
+    let documented: std::collections::BTreeSet<String> = document["components"]["schemas"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|name| name.strip_prefix("client_").map(str::to_string))
+        .collect();
+    let kinds: std::collections::BTreeSet<String> = messaging::protocol::ClientFrame::KINDS
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(kinds, documented);
 }

@@ -86,7 +86,7 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 cancelled.add(data["run_id"])
         elif (event["type"] == "messaging.message.received"
-              and data.get("sender_id") != AGENT_ID and data.get("message_type") != "system"):
+              and data.get("sender_id") != AGENT_ID and data.get("type") != "system"):
             # Answered in the background: the delivery is acknowledged at once.
             threading.Thread(target=answer, args=(data,), daemon=True).start()
         self.send_response(202)

@@ -26,7 +26,7 @@ use messaging::model::{
     AgentDelta, AgentProgress, AgentResponse, Conversation, NewMessage, ProgressKind, event_types,
 };
 use messaging::outbox::publish_received;
-use messaging::protocol::{RunDetail, RunState};
+use messaging::protocol::{MessageBody, RunDetail, RunState};
 use messaging::protocol::{ServerFrame, TypingPayload, TypingState};
 use messaging::runs::{self, RunChange, RunKey};
 use messaging::system_messages::post_system_message;
@@ -117,12 +117,14 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
             conversation_id: conversation.conversation_id.clone(),
             sender_id: response.agent_id.clone(),
             receiver_id: Some(response.user_id.clone()),
-            message_type: response.message_type,
-            content: response.response,
-            media_url: None,
-            reply_to_message_id: reply_to,
-            forwarded_from: None,
-            location: None,
+            body: MessageBody {
+                content: response.response,
+                message_type: response.message_type,
+                media_url: None,
+                reply_to_message_id: reply_to,
+                forwarded_from: None,
+                location: None,
+            },
             client_timestamp: response.timestamp,
         })
         .await?;

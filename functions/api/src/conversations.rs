@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use base64::Engine;
 use messaging::model::{Conversation, ConversationKind, MemberConversation, MemberStateUpdate};
 use messaging::{Error, Result};
-use mongodb::bson::DateTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -273,19 +272,12 @@ pub(crate) async fn create(
         Some(c) => (c, false),
         None => {
             let conversation = Conversation {
-                conversation_id: uuid::Uuid::new_v4().to_string(),
-                kind,
-                participants: vec![user_id.to_string(), other.clone()],
-                admins: Vec::new(),
                 agent_id,
-                agent_capability: None,
-                name: None,
-                description: None,
-                created_at: DateTime::now(),
-                last_message_at: None,
-                last_sequence_number: 0,
-                last_message: None,
-                read_up_to: Default::default(),
+                ..Conversation::new(
+                    uuid::Uuid::new_v4().to_string(),
+                    kind,
+                    vec![user_id.to_string(), other.clone()],
+                )
             };
             let key = pair_key(&wire_name(&kind), user_id, &other);
             store.insert_pair_conversation(&conversation, &key).await?

@@ -10,7 +10,6 @@
 use messaging::model::{Conversation, ConversationKind, MAX_GROUP_PARTICIPANTS};
 use messaging::system_messages::post_system_message;
 use messaging::{Error, ErrorCode, Result};
-use mongodb::bson::DateTime;
 use serde_json::json;
 
 use crate::Api;
@@ -217,19 +216,14 @@ pub(crate) async fn create(
     require_account(api, user_id).await?;
     require_users(api, &participants[1..]).await?;
     let group = Conversation {
-        conversation_id: uuid::Uuid::new_v4().to_string(),
-        kind: ConversationKind::Group,
-        participants,
         admins: vec![user_id.to_string()],
-        agent_id: None,
-        agent_capability: None,
         name: Some(name.clone()),
         description,
-        created_at: DateTime::now(),
-        last_message_at: None,
-        last_sequence_number: 0,
-        last_message: None,
-        read_up_to: Default::default(),
+        ..Conversation::new(
+            uuid::Uuid::new_v4().to_string(),
+            ConversationKind::Group,
+            participants,
+        )
     };
     api.ctx.store.insert_conversation(&group).await?;
     announce(

@@ -7,6 +7,7 @@
 use messaging::model::{
     Agent, DeviceToken, LastMessage, Media, PushPlatform, RefreshToken, StoredMessage, User,
 };
+use messaging::protocol::MessageBody;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -536,25 +537,9 @@ pub struct MessageView {
     /// Receiver in 1:1 conversations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver_id: Option<String>,
-    /// Kind.
-    #[serde(rename = "type")]
-    pub message_type: String,
-    /// Opaque, end-to-end encrypted (system messages: JSON written by the server).
-    pub content: String,
-    /// Media id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_url: Option<String>,
-    /// Answered or reacted-to message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to_message_id: Option<String>,
-    /// Origin of a forwarded message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub forwarded_from: Option<serde_json::Value>,
-    /// Coordinates of a location message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub location: Option<serde_json::Value>,
+    /// What it says (content stays encrypted).
+    #[serde(flatten)]
+    pub body: MessageBody,
     /// Client clock at send time (ms).
     pub client_timestamp: i64,
     /// Server time (ms).
@@ -571,18 +556,7 @@ impl From<&StoredMessage> for MessageView {
             sequence_number: m.sequence_number,
             sender_id: m.sender_id.clone(),
             receiver_id: m.receiver_id.clone(),
-            message_type: wire_name(&m.message_type),
-            content: m.content.clone(),
-            media_url: m.media_url.clone(),
-            reply_to_message_id: m.reply_to_message_id.clone(),
-            forwarded_from: m
-                .forwarded_from
-                .as_ref()
-                .and_then(|f| serde_json::to_value(f).ok()),
-            location: m
-                .location
-                .as_ref()
-                .and_then(|l| serde_json::to_value(l).ok()),
+            body: m.body.clone(),
             client_timestamp: m.client_timestamp,
             timestamp: ms(m.timestamp),
             status: wire_name(&m.status),

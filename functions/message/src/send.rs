@@ -48,12 +48,7 @@ pub async fn send(
             conversation_id: payload.conversation_id.clone(),
             sender_id: caller.user_id.clone(),
             receiver_id,
-            message_type: payload.message_type,
-            content: payload.content,
-            media_url: payload.media_url,
-            reply_to_message_id: payload.reply_to_message_id,
-            forwarded_from: payload.forwarded_from,
-            location: payload.location,
+            body: payload.body.clone(),
             client_timestamp: payload.timestamp,
         })
         .await?;
@@ -123,42 +118,45 @@ fn validate(payload: &OutgoingMessage, idempotency_key: &str, max_content: usize
     if payload.conversation_id.trim().is_empty() {
         return Err(Error::invalid("conversation_id is required"));
     }
-    if payload.content.len() > max_content {
+    if payload.body.content.len() > max_content {
         return Err(Error::client(
             ErrorCode::PayloadTooLarge,
             format!("content exceeds {max_content} bytes"),
         ));
     }
-    let kind = payload.message_type;
+    let kind = payload.body.message_type;
     if kind == MessageType::System {
         return Err(Error::invalid(
             "system messages are written by the server only",
         ));
     }
-    if kind.is_media() && payload.media_url.as_deref().is_none_or(str::is_empty) {
+    if kind.is_media() && payload.body.media_url.as_deref().is_none_or(str::is_empty) {
         return Err(Error::invalid(format!(
             "{kind:?} messages need media_url (the media id from the presign API)"
         )));
     }
-    if !kind.is_media() && payload.media_url.is_some() {
+    if !kind.is_media() && payload.body.media_url.is_some() {
         return Err(Error::invalid("media_url is only for media messages"));
     }
     if kind == MessageType::Location {
-        match &payload.location {
+        match &payload.body.location {
             Some(l)
                 if (-90.0..=90.0).contains(&l.latitude)
                     && (-180.0..=180.0).contains(&l.longitude) => {}
             Some(_) => return Err(Error::invalid("location coordinates are out of range")),
-            None if !payload.content.is_empty() => {} // coordinates inside the encrypted content
+            None if !payload.body.content.is_empty() => {} // coordinates inside the encrypted content
             None => return Err(Error::invalid("location messages need coordinates")),
         }
     }
-    if kind == MessageType::Reaction && payload.reply_to_message_id.is_none() {
+    if kind == MessageType::Reaction && payload.body.reply_to_message_id.is_none() {
         return Err(Error::invalid(
             "reactions need reply_to_message_id (the message reacted to)",
         ));
     }
-    if kind == MessageType::Text && payload.content.is_empty() && payload.forwarded_from.is_none() {
+    if kind == MessageType::Text
+        && payload.body.content.is_empty()
+        && payload.body.forwarded_from.is_none()
+    {
         return Err(Error::invalid("text messages need content"));
     }
     Ok(())
@@ -171,8 +169,8 @@ async fn check_references(
     caller: &ConnectionInfo,
     payload: &OutgoingMessage,
 ) -> Result<()> {
-    if payload.message_type.is_media()
-        && let Some(media_id) = &payload.media_url
+    if payload.body.message_type.is_media()
+        && let Some(media_id) = &payload.body.media_url
     {
         // `media_url` names an upload of this conversation that passed its checks.
         match ctx.store.media(media_id).await? {
@@ -191,7 +189,7 @@ async fn check_references(
             }
         }
     }
-    if let Some(reply_to) = &payload.reply_to_message_id {
+    if let Some(reply_to) = &payload.body.reply_to_message_id {
         let target = ctx.store.message(reply_to).await?;
         if target.is_none_or(|m| m.conversation_id != payload.conversation_id) {
             return Err(Error::invalid(
@@ -199,7 +197,7 @@ async fn check_references(
             ));
         }
     }
-    if let Some(origin) = &payload.forwarded_from {
+    if let Some(origin) = &payload.body.forwarded_from {
         membership(ctx, &caller.user_id, &origin.conversation_id)
             .await
             .map_err(|_| Error::forbidden("you cannot forward from that conversation"))?;

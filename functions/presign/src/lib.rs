@@ -153,20 +153,7 @@ impl PresignOptions {
             ..Self::default()
         };
         let num = |var: &'static str, default: u64, min: u64, max: u64| {
-            let value = match src.get(var) {
-                None => return Ok(default),
-                Some(v) => v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid {
-                    var,
-                    reason: format!("`{v}`: {e}"),
-                })?,
-            };
-            if !(min..=max).contains(&value) {
-                return Err(ConfigError::Invalid {
-                    var,
-                    reason: format!("must be between {min} and {max}"),
-                });
-            }
-            Ok(value)
+            messaging::config::bounded(src, var, default, min..=max)
         };
         for kind in MediaKind::ALL {
             let (size_var, types_var): (&'static str, &'static str) = match kind {

@@ -157,15 +157,7 @@ impl PushOptions {
     /// Keys are checked here (they must sign), so a bad key stops the function at start.
     pub fn from_source(src: &impl Source) -> std::result::Result<Self, ConfigError> {
         let d = Self::default();
-        let num = |var: &'static str, default: u64| -> std::result::Result<u64, ConfigError> {
-            match src.get(var) {
-                None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|e| ConfigError::Invalid {
-                    var,
-                    reason: format!("`{v}`: {e}"),
-                }),
-            }
-        };
+        let num = |var: &'static str, default: u64| messaging::config::parsed(src, var, default);
         let flag = |var: &'static str| -> std::result::Result<bool, ConfigError> {
             match src.get(var).as_deref().map(str::trim) {
                 None => Ok(false),

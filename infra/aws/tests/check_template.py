@@ -6,7 +6,8 @@
 - every AWS::Serverless::Function is built with rust-cargolambda for arm64 / provided.al2023,
   with Handler `bootstrap`, from a CodeUri that is the workspace root, and its
   BuildProperties.Binary is a binary of the workspace (`cargo metadata --no-deps`);
-- every function binary of the workspace (packages fn-*) is deployed exactly once;
+- every function binary of the workspace (packages fn-*) is deployed exactly once, and no function
+  crate depends on another (dev-dependencies aside);
 - each consumed CloudEvent type has an EventBridge rule to the right binary, with a retry policy
   and a dead-letter queue, and the function's async invocation failures go to a queue too;
 - the agent sweep is scheduled every minute with a valid `messaging.agent.sweep` CloudEvent;
@@ -90,6 +91,14 @@ def main(template_path, metadata_path):
             if "bin" in target["kind"]:
                 binaries[target["name"]] = package["name"]
     function_binaries = {b for b, p in binaries.items() if p.startswith("fn-")}
+    # Each function is deployed alone: none builds on another's crate (tests may).
+    for package in metadata["packages"]:
+        if package["name"].startswith("fn-"):
+            for dependency in package["dependencies"]:
+                check(
+                    not (dependency["name"].startswith("fn-") and dependency.get("kind") in (None, "normal", "build")),
+                    f"function crate {package['name']} depends on function crate {dependency['name']}",
+                )
 
     globals_ = template.get("Globals", {}).get("Function", {})
     resources = template["Resources"]

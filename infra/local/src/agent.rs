@@ -76,7 +76,7 @@ impl DemoAgent {
 #[async_trait]
 impl Agent for DemoAgent {
     async fn answer(&self, message: MessageReceived, run: Run) -> messaging::Result<()> {
-        let text = message.content.trim().to_string();
+        let text = message.body.content.trim().to_string();
         match text.as_str() {
             "/silent" => Ok(()),
             "/fail" => run.fail("you asked me to fail").await,

@@ -695,7 +695,7 @@ impl Broker {
         };
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return Outcome::Failed(Failure::new(0, error_chain(&e))),
+            Err(e) => return Outcome::Failed(Failure::new(0, crate::error_chain(&e))),
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -704,7 +704,7 @@ impl Broker {
             Err(e) if (200..300).contains(&status) => {
                 return Outcome::Failed(Failure::new(
                     0,
-                    format!("reading the response: {}", error_chain(&e)),
+                    format!("reading the response: {}", crate::error_chain(&e)),
                 ));
             }
             Err(_) => Bytes::new(),
@@ -813,7 +813,7 @@ impl Broker {
             match request.send().await {
                 Ok(response) if response.status().is_success() => return,
                 Ok(response) => last_error = format!("status {}", response.status()),
-                Err(e) => last_error = error_chain(&e),
+                Err(e) => last_error = crate::error_chain(&e),
             }
         }
         tracing::warn!(
@@ -986,18 +986,6 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 fn is_http_url(text: &str) -> bool {
     text.starts_with("http://") || text.starts_with("https://")
-}
-
-/// An error and its causes, `a: b: c` (reqwest's Display alone hides the cause).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A JSON error body, `{"error": {"code": ..., "message": ...}}`.

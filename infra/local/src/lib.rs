@@ -26,3 +26,16 @@ pub mod journal;
 pub mod remote;
 pub mod s3;
 pub mod stack;
+
+/// An error and its causes, `a: b: c` (reqwest's Display alone hides the cause), for logs and
+/// error bodies.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

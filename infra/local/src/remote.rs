@@ -72,13 +72,13 @@ impl RemoteFunction {
             let response = match self.client.post(&self.url).json(event).send().await {
                 Ok(response) => response,
                 Err(e) if e.is_connect() => {
-                    last = error_chain(&e);
+                    last = crate::error_chain(&e);
                     continue;
                 }
-                Err(e) => return Err(error_chain(&e)),
+                Err(e) => return Err(crate::error_chain(&e)),
             };
             let status = response.status();
-            let body = response.bytes().await.map_err(|e| error_chain(&e))?;
+            let body = response.bytes().await.map_err(|e| crate::error_chain(&e))?;
             if !status.is_success() {
                 let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
                 return Err(format!("the function answered {status}: {text}"));
@@ -115,9 +115,9 @@ impl crate::authorizer::Authorizer for RemoteAuthorizer {
             .json(&event)
             .send()
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| crate::error_chain(&e))?;
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| error_chain(&e))?;
+        let body: serde_json::Value = response.json().await.map_err(|e| crate::error_chain(&e))?;
         if status.is_success() {
             return Ok(body);
         }
@@ -156,18 +156,6 @@ impl RouteHandler for RemoteFunction {
             }
         }
     }
-}
-
-/// An error and its causes, `a: b: c`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -303,19 +303,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         let c = c.clone();
         async move { fn_message::handle(&c, e).await }
     });
-    for key in [
-        "$default",
-        "auth",
-        "message",
-        "delivery_ack",
-        "read_receipt",
-        "heartbeat",
-        "retransmit",
-        "typing",
-        "sync",
-        "presence",
-        "cancel",
-    ] {
+    for key in std::iter::once("$default").chain(messaging::protocol::ClientFrame::KINDS) {
         routes.insert(key.to_string(), route("message", message.clone()));
     }
     // The `$connect` authorizer, as on AWS: its context rides on every event of the connection.

@@ -333,12 +333,7 @@ fn text(conversation: &str, content: &str) -> OutgoingMessage {
     OutgoingMessage {
         conversation_id: conversation.into(),
         receiver_id: None,
-        content: content.into(),
-        message_type: MessageType::Text,
-        media_url: None,
-        reply_to_message_id: None,
-        forwarded_from: None,
-        location: None,
+        body: messaging::protocol::MessageBody::text(content),
         timestamp: messaging::clock::now_ms(),
     }
 }
@@ -709,7 +704,7 @@ async fn run(fault: Fault) -> Report {
 
     let sent_by_people: Vec<&messaging::model::StoredMessage> = stored
         .iter()
-        .filter(|m| m.message_type != MessageType::System)
+        .filter(|m| m.body.message_type != MessageType::System)
         .collect();
     let keys: Vec<String> = stored.iter().map(|m| m.idempotency_key.clone()).collect();
     let unique_keys: HashSet<&String> = keys.iter().collect();

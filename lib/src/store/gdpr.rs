@@ -169,7 +169,7 @@ impl GdprStore for MongoStore {
                 self.messages()
                     .update_one(
                         doc! {"message_id": &m.message_id},
-                        doc! {"$set": {"content": m.content.replace(user_id, tombstone)}},
+                        doc! {"$set": {"content": m.body.content.replace(user_id, tombstone)}},
                     )
                     .await?;
             }

@@ -124,12 +124,7 @@ impl MessageStore for MongoStore {
                     sequence_number: last + 1,
                     sender_id: new.sender_id.clone(),
                     receiver_id: new.receiver_id.clone(),
-                    message_type: new.message_type,
-                    content: new.content.clone(),
-                    media_url: new.media_url.clone(),
-                    reply_to_message_id: new.reply_to_message_id.clone(),
-                    forwarded_from: new.forwarded_from.clone(),
-                    location: new.location.clone(),
+                    body: new.body.clone(),
                     client_timestamp: new.client_timestamp,
                     timestamp: now,
                     status: MessageStatus::Sent,
@@ -493,11 +488,13 @@ pub fn fingerprint(m: &NewMessage) -> String {
     let mut h = Sha256::new();
     let opt = |o: &Option<String>| o.clone().unwrap_or_default();
     let forwarded = m
+        .body
         .forwarded_from
         .as_ref()
         .map(|f| format!("{}/{}", f.conversation_id, f.message_id))
         .unwrap_or_default();
     let location = m
+        .body
         .location
         .as_ref()
         .map(|l| format!("{},{}", l.latitude, l.longitude))
@@ -506,10 +503,10 @@ pub fn fingerprint(m: &NewMessage) -> String {
         m.conversation_id.as_str(),
         m.sender_id.as_str(),
         &opt(&m.receiver_id),
-        &format!("{:?}", m.message_type),
-        m.content.as_str(),
-        &opt(&m.media_url),
-        &opt(&m.reply_to_message_id),
+        &format!("{:?}", m.body.message_type),
+        m.body.content.as_str(),
+        &opt(&m.body.media_url),
+        &opt(&m.body.reply_to_message_id),
         &forwarded,
         &location,
     ] {

@@ -85,19 +85,13 @@ pub async fn conversation(
         .ctx
         .store
         .insert_conversation(&Conversation {
-            conversation_id: conversation_id.clone(),
-            kind,
-            participants: participants.iter().map(|p| p.to_string()).collect(),
             admins: vec![participants[0].to_string()],
             agent_id: agent_id.map(str::to_string),
-            agent_capability: None,
-            name: None,
-            description: None,
-            created_at: DateTime::now(),
-            last_message_at: None,
-            last_sequence_number: 0,
-            last_message: None,
-            read_up_to: Default::default(),
+            ..Conversation::new(
+                conversation_id.clone(),
+                kind,
+                participants.iter().map(|p| p.to_string()).collect(),
+            )
         })
         .await
         .expect("conversation stored");

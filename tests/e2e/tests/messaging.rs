@@ -9,7 +9,7 @@ use messaging::ErrorCode;
 use messaging::client::{Client, ClientError, ClientEvent};
 use messaging::model::ConversationKind;
 use messaging::protocol::{
-    DeliveredMessage, MessageStatus, MessageType, OutgoingMessage, TypingState,
+    DeliveredMessage, MessageBody, MessageStatus, MessageType, OutgoingMessage, TypingState,
 };
 use messaging::realtime::ConnectionInfo;
 
@@ -17,12 +17,7 @@ fn text(conversation_id: &str, content: &str) -> OutgoingMessage {
     OutgoingMessage {
         conversation_id: conversation_id.into(),
         receiver_id: None,
-        content: content.into(),
-        message_type: MessageType::Text,
-        media_url: None,
-        reply_to_message_id: None,
-        forwarded_from: None,
-        location: None,
+        body: MessageBody::text(content),
         timestamp: 1,
     }
 }
@@ -44,7 +39,7 @@ async fn messages(client: &mut Client, conversation_id: &str, n: usize) -> Vec<D
             .unwrap_or_else(|| {
                 let seen: Vec<(u64, &str)> = got
                     .iter()
-                    .map(|m| (m.sequence_number, m.content.as_str()))
+                    .map(|m| (m.sequence_number, m.body.content.as_str()))
                     .collect();
                 panic!("only {} of {n} messages arrived: {seen:?}", got.len())
             });
@@ -95,7 +90,7 @@ async fn two_users_three_devices_get_everything_in_order() {
         let got = messages(device, &conv, 20).await;
         let seqs: Vec<u64> = got.iter().map(|m| m.sequence_number).collect();
         assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "every device, in order");
-        let contents: Vec<&str> = got.iter().map(|m| m.content.as_str()).collect();
+        let contents: Vec<&str> = got.iter().map(|m| m.body.content.as_str()).collect();
         assert_eq!(contents[..4], ["a0", "b0", "a1", "b1"]);
     }
 }
@@ -181,7 +176,7 @@ async fn an_offline_recipient_gets_500_messages_in_order_on_reconnect() {
     let got = messages(&mut bob_phone, &conv, 500).await;
     let seqs: Vec<u64> = got.iter().map(|m| m.sequence_number).collect();
     assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
-    assert_eq!(got[499].content, "m499");
+    assert_eq!(got[499].body.content, "m499");
     // Delivery acks move his phone's watermark in MongoDB to the end.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -222,7 +217,7 @@ async fn a_gap_from_lost_frames_is_detected_and_filled_by_retransmit() {
     alice_phone.send_text(&conv, "m4").await.unwrap();
 
     let got = messages(&mut bob_phone, &conv, 3).await;
-    let contents: Vec<&str> = got.iter().map(|m| m.content.as_str()).collect();
+    let contents: Vec<&str> = got.iter().map(|m| m.body.content.as_str()).collect();
     assert_eq!(contents, ["m2", "m3", "m4"], "gap filled, order kept");
 }
 
@@ -305,7 +300,10 @@ async fn a_stale_connection_is_pruned_and_the_other_device_still_gets_the_messag
         .await
         .unwrap();
     alice_phone.send_text(&conv, "hi").await.unwrap();
-    assert_eq!(messages(&mut bob_phone, &conv, 1).await[0].content, "hi");
+    assert_eq!(
+        messages(&mut bob_phone, &conv, 1).await[0].body.content,
+        "hi"
+    );
     stack.settled().await;
     let left = stack.ctx.realtime.user_connections(&bob).await.unwrap();
     assert_eq!(
@@ -332,27 +330,17 @@ async fn a_hundred_member_group_fans_out_to_everyone_and_a_hundred_and_first_is_
     clients[0].send_text(&group, "hello group").await.unwrap();
     for c in clients.iter_mut() {
         let got = messages(c, &group, 1).await;
-        assert_eq!(got[0].content, "hello group");
+        assert_eq!(got[0].body.content, "hello group");
     }
 
     let mut too_many = refs.clone();
     let extra = user(&stack, "extra").await;
     too_many.push(&extra);
-    let conversation = messaging::model::Conversation {
-        conversation_id: "too-big".into(),
-        kind: ConversationKind::Group,
-        participants: too_many.iter().map(|s| s.to_string()).collect(),
-        admins: vec![],
-        agent_id: None,
-        agent_capability: None,
-        name: None,
-        description: None,
-        created_at: mongodb::bson::DateTime::now(),
-        last_message_at: None,
-        last_sequence_number: 0,
-        last_message: None,
-        read_up_to: Default::default(),
-    };
+    let conversation = messaging::model::Conversation::new(
+        "too-big",
+        ConversationKind::Group,
+        too_many.iter().map(|s| s.to_string()).collect(),
+    );
     let refused = stack
         .ctx
         .store
@@ -431,26 +419,29 @@ async fn the_demo_agent_answers_with_progress_and_a_silent_agent_leads_to_a_time
         }
     }
     assert_eq!(typing.unwrap().user_id, local_stack::agent::DEMO_AGENT_ID);
-    assert_eq!(got[0].content, "hello agent");
+    assert_eq!(got[0].body.content, "hello agent");
     assert_eq!(
         got[1].sender_id.as_deref(),
         Some(local_stack::agent::DEMO_AGENT_ID)
     );
-    assert_eq!(got[1].content, "Demo agent here. You said: hello agent");
     assert_eq!(
-        got[1].reply_to_message_id.as_deref(),
+        got[1].body.content,
+        "Demo agent here. You said: hello agent"
+    );
+    assert_eq!(
+        got[1].body.reply_to_message_id.as_deref(),
         Some(got[0].message_id.as_str())
     );
 
     // The agent stays silent: after the timeout (2 s here) the user is told.
     phone.send_text(&conv, "/silent").await.unwrap();
     let got = messages(&mut phone, &conv, 2).await;
-    assert_eq!(got[0].content, "/silent");
-    assert_eq!(got[1].message_type, Some(MessageType::System));
+    assert_eq!(got[0].body.content, "/silent");
+    assert_eq!(got[1].body.message_type, MessageType::System);
     assert!(
-        got[1].content.contains("did not answer"),
+        got[1].body.content.contains("did not answer"),
         "{}",
-        got[1].content
+        got[1].body.content
     );
 }
 
@@ -754,7 +745,7 @@ async fn a_redelivered_event_changes_nothing() {
     phone.send_text(&conv, "next").await.unwrap();
     let got = messages(&mut bob_phone, &conv, 1).await;
     assert_eq!(
-        got[0].content, "next",
+        got[0].body.content, "next",
         "no second copy of the first message"
     );
     let after = stack.ctx.store.conversation(&conv).await.unwrap().unwrap();
@@ -777,18 +768,18 @@ async fn reactions_and_forwards_are_messages_with_their_references() {
     let original = phone.send_text(&with_bob, "look at this").await.unwrap();
 
     let mut reaction = text(&with_bob, "👍");
-    reaction.message_type = MessageType::Reaction;
-    reaction.reply_to_message_id = Some(original.message_id.clone());
+    reaction.body.message_type = MessageType::Reaction;
+    reaction.body.reply_to_message_id = Some(original.message_id.clone());
     phone.send_message(reaction).await.unwrap();
     let got = messages(&mut bob_phone, &with_bob, 2).await;
-    assert_eq!(got[1].message_type, Some(MessageType::Reaction));
+    assert_eq!(got[1].body.message_type, MessageType::Reaction);
     assert_eq!(
-        got[1].reply_to_message_id.as_deref(),
+        got[1].body.reply_to_message_id.as_deref(),
         Some(original.message_id.as_str())
     );
 
     let mut forward = text(&with_carol, "look at this");
-    forward.forwarded_from = Some(messaging::protocol::ForwardedFrom {
+    forward.body.forwarded_from = Some(messaging::protocol::ForwardedFrom {
         message_id: original.message_id.clone(),
         conversation_id: with_bob.clone(),
     });
@@ -796,6 +787,7 @@ async fn reactions_and_forwards_are_messages_with_their_references() {
     let got = messages(&mut carol_phone, &with_carol, 1).await;
     assert_eq!(
         got[0]
+            .body
             .forwarded_from
             .as_ref()
             .map(|f| f.message_id.as_str()),
@@ -803,7 +795,7 @@ async fn reactions_and_forwards_are_messages_with_their_references() {
     );
     // Carol cannot forward from a conversation she is not in.
     let mut stolen = text(&with_carol, "x");
-    stolen.forwarded_from = Some(messaging::protocol::ForwardedFrom {
+    stolen.body.forwarded_from = Some(messaging::protocol::ForwardedFrom {
         message_id: original.message_id.clone(),
         conversation_id: with_bob.clone(),
     });
@@ -949,19 +941,12 @@ async fn capability_routing_and_unavailable_agents() {
     let alice = user(&stack, "alice").await;
     // No fixed agent: the conversation asks for the `echo` capability, which the demo agent has.
     let routed = messaging::model::Conversation {
-        conversation_id: uuid::Uuid::new_v4().to_string(),
-        kind: ConversationKind::Agent,
-        participants: vec![alice.clone()],
-        admins: vec![],
-        agent_id: None,
         agent_capability: Some("echo".into()),
-        name: None,
-        description: None,
-        created_at: mongodb::bson::DateTime::now(),
-        last_message_at: None,
-        last_sequence_number: 0,
-        last_message: None,
-        read_up_to: Default::default(),
+        ..messaging::model::Conversation::new(
+            uuid::Uuid::new_v4().to_string(),
+            ConversationKind::Agent,
+            vec![alice.clone()],
+        )
     };
     stack.ctx.store.insert_conversation(&routed).await.unwrap();
     let mut phone = client(&stack, &alice, "phone").await;
@@ -990,11 +975,11 @@ async fn capability_routing_and_unavailable_agents() {
     .await;
     phone.send_text(&conv, "anyone?").await.unwrap();
     let got = messages(&mut phone, &conv, 2).await;
-    assert_eq!(got[1].message_type, Some(MessageType::System));
+    assert_eq!(got[1].body.message_type, MessageType::System);
     assert!(
-        got[1].content.contains("Ghost is unavailable"),
+        got[1].body.content.contains("Ghost is unavailable"),
         "{}",
-        got[1].content
+        got[1].body.content
     );
 }
 
@@ -1019,7 +1004,7 @@ async fn a_newcomer_with_a_local_token_opens_a_chat_with_the_demo_agent_over_the
     let mut phone = client(&stack, "newcomer", "terminal").await;
     phone.send_text(&conv, "hi").await.unwrap();
     let got = messages(&mut phone, &conv, 2).await;
-    assert_eq!(got[1].content, "Demo agent here. You said: hi");
+    assert_eq!(got[1].body.content, "Demo agent here. You said: hi");
     // The OpenAPI document is served too.
     let doc: serde_json::Value = http
         .get(format!("{}/openapi.json", stack.api_url))
@@ -1095,7 +1080,7 @@ async fn the_client_reconnects_resumes_and_resends_after_a_drop() {
         .unwrap();
     assert_eq!(ack.sequence_number, 4);
     let got = messages(&mut bob_phone, &conv, 3).await;
-    let contents: Vec<&str> = got.iter().map(|m| m.content.as_str()).collect();
+    let contents: Vec<&str> = got.iter().map(|m| m.body.content.as_str()).collect();
     assert_eq!(
         contents,
         ["while away 1", "while away 2", "sent during the drop"]
@@ -1244,8 +1229,8 @@ async fn a_media_message_refers_to_a_completed_upload_of_its_conversation() {
     let media_id = granted["media_id"].as_str().expect("media id").to_string();
     let image = |media: &str, conversation: &str| {
         let mut m = text(conversation, "encrypted-caption");
-        m.message_type = MessageType::Image;
-        m.media_url = Some(media.to_string());
+        m.body.message_type = MessageType::Image;
+        m.body.media_url = Some(media.to_string());
         m
     };
     // Not uploaded yet: refused.
@@ -1311,8 +1296,8 @@ async fn a_media_message_refers_to_a_completed_upload_of_its_conversation() {
 
     phone.send_message(image(&media_id, &conv)).await.unwrap();
     let got = messages(&mut bob_phone, &conv, 1).await;
-    assert_eq!(got[0].media_url.as_deref(), Some(media_id.as_str()));
-    assert_eq!(got[0].message_type, Some(MessageType::Image));
+    assert_eq!(got[0].body.media_url.as_deref(), Some(media_id.as_str()));
+    assert_eq!(got[0].body.message_type, MessageType::Image);
     let _ = &mut phone;
 }
 
@@ -1379,7 +1364,7 @@ async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trip
     );
     let acks = phone
         .wait_for(WAIT, |e| match e {
-            ClientEvent::Message(m) if m.content == "x" => Some(m.sequence_number),
+            ClientEvent::Message(m) if m.body.content == "x" => Some(m.sequence_number),
             _ => None,
         })
         .await;
@@ -1422,7 +1407,7 @@ async fn messages_sent_as_fast_as_possible_are_stored_in_the_order_they_were_typ
             .filter(|i| i % 2 == parity)
             .map(|i| format!("m{i}"))
             .collect();
-        let contents: Vec<String> = stored.iter().map(|m| m.content.clone()).collect();
+        let contents: Vec<String> = stored.iter().map(|m| m.body.content.clone()).collect();
         assert_eq!(contents, typed, "stored in the order they were typed");
     }
 }

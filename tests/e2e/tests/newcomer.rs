@@ -35,7 +35,7 @@ async fn a_chat_with_someone_who_never_connected_works_in_either_order() {
     let got = bob_phone
         .wait_for(WAIT, |e| match e {
             ClientEvent::Message(m) if m.conversation_id.as_deref() == Some(conv.as_str()) => {
-                Some(m.content.clone())
+                Some(m.body.content.clone())
             }
             _ => None,
         })

@@ -146,21 +146,11 @@ async fn twenty_thousand_mutated_frames_all_answered_nothing_broken() {
     stack
         .ctx
         .store
-        .insert_conversation(&Conversation {
-            conversation_id: conversation_id.clone(),
-            kind: ConversationKind::Direct,
-            participants: users.to_vec(),
-            admins: vec![],
-            agent_id: None,
-            agent_capability: None,
-            name: None,
-            description: None,
-            created_at: mongodb::bson::DateTime::now(),
-            last_message_at: None,
-            last_sequence_number: 0,
-            last_message: None,
-            read_up_to: Default::default(),
-        })
+        .insert_conversation(&Conversation::new(
+            conversation_id.clone(),
+            ConversationKind::Direct,
+            users.to_vec(),
+        ))
         .await
         .unwrap();
     let seeds = fuzz::targets::client_frames_for(&conversation_id, "no-such-message");

@@ -377,21 +377,11 @@ async fn the_websocket_functions_answer_api_gateway_events() {
     }
     let conversation_id = uuid::Uuid::new_v4().to_string();
     store
-        .insert_conversation(&messaging::model::Conversation {
-            conversation_id: conversation_id.clone(),
-            kind: messaging::model::ConversationKind::Direct,
-            participants: vec![alice.clone(), bob.clone()],
-            admins: vec![],
-            agent_id: None,
-            agent_capability: None,
-            name: None,
-            description: None,
-            created_at: mongodb::bson::DateTime::now(),
-            last_message_at: None,
-            last_sequence_number: 0,
-            last_message: None,
-            read_up_to: Default::default(),
-        })
+        .insert_conversation(&messaging::model::Conversation::new(
+            conversation_id.clone(),
+            messaging::model::ConversationKind::Direct,
+            vec![alice.clone(), bob.clone()],
+        ))
         .await
         .unwrap();
 
@@ -606,21 +596,11 @@ async fn the_http_functions_answer_http_api_payload_2_events() {
     let user = testkit::unique_name("carol");
     let conversation_id = uuid::Uuid::new_v4().to_string();
     store
-        .insert_conversation(&messaging::model::Conversation {
-            conversation_id: conversation_id.clone(),
-            kind: messaging::model::ConversationKind::Direct,
-            participants: vec![user.clone(), "someone".into()],
-            admins: vec![],
-            agent_id: None,
-            agent_capability: None,
-            name: None,
-            description: None,
-            created_at: mongodb::bson::DateTime::now(),
-            last_message_at: None,
-            last_sequence_number: 0,
-            last_message: None,
-            read_up_to: Default::default(),
-        })
+        .insert_conversation(&messaging::model::Conversation::new(
+            conversation_id.clone(),
+            messaging::model::ConversationKind::Direct,
+            vec![user.clone(), "someone".into()],
+        ))
         .await
         .unwrap();
     let runtime = RuntimeApi::start().await;

@@ -14,11 +14,11 @@ struct Reverse;
 #[async_trait::async_trait]
 impl Agent for Reverse {
     async fn answer(&self, message: MessageReceived, run: Run) -> messaging::Result<()> {
-        if message.content.trim() == "?" {
+        if message.body.content.trim() == "?" {
             return run.input_required("What should I reverse?").await;
         }
         run.working(Some("reversing"), None).await?;
-        let words: Vec<&str> = message.content.split_whitespace().rev().collect();
+        let words: Vec<&str> = message.body.content.split_whitespace().rev().collect();
         for (i, word) in words.iter().enumerate() {
             // A call fails with `conflict` once someone cancelled: `?` ends the run there.
             run.delta(&format!("{}{word}", if i > 0 { " " } else { "" }))

@@ -17,10 +17,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use fn_api::{Api, ApiOptions, HashCost, HttpCodeSender};
 use lambda_http::Body;
-use messaging::auth::{JwtConfig, JwtIssuer, JwtVerifier};
+use messaging::auth::JwtIssuer;
 use messaging::context::{Context, Settings};
-use messaging::events::HttpBroker;
-use messaging::gateway::ApiGatewayManagement;
 use messaging::model::User;
 use messaging::protocol::PresenceStatus;
 use messaging::realtime::{RateLimit, RedisState};
@@ -103,14 +101,7 @@ pub async fn env_with(adjust: impl FnOnce(&mut ApiOptions, &mut Settings)) -> En
     .await
     .unwrap();
     store.ensure_indexes().await.unwrap();
-    let aws = messaging::config::aws_sdk_config().await;
-    let jwt = JwtConfig {
-        hs256_secret: Some(SECRET.as_bytes().to_vec()),
-        rs256_public_pem: None,
-        issuer: "messaging".into(),
-        audience: "messaging-clients".into(),
-        leeway: Duration::from_secs(5),
-    };
+    let database = store.database().name().to_string();
     let mut settings = Settings::default();
     let issuer = JwtIssuer::hs256(SECRET.as_bytes(), "messaging", "messaging-clients");
     let code_url = format!("http://{addr}/codes");
@@ -129,14 +120,22 @@ pub async fn env_with(adjust: impl FnOnce(&mut ApiOptions, &mut Settings)) -> En
     options.auth_rate_limit = options.rate_limit;
     options.code_resend_interval = Duration::from_secs(30);
     adjust(&mut options, &mut settings);
-    let ctx = Context {
-        realtime: Arc::new(redis.clone()),
-        store: Arc::new(store.clone()),
-        gateway: Arc::new(ApiGatewayManagement::new(&aws, "http://127.0.0.1:9")),
-        events: Arc::new(HttpBroker::new(format!("http://{addr}/"))),
-        jwt: JwtVerifier::new(&jwt).unwrap(),
-        settings,
-    };
+    // Built from configuration, as a deployment builds it.
+    let broker = format!("http://{addr}/");
+    let mut ctx = Context::from_source(&|var: &str| match var {
+        "REDIS_URL" => Some(servers.redis_url.clone()),
+        "REDIS_KEY_PREFIX" => Some(prefix.clone()),
+        "MONGODB_URI" => Some(servers.mongodb_uri.clone()),
+        "MONGODB_DATABASE" => Some(database.clone()),
+        "JWT_HS256_SECRET" => Some(SECRET.into()),
+        "JWT_LEEWAY_SECS" => Some("5".into()),
+        "WEBSOCKET_MANAGEMENT_ENDPOINT" => Some("http://127.0.0.1:9".into()),
+        "BROKER_URL" => Some(broker.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    ctx.settings = settings;
     let api = Api::new(ctx, options);
     Env {
         router: fn_api::router(api.clone()),
@@ -339,7 +338,7 @@ impl Env {
     /// function does after it. Returns its sequence number.
     pub async fn message(&self, conversation_id: &str, sender: &str) -> u64 {
         use messaging::model::{LastMessage, NewMessage};
-        use messaging::protocol::MessageType;
+        use messaging::protocol::MessageBody;
 
         let inserted = self
             .store
@@ -348,12 +347,7 @@ impl Env {
                 conversation_id: conversation_id.into(),
                 sender_id: sender.into(),
                 receiver_id: None,
-                message_type: MessageType::Text,
-                content: "ciphertext".into(),
-                media_url: None,
-                reply_to_message_id: None,
-                forwarded_from: None,
-                location: None,
+                body: MessageBody::text("ciphertext"),
                 client_timestamp: 1,
             })
             .await
@@ -365,7 +359,7 @@ impl Env {
                     message_id: m.message_id.clone(),
                     sequence_number: m.sequence_number,
                     sender_id: m.sender_id.clone(),
-                    message_type: m.message_type,
+                    message_type: m.body.message_type,
                     at: m.timestamp,
                 },
                 conversation_id,

@@ -29,13 +29,9 @@ use base64::Engine;
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
 use fn_push::{ApnsOptions, FcmOptions, Push, PushOptions, RetryPolicy, WebhookOptions};
 use http_body_util::{BodyExt, Full};
-use messaging::auth::{JwtConfig, JwtVerifier};
-use messaging::context::{Context, Settings};
-use messaging::events::HttpBroker;
-use messaging::gateway::ApiGatewayManagement;
+use messaging::context::Context;
 use messaging::model::{DeviceToken, Notification, PushPlatform, User};
 use messaging::protocol::{MessageType, PresenceStatus};
-use messaging::realtime::RedisState;
 use messaging::store::{MongoStore, StoreOptions};
 use mongodb::bson::{DateTime, Document, doc};
 use serde_json::{Value, json};
@@ -316,9 +312,6 @@ pub async fn env_with(adjust: impl FnOnce(&mut PushOptions)) -> Env {
     let apns_addr = serve_apns(recorder.clone()).await;
 
     let prefix = format!("{}:", testkit::unique_name("push"));
-    let redis = RedisState::connect(&servers.redis_url, &prefix)
-        .await
-        .unwrap();
     let store = MongoStore::connect(
         &servers.mongodb_uri,
         &testkit::unique_name("push"),
@@ -327,22 +320,20 @@ pub async fn env_with(adjust: impl FnOnce(&mut PushOptions)) -> Env {
     .await
     .unwrap();
     store.ensure_indexes().await.unwrap();
-    let aws = messaging::config::aws_sdk_config().await;
-    let jwt = JwtConfig {
-        hs256_secret: Some(b"push-test-secret-push-test-secret-0123".to_vec()),
-        rs256_public_pem: None,
-        issuer: "messaging".into(),
-        audience: "messaging-clients".into(),
-        leeway: Duration::from_secs(5),
-    };
-    let ctx = Context {
-        realtime: Arc::new(redis),
-        store: Arc::new(store.clone()),
-        gateway: Arc::new(ApiGatewayManagement::new(&aws, "http://127.0.0.1:9")),
-        events: Arc::new(HttpBroker::new("http://127.0.0.1:9/")),
-        jwt: JwtVerifier::new(&jwt).unwrap(),
-        settings: Settings::default(),
-    };
+    // Built from configuration, as a deployment builds it.
+    let database = store.database().name().to_string();
+    let ctx = Context::from_source(&|var: &str| match var {
+        "REDIS_URL" => Some(servers.redis_url.clone()),
+        "REDIS_KEY_PREFIX" => Some(prefix.clone()),
+        "MONGODB_URI" => Some(servers.mongodb_uri.clone()),
+        "MONGODB_DATABASE" => Some(database.clone()),
+        "JWT_HS256_SECRET" => Some("push-test-secret-push-test-secret-0123".into()),
+        "WEBSOCKET_MANAGEMENT_ENDPOINT" => Some("http://127.0.0.1:9".into()),
+        "BROKER_URL" => Some("http://127.0.0.1:9/".into()),
+        _ => None,
+    })
+    .await
+    .unwrap();
     let token_uri = format!("http://{http_addr}/token");
     let mut options = PushOptions {
         fcm: Some(FcmOptions {

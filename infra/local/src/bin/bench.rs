@@ -272,19 +272,9 @@ fn conversation(
     agent: Option<&str>,
 ) -> Conversation {
     Conversation {
-        conversation_id: id,
-        kind,
         admins: vec![participants[0].clone()],
-        participants,
         agent_id: agent.map(str::to_string),
-        agent_capability: None,
-        name: None,
-        description: None,
-        created_at: DateTime::now(),
-        last_message_at: None,
-        last_sequence_number: 0,
-        last_message: None,
-        read_up_to: Default::default(),
+        ..Conversation::new(id, kind, participants)
     }
 }
 
@@ -539,13 +529,14 @@ async fn main() -> anyhow::Result<()> {
                         continue;
                     }
                     let content = if expect_agent {
-                        m.content
+                        m.body
+                            .content
                             .rsplit(": ")
                             .next()
                             .unwrap_or_default()
                             .to_string()
                     } else {
-                        m.content.clone()
+                        m.body.content.clone()
                     };
                     if let Some(sent_us) = content
                         .split('|')

@@ -180,13 +180,14 @@ impl View {
                     return;
                 }
                 let streamed = m
+                    .body
                     .reply_to_message_id
                     .as_ref()
                     .and_then(|run| self.streamed.remove(run));
                 match streamed {
                     // Already on screen word by word: the stored message only gets its number.
                     Some(_) => println!("\n  ✓ #{} from {sender}", m.sequence_number),
-                    None => println!("#{} {sender}: {}", m.sequence_number, m.content),
+                    None => println!("#{} {sender}: {}", m.sequence_number, m.body.content),
                 }
                 let _ = client.read(vec![m.message_id.clone()]);
             }
