@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use messaging::model::{Conversation, Media, MediaState};
+use messaging::model::{Media, MediaState};
 use messaging::{Error, ErrorCode, Result};
 use mongodb::bson::DateTime;
 
@@ -33,26 +33,6 @@ fn expires_at(ttl: Duration) -> i64 {
     messaging::clock::now_ms() + ttl.as_millis() as i64
 }
 
-/// The conversation, if `user_id` takes part in it: `not_found` when it does not exist,
-/// `forbidden` when they are not a participant.
-async fn member_of(
-    presign: &Presign,
-    conversation_id: &str,
-    user_id: &str,
-) -> Result<Conversation> {
-    let conversation = messaging::conversations::routing(&presign.ctx, conversation_id)
-        .await?
-        .ok_or_else(|| {
-            Error::not_found(format!("conversation {conversation_id} does not exist"))
-        })?;
-    if !conversation.has_participant(user_id) {
-        return Err(Error::forbidden(
-            "you are not a participant of this conversation",
-        ));
-    }
-    Ok(conversation)
-}
-
 /// The media record, if the caller takes part in its conversation.
 async fn visible_media(
     presign: &Presign,
@@ -66,7 +46,7 @@ async fn visible_media(
         .media(media_id)
         .await?
         .ok_or_else(|| Error::not_found(format!("media {media_id} does not exist")))?;
-    member_of(presign, &media.conversation_id, &user_id).await?;
+    messaging::conversations::membership(&presign.ctx, &user_id, &media.conversation_id).await?;
     Ok((media, user_id))
 }
 
@@ -150,7 +130,7 @@ pub(crate) async fn request_upload(
             Some(base64::engine::general_purpose::STANDARD.encode(digest))
         }
     };
-    member_of(presign, conversation_id, user_id).await?;
+    messaging::conversations::membership(&presign.ctx, user_id, conversation_id).await?;
 
     let media_id = uuid::Uuid::new_v4().to_string();
     let bucket = match kind {
