@@ -137,8 +137,9 @@ pub struct Context {
 }
 
 impl Context {
-    /// Builds the context from the environment: connects to Redis and MongoDB, creates the
-    /// MongoDB indexes, and points the gateway and events adapters at their endpoints.
+    /// Builds the context from the environment: connects to Redis and MongoDB, checks (one read)
+    /// that the database has been migrated for this build, and points the gateway and events
+    /// adapters at their endpoints.
     pub async fn from_env() -> anyhow::Result<Self> {
         Self::from_source(&Env).await
     }
@@ -153,7 +154,9 @@ impl Context {
         let realtime =
             RedisState::connect_with_timeout(&redis.url, &redis.key_prefix, redis.timeout).await?;
         let store = MongoStore::connect(&mongo.uri, &mongo.database, mongo.options).await?;
-        store.ensure_indexes().await?;
+        // Indexes are a deploy-time step (`migrate`): a cold start pays one read, not one
+        // round trip per collection.
+        store.check_schema().await?;
         let aws = crate::config::aws_sdk_config().await;
         Ok(Self {
             realtime: Arc::new(realtime),

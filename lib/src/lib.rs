@@ -1,7 +1,8 @@
 //! The shared core of the messaging backend.
 //!
-//! Every function (connect, message, disconnect, store, agent-response, presign, push, api) is a
-//! thin binary over this crate; the local stack, the tests, Lambda and Knative run the same code.
+//! Every function (connect, message, disconnect, store, agent-response, presign, push, api,
+//! migrate) is a thin binary over this crate; the local stack, the tests, Lambda and Knative
+//! run the same code.
 //!
 //! **What travels** — [`protocol`]: every WebSocket frame, both ways; [`model`]: what is stored
 //! and what travels in CloudEvents; [`contract`]: the AsyncAPI document generated from both;

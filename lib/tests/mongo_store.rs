@@ -16,7 +16,7 @@ async fn store_with(options: StoreOptions) -> MongoStore {
     let store = MongoStore::connect(&servers.mongodb_uri, &testkit::unique_name("db"), options)
         .await
         .unwrap();
-    store.ensure_indexes().await.unwrap();
+    store.migrate().await.unwrap();
     store
 }
 
@@ -167,13 +167,19 @@ async fn numbers_never_start_over_when_retention_removed_every_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_senders_get_exactly_one_to_n_and_no_number_twice() {
-    let store = store().await;
+    // 200 sends queue for one conversation: on a loaded machine the last ones wait longer than
+    // the default deadline, which is not what this test is about (the deadline has its own).
+    let patient = StoreOptions {
+        operation_timeout: Duration::from_secs(60),
+        ..StoreOptions::default()
+    };
+    let store = store_with(patient.clone()).await;
     // A second process (another Lambda container) sending to the same conversation: within a
     // process sends take turns, between processes they race for numbers.
     let other_process = MongoStore::connect(
         &testkit::servers().mongodb_uri,
         store.database().name(),
-        StoreOptions::default(),
+        patient,
     )
     .await
     .unwrap();
@@ -304,7 +310,50 @@ async fn indexes_exist_with_the_right_options() {
     }
 
     // Running it again is harmless.
-    store.ensure_indexes().await.unwrap();
+    store.migrate().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_function_refuses_a_database_the_migration_has_not_reached() {
+    let servers = testkit::servers();
+    let db = testkit::unique_name("db");
+    let store = MongoStore::connect(&servers.mongodb_uri, &db, StoreOptions::default())
+        .await
+        .unwrap();
+    // Never migrated: the error names the database and what to run.
+    let error = store.check_schema().await.unwrap_err().to_string();
+    assert!(
+        error.contains(&db) && error.contains("never migrated") && error.contains("migrate"),
+        "{error}"
+    );
+    let state = store.migrate().await.unwrap();
+    assert_eq!(state.version, messaging::store::SCHEMA_VERSION);
+    store.check_schema().await.unwrap();
+
+    // Migrated by an older build: refused until the migration runs again.
+    let meta = store.database().collection::<Document>(collections::META);
+    meta.update_one(
+        doc! {"_id": "schema"},
+        doc! {"$set": {"version": messaging::store::SCHEMA_VERSION - 1}},
+    )
+    .await
+    .unwrap();
+    assert!(store.check_schema().await.is_err());
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+
+    // A newer build's migration is never undone by an older one, and this build still runs.
+    meta.update_one(
+        doc! {"_id": "schema"},
+        doc! {"$set": {"version": messaging::store::SCHEMA_VERSION + 1}},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store.migrate().await.unwrap().version,
+        messaging::store::SCHEMA_VERSION + 1
+    );
+    store.check_schema().await.unwrap();
 }
 
 #[tokio::test]
@@ -314,7 +363,7 @@ async fn changed_retention_updates_the_ttl_index_in_place() {
     let first = MongoStore::connect(&servers.mongodb_uri, &db, StoreOptions::default())
         .await
         .unwrap();
-    first.ensure_indexes().await.unwrap();
+    first.migrate().await.unwrap();
     let second = MongoStore::connect(
         &servers.mongodb_uri,
         &db,
@@ -325,7 +374,7 @@ async fn changed_retention_updates_the_ttl_index_in_place() {
     )
     .await
     .unwrap();
-    second.ensure_indexes().await.unwrap();
+    second.migrate().await.unwrap();
     let list: Vec<_> = second
         .database()
         .collection::<Document>(collections::MESSAGES)

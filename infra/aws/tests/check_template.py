@@ -14,6 +14,8 @@
 - the WebSocket API selects routes on `$request.body.type` and has exactly the expected routes
   (the reserved ones and one per client frame of docs/contract/asyncapi.json), each integrated
   with the expected function;
+- the schema migration is a custom resource backed by the migrate binary, at the workspace's
+  SCHEMA_VERSION, and every function that reads MongoDB depends on it;
 - secrets are dynamic references, never literal values.
 
 Run by scripts/validate-infra with the python of .tools/venv-infra (it uses cfn-lint's YAML
@@ -22,6 +24,7 @@ decoder, which understands the short intrinsic-function tags).
 
 import json
 import os
+import re
 import sys
 
 from cfnlint.decode import decode
@@ -128,6 +131,26 @@ def main(template_path, metadata_path):
     deployed = sorted(binary_of.values())
     for b in sorted(function_binaries):
         check(deployed.count(b) == 1, f"binary {b} is deployed {deployed.count(b)} times (expected once)")
+
+    # The schema migration: a custom resource backed by the migrate binary, at this build's
+    # SCHEMA_VERSION, and every function that reads MongoDB waits for it.
+    migrations = {k: v for k, v in resources.items() if v["Type"] == "Custom::SchemaMigration"}
+    check(len(migrations) == 1, f"expected one Custom::SchemaMigration resource, found {len(migrations)}")
+    schema_rs = os.path.join(workspace_root, "lib", "src", "store", "schema.rs")
+    with open(schema_rs, encoding="utf-8") as f:
+        expected_version = int(re.search(r"pub const SCHEMA_VERSION: i64 = (\d+);", f.read()).group(1))
+    for name, migration in migrations.items():
+        props = migration.get("Properties", {})
+        check(binary_of.get(logical_id_of(props.get("ServiceToken"))) == "migrate",
+              f"{name} is not backed by the migrate function")
+        check(str(props.get("SchemaVersion")) == str(expected_version),
+              f"{name}.SchemaVersion is {props.get('SchemaVersion')}, SCHEMA_VERSION is {expected_version}")
+        for function, binary in binary_of.items():
+            if binary in ("migrate", "authorizer"):
+                continue
+            depends = functions[function].get("DependsOn", [])
+            depends = [depends] if isinstance(depends, str) else depends
+            check(name in depends, f"{function} does not depend on {name} (it would start before the migration)")
     fn_by_binary = {b: n for n, b in binary_of.items()}
 
     # Event routing.

@@ -249,7 +249,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     .await?;
     let store =
         MongoStore::connect(&config.mongodb_uri, &config.database, config.store.clone()).await?;
-    store.ensure_indexes().await?;
+    // The local stack is its own deploy step: it migrates the database as it starts.
+    store.migrate().await?;
     let database = store.database().clone();
     let mongo = store.clone();
     let aws = local_aws_config().await;

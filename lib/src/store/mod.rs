@@ -81,7 +81,7 @@ pub use devices::DeviceStore;
 pub use gdpr::GdprStore;
 pub use media::MediaStore;
 pub use messages::{MessageStore, fingerprint, scoped_key};
-pub use schema::collections;
+pub use schema::{SCHEMA_VERSION, SchemaState, collections};
 
 /// Every durable-state port at once: what the shared context carries. Each function may ask for
 /// a narrower port (`&dyn MessageStore`); a `&dyn Store` converts to any of them.
@@ -146,8 +146,9 @@ pub struct MongoStore {
 }
 
 impl MongoStore {
-    /// Connects to `uri` and uses database `db_name`. Does not create indexes: call
-    /// [`MongoStore::ensure_indexes`] once at start.
+    /// Connects to `uri` and uses database `db_name`. Does not create indexes: that is
+    /// [`MongoStore::migrate`], a deploy-time step; a function calls
+    /// [`MongoStore::check_schema`] at start.
     pub async fn connect(uri: &str, db_name: &str, options: StoreOptions) -> Result<Self> {
         let mut client_options = mongodb::options::ClientOptions::parse(uri).await?;
         // A server that cannot be reached is found out within the operation deadline.

@@ -1,7 +1,12 @@
-//! The schema: every collection's name and indexes, in one place.
+//! The schema: every collection's name and indexes, in one place, and its version.
 //!
-//! [`MongoStore::ensure_indexes`] creates them; it is safe to run at every start and concurrently,
-//! and changes the message retention (a TTL index) in place.
+//! Creating indexes is a deploy-time step, not a cold-start cost: [`MongoStore::migrate`] creates
+//! them (safe to run again and concurrently; it changes the message retention, a TTL index, in
+//! place) and records [`SCHEMA_VERSION`] in the `meta` collection. It runs as the `migrate`
+//! function (a CloudFormation custom resource on AWS, a Job on Kubernetes) and when the local
+//! stack starts. A function checks at start, with one read, that the database is at least at
+//! the version it was built for ([`MongoStore::check_schema`]) and refuses to start otherwise,
+//! saying what to run.
 
 use super::*;
 
@@ -31,11 +36,83 @@ pub mod collections {
     pub const DEVICES: &str = "devices";
     /// Codes recorded by the local code sender instead of being sent (`code_outbox`, local use).
     pub const CODE_OUTBOX: &str = "code_outbox";
+    /// The schema's version record (`meta`).
+    pub const META: &str = "meta";
+}
+
+/// The version of the collections and indexes this build expects. Raise it with any change to
+/// them (and to `SchemaVersion` in `infra/aws/template.yaml`, which `validate-infra` checks), so
+/// that functions refuse to start on a database the migration has not reached yet.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// What [`MongoStore::migrate`] recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaState {
+    /// The version now recorded.
+    pub version: i64,
+    /// The message retention the TTL index now has, in seconds.
+    pub retention_secs: i64,
 }
 
 impl MongoStore {
-    /// Creates every collection's indexes; safe to run at every start and concurrently. When the
-    /// message retention changed, the TTL index is updated in place (`collMod`).
+    /// The deploy-time step: creates every index ([`MongoStore::ensure_indexes`]), then records
+    /// [`SCHEMA_VERSION`] (never lowering a newer one a later build recorded) and the retention.
+    pub async fn migrate(&self) -> Result<SchemaState> {
+        self.ensure_indexes().await?;
+        let retention_secs = self.options.message_retention.as_secs() as i64;
+        let meta = self.db.collection::<Document>(collections::META);
+        meta.update_one(
+            doc! {"_id": "schema"},
+            doc! {
+                "$max": {"version": SCHEMA_VERSION},
+                "$set": {"retention_secs": retention_secs, "migrated_at": DateTime::now()},
+            },
+        )
+        .upsert(true)
+        .await?;
+        let version = meta
+            .find_one(doc! {"_id": "schema"})
+            .await?
+            .and_then(|d| d.get_i64("version").ok())
+            .unwrap_or(SCHEMA_VERSION);
+        Ok(SchemaState {
+            version,
+            retention_secs,
+        })
+    }
+
+    /// The one check at a function's start (one read): the database has been migrated to at
+    /// least [`SCHEMA_VERSION`]. The error says what to run.
+    pub async fn check_schema(&self) -> Result<()> {
+        let record = self
+            .deadline(async {
+                Ok(self
+                    .db
+                    .collection::<Document>(collections::META)
+                    .find_one(doc! {"_id": "schema"})
+                    .await?)
+            })
+            .await?;
+        let found = record.as_ref().and_then(|d| d.get_i64("version").ok());
+        match found {
+            Some(version) if version >= SCHEMA_VERSION => Ok(()),
+            _ => Err(Error::dependency(
+                "mongodb",
+                format!(
+                    "database `{}` is at schema version {} and this build needs {SCHEMA_VERSION}: \
+                     run the migration first (the `migrate` function: on AWS the template's \
+                     SchemaMigration resource runs it, on Kubernetes the `migrate` Job, locally \
+                     `local-stack` at start)",
+                    self.db.name(),
+                    found.map_or("none (never migrated)".to_string(), |v| v.to_string()),
+                ),
+            )),
+        }
+    }
+
+    /// Creates every collection's indexes; safe to run again and concurrently. When the
+    /// message retention changed, the TTL index is updated in place (`collMod`). Part of
+    /// [`MongoStore::migrate`]; call that instead.
     pub async fn ensure_indexes(&self) -> Result<()> {
         let unique = |name: &str| {
             IndexOptions::builder()

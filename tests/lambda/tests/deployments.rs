@@ -82,7 +82,7 @@ impl Deployment {
         let database = testkit::unique_name("deploy");
         let mongodb_uri = servers.mongodb_uri.replace("/?", &format!("/{database}?"));
         let secrets: HashMap<String, String> = [
-            ("MONGODB_URI", mongodb_uri),
+            ("MONGODB_URI", mongodb_uri.clone()),
             ("REDIS_URL", servers.redis_url.clone()),
             ("JWT_HS256_SECRET", SECRET.to_string()),
             ("OPERATOR_KEY", OPERATOR_KEY.to_string()),
@@ -92,6 +92,18 @@ impl Deployment {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        // CloudFormation ran the SchemaMigration custom resource before any function (they
+        // depend on it); the migration's own path is tested below.
+        messaging::store::MongoStore::connect(
+            &mongodb_uri,
+            &database,
+            messaging::store::StoreOptions::default(),
+        )
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
         let parameters: HashMap<String, String> = [
             ("CodeSenderUrl", "https://codes.invalid/send"),
             ("MongoDbDatabase", database.as_str()),
@@ -245,15 +257,13 @@ impl Deployment {
     }
 
     async fn store(&self) -> messaging::store::MongoStore {
-        let store = messaging::store::MongoStore::connect(
+        messaging::store::MongoStore::connect(
             &self.values.secrets["MONGODB_URI"],
             &self.database,
             messaging::store::StoreOptions::default(),
         )
         .await
-        .unwrap();
-        store.ensure_indexes().await.unwrap();
-        store
+        .unwrap()
     }
 
     /// A WebSocket client of the emulated API and its connection id.
@@ -747,4 +757,152 @@ async fn every_knative_service_starts_with_its_manifest_environment() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// What CloudFormation received: each PUT's content type and JSON body.
+type Answers = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
+/// CloudFormation's side of a custom resource: a presigned `ResponseURL` that records the PUTs.
+async fn response_url(answers: Answers) -> String {
+    let router = axum::Router::new().route(
+        "/cfn-response",
+        axum::routing::put(move |headers: axum::http::HeaderMap, body: String| {
+            let answers = answers.clone();
+            async move {
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                answers.lock().unwrap().push((
+                    content_type,
+                    serde_json::from_str(&body).unwrap_or(Value::Null),
+                ));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/cfn-response?X-Amz-Signature=test",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    url
+}
+
+fn custom_resource_event(request_type: &str, url: &str) -> Value {
+    let mut event = json!({
+        "RequestType": request_type,
+        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:MigrateFunction",
+        "ResponseURL": url,
+        "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/messaging/guid",
+        "RequestId": uuid::Uuid::new_v4().to_string(),
+        "ResourceType": "Custom::SchemaMigration",
+        "LogicalResourceId": "SchemaMigration",
+        "ResourceProperties": {"ServiceToken": "arn", "SchemaVersion": "1", "Database": "x"},
+    });
+    if request_type != "Create" {
+        event["PhysicalResourceId"] = "messaging-schema-x".into();
+        event["OldResourceProperties"] = event["ResourceProperties"].clone();
+    }
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_migration_answers_cloudformation_as_a_custom_resource() {
+    let deployment = Deployment::new().await;
+    let template = SamTemplate::load(&root().join("infra/aws/template.yaml"));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let url = response_url(answers.clone()).await;
+
+    // A database nobody migrated yet: the functions refuse it, the migration makes it usable.
+    let fresh = testkit::unique_name("deploy-fresh");
+    let uri = deployment.values.secrets["MONGODB_URI"].replace(&deployment.database, &fresh);
+    let store = messaging::store::MongoStore::connect(
+        &uri,
+        &fresh,
+        messaging::store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(store.check_schema().await.is_err());
+    let runtime = RuntimeApi::start().await;
+    let mut env = deployment.lambda_env(&template, "MigrateFunction", &runtime);
+    env.insert("MONGODB_DATABASE".into(), fresh.clone());
+    let _process = Function::start("migrate", &env, &deployment.logs);
+    for request_type in ["Create", "Update"] {
+        let outcome = invoke(&runtime, custom_resource_event(request_type, &url)).await;
+        assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}");
+        let (content_type, answer) = answers
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("an answer to CloudFormation");
+        // The presigned URL is signed without a content type: sending one would be refused.
+        assert_eq!(content_type, None);
+        assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+        assert_eq!(answer["LogicalResourceId"], "SchemaMigration");
+        assert_eq!(
+            answer["PhysicalResourceId"],
+            format!("messaging-schema-{fresh}")
+        );
+        assert_eq!(
+            answer["Data"]["SchemaVersion"],
+            messaging::store::SCHEMA_VERSION.to_string()
+        );
+    }
+    store.check_schema().await.unwrap();
+    // Deleting the stack keeps the data.
+    let outcome = invoke(&runtime, custom_resource_event("Delete", &url)).await;
+    assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}");
+    assert_eq!(
+        answers.lock().unwrap().pop().unwrap().1["Status"],
+        "SUCCESS"
+    );
+    store.check_schema().await.unwrap();
+
+    // A migration that cannot reach MongoDB fails the deployment with the reason, in time.
+    let runtime = RuntimeApi::start().await;
+    let mut env = deployment.lambda_env(&template, "MigrateFunction", &runtime);
+    env.insert(
+        "MONGODB_URI".into(),
+        format!(
+            "mongodb://127.0.0.1:{}/?directConnection=true",
+            testkit::free_port()
+        ),
+    );
+    env.insert("MONGODB_TIMEOUT_MS".into(), "500".into());
+    let _failing = Function::start("migrate", &env, &deployment.logs);
+    let outcome = invoke(&runtime, custom_resource_event("Create", &url)).await;
+    assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}");
+    let answer = answers.lock().unwrap().pop().unwrap().1;
+    assert_eq!(answer["Status"], "FAILED", "{answer}");
+    assert!(!answer["Reason"].as_str().unwrap_or_default().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_refuses_to_start_on_a_database_never_migrated() {
+    let deployment = Deployment::new().await;
+    let template = SamTemplate::load(&root().join("infra/aws/template.yaml"));
+    let runtime = RuntimeApi::start().await;
+    let mut env = deployment.lambda_env(&template, "StoreFunction", &runtime);
+    let fresh = testkit::unique_name("deploy-unmigrated");
+    env.insert("MONGODB_DATABASE".into(), fresh.clone());
+    let process = Function::start("store", &env, &deployment.logs);
+    let deadline = std::time::Instant::now() + WAIT;
+    let error = loop {
+        if let Some(error) = runtime.init_error() {
+            break error;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no init error:\n{}",
+            process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = format!("{error:?}");
+    assert!(text.contains(&fresh) && text.contains("migrat"), "{text}");
 }

@@ -100,7 +100,7 @@ pub async fn env_with(adjust: impl FnOnce(&mut ApiOptions, &mut Settings)) -> En
     )
     .await
     .unwrap();
-    store.ensure_indexes().await.unwrap();
+    store.migrate().await.unwrap();
     let database = store.database().name().to_string();
     let mut settings = Settings::default();
     let issuer = JwtIssuer::hs256(SECRET.as_bytes(), "messaging", "messaging-clients");

@@ -319,7 +319,7 @@ pub async fn env_with(adjust: impl FnOnce(&mut PushOptions)) -> Env {
     )
     .await
     .unwrap();
-    store.ensure_indexes().await.unwrap();
+    store.migrate().await.unwrap();
     // Built from configuration, as a deployment builds it.
     let database = store.database().name().to_string();
     let ctx = Context::from_source(&|var: &str| match var {

@@ -368,7 +368,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let stack = start_stack(&args, &redis_url, &mongodb_uri, &data)?;
     let store = MongoStore::connect(&mongodb_uri, "messaging", StoreOptions::default()).await?;
-    store.ensure_indexes().await?;
+    store.migrate().await?;
     let issuer = JwtIssuer::hs256(SECRET.as_bytes(), "messaging", "messaging-clients");
     let machine = format!(
         "{} cores, {} MiB memory",
