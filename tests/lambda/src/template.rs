@@ -352,8 +352,8 @@ impl Evaluator<'_> {
     }
 }
 
-/// A Knative Service of the manifests: its name, its binary (from the image
-/// `messaging/<binary>:tag`) and its environment.
+/// A Knative Service (or a Job, such as the schema migration) of the manifests: its name, its
+/// binary (from the image `messaging/<binary>:tag`) and its environment.
 #[derive(Debug, Clone)]
 pub struct KnativeService {
     /// `metadata.name`.
@@ -365,7 +365,8 @@ pub struct KnativeService {
     pub env: BTreeMap<String, String>,
 }
 
-/// Every Knative Service in the YAML files of `dir` (multi-document files), with environments.
+/// Every Knative Service and Job in the YAML files of `dir` (multi-document files), with
+/// environments.
 pub fn knative_services(dir: &Path, values: &Values) -> Result<Vec<KnativeService>, String> {
     let mut documents = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -398,12 +399,16 @@ pub fn knative_services(dir: &Path, values: &Values) -> Result<Vec<KnativeServic
         .collect();
     let mut services = Vec::new();
     for d in &documents {
-        if d.get("kind").and_then(Yaml::as_str) != Some("Service")
-            || !d
-                .get("apiVersion")
-                .and_then(Yaml::as_str)
-                .is_some_and(|v| v.starts_with("serving.knative.dev"))
-        {
+        let kind = d.get("kind").and_then(Yaml::as_str);
+        let api_version = d
+            .get("apiVersion")
+            .and_then(Yaml::as_str)
+            .unwrap_or_default();
+        let knative_service =
+            kind == Some("Service") && api_version.starts_with("serving.knative.dev");
+        // A Job's pod template sits where a Service's does (the schema migration is one).
+        let job = kind == Some("Job") && api_version == "batch/v1";
+        if !knative_service && !job {
             continue;
         }
         let name = d["metadata"]["name"]

@@ -717,6 +717,30 @@ async fn every_knative_service_starts_with_its_manifest_environment() {
         "api",
         "presign",
     ];
+    // The migrate Job runs once, on a database nobody migrated, and makes it usable.
+    let job = services
+        .iter()
+        .find(|s| s.binary == "migrate")
+        .expect("the migrate Job");
+    let fresh = testkit::unique_name("knative-fresh");
+    let mut env = job.env.clone();
+    env.insert("MONGODB_DATABASE".into(), fresh.clone());
+    let mut process = Function::start(&job.binary, &env, &deployment.logs);
+    let status = process.wait_exit(WAIT).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the migrate Job failed ({status:?}):\n{}",
+        process.output()
+    );
+    let migrated = messaging::store::MongoStore::connect(
+        &deployment.values.secrets["MONGODB_URI"],
+        &fresh,
+        messaging::store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    migrated.check_schema().await.unwrap();
+
     for service in services
         .iter()
         .filter(|s| ours.contains(&s.binary.as_str()))
