@@ -215,6 +215,42 @@ fn start_stack(
     Ok(stack)
 }
 
+impl StackProcess {
+    /// CPU time the stack process has used so far (user + system), from `/proc`.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) are space-separated;
+        // utime and stime are fields 14 and 15 of the whole line.
+        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        (ticks(11) + ticks(12)) / per_second
+    }
+}
+
+/// Prints and returns the stack's CPU per unit of work between two readings.
+fn cpu_per(what: &str, before: f64, after: f64, units: u64, seconds: f64) -> serde_json::Value {
+    let used = after - before;
+    let per_unit_ms = if units == 0 {
+        f64::NAN
+    } else {
+        used * 1000.0 / units as f64
+    };
+    println!(
+        "stack CPU: {used:.2} s over {seconds:.1} s ({:.2} cores) = {per_unit_ms:.3} ms per {what}",
+        used / seconds.max(f64::EPSILON)
+    );
+    serde_json::json!({"cpu_seconds": used, "cores": used / seconds.max(f64::EPSILON), "ms_per_unit": per_unit_ms, "unit": what})
+}
+
 async fn metrics(url: &str) -> anyhow::Result<serde_json::Value> {
     Ok(reqwest::get(url).await?.json().await?)
 }
@@ -498,6 +534,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let before = metrics(&stack.metrics_url).await?;
+    let cpu_before = stack.cpu_seconds();
     let latencies = Arc::new(std::sync::Mutex::new(Latencies::default()));
     let sent = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -601,6 +638,8 @@ async fn main() -> anyhow::Result<()> {
         r.await?;
     }
     let after = metrics(&stack.metrics_url).await?;
+    let cpu_after = stack.cpu_seconds();
+    let whole_secs = started.elapsed().as_secs_f64();
     let sent_n = sent.load(Ordering::Relaxed);
     let delivered_n = delivered.load(Ordering::Relaxed);
     let stages = stage_delta(&before, &after);
@@ -620,6 +659,8 @@ async fn main() -> anyhow::Result<()> {
         delivered_n as f64 / send_secs,
         errors.load(Ordering::Relaxed)
     );
+    // Everything a message causes (send, fan-out, receipts, agent answers) counts against it.
+    let cpu = cpu_per("message", cpu_before, cpu_after, sent_n, whole_secs);
     let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
     let ack = summary("ack latency", &mut l.ack);
     let delivery = summary("delivery latency", &mut l.delivery);
@@ -657,6 +698,7 @@ async fn main() -> anyhow::Result<()> {
         "ack_latency": ack, "delivery_latency": delivery,
         "stages": stage_json, "floor": floor,
         "stack_rss_bytes_end": after["rss_bytes"],
+        "stack_cpu": cpu,
     });
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -718,6 +760,8 @@ mod stream {
             }
         }
         let before = metrics(&stack.metrics_url).await?;
+        let cpu_before = stack.cpu_seconds();
+        let started = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(args.duration);
         let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
         let frames = Arc::new(AtomicU64::new(0));
@@ -815,6 +859,7 @@ mod stream {
             w.await?;
         }
         let after = metrics(&stack.metrics_url).await?;
+        let cpu_after = stack.cpu_seconds();
         let emitted = emitted.load(Ordering::Relaxed);
         let frames = frames.load(Ordering::Relaxed);
         let mut latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
@@ -826,6 +871,13 @@ mod stream {
             emitted * 2
         );
         let latency = summary("delta latency", &mut latencies);
+        let cpu = cpu_per(
+            "delta",
+            cpu_before,
+            cpu_after,
+            emitted,
+            started.elapsed().as_secs_f64(),
+        );
         let frames_per_stream_s = frames as f64 / (streams * 2) as f64 / args.duration as f64;
         println!(
             "frames per stream per device: {frames_per_stream_s:.1}/s for {} deltas/s",
@@ -864,6 +916,7 @@ mod stream {
             "emitted": emitted, "receptions": received, "expected_receptions": emitted * 2,
             "delta_latency": latency,
             "frames_per_stream_device_s": frames_per_stream_s,
+            "stack_cpu": cpu,
             "calls_per_delta": stage_json,
             "floor": floor,
         }))
