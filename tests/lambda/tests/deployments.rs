@@ -745,7 +745,6 @@ async fn every_knative_service_starts_with_its_manifest_environment() {
         .iter()
         .filter(|s| ours.contains(&s.binary.as_str()))
     {
-        let port = testkit::free_port();
         let mut env = service.env.clone();
         // What the cluster resolves: the Broker and the gateway, by their in-cluster names.
         env.insert("BROKER_URL".into(), deployment.eventbridge_url.clone());
@@ -753,32 +752,41 @@ async fn every_knative_service_starts_with_its_manifest_environment() {
             "WEBSOCKET_MANAGEMENT_ENDPOINT".into(),
             deployment.management_url.clone(),
         );
-        env.insert("PORT".into(), port.to_string());
         // The manifests' MONGODB_DATABASE is `messaging`; keep this test's data apart.
         env.insert("MONGODB_DATABASE".into(), deployment.database.clone());
-        let mut process = Function::start(&service.binary, &env, &deployment.logs);
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await
-                && r.status() == 200
-            {
-                break;
-            }
-            if let Some(status) = process.exited() {
-                panic!(
-                    "Knative service {} ({}) exited with {status}:\n{}",
+        // A free port can be taken by someone else before the service binds it (an outgoing
+        // connection gets an ephemeral port too): then start again on another.
+        let mut attempts = 0;
+        'start: loop {
+            attempts += 1;
+            let port = testkit::free_port();
+            env.insert("PORT".into(), port.to_string());
+            let mut process = Function::start(&service.binary, &env, &deployment.logs);
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await
+                    && r.status() == 200
+                {
+                    break 'start;
+                }
+                if let Some(status) = process.exited() {
+                    let output = process.output();
+                    if output.contains("Address already in use") && attempts < 3 {
+                        continue 'start;
+                    }
+                    panic!(
+                        "Knative service {} ({}) exited with {status}:\n{output}",
+                        service.name, service.binary,
+                    );
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} never became healthy:\n{}",
                     service.name,
-                    service.binary,
                     process.output()
                 );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} never became healthy:\n{}",
-                service.name,
-                process.output()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
