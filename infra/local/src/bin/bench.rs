@@ -533,6 +533,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    // The stack's own background work (sweeps, timers, idle connections' heartbeats) over
+    // 3 s without messages: subtracted, so the figure is what messages cost.
+    let idle_before = stack.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_cores = (stack.cpu_seconds() - idle_before) / 3.0;
     let before = metrics(&stack.metrics_url).await?;
     let cpu_before = stack.cpu_seconds();
     let latencies = Arc::new(std::sync::Mutex::new(Latencies::default()));
@@ -661,6 +666,13 @@ async fn main() -> anyhow::Result<()> {
     );
     // Everything a message causes (send, fan-out, receipts, agent answers) counts against it.
     let cpu = cpu_per("message", cpu_before, cpu_after, sent_n, whole_secs);
+    let background = idle_cores * whole_secs;
+    let above_idle_ms = if sent_n == 0 {
+        f64::NAN
+    } else {
+        (cpu_after - cpu_before - background).max(0.0) * 1000.0 / sent_n as f64
+    };
+    println!("stack CPU above its idle {idle_cores:.3} cores: {above_idle_ms:.3} ms per message");
     let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
     let ack = summary("ack latency", &mut l.ack);
     let delivery = summary("delivery latency", &mut l.delivery);
@@ -699,6 +711,8 @@ async fn main() -> anyhow::Result<()> {
         "stages": stage_json, "floor": floor,
         "stack_rss_bytes_end": after["rss_bytes"],
         "stack_cpu": cpu,
+        "stack_idle_cores": idle_cores,
+        "stack_cpu_ms_per_message_above_idle": above_idle_ms,
     });
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
