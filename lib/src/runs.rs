@@ -611,10 +611,58 @@ pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
 
 // ---- Redis ----
 
+/// The Lua both stream scripts share (KEYS: run, pieces, held): what ends a run, the lowest held
+/// index, moving consecutive held pieces into the stream, and the gap's bookkeeping.
+macro_rules! stream_prelude {
+    () => {
+        r#"
+local run, list, held = KEYS[1], KEYS[2], KEYS[3]
+local function is_over(state)
+  return state == 'completed' or state == 'failed' or state == 'cancelled'
+end
+local function first_held()
+  local first = nil
+  for _, k in ipairs(redis.call('HKEYS', held)) do
+    local n = tonumber(k)
+    if not first or n < first then first = n end
+  end
+  return first
+end
+-- Moves the held pieces from `nxt` on, while consecutive, into `pieces`; the next index.
+local function take_held(nxt, pieces)
+  while true do
+    local t = redis.call('HGET', held, nxt)
+    if not t then break end
+    table.insert(pieces, t)
+    redis.call('HDEL', held, nxt)
+    nxt = nxt + 1
+  end
+  return nxt
+end
+local function size(pieces)
+  local n = 0
+  for _, p in ipairs(pieces) do n = n + #p end
+  return n
+end
+-- A gap remains while pieces are held.
+local function mark_gap(now)
+  if redis.call('HLEN', held) == 0 then redis.call('HDEL', run, 'gap_since')
+  else redis.call('HSET', run, 'gap_since', now) end
+end
+local function appended(from, created, pieces)
+  local reply = {'append', from, created}
+  for _, p in ipairs(pieces) do table.insert(reply, p) end
+  return reply
+end
+"#
+    };
+}
+
 /// Applies a piece; returns `{status, ...}` (see [`DeltaOutcome`]). KEYS: run, pieces (a list:
 /// position = index), held.
-const APPLY_DELTA: &str = r#"
-local run, list, held = KEYS[1], KEYS[2], KEYS[3]
+const APPLY_DELTA: &str = concat!(
+    stream_prelude!(),
+    r#"
 local index, piece, now = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local ttl, max_bytes, gap_wait, max_held = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local state = redis.call('HGET', run, 'state')
@@ -625,9 +673,7 @@ if not state then
   state = 'working'
   created = 1
 end
-if state == 'completed' or state == 'failed' or state == 'cancelled' then
-  return {'closed', state}
-end
+if is_over(state) then return {'closed', state} end
 local nxt = tonumber(redis.call('HGET', run, 'next'))
 if index < nxt then return {'dup'} end
 if index > nxt + max_held then return {'too_far'} end
@@ -644,38 +690,22 @@ if index > nxt then
   redis.call('PEXPIRE', run, ttl); redis.call('PEXPIRE', held, ttl)
   if now - since < gap_wait then return {'held', created} end
   -- Waited long enough: the missing pieces are skipped (empty).
-  local first = nil
-  for _, k in ipairs(redis.call('HKEYS', held)) do
-    local n = tonumber(k)
-    if not first or n < first then first = n end
-  end
+  local first = first_held()
   for i = nxt, first - 1 do table.insert(pieces, '') end
-  index = first
-  piece = redis.call('HGET', held, first)
-  redis.call('HDEL', held, first)
+  nxt = take_held(first, pieces)
+else
+  table.insert(pieces, piece)
+  nxt = take_held(index + 1, pieces)
 end
-table.insert(pieces, piece)
-nxt = index + 1
-while true do
-  local t = redis.call('HGET', held, nxt)
-  if not t then break end
-  table.insert(pieces, t)
-  redis.call('HDEL', held, nxt)
-  nxt = nxt + 1
-end
-local added = 0
-for _, p in ipairs(pieces) do added = added + #p end
-local bytes = tonumber(redis.call('HGET', run, 'bytes') or '0') + added
+local bytes = tonumber(redis.call('HGET', run, 'bytes') or '0') + size(pieces)
 if bytes > max_bytes then return {'too_large'} end
 redis.call('RPUSH', list, unpack(pieces))
 redis.call('HSET', run, 'next', nxt, 'bytes', bytes, 'updated', now, 'stalled', 0)
-if redis.call('HLEN', held) == 0 then redis.call('HDEL', run, 'gap_since')
-else redis.call('HSET', run, 'gap_since', now) end
+mark_gap(now)
 redis.call('PEXPIRE', run, ttl); redis.call('PEXPIRE', list, ttl); redis.call('PEXPIRE', held, ttl)
-local reply = {'append', from, created}
-for _, p in ipairs(pieces) do table.insert(reply, p) end
-return reply
-"#;
+return appended(from, created, pieces)
+"#
+);
 
 /// Changes a run's state. KEYS: run. ARGV: state, step, percent, reason, message_id, seq, now,
 /// ttl, create (0/1), agent, user, audience. Returns `{'changed', created}`, `{'final', state}`
@@ -706,43 +736,29 @@ return {'changed', created}
 "#;
 
 /// Skips a gap older than the wait. KEYS: run, pieces, held. ARGV: now, gap_wait, ttl.
-const SKIP_GAP: &str = r#"
-local run, list, held = KEYS[1], KEYS[2], KEYS[3]
+const SKIP_GAP: &str = concat!(
+    stream_prelude!(),
+    r#"
 local now, gap_wait = tonumber(ARGV[1]), tonumber(ARGV[2])
 local state = redis.call('HGET', run, 'state')
-if not state or state == 'completed' or state == 'failed' or state == 'cancelled' then return {'none'} end
+if not state or is_over(state) then return {'none'} end
 local since = tonumber(redis.call('HGET', run, 'gap_since'))
 if not since or now - since < gap_wait then return {'none'} end
-local first = nil
-for _, k in ipairs(redis.call('HKEYS', held)) do
-  local n = tonumber(k)
-  if not first or n < first then first = n end
-end
+local first = first_held()
 if not first then redis.call('HDEL', run, 'gap_since'); return {'none'} end
 local nxt = tonumber(redis.call('HGET', run, 'next'))
 local from = nxt
 local pieces = {}
 for i = nxt, first - 1 do table.insert(pieces, '') end
-nxt = first
-while true do
-  local t = redis.call('HGET', held, nxt)
-  if not t then break end
-  table.insert(pieces, t)
-  redis.call('HDEL', held, nxt)
-  nxt = nxt + 1
-end
-local added = 0
-for _, p in ipairs(pieces) do added = added + #p end
+nxt = take_held(first, pieces)
 redis.call('RPUSH', list, unpack(pieces))
-redis.call('HINCRBY', run, 'bytes', added)
+redis.call('HINCRBY', run, 'bytes', size(pieces))
 redis.call('HSET', run, 'next', nxt, 'updated', now)
-if redis.call('HLEN', held) == 0 then redis.call('HDEL', run, 'gap_since')
-else redis.call('HSET', run, 'gap_since', now) end
+mark_gap(now)
 redis.call('PEXPIRE', run, ARGV[3]); redis.call('PEXPIRE', list, ARGV[3])
-local reply = {'append', from, 0}
-for _, p in ipairs(pieces) do table.insert(reply, p) end
-return reply
-"#;
+return appended(from, 0, pieces)
+"#
+);
 
 /// Marks a run stalled. KEYS: run. Returns 1 when it changed.
 const MARK_STALLED: &str = r#"

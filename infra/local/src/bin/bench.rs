@@ -90,6 +90,16 @@ struct Args {
     json: Option<PathBuf>,
 }
 
+/// The stack's per-stage counters (`GET /metrics`) every run reports.
+const STAGES: [&str; 6] = [
+    "route_invocation",
+    "redis",
+    "mongodb",
+    "broker_publish",
+    "event_delivery",
+    "gateway_post",
+];
+
 const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 
 #[derive(Default)]
@@ -678,14 +688,7 @@ async fn main() -> anyhow::Result<()> {
     let delivery = summary("delivery latency", &mut l.delivery);
     println!("\nper message, by stage (calls, ms of work summed over concurrent calls):");
     let mut stage_json = serde_json::Map::new();
-    for name in [
-        "route_invocation",
-        "redis",
-        "mongodb",
-        "broker_publish",
-        "event_delivery",
-        "gateway_post",
-    ] {
+    for name in STAGES {
         let (calls, ms) = per_message(name);
         println!("  {name:<18} {calls:>7.2} calls  {ms:>8.3} ms");
         stage_json.insert(
@@ -903,14 +906,7 @@ mod stream {
         };
         println!("\nper delta, calls by stage:");
         let mut stage_json = serde_json::Map::new();
-        for name in [
-            "route_invocation",
-            "redis",
-            "mongodb",
-            "broker_publish",
-            "event_delivery",
-            "gateway_post",
-        ] {
+        for name in STAGES {
             println!("  {name:<18} {:>7.2}", per_delta(name));
             stage_json.insert(name.into(), serde_json::json!(per_delta(name)));
         }
