@@ -7,6 +7,12 @@
 //! number seen per conversation; messages reach the caller in sequence order per conversation,
 //! with gaps detected and filled by `retransmit`; received messages are acknowledged with
 //! `delivery_ack` automatically.
+//!
+//! Told to `migration` (its gateway replica is shutting down, or the connection nears its
+//! lifetime limit), it moves make-before-break: it opens the new connection, sends `sync` and
+//! the unacknowledged sends there (same keys), keeps reading the old one until the new one has
+//! synced, then closes the old one. Nothing is lost, repeated or reordered, and the application
+//! sees no `Disconnected`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -20,8 +26,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::error::ErrorCode;
 use crate::protocol::{
     AgentRunPayload, ClientFrame, DeliveredMessage, DeliveryReceiptPayload, MessageAckPayload,
-    MessageDeltaPayload, OutgoingMessage, PresencePayload, ReadReceiptPayload, ServerFrame,
-    TypingPayload, TypingState,
+    MessageDeltaPayload, MigrationPayload, OutgoingMessage, PresencePayload, ReadReceiptPayload,
+    ServerFrame, TypingPayload, TypingState,
 };
 
 /// How to reach the API.
@@ -175,6 +181,14 @@ struct Shared {
     this: Mutex<std::sync::Weak<Shared>>,
     /// Streamed answers being received, by (conversation, run).
     streams: Mutex<HashMap<(String, String), Stream>>,
+    /// Where (re)connections go: the configured URL, or where the last `migration` sent us.
+    endpoint: Mutex<String>,
+    /// The latest `migration` frame received.
+    migration: tokio::sync::watch::Sender<Option<MigrationPayload>>,
+    /// Counts `auth_success` frames: a connection is synced when this moves.
+    synced: tokio::sync::watch::Sender<u64>,
+    /// Connections this client moved to without a drop (make-before-break).
+    migrations: std::sync::atomic::AtomicU64,
 }
 
 /// A streamed answer being received.
@@ -211,12 +225,8 @@ impl Drop for Client {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn open(config: &ClientConfig) -> Result<Socket, ClientError> {
-    let mut url = format!(
-        "{}/?token={}",
-        config.url.trim_end_matches('/'),
-        config.token
-    );
+async fn open(endpoint: &str, config: &ClientConfig) -> Result<Socket, ClientError> {
+    let mut url = format!("{}/?token={}", endpoint.trim_end_matches('/'), config.token);
     if let Some(device) = &config.device_id {
         url.push_str("&device_id=");
         url.push_str(device);
@@ -241,9 +251,13 @@ impl Client {
         config: ClientConfig,
         since: BTreeMap<String, u64>,
     ) -> Result<Self, ClientError> {
-        let socket = open(&config).await?;
+        let socket = open(&config.url, &config).await?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            endpoint: Mutex::new(config.url.clone()),
+            migration: tokio::sync::watch::Sender::new(None),
+            synced: tokio::sync::watch::Sender::new(0),
+            migrations: std::sync::atomic::AtomicU64::new(0),
             config,
             me: Mutex::new(None),
             out: Mutex::new(None),
@@ -322,6 +336,14 @@ impl Client {
 }
 
 impl ClientHandle {
+    /// How many times this client moved to a new connection when told to `migration`, without
+    /// a drop.
+    pub fn migrations(&self) -> u64 {
+        self.shared
+            .migrations
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Last sequence number delivered to the caller per conversation (to persist and resume).
     pub fn state(&self) -> BTreeMap<String, u64> {
         self.shared.order.lock().expect("order lock").last.clone()
@@ -772,6 +794,7 @@ impl Shared {
                 {
                     self.resend_heads();
                 }
+                self.synced.send_modify(|n| *n += 1);
                 self.emit(ClientEvent::Ready {
                     unread_count: payload.unread_count,
                 })
@@ -846,7 +869,10 @@ impl Shared {
                 self.emit(ClientEvent::Run(payload))
             }
             ServerFrame::MessageDelta { payload } => self.on_delta(payload),
-            ServerFrame::HeartbeatAck { .. } | ServerFrame::Migration { .. } => {}
+            ServerFrame::Migration { payload } => {
+                self.migration.send_replace(Some(payload));
+            }
+            ServerFrame::HeartbeatAck { .. } => {}
         }
     }
 }
@@ -854,6 +880,7 @@ impl Shared {
 async fn run(shared: Arc<Shared>, first: Socket) {
     let mut socket = Some(first);
     let mut backoff = shared.config.min_backoff;
+    let mut attempt = 0u32;
     loop {
         let s = match socket.take() {
             Some(s) => s,
@@ -866,13 +893,27 @@ async fn run(shared: Arc<Shared>, first: Socket) {
                 let jitter = rand::random::<f64>() * backoff.as_secs_f64() * 0.5;
                 tokio::time::sleep(backoff + Duration::from_secs_f64(jitter)).await;
                 backoff = (backoff * 2).min(shared.config.max_backoff);
-                match open(&shared.config).await {
+                // Where a migration sent us, and every other attempt the configured address
+                // (a replica we were sent to directly may be gone).
+                attempt += 1;
+                let endpoint = if attempt.is_multiple_of(2) {
+                    shared.config.url.clone()
+                } else {
+                    shared.endpoint.lock().expect("endpoint lock").clone()
+                };
+                match open(&endpoint, &shared.config).await {
                     Ok(s) => s,
                     Err(_) => continue,
                 }
             }
         };
-        session(&shared, s).await;
+        match session(&shared, s).await {
+            SessionEnd::Moved(next) => {
+                socket = Some(*next);
+                continue;
+            }
+            SessionEnd::Dropped => {}
+        }
         backoff = shared.config.min_backoff.max(backoff / 2);
         if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return;
@@ -881,11 +922,115 @@ async fn run(shared: Arc<Shared>, first: Socket) {
     }
 }
 
-/// One connection's life: resume (sync + resend), then pump frames until it drops.
-async fn session(shared: &Arc<Shared>, socket: Socket) {
+/// How a connection's session ended.
+enum SessionEnd {
+    /// It dropped (or was closed): reconnect.
+    Dropped,
+    /// A `migration` was followed: go on with this new connection.
+    Moved(Box<Socket>),
+}
+
+/// How long the old connection is kept (and read) after the move, at most, waiting for the new
+/// one to sync.
+const RETIRE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Opens the connection a `migration` asks for: its endpoint (or ours when it names none),
+/// retried until its deadline, then the configured address.
+async fn open_for_migration(
+    shared: Arc<Shared>,
+    target: MigrationPayload,
+) -> Result<(Socket, String), ClientError> {
+    let current = shared.endpoint.lock().expect("endpoint lock").clone();
+    let endpoint = if target.new_endpoint.is_empty() {
+        current
+    } else {
+        target.new_endpoint.clone()
+    };
+    let mut config = shared.config.clone();
+    if let Some(token) = target.session_token.filter(|t| !t.is_empty()) {
+        config.token = token;
+    }
+    let mut last = ClientError::Timeout;
+    loop {
+        for candidate in [&endpoint, &shared.config.url] {
+            match open(candidate, &config).await {
+                Ok(socket) => return Ok((socket, candidate.clone())),
+                Err(e) => last = e,
+            }
+        }
+        if crate::clock::now_ms() >= target.deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The old connection after a move: what was queued for it is written, its frames are still
+/// taken until the new connection has synced (`auth_success`), then it is closed.
+async fn retire(
+    shared: Arc<Shared>,
+    mut sink: futures::stream::SplitSink<Socket, WsMessage>,
+    mut stream: futures::stream::SplitStream<Socket>,
+    mut queued: mpsc::UnboundedReceiver<String>,
+    mut synced: tokio::sync::watch::Receiver<u64>,
+) {
+    let until = tokio::time::Instant::now() + RETIRE_WITHIN;
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            // Until the new session takes over sending (it replaces the sender).
+            text = queued.recv(), if sending => match text {
+                Some(text) if text != CLOSE_SENTINEL && text != DROP_SENTINEL => {
+                    if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(_) => {}
+                None => sending = false,
+            },
+            frame = stream.next() => match frame {
+                Some(Ok(WsMessage::Text(text))) => {
+                    if let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) {
+                        shared.on_frame(frame);
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+            _ = synced.changed() => break,
+            _ = tokio::time::sleep_until(until) => break,
+        }
+    }
+    let _ = sink
+        .send(WsMessage::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "migrated".into(),
+            },
+        )))
+        .await;
+    // Read until the server's close answer, briefly, so the close is clean.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if let WsMessage::Text(text) = frame
+                && let Ok(frame) = serde_json::from_str::<ServerFrame>(&text)
+            {
+                shared.on_frame(frame);
+            }
+        }
+    })
+    .await;
+}
+
+/// One connection's life: resume (sync + resend), then pump frames until it drops or a
+/// `migration` has been followed.
+async fn session(shared: &Arc<Shared>, socket: Socket) -> SessionEnd {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     *shared.out.lock().expect("out lock") = Some(tx);
+    let mut migration = shared.migration.subscribe();
+    migration.borrow_and_update();
+    let mut opening: Option<tokio::task::JoinHandle<Result<(Socket, String), ClientError>>> = None;
     // A new connection is authenticated by its token: nothing waits for an older `auth`.
     shared
         .awaiting_auth
@@ -924,7 +1069,34 @@ async fn session(shared: &Arc<Shared>, socket: Socket) {
                 let frame = ClientFrame::Heartbeat { timestamp: crate::clock::now_ms() };
                 let _ = shared.send(serde_json::to_string(&frame).unwrap_or_default());
             }
+            changed = migration.changed() => {
+                if changed.is_err() { continue; }
+                let target = migration.borrow_and_update().clone();
+                if let (Some(target), None) = (target, &opening) {
+                    opening = Some(tokio::spawn(open_for_migration(shared.clone(), target)));
+                }
+            }
+            opened = async { opening.as_mut().expect("guarded").await }, if opening.is_some() => {
+                opening = None;
+                let Ok(Ok((next, endpoint))) = opened else {
+                    // Could not reach anywhere before the deadline: this connection ends when
+                    // the server closes it, and the client reconnects as after any drop.
+                    continue;
+                };
+                *shared.endpoint.lock().expect("endpoint lock") = endpoint;
+                shared.migrations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // From here on sends go to the new connection (its session sends `sync` and
+                // resends what is unacknowledged); the old one is read until that sync is done.
+                // What is sent until then still goes out on the old one.
+                let synced = shared.synced.subscribe();
+                tokio::spawn(retire(shared.clone(), sink, stream, rx, synced));
+                return SessionEnd::Moved(Box::new(next));
+            }
         }
     }
+    if let Some(opening) = opening {
+        opening.abort();
+    }
     *shared.out.lock().expect("out lock") = None;
+    SessionEnd::Dropped
 }

@@ -43,6 +43,14 @@ pub struct Settings {
     /// Longest a frame's handling may take before the client is told `unavailable` (well inside
     /// API Gateway's 29 s integration limit; each call inside has its own, shorter deadline).
     pub frame_timeout: Duration,
+    /// The WebSocket API's maximum connection lifetime (API Gateway: 2 hours); connections are
+    /// told to migrate [`Settings::migration_notice`] before it.
+    pub connection_max_age: Duration,
+    /// How long before the lifetime cut a connection is told to migrate.
+    pub migration_notice: Duration,
+    /// The public WebSocket address put in `migration` frames (`WEBSOCKET_URL`); empty means
+    /// "the address you connected to".
+    pub websocket_url: String,
 }
 
 impl Default for Settings {
@@ -66,6 +74,9 @@ impl Default for Settings {
             default_agent: None,
             agent_offline_after: Duration::from_secs(120),
             frame_timeout: Duration::from_secs(10),
+            connection_max_age: Duration::from_secs(2 * 3600),
+            migration_notice: Duration::from_secs(5 * 60),
+            websocket_url: String::new(),
         }
     }
 }
@@ -74,7 +85,8 @@ impl Settings {
     /// Reads `EVENT_SOURCE`, `MAX_CONTENT_BYTES`, `FRAME_RATE_PER_MINUTE`, `SEND_RATE_PER_MINUTE`,
     /// `MAX_RETRANSMIT_RANGE`, `MAX_SYNC_MESSAGES`, `AGENT_TIMEOUT_SECS`,
     /// `AGENT_PROGRESS_INTERVAL_SECS`, `DELTA_GAP_WAIT_MS`, `DEFAULT_AGENT_ID`,
-    /// `AGENT_OFFLINE_AFTER_SECS`, `FRAME_TIMEOUT_MS`.
+    /// `AGENT_OFFLINE_AFTER_SECS`, `FRAME_TIMEOUT_MS`, `CONNECTION_MAX_AGE_SECS`,
+    /// `MIGRATION_NOTICE_SECS`, `WEBSOCKET_URL`.
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
         let d = Self::default();
         let num = |var: &'static str, default: u64| crate::config::parsed(src, var, default);
@@ -115,6 +127,17 @@ impl Settings {
                 d.agent_offline_after.as_secs(),
             )?),
             frame_timeout: crate::config::millis(src, "FRAME_TIMEOUT_MS", d.frame_timeout)?,
+            connection_max_age: crate::config::seconds(
+                src,
+                "CONNECTION_MAX_AGE_SECS",
+                d.connection_max_age,
+            )?,
+            migration_notice: crate::config::seconds(
+                src,
+                "MIGRATION_NOTICE_SECS",
+                d.migration_notice,
+            )?,
+            websocket_url: src.get("WEBSOCKET_URL").unwrap_or(d.websocket_url),
         })
     }
 }

@@ -42,6 +42,19 @@ impl Keys {
         format!("{}conn:{connection_id}", self.prefix)
     }
 
+    /// Sorted set of connection ids scored by `connected_at` (ms), for the sweep that migrates
+    /// connections nearing their maximum lifetime (see `migration`). A connection leaves it when
+    /// it is told to migrate or is forgotten.
+    pub fn connections_by_age(&self) -> String {
+        format!("{}conns:by-age", self.prefix)
+    }
+
+    /// Hash `replica tag -> {management_url, websocket_url, heartbeat, draining}` of the WebSocket
+    /// gateway replicas (the Kubernetes edge), refreshed by each replica's heartbeat.
+    pub fn gateway_replicas(&self) -> String {
+        format!("{}gateway:replicas", self.prefix)
+    }
+
     /// Set of a user's live connection ids (multi-device).
     pub fn user_connections(&self, user_id: &str) -> String {
         format!("{}{{u:{user_id}}}:conns", self.prefix)

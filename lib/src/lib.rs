@@ -16,7 +16,8 @@
 //! the CloudEvents broker, and [`eventbridge`] for AWS; [`objects`]: S3.
 //!
 //! **Shared services** — [`connections`]: registering and forgetting a connection, presence;
-//! [`identity`]: the `$connect` authorizer and the identity every frame carries; [`auth`]: JWTs;
+//! [`migration`]: moving clients off a connection before it ends; [`identity`]: the `$connect`
+//! authorizer and the identity every frame carries; [`auth`]: JWTs;
 //! [`conversations`]: cached lookups and the one membership check; [`fanout`]: frames to
 //! connections; [`pending`]: what a device is owed, from MongoDB; [`outbox`]: every
 //! acknowledged message fanned out and notified; [`agent_routing`]: which agent answers;
@@ -73,6 +74,7 @@ pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod migration;
 pub mod model;
 pub mod objects;
 pub mod outbox;

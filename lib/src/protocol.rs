@@ -286,13 +286,42 @@ pub struct MessagesPayload {
     pub missing: Vec<u64>,
 }
 
-/// `migration` payload: reconnect elsewhere.
+/// `migration` payload: this connection is about to end; open a new one, then close this one.
+///
+/// Sent by a gateway replica that is shutting down (rolling update, scale-down) and, on AWS, by
+/// the connections sweep to connections nearing API Gateway's 2-hour limit. A client that opens
+/// the new connection (same device, `sync` from what it has) before closing this one loses
+/// nothing: both receive while they overlap, and sequence numbers drop repeats. Whatever is
+/// still open at `deadline` is closed by the server with 1001.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MigrationPayload {
-    /// Where to reconnect.
+    /// Where to reconnect (`wss://...`, without a token). Behind a load balancer it is the
+    /// public address; otherwise another live replica.
     pub new_endpoint: String,
-    /// Token to present there.
-    pub session_token: String,
+    /// A fresh access token to present there, when the server issued one (the lifetime
+    /// migration does, so a connection that outlived its token can still move); absent means
+    /// "reconnect with the token you have".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// Why the connection ends.
+    #[serde(default)]
+    pub reason: MigrationReason,
+    /// When the server closes this connection (milliseconds since the epoch).
+    #[serde(default)]
+    pub deadline: i64,
+}
+
+/// Why a connection is being migrated.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationReason {
+    /// The replica holding the connection is shutting down.
+    #[default]
+    Shutdown,
+    /// The connection is reaching its maximum lifetime (API Gateway: 2 hours).
+    Lifetime,
 }
 
 /// The state of an agent run: the A2A task states a person needs to see.

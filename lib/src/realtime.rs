@@ -177,6 +177,14 @@ pub trait RealtimeState: crate::runs::RunStore + Send + Sync {
     async fn extend_agent_waits(&self, conversation_id: &str, deadline_ms: i64) -> Result<()>;
     /// The agent answered in a conversation: stop waiting there.
     async fn agent_answered(&self, conversation_id: &str) -> Result<()>;
+    /// Removes and returns up to `limit` connections that connected at or before `cutoff_ms`,
+    /// with their `connected_at` (each to one caller only), for the sweep that migrates
+    /// connections nearing their maximum lifetime.
+    async fn take_connections_older_than(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>>;
     /// Removes and returns up to `limit` waits whose deadline passed (each to one caller only).
     async fn take_expired_agent_waits(&self, now_ms: i64, limit: usize) -> Result<Vec<AgentWait>>;
     /// Counts one request of `subject` against `limit` in scope `scope`.
@@ -351,6 +359,12 @@ impl RealtimeState for RedisState {
             .expire(&set_key, secs(CONNECTION_TTL))
             .ignore()
             .scard(&set_key)
+            .zadd(
+                self.keys.connections_by_age(),
+                &c.connection_id,
+                c.connected_at,
+            )
+            .ignore()
             .hset_multiple(
                 &presence_key,
                 &[
@@ -378,6 +392,7 @@ impl RealtimeState for RedisState {
         // One script: read the owner, delete the record, remove it from the owner's set, count
         // what is left. Atomic, so two devices disconnecting at once both see the right count.
         const SCRIPT: &str = r#"
+            redis.call('ZREM', KEYS[2], ARGV[2])
             local user = redis.call('HGET', KEYS[1], 'user_id')
             if not user then return false end
             redis.call('DEL', KEYS[1])
@@ -387,6 +402,7 @@ impl RealtimeState for RedisState {
         "#;
         let result: Option<(String, u64)> = redis::Script::new(SCRIPT)
             .key(self.keys.connection(connection_id))
+            .key(self.keys.connections_by_age())
             .arg(self.keys.prefix())
             .arg(connection_id)
             .invoke_async(&mut self.conn())
@@ -570,6 +586,25 @@ impl RealtimeState for RedisState {
             .invoke_async::<i64>(&mut self.conn())
             .await?;
         Ok(())
+    }
+
+    async fn take_connections_older_than(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        // Atomic pop: two sweeps never both tell a connection to migrate.
+        const SCRIPT: &str = r#"
+            local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2], 'WITHSCORES')
+            for i = 1, #due, 2 do redis.call('ZREM', KEYS[1], due[i]) end
+            return due
+        "#;
+        Ok(redis::Script::new(SCRIPT)
+            .key(self.keys.connections_by_age())
+            .arg(cutoff_ms)
+            .arg(limit)
+            .invoke_async(&mut self.conn())
+            .await?)
     }
 
     async fn take_expired_agent_waits(&self, now_ms: i64, limit: usize) -> Result<Vec<AgentWait>> {

@@ -260,14 +260,26 @@ fn retransmit_seeds() {
 
 #[test]
 fn migration_seed() {
-    round_trip_server(
-        r#"{
+    // The seed's frame parses; what we send adds why and until when.
+    let seed = r#"{
   "type": "migration",
   "payload": {
     "new_endpoint": "wss://messaging.example.com/ws",
     "session_token": "session-token-here"
   }
-}"#,
+}"#;
+    let frame: ServerFrame = serde_json::from_str(seed).expect("seed parses");
+    let ServerFrame::Migration { payload } = &frame else {
+        panic!("wrong frame {frame:?}")
+    };
+    assert_eq!(payload.session_token.as_deref(), Some("session-token-here"));
+    assert_eq!(
+        payload.reason,
+        messaging::protocol::MigrationReason::Shutdown
+    );
+    round_trip_server(
+        r#"{"type": "migration", "payload": {"new_endpoint": "wss://a.example/ws",
+            "reason": "lifetime", "deadline": 1700000000000}}"#,
     );
 }
 

@@ -1,5 +1,7 @@
-//! `messaging.message.received`: the after-commit work of a stored message; and
-//! `messaging.outbox.sweep`: the schedule that makes sure that work always happens.
+//! `messaging.message.received`: the after-commit work of a stored message;
+//! `messaging.outbox.sweep`: the schedule that makes sure that work always happens; and
+//! `messaging.connections.sweep`: the schedule that tells connections nearing the WebSocket
+//! API's lifetime limit to migrate (`messaging::migration`).
 //!
 //! The message is already durable in MongoDB when this runs, with its fan-out marked due in the
 //! outbox (`messaging::outbox`); this function makes it reach people. In order, each step
@@ -54,9 +56,12 @@ pub struct FanOut {
     pub duplicate: bool,
     /// Messages a sweep published again (for `messaging.outbox.sweep`).
     pub republished: usize,
+    /// Connections told to migrate (for `messaging.connections.sweep`).
+    pub migrated: usize,
 }
 
-/// Handles one `messaging.message.received` or `messaging.outbox.sweep` event.
+/// Handles one `messaging.message.received`, `messaging.outbox.sweep` or
+/// `messaging.connections.sweep` event.
 pub async fn handle(ctx: &Context, event: Event) -> Result<FanOut> {
     match event.ty() {
         event_types::MESSAGE_RECEIVED => received(ctx, event_data(&event)?).await,
@@ -64,10 +69,15 @@ pub async fn handle(ctx: &Context, event: Event) -> Result<FanOut> {
             republished: messaging::outbox::sweep(ctx, messaging::clock::now_ms()).await?,
             ..FanOut::default()
         }),
+        messaging::migration::SWEEP_EVENT => Ok(FanOut {
+            migrated: messaging::migration::sweep(ctx, messaging::clock::now_ms()).await?,
+            ..FanOut::default()
+        }),
         other => Err(Error::invalid(format!(
-            "store consumes {} and {}, not {other}",
+            "store consumes {}, {} and {}, not {other}",
             event_types::MESSAGE_RECEIVED,
             messaging::outbox::SWEEP_EVENT,
+            messaging::migration::SWEEP_EVENT,
         ))),
     }
 }

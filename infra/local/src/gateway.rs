@@ -12,10 +12,16 @@
 //! management API answers `POST`/`GET`/`DELETE /@connections/{id}` (optionally under
 //! `/{stage}`) with AWS's status codes and error types: 410 GoneException for unknown or closed
 //! connections, 413 PayloadTooLargeException over 128 KB.
+//!
+//! Several instances can serve one API as replicas ([`WebSocketApi::join`], see
+//! [`crate::replicas`]): a management call reaching any of them is answered by the replica that
+//! holds the socket. A replica that shuts down [drains](WebSocketApi::drain): it takes no new
+//! connections, tells every client to migrate, and closes with 1001 only what is left at the
+//! end of the grace period.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,6 +127,8 @@ struct Connection {
     last_active_ms: AtomicI64,
     source_ip: String,
     user_agent: String,
+    /// Told to migrate (by [`WebSocketApi::drain`]).
+    migrating: AtomicBool,
 }
 
 /// The emulated WebSocket API and its management API.
@@ -131,6 +139,28 @@ pub struct WebSocketApi {
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     domain: Mutex<String>,
     invocations: AtomicU64,
+    /// Tag of this replica, the first bytes of its connection ids (see [`crate::replicas`]).
+    tag: AtomicU32,
+    registry: std::sync::OnceLock<Arc<crate::replicas::Registry>>,
+    /// Shutting down: upgrades are refused.
+    draining: AtomicBool,
+    /// Connections between leaving the table and the end of their `$disconnect`.
+    closing: AtomicUsize,
+    /// Connections told to migrate that the client closed itself.
+    migrated: AtomicU64,
+    /// Connections told to migrate that were still open at the deadline.
+    cut: AtomicU64,
+}
+
+/// What a [`WebSocketApi::drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections told to migrate.
+    pub told: usize,
+    /// Of those, closed by their client before the deadline (moved).
+    pub moved: u64,
+    /// Closed by the gateway with 1001 at the deadline.
+    pub cut: u64,
 }
 
 impl WebSocketApi {
@@ -153,7 +183,110 @@ impl WebSocketApi {
             connections: Mutex::new(HashMap::new()),
             domain: Mutex::new("localhost".into()),
             invocations: AtomicU64::new(0),
+            tag: AtomicU32::new(rand::random()),
+            registry: std::sync::OnceLock::new(),
+            draining: AtomicBool::new(false),
+            closing: AtomicUsize::new(0),
+            migrated: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
         })
+    }
+
+    /// Makes this API one replica of several (see [`crate::replicas`]): joins the registry in
+    /// Redis, announcing where the others reach its management API and where clients reach it,
+    /// and from now on forwards management calls for the other replicas' connections to them.
+    /// `public_url` is the address clients are sent to when told to migrate (a load balancer);
+    /// without it they are sent to another live replica. Call it before taking connections.
+    pub async fn join(
+        &self,
+        redis_url: &str,
+        prefix: &str,
+        management_url: &str,
+        websocket_url: &str,
+        public_url: Option<String>,
+    ) -> anyhow::Result<()> {
+        let registry = crate::replicas::Registry::join(
+            redis_url,
+            prefix,
+            management_url,
+            websocket_url,
+            public_url,
+        )
+        .await?;
+        self.tag
+            .store(u32::from_be_bytes(registry.tag()), Ordering::SeqCst);
+        self.registry
+            .set(registry)
+            .map_err(|_| anyhow::anyhow!("this API already joined a registry"))
+    }
+
+    fn tag(&self) -> crate::replicas::Tag {
+        self.tag.load(Ordering::SeqCst).to_be_bytes()
+    }
+
+    /// Shuts this replica down without dropping anyone: refuses new connections, marks itself
+    /// draining in the registry, sends every client a `migration` frame with `deadline` = now +
+    /// `grace`, waits until they have closed their connection (or the grace period ends),
+    /// closes what is left with 1001, waits for their `$disconnect`s and leaves the registry.
+    /// Stop accepting on the listener too (a load balancer then sends clients elsewhere).
+    pub async fn drain(&self, grace: Duration) -> DrainReport {
+        self.draining.store(true, Ordering::SeqCst);
+        let new_endpoint = match self.registry.get() {
+            Some(registry) => {
+                registry.set_draining().await;
+                registry.new_endpoint()
+            }
+            None => String::new(),
+        };
+        let deadline = Instant::now() + grace;
+        let deadline_ms = messaging::clock::now_ms() + grace.as_millis() as i64;
+        let frame = messaging::migration::frame(
+            &new_endpoint,
+            messaging::protocol::MigrationReason::Shutdown,
+            deadline_ms,
+        )
+        .to_json();
+        let connections: Vec<Arc<Connection>> = self
+            .connections
+            .lock()
+            .expect("connections lock")
+            .values()
+            .cloned()
+            .collect();
+        for connection in &connections {
+            connection.migrating.store(true, Ordering::SeqCst);
+            let _ = connection.tx.send(Outbound::Text(frame.clone()));
+        }
+        tracing::info!(
+            told = connections.len(),
+            new_endpoint,
+            grace_ms = grace.as_millis() as u64,
+            "draining: clients told to migrate"
+        );
+        while self.connection_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for connection in self.connections.lock().expect("connections lock").values() {
+            let _ = connection
+                .tx
+                .send(Outbound::Close(1001, "Going away".into()));
+        }
+        // Their `$disconnect`s run before the replica goes (bounded: a stuck integration has
+        // its own timeout).
+        let settle = Instant::now() + Duration::from_secs(30);
+        while (self.connection_count() > 0 || self.closing.load(Ordering::SeqCst) > 0)
+            && Instant::now() < settle
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(registry) = self.registry.get() {
+            registry.leave().await;
+        }
+        DrainReport {
+            told: connections.len(),
+            moved: self.migrated.load(Ordering::SeqCst),
+            cut: self.cut.load(Ordering::SeqCst),
+        }
     }
 
     /// Sets the domain name put in events (`requestContext.domainName`), e.g. `127.0.0.1:8080`.
@@ -197,12 +330,26 @@ impl WebSocketApi {
             .with_state(self)
     }
 
-    /// Only the management API (`/@connections/{id}`, `/{stage}/@connections/{id}`): what the
-    /// functions reach, kept off the public port when deployed.
+    /// Only the management API (`/@connections/{id}`, `/{stage}/@connections/{id}`) and the
+    /// replica's Prometheus metrics (`/metrics`): what the functions and the cluster reach, kept
+    /// off the public port when deployed.
     pub fn management_router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/@connections/{id}", any(manage))
             .route("/{stage}/@connections/{id}", any(manage_staged))
+            .route("/metrics", get(prometheus_metrics))
+            .with_state(self)
+    }
+
+    /// The route integrations over HTTP, `POST /integrations/{route key}` taking the API
+    /// Gateway event and answering the integration's response: what a [`RemoteFunction`]
+    /// calls, so gateway replicas in other processes can run this API's functions (tests of
+    /// the multi-replica edge).
+    ///
+    /// [`RemoteFunction`]: crate::remote::RemoteFunction
+    pub fn integrations_router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/integrations/{route}", axum::routing::post(integrate))
             .with_state(self)
     }
 
@@ -321,7 +468,8 @@ impl WebSocketApi {
     }
 }
 
-fn new_connection_id() -> String {
+/// A random id shaped like API Gateway's (for message ids of events).
+fn new_message_id() -> String {
     use base64::Engine;
     let bytes: [u8; 12] = rand::random();
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -348,7 +496,14 @@ async fn upgrade(
     let Ok(ws) = ws else {
         return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade").into_response();
     };
-    let connection_id = new_connection_id();
+    if api.draining.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this gateway replica is shutting down; connect again",
+        )
+            .into_response();
+    }
+    let connection_id = crate::replicas::connection_id(api.tag());
     let connected_at = chrono::Utc::now().timestamp_millis();
     let user_agent = headers
         .get("user-agent")
@@ -413,6 +568,7 @@ async fn upgrade(
         last_active_ms: AtomicI64::new(connected_at),
         source_ip: peer.ip().to_string(),
         user_agent,
+        migrating: AtomicBool::new(false),
     });
     // From here on the connection exists, as on AWS once `$connect` succeeded: posts are
     // queued until the socket is up instead of getting 410.
@@ -586,6 +742,7 @@ async fn run_connection(
         }
     }
     // Forget the connection first: from now on posts get 410.
+    api.closing.fetch_add(1, Ordering::SeqCst);
     api.connections
         .lock()
         .expect("connections lock")
@@ -597,6 +754,13 @@ async fn run_connection(
         .expect("close lock")
         .clone()
         .unwrap_or((1000, String::new()));
+    if connection.migrating.load(Ordering::SeqCst) {
+        if code == 1001 {
+            api.cut.fetch_add(1, Ordering::SeqCst);
+        } else {
+            api.migrated.fetch_add(1, Ordering::SeqCst);
+        }
+    }
     let event = api.disconnect_event(
         &connection_id,
         connection.connected_at_ms,
@@ -607,6 +771,7 @@ async fn run_connection(
         &connection.authorizer,
     );
     api.invoke("$disconnect", event).await;
+    api.closing.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Whether a read error is tungstenite refusing a frame or message over the configured size
@@ -630,7 +795,7 @@ async fn on_message(
     ctx.authorizer.fields = connection.authorizer.clone();
     ctx.route_key = Some(route_key.clone());
     ctx.event_type = Some("MESSAGE".into());
-    ctx.message_id = Some(new_connection_id());
+    ctx.message_id = Some(new_message_id());
     event.request_context = ctx;
     event.body = Some(body);
     event.is_base64_encoded = false;
@@ -659,12 +824,15 @@ async fn manage_staged(
     State(api): State<Arc<WebSocketApi>>,
     Path((_stage, id)): Path<(String, String)>,
     method: axum::http::Method,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    manage(State(api), Path(id), method, body).await
+    manage(State(api), Path(id), method, headers, body).await
 }
 
-fn aws_error(status: StatusCode, error_type: &str, message: &str) -> Response {
+/// An error answer of the management API, as AWS shapes it (`x-amzn-errortype` and a JSON
+/// `message`).
+pub fn aws_error(status: StatusCode, error_type: &str, message: &str) -> Response {
     (
         status,
         [
@@ -686,10 +854,11 @@ async fn manage(
     State(api): State<Arc<WebSocketApi>>,
     Path(id): Path<String>,
     method: axum::http::Method,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(connection) = api.connection(&id) else {
-        return aws_error(StatusCode::GONE, "GoneException", "");
+        return manage_elsewhere(&api, &id, method, &headers, body).await;
     };
     match method.as_str() {
         "POST" => {
@@ -751,10 +920,87 @@ async fn manage(
             let _ = connection.tx.send(Outbound::Close(1000, String::new()));
             StatusCode::NO_CONTENT.into_response()
         }
-        _ => aws_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "use POST, GET or DELETE",
-        ),
+        _ => method_not_allowed(),
+    }
+}
+
+fn method_not_allowed() -> Response {
+    aws_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "use POST, GET or DELETE",
+    )
+}
+
+/// A management call for a connection this replica does not hold: the owner answers it (see
+/// [`crate::replicas`]), or it is gone.
+async fn manage_elsewhere(
+    api: &WebSocketApi,
+    id: &str,
+    method: axum::http::Method,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !matches!(method.as_str(), "POST" | "GET" | "DELETE") {
+        return method_not_allowed();
+    }
+    let forwarded = headers.contains_key(crate::replicas::FORWARDED_HEADER);
+    let (Some(registry), Some(owner), false) =
+        (api.registry.get(), crate::replicas::owner_of(id), forwarded)
+    else {
+        return crate::replicas::gone();
+    };
+    if owner == api.tag() {
+        return crate::replicas::gone();
+    }
+    let Some(replica) = registry.owner(owner).await else {
+        return crate::replicas::gone();
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return aws_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLargeException",
+                "Message too long",
+            );
+        }
+        Err(rejection) => return rejection.into_response(),
+    };
+    registry.forward(&replica, method, id, body).await
+}
+
+/// `GET /metrics` (Prometheus text): what the HorizontalPodAutoscaler scales the gateway on.
+async fn prometheus_metrics(State(api): State<Arc<WebSocketApi>>) -> Response {
+    let body = format!(
+        "# HELP gateway_connections Open WebSocket connections held by this replica.\n\
+         # TYPE gateway_connections gauge\n\
+         gateway_connections {}\n\
+         # HELP gateway_draining 1 while this replica is shutting down.\n\
+         # TYPE gateway_draining gauge\n\
+         gateway_draining {}\n\
+         # HELP gateway_route_invocations_total Route integrations invoked.\n\
+         # TYPE gateway_route_invocations_total counter\n\
+         gateway_route_invocations_total {}\n\
+         # HELP gateway_migrated_total Connections told to migrate that moved before the deadline.\n\
+         # TYPE gateway_migrated_total counter\n\
+         gateway_migrated_total {}\n",
+        api.connection_count(),
+        u8::from(api.draining.load(Ordering::SeqCst)),
+        api.invocations(),
+        api.migrated.load(Ordering::SeqCst),
+    );
+    ([("content-type", "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// `POST /integrations/{route}`: runs the route's integration on the posted event.
+async fn integrate(
+    State(api): State<Arc<WebSocketApi>>,
+    Path(route): Path<String>,
+    axum::Json(event): axum::Json<ApiGatewayWebsocketProxyRequest>,
+) -> Response {
+    match api.routes.get(&route) {
+        Some(route) => axum::Json(route.handler.invoke(event).await).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such route").into_response(),
     }
 }

@@ -8,6 +8,8 @@
 //! - [`journal`]: the broker's durable queue of accepted deliveries and dead letters;
 //! - [`s3`]: an S3 endpoint that checks SigV4 signatures (presigned URLs work with curl);
 //! - [`remote`]: route integrations over HTTP, for the gateway on Kubernetes;
+//! - [`replicas`]: several gateway replicas behind one address (connection ids that name their
+//!   owner, a registry in Redis, management calls forwarded to the owner);
 //! - [`agent`]: a demo agent, subscribed through the broker like a real one;
 //! - [`instance`]: what a running stack leaves in its data directory (signing key, endpoints),
 //!   so `token` and `chat` talk to that stack;
@@ -24,6 +26,7 @@ pub mod http_api;
 pub mod instance;
 pub mod journal;
 pub mod remote;
+pub mod replicas;
 pub mod s3;
 pub mod stack;
 

@@ -32,7 +32,9 @@ enum Command {
     /// Start the stack (the default).
     Run,
     /// Run only the WebSocket gateway, calling the connect, message and disconnect functions over
-    /// HTTP (the Kubernetes edge; see infra/knative). One replica: connections live in its memory.
+    /// HTTP (the Kubernetes edge; see infra/knative). With REDIS_URL, one replica of several:
+    /// management calls reach the replica holding the socket, and on SIGTERM the replica tells
+    /// its clients to migrate before it stops.
     Gateway(GatewayArgs),
     /// Print a JWT the running stack accepts, for connecting without registration.
     Token {
@@ -83,6 +85,23 @@ struct GatewayArgs {
     /// Maximum connection lifetime, seconds.
     #[arg(long, env = "GATEWAY_MAX_LIFETIME_SECS", default_value_t = 7200)]
     max_lifetime_secs: u64,
+    /// Redis holding the replica registry; without it this gateway is the only replica.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of the Redis keys (the functions' REDIS_KEY_PREFIX).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "msg:")]
+    redis_prefix: String,
+    /// Address the other replicas reach this one at (on Kubernetes the pod IP); defaults to
+    /// --host, or 127.0.0.1 when that is 0.0.0.0.
+    #[arg(long, env = "GATEWAY_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    /// Public WebSocket address clients are told to reconnect to when this replica drains (the
+    /// load balancer); without it, another live replica's own address.
+    #[arg(long, env = "GATEWAY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// On SIGTERM, how long clients have to migrate before what is left is closed (1001).
+    #[arg(long, env = "GATEWAY_DRAIN_SECS", default_value_t = 30)]
+    drain_secs: u64,
 }
 
 /// Runs the gateway alone, with remote route integrations.
@@ -115,24 +134,53 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let api = WebSocketApi::with_authorizer(settings, routes, authorizer);
     let ws = tokio::net::TcpListener::bind((args.host, args.ws_port)).await?;
     let management = tokio::net::TcpListener::bind((args.host, args.management_port)).await?;
-    api.set_domain(ws.local_addr()?.to_string());
-    eprintln!(
-        "gateway: WebSocket on {}, @connections on {}",
-        ws.local_addr()?,
-        management.local_addr()?
-    );
+    let (ws_addr, management_addr) = (ws.local_addr()?, management.local_addr()?);
+    api.set_domain(ws_addr.to_string());
+    if let Some(redis_url) = args.redis_url.as_deref().filter(|u| !u.is_empty()) {
+        let advertise = args.advertise_host.clone().unwrap_or_else(|| {
+            if args.host.is_unspecified() {
+                "127.0.0.1".into()
+            } else {
+                args.host.to_string()
+            }
+        });
+        api.join(
+            redis_url,
+            &args.redis_prefix,
+            &format!("http://{advertise}:{}", management_addr.port()),
+            &format!("ws://{advertise}:{}", ws_addr.port()),
+            args.public_url.clone(),
+        )
+        .await?;
+    } else {
+        eprintln!("gateway: REDIS_URL not set: the only replica");
+    }
+    eprintln!("gateway: WebSocket on {ws_addr}, @connections on {management_addr}");
     let public = api
         .clone()
         .websocket_router()
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let private = api
+        .clone()
         .management_router()
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let accepting = tokio::spawn(axum::serve(ws, public).into_future());
+    let managing = tokio::spawn(axum::serve(management, private).into_future());
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        r = axum::serve(ws, public) => r?,
-        r = axum::serve(management, private) => r?,
+        _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    // Stop accepting (the load balancer sends new connections elsewhere), move the clients,
+    // and keep the management API up until they are gone: posts still reach them meanwhile.
+    accepting.abort();
+    eprintln!("gateway: draining for up to {} s", args.drain_secs);
+    let report = api.drain(Duration::from_secs(args.drain_secs)).await;
+    eprintln!(
+        "gateway: drained: {} told to migrate, {} moved, {} cut at the deadline",
+        report.told, report.moved, report.cut
+    );
+    managing.abort();
     Ok(())
 }
 

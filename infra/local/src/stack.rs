@@ -267,7 +267,17 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         gateway: Arc::new(ApiGatewayManagement::new(&aws, &management_url)),
         events: Arc::new(HttpBroker::new(broker_url.clone())),
         jwt: JwtVerifier::new(&jwt)?,
-        settings: config.settings.clone(),
+        settings: Settings {
+            // The functions know the emulator's lifetime limit, as the template tells them
+            // API Gateway's: the sweep migrates connections a quarter of it (at most the
+            // configured notice) before the cut.
+            connection_max_age: config.api.max_lifetime,
+            migration_notice: config
+                .settings
+                .migration_notice
+                .min(config.api.max_lifetime / 4),
+            ..config.settings.clone()
+        },
     };
 
     // The WebSocket API: $connect, $disconnect, and every frame type to the message function.
@@ -322,6 +332,16 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         });
     let api = WebSocketApi::with_authorizer(config.api.clone(), routes, Some(authorizer));
     api.set_domain(ws_addr.to_string());
+    // One replica of the edge: gateways started with `local-stack gateway` on the same Redis
+    // join it, and the functions' management calls reach their connections through this one.
+    api.join(
+        &config.redis_url,
+        &config.redis_prefix,
+        &management_url,
+        &format!("ws://{ws_addr}"),
+        None,
+    )
+    .await?;
 
     // The broker: built-in triggers, then the operator's.
     let mut functions: HashMap<String, Arc<dyn EventHandler>> = HashMap::new();
@@ -502,8 +522,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             }
         }));
     }
-    // The schedules: silent agents (AWS: an EventBridge schedule to agent-response) and the
-    // outbox (AWS: an EventBridge schedule to store).
+    // The schedules: silent agents (AWS: an EventBridge schedule to agent-response), the outbox
+    // and connections nearing their lifetime (AWS: EventBridge schedules to store).
     let c = ctx.clone();
     let every = config.sweep_interval;
     tasks.push(tokio::spawn(async move {
@@ -515,6 +535,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             }
             if let Err(e) = messaging::outbox::sweep(&c, messaging::clock::now_ms()).await {
                 tracing::warn!(error = %e, "outbox sweep failed");
+            }
+            if let Err(e) = messaging::migration::sweep(&c, messaging::clock::now_ms()).await {
+                tracing::warn!(error = %e, "connection lifetime sweep failed");
             }
         }
     }));
