@@ -28,7 +28,7 @@ KNATIVE_SCHEMAS = {
     ("eventing.knative.dev/v1", "Broker"): "broker.json",
     ("eventing.knative.dev/v1", "Trigger"): "trigger.json",
 }
-CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "policy/v1", "rbac.authorization.k8s.io/v1"}
+CORE_API_VERSIONS = {"v1", "apps/v1", "autoscaling/v2", "batch/v1", "networking.k8s.io/v1", "policy/v1", "rbac.authorization.k8s.io/v1"}
 BIN = os.path.dirname(sys.executable)
 
 

@@ -170,22 +170,28 @@ def main(template_path, metadata_path):
         on_failure = fn.get("Properties", {}).get("EventInvokeConfig", {}).get("DestinationConfig", {}).get("OnFailure", {})
         check(on_failure.get("Type") == "SQS", f"{binary}: failed invocations must go to an SQS queue")
 
-    # The sweeps: silent agents (agent-response) and the outbox (store).
-    for binary, sweep_type in (("agent-response", "messaging.agent.sweep"), ("store", "messaging.outbox.sweep")):
+    # The sweeps: silent agents (agent-response), the outbox and connections nearing API
+    # Gateway's 2-hour limit (store).
+    for binary, sweep_types in (
+        ("agent-response", ["messaging.agent.sweep"]),
+        ("store", ["messaging.outbox.sweep", "messaging.connections.sweep"]),
+    ):
         sweeps = [
             e["Properties"]
             for e in functions.get(fn_by_binary.get(binary), {}).get("Properties", {}).get("Events", {}).values()
             if e["Type"] in ("ScheduleV2", "Schedule")
         ]
-        check(len(sweeps) == 1, f"{binary}: expected one schedule (the {sweep_type})")
+        scheduled = sorted(json.loads(s.get("Input", "{}") or "{}").get("type", "") for s in sweeps)
+        check(scheduled == sorted(sweep_types), f"{binary}: expected one schedule for each of {sweep_types}, found {scheduled}")
         for sweep in sweeps:
+            sweep_type = json.loads(sweep.get("Input", "{}") or "{}").get("type", "?")
             check(sweep.get("ScheduleExpression") == "rate(1 minute)", f"{sweep_type}: not every minute")
             try:
                 event = json.loads(sweep.get("Input", ""))
             except ValueError as e:
                 event = {}
                 check(False, f"{sweep_type}: Input is not JSON: {e}")
-            check(event.get("type") == sweep_type, f"{binary}'s schedule is not a {sweep_type} CloudEvent")
+            check(event.get("type") in sweep_types, f"{binary}'s schedule is not a {sweep_types} CloudEvent")
             check(event.get("specversion") == "1.0" and event.get("id") and event.get("source"), f"{sweep_type}: Input lacks CloudEvent attributes")
 
     # The $connect authorizer: the authorizer binary, with an invoke permission for API Gateway.

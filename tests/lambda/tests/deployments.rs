@@ -523,6 +523,21 @@ async fn the_websocket_functions_answer_api_gateway_events() {
     // The scheduler's outbox sweep.
     let sweep = json!({"specversion": "1.0", "id": "sched-1", "type": "messaging.outbox.sweep", "source": "/aws/scheduler", "data": {}});
     assert!(response(invoke(&runtime, sweep).await).is_null());
+    // The scheduler's connections sweep: these connections connected (connectedAt) long over 2
+    // hours ago, so each is told to migrate to the API's public address.
+    let sweep = json!({"specversion": "1.0", "id": "sched-3", "type": "messaging.connections.sweep", "source": "/aws/scheduler", "data": {}});
+    assert!(response(invoke(&runtime, sweep).await).is_null());
+    let migration = frame(&mut bob_ws, "migration").await;
+    assert_eq!(migration["payload"]["reason"], "lifetime", "{migration}");
+    let endpoint = migration["payload"]["new_endpoint"].as_str().unwrap();
+    assert!(endpoint.starts_with("wss://"), "{migration}");
+    assert!(
+        migration["payload"].get("session_token").is_none(),
+        "{migration}"
+    );
+    // Told once: the next sweep leaves them alone.
+    let sweep = json!({"specversion": "1.0", "id": "sched-4", "type": "messaging.connections.sweep", "source": "/aws/scheduler", "data": {}});
+    assert!(response(invoke(&runtime, sweep).await).is_null());
 
     // agent-response and its sweep; push with its notification.
     let runtime = RuntimeApi::start().await;
