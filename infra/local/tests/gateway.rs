@@ -1283,3 +1283,220 @@ async fn a_frame_naming_a_reserved_route_goes_to_default() {
         "the connection is still open"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replicas: one management API over several instances
+// ---------------------------------------------------------------------------------------------
+
+/// Two replicas of one API on one Redis (a fresh key prefix), each on its own port.
+async fn two_replicas(recorder: &Recorder) -> (Server, Server) {
+    let redis = testkit::servers().redis_url.clone();
+    let prefix = format!("{}:", testkit::unique_name("replicas"));
+    let a = Server::start(ApiSettings::default(), basic_routes(recorder)).await;
+    let b = Server::start(ApiSettings::default(), basic_routes(recorder)).await;
+    for server in [&a, &b] {
+        server
+            .api
+            .join(&redis, &prefix, &server.base(), &server.ws_url(""), None)
+            .await
+            .expect("joins the registry");
+    }
+    (a, b)
+}
+
+#[tokio::test]
+async fn every_replica_answers_for_every_connection_with_the_owners_semantics() {
+    let recorder = Recorder::default();
+    let (a, b) = two_replicas(&recorder).await;
+    let (mut ws, id) = connect_and_id(&a, &recorder, "/").await;
+    let http = reqwest::Client::new();
+    // Through the other replica: POST, GET answered by the owner.
+    let via_b = connection_url(&b.base(), &id);
+    let res = http.post(&via_b).body("hello from b").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(next_text(&mut ws).await, "hello from b");
+    let res = http.get(&via_b).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let info: Value = res.json().await.unwrap();
+    assert_eq!(info["identity"]["userAgent"], "gateway-test/1.0");
+    // The staged path too, and through the AWS SDK.
+    let sdk = ApiGatewayManagement::new(
+        &local_stack::stack::local_aws_config().await,
+        &format!("{}/local", b.base()),
+    );
+    sdk.post(&id, b"via the sdk").await.expect("posted via b");
+    assert_eq!(next_text(&mut ws).await, "via the sdk");
+    // 413 is the owner's answer, relayed with its error type.
+    let res = http
+        .post(&via_b)
+        .body("x".repeat(MAX_FRAME_BYTES + 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        res.headers().get("x-amzn-errortype").unwrap(),
+        "PayloadTooLargeException"
+    );
+    // An id no replica made, and a made-up id of a live replica: 410.
+    for unknown in ["bm9ib2R5LWhvbWU=", "not-an-id"] {
+        let res = http
+            .post(connection_url(&b.base(), unknown))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 410, "{unknown}");
+    }
+    let mut forged =
+        local_stack::replicas::connection_id(local_stack::replicas::owner_of(&id).unwrap());
+    if forged == id {
+        forged =
+            local_stack::replicas::connection_id(local_stack::replicas::owner_of(&id).unwrap());
+    }
+    let res = http
+        .post(connection_url(&b.base(), &forged))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 410);
+    // A forwarded call is answered from the receiver's own sockets only: no loop.
+    let res = http
+        .post(&via_b)
+        .header(local_stack::replicas::FORWARDED_HEADER, "1")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 410);
+    // DELETE through the other replica closes the socket; then 410 everywhere.
+    let res = http.delete(&via_b).send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(expect_close(&mut ws).await.0, 1000);
+    a.wait_count(0).await;
+    for base in [a.base(), b.base()] {
+        let res = http
+            .post(connection_url(&base, &id))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 410);
+    }
+}
+
+#[tokio::test]
+async fn a_draining_replica_migrates_its_clients_and_cuts_only_who_stays() {
+    let recorder = Recorder::default();
+    let (a, b) = two_replicas(&recorder).await;
+    let (mut mover, mover_id) = connect_and_id(&a, &recorder, "/").await;
+    let (mut stayer, stayer_id) = connect_and_id(&a, &recorder, "/").await;
+    let api = a.api.clone();
+    let drain = tokio::spawn(async move { api.drain(Duration::from_secs(2)).await });
+    // Both are told where to go (the other replica) and by when.
+    let mut frames = Vec::new();
+    for ws in [&mut mover, &mut stayer] {
+        let frame: Value = serde_json::from_str(&next_text(ws).await).unwrap();
+        assert_eq!(frame["type"], "migration");
+        assert_eq!(frame["payload"]["new_endpoint"], b.ws_url(""));
+        assert_eq!(frame["payload"]["reason"], "shutdown");
+        assert!(frame["payload"]["deadline"].as_i64().unwrap() > now_ms());
+        frames.push(frame);
+    }
+    // A draining replica takes no new connections.
+    let refused = connect_async(a.request("/", &[])).await;
+    match refused {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // Posts still reach a client until it has moved, through either replica.
+    let res = reqwest::Client::new()
+        .post(connection_url(&b.base(), &mover_id))
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(next_text(&mut mover).await, "still here");
+    // One moves (closes itself); the other stays and is cut with 1001 at the deadline.
+    close_with(&mut mover, 1000, "migrated").await;
+    assert_eq!(expect_close(&mut stayer).await.0, 1001);
+    let report = drain.await.unwrap();
+    assert_eq!(report.told, 2);
+    assert_eq!(report.moved, 1);
+    assert_eq!(report.cut, 1);
+    // Both got their $disconnect before the drain returned; the replica left the registry, so
+    // its ids are gone everywhere.
+    recorder.wait_event("DISCONNECT", &mover_id).await;
+    recorder.wait_event("DISCONNECT", &stayer_id).await;
+    let res = reqwest::Client::new()
+        .post(connection_url(&b.base(), &stayer_id))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 410);
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_counts_connections() {
+    let recorder = Recorder::default();
+    let server = Server::start(ApiSettings::default(), basic_routes(&recorder)).await;
+    let (_ws, _id) = connect_and_id(&server, &recorder, "/").await;
+    let text = reqwest::get(format!("{}/metrics", server.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("gateway_connections 1\n"), "{text}");
+    assert!(text.contains("gateway_draining 0\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_replica_silent_past_its_heartbeat_is_dead_and_its_connections_are_gone() {
+    let recorder = Recorder::default();
+    let redis_url = testkit::servers().redis_url.clone();
+    let prefix = format!("{}:", testkit::unique_name("replicas"));
+    let server = Server::start(ApiSettings::default(), basic_routes(&recorder)).await;
+    server
+        .api
+        .join(
+            &redis_url,
+            &prefix,
+            &server.base(),
+            &server.ws_url(""),
+            None,
+        )
+        .await
+        .unwrap();
+    // A replica whose last heartbeat is older than DEAD_AFTER, at an address that would never
+    // answer: its connections are 410 at once, without trying it.
+    let tag = [9, 9, 9, 9];
+    let silent = serde_json::json!({
+        "management_url": "http://10.255.255.1:9",
+        "websocket_url": "ws://10.255.255.1:9",
+        "heartbeat": now_ms() - local_stack::replicas::DEAD_AFTER.as_millis() as i64 - 1000,
+        "draining": false,
+    });
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(messaging::keys::Keys::new(prefix.clone()).gateway_replicas())
+        .arg("09090909")
+        .arg(silent.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let id = local_stack::replicas::connection_id(tag);
+    let started = Instant::now();
+    let res = reqwest::Client::new()
+        .post(connection_url(&server.base(), &id))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 410);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
