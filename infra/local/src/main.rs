@@ -204,6 +204,11 @@ struct RunArgs {
     /// HTTP API (accounts, conversations, groups, agents; /openapi.json).
     #[arg(long, default_value_t = 8084)]
     api_port: u16,
+    /// Also serve the WebSocket route integrations over HTTP on this port (POST
+    /// /integrations/{$connect,$default,$disconnect}), for `local-stack gateway` replicas in
+    /// front of this stack (README, "Several gateway replicas").
+    #[arg(long)]
+    functions_port: Option<u16>,
     /// Operator key for agent registry writes (header X-Operator-Key).
     #[arg(long, env = "OPERATOR_KEY", default_value = "local-operator-key")]
     operator_key: String,
@@ -310,6 +315,7 @@ fn main() -> anyhow::Result<()> {
     config.s3_port = args.s3_port;
     config.agent_port = args.agent_port;
     config.api_port = args.api_port;
+    config.functions_port = args.functions_port;
     config.operator_key = Some(args.operator_key.clone());
     config.extra_triggers = args.triggers;
     config.api.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
@@ -356,7 +362,7 @@ fn print_banner(running: &stack::RunningStack, data_dir: &std::path::Path) {
   broker ingress    {broker}   (GET {broker}dead-letters)
   S3                {s3}   (access key local / secret local-secret-key, path-style)
   demo agent        {agent}   (agent id `demo`)
-  HTTP API          {api}/v1/...   (OpenAPI: {api}/openapi.json)
+  HTTP API          {api}/v1/...   (OpenAPI: {api}/openapi.json){functions}
   data              {data}
 
 chat (in another terminal, in this directory; ctrl-d quits):
@@ -373,6 +379,13 @@ stop: ctrl-c
         broker = running.broker_url,
         s3 = running.s3_url,
         api = running.api_url,
+        functions = running
+            .functions_url
+            .as_ref()
+            .map(|url| format!(
+                "\n  route functions   {url}/integrations/{{$connect,$default,$disconnect}}   (for `local-stack gateway` replicas)"
+            ))
+            .unwrap_or_default(),
         data = instance::shown(data_dir),
     );
 }

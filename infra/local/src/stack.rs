@@ -47,6 +47,10 @@ pub struct StackConfig {
     pub agent_port: u16,
     /// HTTP API port (the api function).
     pub api_port: u16,
+    /// Serve the WebSocket route integrations over HTTP on this port (`POST
+    /// /integrations/{route}`), so `local-stack gateway` replicas can run in front of this
+    /// stack's functions (see [`crate::replicas`]). `None`: not served.
+    pub functions_port: Option<u16>,
     /// Operator key of the agent registry (`X-Operator-Key`).
     pub operator_key: Option<String>,
     /// Redis.
@@ -96,6 +100,7 @@ impl StackConfig {
             s3_port: 8082,
             agent_port: 8083,
             api_port: 8084,
+            functions_port: None,
             operator_key: Some("local-operator-key".into()),
             redis_url,
             redis_prefix: "msg:".into(),
@@ -130,6 +135,8 @@ pub struct RunningStack {
     pub agent_url: Option<String>,
     /// HTTP API (accounts, conversations, groups, agents; `/openapi.json`).
     pub api_url: String,
+    /// The route integrations over HTTP (`{url}/integrations/{route}`), when served.
+    pub functions_url: Option<String>,
     /// The functions' context (tests use its store and realtime state).
     pub ctx: Context,
     /// The emulated WebSocket API.
@@ -508,6 +515,12 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         )
         .await,
     ];
+    let mut functions_url = None;
+    if let Some(port) = config.functions_port {
+        let listener = TcpListener::bind((config.host, port)).await?;
+        functions_url = Some(format!("http://{}", listener.local_addr()?));
+        tasks.push(serve(listener, api.clone().integrations_router()).await);
+    }
     if let Some(listener) = agent_listener {
         ctx.store.upsert_agent(&DemoAgent::registry_entry()).await?;
         tasks.push(serve(listener, DemoAgent::router(&broker_url, config.agent_think)).await);
@@ -555,6 +568,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         api,
         broker,
         api_url,
+        functions_url,
         issuer,
         config,
         mongo,

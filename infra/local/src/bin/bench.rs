@@ -46,6 +46,12 @@ enum Scenario {
     /// sender, each watched by two devices of its user. Measures delta latency (the agent's
     /// emit to the device's `message_delta`) and frames per second per stream.
     Stream,
+    /// The multi-replica edge: two `local-stack gateway` replicas in front of the stack's
+    /// functions. Measures message latency on the stack's own edge, with sender and receiver
+    /// on one replica, and across replicas (each `--senders` pairs at `--rate` for
+    /// `--duration`); then holds `--connections` clients on one replica (memory per
+    /// connection) and stops it (SIGTERM), timing how long they take to migrate to the other.
+    Replicas,
 }
 
 /// Load generator for the local stack.
@@ -158,6 +164,8 @@ struct StackProcess {
     ws_url: String,
     broker_url: String,
     metrics_url: String,
+    /// The route integrations over HTTP, for gateway replicas.
+    functions_url: String,
 }
 
 impl Drop for StackProcess {
@@ -177,7 +185,7 @@ fn start_stack(
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("local-stack"),
     };
-    let ports: Vec<u16> = (0..5).map(|_| testkit::free_port()).collect();
+    let ports: Vec<u16> = (0..6).map(|_| testkit::free_port()).collect();
     let child = std::process::Command::new(&bin)
         .args([
             "--ws-port",
@@ -190,6 +198,8 @@ fn start_stack(
             &ports[3].to_string(),
             "--api-port",
             &ports[4].to_string(),
+            "--functions-port",
+            &ports[5].to_string(),
             "--data-dir",
         ])
         .arg(data)
@@ -216,6 +226,7 @@ fn start_stack(
         ws_url: format!("ws://127.0.0.1:{}", ports[0]),
         broker_url: format!("http://127.0.0.1:{}/", ports[1]),
         metrics_url: format!("http://127.0.0.1:{}/metrics", ports[1]),
+        functions_url: format!("http://127.0.0.1:{}/integrations", ports[5]),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err() {
@@ -432,6 +443,15 @@ async fn main() -> anyhow::Result<()> {
             / 1024
     );
     println!("machine: {machine}; scenario {:?}", args.scenario);
+    if args.scenario == Scenario::Replicas {
+        let report = replicas::run(&args, &stack, &store, &issuer, &machine).await?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
+        drop(stack);
+        drop(own);
+        return Ok(());
+    }
 
     // 1. Idle connections.
     let base = metrics(&stack.metrics_url).await?;
@@ -488,7 +508,7 @@ async fn main() -> anyhow::Result<()> {
     let mut pairs: Vec<(Arc<Mutex<Client>>, String)> = Vec::new();
     let mut all_receivers: Vec<Client> = Vec::new();
     match args.scenario {
-        Scenario::Stream => unreachable!("measured above"),
+        Scenario::Stream | Scenario::Replicas => unreachable!("measured above"),
         Scenario::Direct | Scenario::Agent => {
             for i in 0..args.senders {
                 let sender = format!("sender-{i}");
@@ -938,4 +958,343 @@ fn now_micros() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// The replicas scenario (see [`Scenario::Replicas`]).
+mod replicas {
+    use super::*;
+
+    /// A `local-stack gateway` process.
+    struct Gateway {
+        child: std::process::Child,
+        ws_url: String,
+        metrics_url: String,
+        /// Its stderr lines.
+        lines: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl Drop for Gateway {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Gateway {
+        fn start(
+            args: &Args,
+            stack: &StackProcess,
+            redis_url: &str,
+            public_url: Option<&str>,
+        ) -> anyhow::Result<Self> {
+            let bin = match &args.stack_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?.with_file_name("local-stack"),
+            };
+            let (ws, management) = (testkit::free_port(), testkit::free_port());
+            let functions = &stack.functions_url;
+            let mut cmd = std::process::Command::new(bin);
+            cmd.arg("gateway")
+                .env("GATEWAY_HOST", "127.0.0.1")
+                .env("GATEWAY_WS_PORT", ws.to_string())
+                .env("GATEWAY_MANAGEMENT_PORT", management.to_string())
+                .env("GATEWAY_STAGE", "local")
+                .env("GATEWAY_DRAIN_SECS", "600")
+                .env("REDIS_URL", redis_url)
+                .env("CONNECT_FUNCTION_URL", format!("{functions}/$connect"))
+                .env("MESSAGE_FUNCTION_URL", format!("{functions}/$default"))
+                .env(
+                    "DISCONNECT_FUNCTION_URL",
+                    format!("{functions}/$disconnect"),
+                )
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            if let Some(url) = public_url {
+                cmd.env("GATEWAY_PUBLIC_URL", url);
+            }
+            let mut child = cmd.spawn()?;
+            let stderr = child.stderr.take().expect("piped");
+            let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let l = lines.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    l.lock().expect("lines").push(line);
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", management)).is_err() {
+                anyhow::ensure!(Instant::now() < deadline, "gateway replica did not come up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(Self {
+                child,
+                ws_url: format!("ws://127.0.0.1:{ws}"),
+                metrics_url: format!("http://127.0.0.1:{management}/metrics"),
+                lines,
+            })
+        }
+
+        fn rss_bytes(&self) -> u64 {
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|kb| kb.parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+                * 1024
+        }
+
+        async fn connections(&self) -> u64 {
+            let Ok(response) = reqwest::get(&self.metrics_url).await else {
+                return 0;
+            };
+            let text = response.text().await.unwrap_or_default();
+            text.lines()
+                .find_map(|l| l.strip_prefix("gateway_connections "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        }
+    }
+
+    /// Ack and delivery latency of `pairs` senders (on `from`) writing to receivers (on `to`).
+    async fn latency(
+        label: &str,
+        args: &Args,
+        store: &MongoStore,
+        issuer: &JwtIssuer,
+        from: &str,
+        to: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for i in 0..args.senders {
+            let (s, r) = (format!("{run}-s{i}"), format!("{run}-r{i}"));
+            let id = format!("{run}-{i}");
+            store
+                .insert_conversation(&conversation(
+                    id.clone(),
+                    ConversationKind::Direct,
+                    vec![s.clone(), r.clone()],
+                    None,
+                ))
+                .await?;
+            senders.push((connect(from, issuer, &s, "phone").await?, id));
+            receivers.push(connect(to, issuer, &r, "phone").await?);
+        }
+        let interval = Duration::from_secs_f64(args.senders as f64 / args.rate.max(1) as f64);
+        let deadline = Instant::now() + Duration::from_secs(args.duration);
+        let latencies = Arc::new(std::sync::Mutex::new(Latencies::default()));
+        let errors = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for mut receiver in receivers {
+            let latencies = latencies.clone();
+            tasks.push(tokio::spawn(async move {
+                let stop = deadline + Duration::from_secs(5);
+                while let Some(event) = receiver
+                    .next_event_within(stop.saturating_duration_since(Instant::now()))
+                    .await
+                {
+                    if let ClientEvent::Message(m) = event
+                        && let Some(sent) = m
+                            .body
+                            .content
+                            .split('|')
+                            .next()
+                            .and_then(|t| t.parse::<u64>().ok())
+                    {
+                        latencies
+                            .lock()
+                            .expect("latencies")
+                            .delivery
+                            .push(now_micros().saturating_sub(sent));
+                    }
+                }
+            }));
+        }
+        let n = senders.len().max(1);
+        for (i, (sender, conversation_id)) in senders.into_iter().enumerate() {
+            let latencies = latencies.clone();
+            let errors = errors.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(interval.mul_f64(i as f64 / n as f64)).await;
+                let mut next = tokio::time::Instant::now();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let content = format!("{}|{}", now_micros(), "x".repeat(64));
+                    match sender.send_text(&conversation_id, &content).await {
+                        Ok(_) => latencies
+                            .lock()
+                            .expect("latencies")
+                            .ack
+                            .push(t.elapsed().as_micros() as u64),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    next += interval;
+                    tokio::time::sleep_until(next).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
+        println!("\n{label}:");
+        let ack = summary("ack latency", &mut l.ack);
+        let delivery = summary("delivery latency", &mut l.delivery);
+        Ok(
+            serde_json::json!({"ack_latency": ack, "delivery_latency": delivery, "errors": errors.load(Ordering::Relaxed)}),
+        )
+    }
+
+    pub async fn run(
+        args: &Args,
+        stack: &StackProcess,
+        store: &MongoStore,
+        issuer: &JwtIssuer,
+        machine: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let redis_url = args.redis_url.clone().unwrap_or_default();
+        let redis_url = if redis_url.is_empty() {
+            // The stack was given the URL the bench started; read it back from its environment.
+            std::fs::read(format!("/proc/{}/environ", stack.child.id()))
+                .ok()
+                .and_then(|env| {
+                    env.split(|b| *b == 0)
+                        .filter_map(|kv| std::str::from_utf8(kv).ok())
+                        .find_map(|kv| kv.strip_prefix("REDIS_URL=").map(str::to_string))
+                })
+                .ok_or_else(|| anyhow::anyhow!("cannot find the stack's REDIS_URL"))?
+        } else {
+            redis_url
+        };
+        let b = Gateway::start(args, stack, &redis_url, None)?;
+        // A drains to B: its clients are sent there.
+        let a = Gateway::start(args, stack, &redis_url, Some(&b.ws_url))?;
+
+        let own_edge = latency(
+            "the stack's own edge (functions in-process, no hop)",
+            args,
+            store,
+            issuer,
+            &stack.ws_url,
+            &stack.ws_url,
+        )
+        .await?;
+        let one = latency("sender and receiver on one replica (functions over HTTP, management call forwarded to it)", args, store, issuer, &a.ws_url, &a.ws_url).await?;
+        let across = latency(
+            "sender on one replica, receiver on another",
+            args,
+            store,
+            issuer,
+            &a.ws_url,
+            &b.ws_url,
+        )
+        .await?;
+        let ratio = |x: &serde_json::Value, key: &str| {
+            x[key]["p50_ms"].as_f64().unwrap_or(f64::NAN)
+                / one[key]["p50_ms"].as_f64().unwrap_or(f64::NAN)
+        };
+        println!(
+            "across replicas / one replica, p50: ack {:.2}x, delivery {:.2}x",
+            ratio(&across, "ack_latency"),
+            ratio(&across, "delivery_latency")
+        );
+
+        // Connections held by one replica.
+        let rss_before = a.rss_bytes();
+        let ramp = Instant::now();
+        let mut clients = Vec::with_capacity(args.connections);
+        let batch = args.ramp_per_sec.max(1) / 10 + 1;
+        while clients.len() < args.connections {
+            let n = batch.min(args.connections - clients.len());
+            let base = clients.len();
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let url = a.ws_url.clone();
+                    let issuer = issuer.clone();
+                    tokio::spawn(async move {
+                        connect(&url, &issuer, &format!("held-{}", base + i), "d").await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                clients.push(t.await??);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let held = a.connections().await;
+        let rss_held = a.rss_bytes();
+        let per_connection =
+            rss_held.saturating_sub(rss_before) as f64 / args.connections.max(1) as f64;
+        println!(
+            "\none replica holds {held} connections (ramped in {:.1} s): RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection",
+            ramp.elapsed().as_secs_f64(),
+            rss_before as f64 / 1048576.0,
+            rss_held as f64 / 1048576.0,
+            per_connection / 1024.0
+        );
+
+        // Stop it: every client migrates to B.
+        let stopped = Instant::now();
+        // SAFETY: a plain kill(2) on our own child.
+        unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
+        let mut half = None;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let target = held;
+        loop {
+            let on_b = b.connections().await;
+            if half.is_none() && on_b * 2 >= target {
+                half = Some(stopped.elapsed());
+            }
+            if on_b >= target {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "migration did not finish: {on_b} of {target} on B"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let moved_in = stopped.elapsed();
+        let mut a = a;
+        let _ = a.child.wait();
+        let drained_in = stopped.elapsed();
+        std::thread::sleep(Duration::from_millis(100));
+        let report = a
+            .lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .rev()
+            .find(|l| l.contains("drained:"))
+            .cloned()
+            .unwrap_or_default();
+        let migrations: u64 = clients.iter().map(|c| c.migrations()).sum();
+        println!(
+            "SIGTERM to a replica holding {held}: half on the other replica after {:.2} s, all after {:.2} s, replica gone after {:.2} s; {migrations} clients moved make-before-break; {report}",
+            half.unwrap_or_default().as_secs_f64(),
+            moved_in.as_secs_f64(),
+            drained_in.as_secs_f64()
+        );
+        drop(clients);
+        Ok(serde_json::json!({
+            "machine": machine,
+            "scenario": "Replicas",
+            "args": {"connections": args.connections, "senders": args.senders, "rate": args.rate, "duration_s": args.duration},
+            "latency": {"own_edge": own_edge, "one_replica": one, "across_replicas": across},
+            "held": {"connections": held, "rss_before_bytes": rss_before, "rss_held_bytes": rss_held, "bytes_per_connection": per_connection},
+            "migration": {"connections": held, "half_s": half.unwrap_or_default().as_secs_f64(), "all_s": moved_in.as_secs_f64(), "replica_exit_s": drained_in.as_secs_f64(), "client_migrations": migrations, "report": report},
+        }))
+    }
 }
