@@ -152,6 +152,10 @@ pub struct WebSocketApi {
     cut: AtomicU64,
 }
 
+/// How many clients a draining replica tells to migrate per second, at least (see
+/// [`WebSocketApi::drain`]).
+pub const MIGRATIONS_PER_SECOND: usize = 2000;
+
 /// What a [`WebSocketApi::drain`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainReport {
@@ -226,7 +230,8 @@ impl WebSocketApi {
 
     /// Shuts this replica down without dropping anyone: refuses new connections, marks itself
     /// draining in the registry, sends every client a `migration` frame with `deadline` = now +
-    /// `grace`, waits until they have closed their connection (or the grace period ends),
+    /// `grace` (paced: [`MIGRATIONS_PER_SECOND`], or faster to tell everyone within half the
+    /// grace period), waits until they have closed their connection (or the grace period ends),
     /// closes what is left with 1001, waits for their `$disconnect`s and leaves the registry.
     /// Stop accepting on the listener too (a load balancer then sends clients elsewhere).
     pub async fn drain(&self, grace: Duration) -> DrainReport {
@@ -253,9 +258,20 @@ impl WebSocketApi {
             .values()
             .cloned()
             .collect();
-        for connection in &connections {
-            connection.migrating.store(true, Ordering::SeqCst);
-            let _ = connection.tx.send(Outbound::Text(frame.clone()));
+        // Paced, so thousands of clients do not reconnect in the same instant (a herd on the
+        // other replicas, the functions and the databases): at least MIGRATIONS_PER_SECOND,
+        // faster if that is needed to tell everyone within the first half of the grace period.
+        let per_second = (connections.len() as f64 / (grace.as_secs_f64() / 2.0).max(0.001))
+            .max(MIGRATIONS_PER_SECOND as f64);
+        let batch = ((per_second / 10.0).ceil() as usize).max(1);
+        for (i, chunk) in connections.chunks(batch).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for connection in chunk {
+                connection.migrating.store(true, Ordering::SeqCst);
+                let _ = connection.tx.send(Outbound::Text(frame.clone()));
+            }
         }
         tracing::info!(
             told = connections.len(),

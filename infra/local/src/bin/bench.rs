@@ -1191,7 +1191,6 @@ mod replicas {
             &stack.ws_url,
         )
         .await?;
-        let one = latency("sender and receiver on one replica (functions over HTTP, management call forwarded to it)", args, store, issuer, &a.ws_url, &a.ws_url).await?;
         let across = latency(
             "sender on one replica, receiver on another",
             args,
@@ -1201,6 +1200,7 @@ mod replicas {
             &b.ws_url,
         )
         .await?;
+        let one = latency("sender and receiver on one replica (functions over HTTP, management call forwarded to it)", args, store, issuer, &a.ws_url, &a.ws_url).await?;
         let ratio = |x: &serde_json::Value, key: &str| {
             x[key]["p50_ms"].as_f64().unwrap_or(f64::NAN)
                 / one[key]["p50_ms"].as_f64().unwrap_or(f64::NAN)
