@@ -1,6 +1,7 @@
-//! The functions as Lambda and Knative run them, for the suite in `tests/`: a Lambda Runtime
-//! API ([`runtime_api`]), the environment the deployment templates give each function
-//! ([`template`]), and function binaries as child processes ([`process`]).
+//! The functions as Lambda and Knative run them, for the suite in `tests/` and the `cold-start`
+//! measurement: a Lambda Runtime API ([`runtime_api`]), the environment the deployment templates
+//! give each function ([`template`]), function binaries as child processes ([`process`]), and
+//! what a deployment provides around them ([`deployment`]).
 //!
 //! The suite runs every function **binary** (not its library) with exactly the environment its
 //! deployment gives it, test values filled in only where a deployment has its own (secrets,
@@ -9,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod deployment;
 pub mod process;
 pub mod runtime_api;
 pub mod template;

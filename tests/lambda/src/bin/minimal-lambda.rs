@@ -1,0 +1,14 @@
+//! The smallest Lambda function `lambda_runtime` makes: it answers every event with the event.
+//! `cold-start` measures the functions against it: the cost of starting a Rust process under
+//! the Runtime API and answering once, with nothing of ours in it.
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
+        Ok::<Value, Error>(event.payload)
+    }))
+    .await
+}
