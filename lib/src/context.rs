@@ -174,19 +174,30 @@ impl Context {
         let jwt = JwtConfig::from_source(src)?;
         let gateway = GatewayConfig::from_source(src)?;
         let settings = Settings::from_source(src)?;
-        let realtime =
-            RedisState::connect_with_timeout(&redis.url, &redis.key_prefix, redis.timeout).await?;
-        let store = MongoStore::connect(&mongo.uri, &mongo.database, mongo.options).await?;
-        // Indexes are a deploy-time step (`migrate`): a cold start pays one read, not one
-        // round trip per collection.
-        store.check_schema().await?;
-        let aws = crate::config::aws_sdk_config().await;
+        // The three outside systems are reached at once: a cold start waits for the slowest,
+        // not for their sum.
+        let (realtime, store, aws) = tokio::try_join!(
+            async {
+                anyhow::Ok(
+                    RedisState::connect_with_timeout(&redis.url, &redis.key_prefix, redis.timeout)
+                        .await?,
+                )
+            },
+            async {
+                let store = MongoStore::connect(&mongo.uri, &mongo.database, mongo.options).await?;
+                // Indexes are a deploy-time step (`migrate`): a cold start pays one read, not
+                // one round trip per collection.
+                store.check_schema().await?;
+                anyhow::Ok(store)
+            },
+            async { anyhow::Ok(crate::config::aws_sdk_config().await) },
+        )?;
         Ok(Self {
             realtime: Arc::new(realtime),
             store: Arc::new(store),
             gateway: Arc::new(ApiGatewayManagement::new(&aws, &gateway.endpoint)),
             // EventBridge when EVENT_BUS_NAME is set (AWS), else the broker at BROKER_URL.
-            events: crate::eventbridge::publisher_from_source(src).await?,
+            events: crate::eventbridge::publisher_with(src, &aws)?,
             jwt: JwtVerifier::new(&jwt)?,
             settings,
         })

@@ -206,6 +206,18 @@ pub async fn publisher_from_source(src: &impl Source) -> anyhow::Result<Arc<dyn 
     })
 }
 
+/// Like [`publisher_from_source`] with an AWS configuration already loaded (a cold start loads
+/// it once).
+pub fn publisher_with(
+    src: &impl Source,
+    aws: &aws_config::SdkConfig,
+) -> anyhow::Result<Arc<dyn EventPublisher>> {
+    Ok(match events_target(src)? {
+        EventsTarget::EventBridge(bus) => Arc::new(EventBridgePublisher::new(aws, bus)),
+        EventsTarget::Http(url) => Arc::new(HttpBroker::new(url)),
+    })
+}
+
 /// [`publisher_from_source`] with the process environment.
 pub async fn publisher_from_env() -> anyhow::Result<Arc<dyn EventPublisher>> {
     publisher_from_source(&Env).await

@@ -204,14 +204,15 @@ pub trait RealtimeState: crate::runs::RunStore + Send + Sync {
         limits: &[(&str, RateLimit)],
         now_ms: i64,
     ) -> Result<Vec<RateDecision>>;
-    /// [`RealtimeState::rate_limits`] for a frame of `connection_id`, and in the same round trip
-    /// whether that connection is registered (a frame of a connection Redis lost registers it
-    /// again).
+    /// [`RealtimeState::rate_limits`] for a frame of `caller`'s connection, and in the same
+    /// round trip whether that connection is registered (a frame of a connection Redis lost
+    /// registers it again) and, with `touch`, what [`RealtimeState::touch`] does (a heartbeat:
+    /// one round trip in all).
     async fn frame_budget(
         &self,
-        connection_id: &str,
-        subject: &str,
+        caller: &ConnectionInfo,
         limits: &[(&str, RateLimit)],
+        touch: bool,
         now_ms: i64,
     ) -> Result<(Vec<RateDecision>, bool)>;
     /// A cached value (see [`crate::keys::Keys::cache`]), if present.
@@ -665,14 +666,36 @@ impl RealtimeState for RedisState {
 
     async fn frame_budget(
         &self,
-        connection_id: &str,
-        subject: &str,
+        caller: &ConnectionInfo,
         limits: &[(&str, RateLimit)],
+        touch: bool,
         now_ms: i64,
     ) -> Result<(Vec<RateDecision>, bool)> {
         let mut pipe = redis::pipe();
-        self.token_buckets(&mut pipe, subject, limits, now_ms);
-        pipe.exists(self.keys.connection(connection_id));
+        self.token_buckets(&mut pipe, &caller.user_id, limits, now_ms);
+        pipe.exists(self.keys.connection(&caller.connection_id));
+        if touch {
+            // After EXISTS: a lost record is not half-recreated by the EXPIREs (they do nothing
+            // on a missing key), and the caller registers it again.
+            let presence_key = self.keys.presence(&caller.user_id);
+            pipe.expire(
+                self.keys.connection(&caller.connection_id),
+                secs(CONNECTION_TTL),
+            )
+            .ignore()
+            .expire(
+                self.keys.user_connections(&caller.user_id),
+                secs(CONNECTION_TTL),
+            )
+            .ignore()
+            .hset_multiple(
+                &presence_key,
+                &[("status", "online"), ("last_seen", &now_ms.to_string())],
+            )
+            .ignore()
+            .expire(&presence_key, secs(PRESENCE_TTL))
+            .ignore();
+        }
         let (answer, registered): (Vec<i64>, bool) = pipe.query_async(&mut self.conn()).await?;
         Ok((decisions(&answer, limits.len()), registered))
     }

@@ -296,22 +296,55 @@ async fn a_frame_learns_its_budget_and_whether_its_connection_is_known_in_one_ro
         window: Duration::from_secs(60),
     };
     let t = 1_700_000_000_000;
+    let jane = conn("j1", "jane", "phone");
     let before = s.round_trips();
     let (decisions, registered) = s
-        .frame_budget("j1", "jane", &[("frames", frames)], t)
+        .frame_budget(&jane, &[("frames", frames)], false, t)
         .await
         .unwrap();
     assert_eq!(s.round_trips() - before, 1);
     assert_eq!(decisions, [RateDecision::Allowed { remaining: 9 }]);
     assert!(!registered, "never registered");
-    s.register_connection(&conn("j1", "jane", "phone"))
-        .await
-        .unwrap();
+    s.register_connection(&jane).await.unwrap();
     let (_, registered) = s
-        .frame_budget("j1", "jane", &[("frames", frames)], t)
+        .frame_budget(&jane, &[("frames", frames)], false, t)
         .await
         .unwrap();
     assert!(registered);
+}
+
+#[tokio::test]
+async fn a_heartbeat_refreshes_presence_in_its_one_round_trip() {
+    let s = state().await;
+    let frames = RateLimit {
+        max: 10,
+        window: Duration::from_secs(60),
+    };
+    let jane = conn("j2", "jane2", "phone");
+    s.register_connection(&jane).await.unwrap();
+    let later = messaging::clock::now_ms() + 5_000;
+    let before = s.round_trips();
+    let (decisions, registered) = s
+        .frame_budget(&jane, &[("frames", frames)], true, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.round_trips() - before,
+        1,
+        "budget, registration and refresh at once"
+    );
+    assert!(registered);
+    assert!(matches!(decisions[0], RateDecision::Allowed { .. }));
+    let presence = s.presence("jane2").await.unwrap();
+    assert_eq!(presence.last_seen, Some(later), "{presence:?}");
+    // A lost record is reported, not half-recreated by the refresh.
+    let lost = conn("j3", "jane3", "phone");
+    let (_, registered) = s
+        .frame_budget(&lost, &[("frames", frames)], true, later)
+        .await
+        .unwrap();
+    assert!(!registered);
+    assert!(s.connection("j3").await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -99,7 +99,14 @@ async fn on_frame(
     if let ClientFrame::Auth { payload } = frame {
         return auth::auth(ctx, connection_id, identity.as_ref(), payload).await;
     }
-    let caller = caller(ctx, connection_id, identity, &frame).await?;
+    let (caller, refreshed) = caller(
+        ctx,
+        connection_id,
+        event.request_context.connected_at,
+        identity,
+        &frame,
+    )
+    .await?;
     match frame {
         ClientFrame::Auth { .. } => unreachable!("handled above"),
         ClientFrame::Message {
@@ -118,7 +125,7 @@ async fn on_frame(
         ClientFrame::ReadReceipt { message_ids, .. } => {
             receipts::receipts(ctx, &caller, message_ids, MessageStatus::Read).await
         }
-        ClientFrame::Heartbeat { .. } => heartbeat::heartbeat(ctx, &caller).await,
+        ClientFrame::Heartbeat { .. } => heartbeat::heartbeat(ctx, &caller, refreshed).await,
         ClientFrame::Retransmit {
             conversation_id,
             from_sequence,
@@ -139,18 +146,22 @@ async fn on_frame(
     }
 }
 
-/// Who sent a frame, with the frame counted against their budgets (one Redis round trip).
+/// Who sent a frame, with the frame counted against their budgets (one Redis round trip), and
+/// whether that round trip also refreshed the connection's and the user's presence (it does for
+/// a heartbeat, so a heartbeat costs one round trip and its answer).
 ///
 /// With an authorizer identity, Redis is only asked for the budgets and whether the connection
-/// is still registered (if not, it is registered again, so fan-out finds it); a Redis outage
-/// then lets the frame through unmetered rather than refusing everyone. Without one, the
-/// connection's record in Redis is the identity.
+/// is still registered (if not, it is registered again with API Gateway's `connectedAt`, so
+/// fan-out finds it and the lifetime sweep knows its age); a Redis outage then lets the frame
+/// through unmetered rather than refusing everyone. Without one, the connection's record in
+/// Redis is the identity.
 async fn caller(
     ctx: &Context,
     connection_id: &str,
+    connected_at: i64,
     identity: Option<Identity>,
     frame: &ClientFrame,
-) -> Result<ConnectionInfo> {
+) -> Result<(ConnectionInfo, bool)> {
     let mut budgets = vec![("frames", ctx.settings.frame_limit)];
     if matches!(frame, ClientFrame::Message { .. }) {
         budgets.push(("send", ctx.settings.send_limit));
@@ -174,20 +185,23 @@ async fn caller(
         {
             decision.check()?;
         }
-        return Ok(connection);
+        return Ok((connection, false));
     };
     let caller = ConnectionInfo {
         connection_id: connection_id.to_string(),
         user_id: identity.user_id,
         device_id: identity.device_id,
-        connected_at: 0,
+        connected_at,
     };
+    let heartbeat = matches!(frame, ClientFrame::Heartbeat { .. });
+    let mut refreshed = false;
     match ctx
         .realtime
-        .frame_budget(connection_id, &caller.user_id, &budgets, now)
+        .frame_budget(&caller, &budgets, heartbeat, now)
         .await
     {
         Ok((decisions, registered)) => {
+            refreshed = heartbeat;
             for decision in decisions {
                 decision.check()?;
             }
@@ -200,7 +214,7 @@ async fn caller(
                     connection_id,
                     &caller.user_id,
                     &caller.device_id,
-                    0,
+                    connected_at,
                 )
                 .await?;
                 if let Err(e) = sync::deliver_missed(ctx, &caller).await {
@@ -212,7 +226,7 @@ async fn caller(
             tracing::warn!(error = %e, "rate limits unavailable: frame let through unmetered");
         }
     }
-    Ok(caller)
+    Ok((caller, refreshed))
 }
 
 /// Posts `frame` to the caller's connection.

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use e2e::{WAIT, client, client_config, conversation, ready, stack, stack_with, user};
+use e2e::{
+    RawWs, WAIT, client, client_config, conversation, ready, stack, stack_with, token, user,
+};
 use messaging::ErrorCode;
 use messaging::client::{Client, ClientError, ClientEvent};
 use messaging::model::ConversationKind;
@@ -1371,6 +1373,78 @@ async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trip
     assert!(
         acks.is_some(),
         "the measured send was acknowledged and delivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connections_heartbeat_costs_one_redis_round_trip_and_no_mongodb() {
+    use messaging::realtime::RedisState;
+    use messaging::store::{MongoStore, StoreOptions};
+    use std::sync::Arc;
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let mut phone = RawWs::connect(&stack, Some(&token(&stack, &alice)), "phone").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let connection_id = loop {
+        if let Some(id) = stack
+            .ctx
+            .realtime
+            .user_connections(&alice)
+            .await
+            .unwrap()
+            .first()
+        {
+            break id.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let realtime = RedisState::connect(&stack.config.redis_url, &stack.config.redis_prefix)
+        .await
+        .unwrap();
+    let store = MongoStore::connect(
+        &stack.config.mongodb_uri,
+        &stack.config.database,
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ctx = messaging::context::Context {
+        realtime: Arc::new(realtime.clone()),
+        store: Arc::new(store.clone()),
+        ..stack.ctx.clone()
+    };
+    let mut event = aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest::default();
+    event.request_context.connection_id = Some(connection_id.clone());
+    event.request_context.route_key = Some("heartbeat".into());
+    event.request_context.connected_at = 1_700_000_000_000;
+    for (k, v) in [("principalId", &alice), ("user_id", &alice)] {
+        event
+            .request_context
+            .authorizer
+            .fields
+            .insert(k.into(), serde_json::Value::String(v.clone()));
+    }
+    event.request_context.authorizer.fields.insert(
+        "device_id".into(),
+        serde_json::Value::String("phone".into()),
+    );
+    event.body = Some(r#"{"type":"heartbeat","timestamp":1}"#.into());
+    let (redis_before, mongo_before) = (realtime.round_trips(), store.round_trips());
+    let seen_before = stack.ctx.realtime.presence(&alice).await.unwrap().last_seen;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    fn_message::handle(&ctx, event).await;
+    assert_eq!(
+        realtime.round_trips() - redis_before,
+        1,
+        "budget, registration check and presence refresh in one round trip"
+    );
+    assert_eq!(store.round_trips() - mongo_before, 0);
+    assert_eq!(phone.expect("heartbeat_ack").await["type"], "heartbeat_ack");
+    let seen_after = stack.ctx.realtime.presence(&alice).await.unwrap().last_seen;
+    assert!(
+        seen_after > seen_before,
+        "{seen_before:?} -> {seen_after:?}"
     );
 }
 

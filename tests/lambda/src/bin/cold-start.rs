@@ -252,12 +252,15 @@ async fn main() -> anyhow::Result<()> {
             ms(init),
             ms(first),
             first.as_secs_f64() / floor_first.as_secs_f64(),
-            http.map(|h| format!("{:.1}", ms(h))).unwrap_or_else(|| "-".into()),
+            http.map(|h| format!("{:.1}", ms(h)))
+                .unwrap_or_else(|| "-".into()),
             zip as f64 / 1024.0
         );
-        report.push(json!({"binary": binary, "init_ms": ms(init), "first_answer_ms": ms(first),
+        report.push(
+            json!({"binary": binary, "init_ms": ms(init), "first_answer_ms": ms(first),
             "ratio_to_minimal": first.as_secs_f64() / floor_first.as_secs_f64(),
-            "http_first_answer_ms": http.map(ms), "zip_bytes": zip}));
+            "http_first_answer_ms": http.map(ms), "zip_bytes": zip}),
+        );
     }
     if let Ok(path) = std::env::var("COLD_START_JSON") {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
