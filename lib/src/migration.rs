@@ -51,13 +51,14 @@ pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
     let notice = (ctx.settings.migration_notice.as_millis() as i64).min(max_age);
     let cutoff = now_ms - (max_age - notice);
     let mut told = 0;
+    let mut retry = Vec::new();
     loop {
         let due = ctx
             .realtime
             .take_connections_older_than(cutoff, BATCH)
             .await?;
         let batch = due.len();
-        let outcomes: Vec<Result<PostOutcome>> = futures::stream::iter(due)
+        let outcomes: Vec<(String, i64, Result<PostOutcome>)> = futures::stream::iter(due)
             .map(|(connection_id, connected_at)| async move {
                 let deadline = (connected_at + max_age).max(now_ms);
                 let frame = frame(
@@ -65,18 +66,37 @@ pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
                     MigrationReason::Lifetime,
                     deadline,
                 );
-                crate::fanout::post(ctx, &connection_id, &frame).await
+                let outcome = crate::fanout::post(ctx, &connection_id, &frame).await;
+                (connection_id, connected_at, outcome)
             })
             .buffer_unordered(CONCURRENT_POSTS)
             .collect()
             .await;
-        for outcome in outcomes {
-            if outcome? == PostOutcome::Delivered {
-                told += 1;
+        for (connection_id, connected_at, outcome) in outcomes {
+            match outcome {
+                Ok(PostOutcome::Delivered) => told += 1,
+                Ok(PostOutcome::Gone) => {}
+                // Not told (throttled, a network failure, the prune after a 410 failed): the
+                // next sweep tries again while the connection has time left.
+                Ok(PostOutcome::Failed) | Err(_) => {
+                    if connected_at + max_age > now_ms {
+                        retry.push((connection_id, connected_at));
+                    }
+                }
             }
         }
         if batch < BATCH {
             break;
+        }
+    }
+    // Put back after the loop, or this sweep would take them again at once.
+    for (connection_id, connected_at) in retry {
+        if let Err(e) = ctx
+            .realtime
+            .track_connection_age(&connection_id, connected_at)
+            .await
+        {
+            tracing::warn!(connection_id, error = %e, "migration notice not requeued");
         }
     }
     if told > 0 {

@@ -298,9 +298,9 @@ pub struct MigrationPayload {
     /// Where to reconnect (`wss://...`, without a token). Behind a load balancer it is the
     /// public address; otherwise another live replica.
     pub new_endpoint: String,
-    /// A fresh access token to present there, when the server issued one (the lifetime
-    /// migration does, so a connection that outlived its token can still move); absent means
-    /// "reconnect with the token you have".
+    /// A fresh access token to present there, when the server issues one; absent means
+    /// "reconnect with the token you have" (this server never sends one: only the api function
+    /// holds the signing key, so a client whose token expired refreshes it first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_token: Option<String>,
     /// Why the connection ends.

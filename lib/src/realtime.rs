@@ -185,6 +185,9 @@ pub trait RealtimeState: crate::runs::RunStore + Send + Sync {
         cutoff_ms: i64,
         limit: usize,
     ) -> Result<Vec<(String, i64)>>;
+    /// Puts a connection back among those the lifetime sweep looks at (a migration notice that
+    /// could not be posted is tried again by the next sweep).
+    async fn track_connection_age(&self, connection_id: &str, connected_at: i64) -> Result<()>;
     /// Removes and returns up to `limit` waits whose deadline passed (each to one caller only).
     async fn take_expired_agent_waits(&self, now_ms: i64, limit: usize) -> Result<Vec<AgentWait>>;
     /// Counts one request of `subject` against `limit` in scope `scope`.
@@ -608,6 +611,16 @@ impl RealtimeState for RedisState {
             .await?)
     }
 
+    async fn track_connection_age(&self, connection_id: &str, connected_at: i64) -> Result<()> {
+        redis::cmd("ZADD")
+            .arg(self.keys.connections_by_age())
+            .arg(connected_at)
+            .arg(connection_id)
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
     async fn take_expired_agent_waits(&self, now_ms: i64, limit: usize) -> Result<Vec<AgentWait>> {
         // Atomic pop: two sweepers never both report the same timeout.
         const SCRIPT: &str = r#"
@@ -833,6 +846,13 @@ impl RedisState {
         for chunk in doomed.chunks(500) {
             redis::cmd("DEL")
                 .arg(chunk)
+                .exec_async(&mut self.conn())
+                .await?;
+        }
+        if !connections.is_empty() {
+            redis::cmd("ZREM")
+                .arg(self.keys.connections_by_age())
+                .arg(&connections)
                 .exec_async(&mut self.conn())
                 .await?;
         }

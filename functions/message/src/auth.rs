@@ -17,6 +17,7 @@ use messaging::{Error, Result};
 pub async fn auth(
     ctx: &Context,
     connection_id: &str,
+    connected_at: i64,
     identity: Option<&Identity>,
     payload: AuthPayload,
 ) -> Result<()> {
@@ -61,7 +62,15 @@ pub async fn auth(
         }
         Some(_) => {}
         None => {
-            messaging::connections::register(ctx, connection_id, &claims.sub, &device_id, 0).await?
+            // API Gateway's `connectedAt`, so the lifetime sweep knows the connection's age.
+            messaging::connections::register(
+                ctx,
+                connection_id,
+                &claims.sub,
+                &device_id,
+                connected_at,
+            )
+            .await?
         }
     }
     let caller = ConnectionInfo {

@@ -97,7 +97,14 @@ async fn on_frame(
     let frame = parse_client_frame(body)?;
     let identity = Identity::of_event(event);
     if let ClientFrame::Auth { payload } = frame {
-        return auth::auth(ctx, connection_id, identity.as_ref(), payload).await;
+        return auth::auth(
+            ctx,
+            connection_id,
+            event.request_context.connected_at,
+            identity.as_ref(),
+            payload,
+        )
+        .await;
     }
     let (caller, refreshed) = caller(
         ctx,

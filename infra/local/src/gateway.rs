@@ -129,6 +129,8 @@ struct Connection {
     user_agent: String,
     /// Told to migrate (by [`WebSocketApi::drain`]).
     migrating: AtomicBool,
+    /// Closed by the drain at its deadline (1001), not by its client.
+    cut: AtomicBool,
 }
 
 /// The emulated WebSocket API and its management API.
@@ -144,6 +146,9 @@ pub struct WebSocketApi {
     registry: std::sync::OnceLock<Arc<crate::replicas::Registry>>,
     /// Shutting down: upgrades are refused.
     draining: AtomicBool,
+    /// The `migration` frame of the drain under way, for upgrades that were already past the
+    /// draining check when it began.
+    migration_frame: Mutex<Option<String>>,
     /// Connections between leaving the table and the end of their `$disconnect`.
     closing: AtomicUsize,
     /// Connections told to migrate that the client closed itself.
@@ -190,6 +195,7 @@ impl WebSocketApi {
             tag: AtomicU32::new(rand::random()),
             registry: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
+            migration_frame: Mutex::new(None),
             closing: AtomicUsize::new(0),
             migrated: AtomicU64::new(0),
             cut: AtomicU64::new(0),
@@ -251,6 +257,7 @@ impl WebSocketApi {
             deadline_ms,
         )
         .to_json();
+        *self.migration_frame.lock().expect("drain lock") = Some(frame.clone());
         let connections: Vec<Arc<Connection>> = self
             .connections
             .lock()
@@ -282,17 +289,23 @@ impl WebSocketApi {
         while self.connection_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for connection in self.connections.lock().expect("connections lock").values() {
-            let _ = connection
-                .tx
-                .send(Outbound::Close(1001, "Going away".into()));
-        }
-        // Their `$disconnect`s run before the replica goes (bounded: a stuck integration has
-        // its own timeout).
+        // What is left is cut, including an upgrade that completes meanwhile; their
+        // `$disconnect`s run before the replica goes (bounded: a stuck integration has its own
+        // timeout).
         let settle = Instant::now() + Duration::from_secs(30);
-        while (self.connection_count() > 0 || self.closing.load(Ordering::SeqCst) > 0)
-            && Instant::now() < settle
-        {
+        loop {
+            for connection in self.connections.lock().expect("connections lock").values() {
+                if !connection.cut.swap(true, Ordering::SeqCst) {
+                    let _ = connection
+                        .tx
+                        .send(Outbound::Close(1001, "Going away".into()));
+                }
+            }
+            if (self.connection_count() == 0 && self.closing.load(Ordering::SeqCst) == 0)
+                || Instant::now() >= settle
+            {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Some(registry) = self.registry.get() {
@@ -585,6 +598,7 @@ async fn upgrade(
         source_ip: peer.ip().to_string(),
         user_agent,
         migrating: AtomicBool::new(false),
+        cut: AtomicBool::new(false),
     });
     // From here on the connection exists, as on AWS once `$connect` succeeded: posts are
     // queued until the socket is up instead of getting 410.
@@ -592,6 +606,11 @@ async fn upgrade(
         .lock()
         .expect("connections lock")
         .insert(connection_id.clone(), connection.clone());
+    // A drain that began while this upgrade was in `$connect` did not see it: tell it now.
+    if let Some(frame) = api.migration_frame.lock().expect("drain lock").clone() {
+        connection.migrating.store(true, Ordering::SeqCst);
+        let _ = connection.tx.send(Outbound::Text(frame));
+    }
     let failed_api = api.clone();
     let failed_id = connection_id.clone();
     ws.max_message_size(MAX_FRAME_BYTES + 1)
@@ -771,7 +790,7 @@ async fn run_connection(
         .clone()
         .unwrap_or((1000, String::new()));
     if connection.migrating.load(Ordering::SeqCst) {
-        if code == 1001 {
+        if connection.cut.load(Ordering::SeqCst) {
             api.cut.fetch_add(1, Ordering::SeqCst);
         } else {
             api.migrated.fetch_add(1, Ordering::SeqCst);
@@ -969,8 +988,16 @@ async fn manage_elsewhere(
     if owner == api.tag() {
         return crate::replicas::gone();
     }
-    let Some(replica) = registry.owner(owner).await else {
-        return crate::replicas::gone();
+    let replica = match registry.owner(owner).await {
+        crate::replicas::Owner::Alive(replica) => replica,
+        crate::replicas::Owner::Gone => return crate::replicas::gone(),
+        crate::replicas::Owner::Unknown => {
+            return aws_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerErrorException",
+                "the replica holding this connection cannot be found right now; retry",
+            );
+        }
     };
     let body = match body {
         Ok(body) => body,

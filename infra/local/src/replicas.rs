@@ -14,10 +14,14 @@
 //! for the replicas not involved; pub/sub would need a request/reply protocol on top to answer
 //! 410 honestly, and wakes every subscriber for every frame.
 //!
-//! A replica that died stops its heartbeat: once it is [`DEAD_AFTER`] old, calls for its
-//! connections answer 410 at once; before that, a forward that finds nothing listening answers
-//! 410 too. A replica that is shutting down marks itself draining, so it is never offered as a
-//! place to migrate to, and removes itself when it is done.
+//! A replica that died stops its heartbeat: once this replica has seen no new heartbeat from it
+//! for [`DEAD_AFTER`] (by its own clock, so clock skew between nodes does not matter), calls for
+//! its connections answer 410 at once; before that, a forward that finds nothing listening
+//! (connection refused) answers 410 too. What cannot be decided is never a 410: when this
+//! replica cannot reach Redis itself, or the owner is slow to accept, the answer is a 500 the
+//! caller retries, so a live connection is never pruned. A replica that is shutting down marks
+//! itself draining, so it is never offered as a place to migrate to, and removes itself when it
+//! is done.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -92,9 +96,33 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Judged by the replica's own clock: only for a replica seen for the first time.
     fn alive(&self, now_ms: i64) -> bool {
         now_ms - self.heartbeat < DEAD_AFTER.as_millis() as i64
     }
+}
+
+/// Another replica as this one knows it.
+struct Peer {
+    replica: Replica,
+    /// When this replica last saw its heartbeat change (this replica's clock).
+    changed: std::time::Instant,
+}
+
+impl Peer {
+    fn alive(&self) -> bool {
+        self.changed.elapsed() < DEAD_AFTER
+    }
+}
+
+/// Whether a replica can be forwarded to.
+pub enum Owner {
+    /// Alive: forward to it.
+    Alive(Replica),
+    /// Dead or unknown: its connections are gone (410).
+    Gone,
+    /// Cannot tell now (this replica cannot reach Redis): the caller should retry (500).
+    Unknown,
 }
 
 /// This replica's membership in the registry.
@@ -105,7 +133,12 @@ pub struct Registry {
     key: String,
     /// The others, as last read (kept when Redis comes back empty, until they are silent for
     /// [`DEAD_AFTER`]).
-    peers: Mutex<HashMap<Tag, Replica>>,
+    peers: Mutex<HashMap<Tag, Peer>>,
+    /// When this replica's own heartbeat last reached Redis: while it does not, the others'
+    /// silence proves nothing.
+    last_beat: Mutex<std::time::Instant>,
+    /// Left the registry: the heartbeat stops writing.
+    left: std::sync::atomic::AtomicBool,
     public_url: Option<String>,
     http: reqwest::Client,
 }
@@ -146,7 +179,7 @@ impl Registry {
         };
         let http = reqwest::Client::builder()
             .timeout(FORWARD_TIMEOUT)
-            .connect_timeout(Duration::from_secs(1))
+            .connect_timeout(Duration::from_secs(3))
             .build()?;
         let registry = Arc::new(Self {
             tag,
@@ -154,6 +187,8 @@ impl Registry {
             redis,
             key,
             peers: Mutex::new(HashMap::new()),
+            last_beat: Mutex::new(std::time::Instant::now()),
+            left: std::sync::atomic::AtomicBool::new(false),
             public_url: public_url.filter(|u| !u.is_empty()),
             http,
         });
@@ -171,6 +206,9 @@ impl Registry {
     /// Renews this replica's registration and reads the others'. Failures are logged: the
     /// next beat tries again, and peers keep this replica alive for [`DEAD_AFTER`].
     pub async fn beat(&self) {
+        if self.left.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let now = messaging::clock::now_ms();
         let me = {
             let mut me = self.me.lock().expect("registry lock");
@@ -192,6 +230,7 @@ impl Registry {
                 return;
             }
         };
+        *self.last_beat.lock().expect("registry lock") = std::time::Instant::now();
         let mut forgotten = Vec::new();
         {
             let mut peers = self.peers.lock().expect("registry lock");
@@ -210,9 +249,28 @@ impl Registry {
                     peers.remove(&tag);
                     continue;
                 }
-                peers.insert(tag, replica);
+                match peers.get_mut(&tag) {
+                    Some(peer) if peer.replica.heartbeat == replica.heartbeat => {
+                        peer.replica = replica;
+                    }
+                    Some(peer) => {
+                        peer.replica = replica;
+                        peer.changed = std::time::Instant::now();
+                    }
+                    // First seen: only its own clock says whether it is alive.
+                    None if replica.alive(now) => {
+                        peers.insert(
+                            tag,
+                            Peer {
+                                replica,
+                                changed: std::time::Instant::now(),
+                            },
+                        );
+                    }
+                    None => {}
+                }
             }
-            peers.retain(|_, replica| replica.alive(now));
+            peers.retain(|_, peer| peer.alive());
         }
         if !forgotten.is_empty() {
             let _: redis::RedisResult<()> = redis::cmd("HDEL")
@@ -232,6 +290,7 @@ impl Registry {
     /// Removes this replica from the registry (at the end of a drain): its connection ids answer
     /// 410 everywhere from now on.
     pub async fn leave(&self) {
+        self.left.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut redis = self.redis.clone();
         let _: redis::RedisResult<()> = redis::cmd("HDEL")
             .arg(&self.key)
@@ -240,30 +299,45 @@ impl Registry {
             .await;
     }
 
-    /// The live replica `tag`, if any. A tag not seen yet (a replica that just started) is read
-    /// from Redis before it is declared unknown.
-    pub async fn owner(&self, tag: Tag) -> Option<Replica> {
-        let now = messaging::clock::now_ms();
-        if let Some(replica) = self.peers.lock().expect("registry lock").get(&tag) {
-            return replica.alive(now).then(|| replica.clone());
+    /// Whether replica `tag` is alive. A tag not seen yet (a replica that just started) is read
+    /// from Redis before it is declared gone; while this replica's own heartbeat cannot reach
+    /// Redis, the others' silence proves nothing and the answer is [`Owner::Unknown`].
+    pub async fn owner(&self, tag: Tag) -> Owner {
+        let blind = self.last_beat.lock().expect("registry lock").elapsed() >= DEAD_AFTER;
+        if let Some(peer) = self.peers.lock().expect("registry lock").get(&tag) {
+            return match (peer.alive(), blind) {
+                (true, _) => Owner::Alive(peer.replica.clone()),
+                (false, true) => Owner::Unknown,
+                (false, false) => Owner::Gone,
+            };
         }
         let mut redis = self.redis.clone();
-        let value: Option<String> = redis::cmd("HGET")
+        let value: Option<String> = match redis::cmd("HGET")
             .arg(&self.key)
             .arg(tag_name(tag))
             .query_async(&mut redis)
             .await
-            .ok()
-            .flatten();
-        let replica: Replica = serde_json::from_str(&value?).ok()?;
-        if !replica.alive(now) {
-            return None;
+        {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway registry unreachable: owner unknown");
+                return Owner::Unknown;
+            }
+        };
+        let Some(replica) = value.and_then(|v| serde_json::from_str::<Replica>(&v).ok()) else {
+            return Owner::Gone;
+        };
+        if !replica.alive(messaging::clock::now_ms()) {
+            return Owner::Gone;
         }
-        self.peers
-            .lock()
-            .expect("registry lock")
-            .insert(tag, replica.clone());
-        Some(replica)
+        self.peers.lock().expect("registry lock").insert(
+            tag,
+            Peer {
+                replica: replica.clone(),
+                changed: std::time::Instant::now(),
+            },
+        );
+        Owner::Alive(replica)
     }
 
     /// Where a client of this replica should reconnect: the public address when there is one
@@ -273,11 +347,11 @@ impl Registry {
         if let Some(url) = &self.public_url {
             return url.clone();
         }
-        let now = messaging::clock::now_ms();
         let peers = self.peers.lock().expect("registry lock");
         let live: Vec<&Replica> = peers
             .values()
-            .filter(|r| r.alive(now) && !r.draining)
+            .filter(|p| p.alive() && !p.replica.draining)
+            .map(|p| &p.replica)
             .collect();
         if live.is_empty() {
             return String::new();
@@ -310,7 +384,9 @@ impl Registry {
             .await;
         let response = match sent {
             Ok(response) => response,
-            Err(e) if e.is_connect() => {
+            // Refused (nothing listens there any more): the replica is gone, and its sockets
+            // with it. A connect that timed out proves nothing (a lost SYN, a busy owner).
+            Err(e) if e.is_connect() && !e.is_timeout() => {
                 tracing::info!(connection_id = id, owner = %owner.management_url, "owner replica unreachable: 410");
                 return gone();
             }
