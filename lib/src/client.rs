@@ -205,6 +205,12 @@ struct Stream {
 /// How long frames ahead of a missing one wait for it before the client asks for a snapshot.
 const DELTA_GAP_WAIT: Duration = Duration::from_secs(1);
 
+/// How long the first live messages of a conversation this client knows nothing about wait for
+/// lower numbers before the client starts the conversation at the lowest it has: two messages
+/// of one conversation can be posted to a device out of order (concurrent fan-outs, a hop
+/// between gateway replicas), and starting at whichever came first would skip the other.
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_millis(300);
+
 /// A connected client. Dropping it closes the connection.
 pub struct Client {
     handle: ClientHandle,
@@ -531,8 +537,17 @@ impl Shared {
         let seq = m.sequence_number;
         let last = match order.last.get(&conversation) {
             Some(l) => *l,
-            // First message of a conversation this client knows nothing about: start here.
-            None => seq - 1,
+            // A conversation this client knows nothing about: hold what comes for a moment,
+            // then start at the lowest number seen.
+            None => {
+                let held = order.held.entry(conversation.clone()).or_default();
+                let first = held.is_empty();
+                held.insert(seq, m);
+                if first {
+                    self.start_after_wait(conversation);
+                }
+                return;
+            }
         };
         if seq <= last {
             return; // duplicate
@@ -543,6 +558,44 @@ impl Shared {
             .or_default()
             .insert(seq, m);
         self.release(&mut order, &conversation, last);
+    }
+
+    /// Starts an unknown conversation at the lowest message held after [`FIRST_MESSAGE_WAIT`]
+    /// (unless a `messages` batch started it meanwhile).
+    fn start_after_wait(&self, conversation: String) {
+        let Some(shared) = self.me_arc() else { return };
+        tokio::spawn(async move {
+            tokio::time::sleep(FIRST_MESSAGE_WAIT).await;
+            let mut order = shared.order.lock().expect("order lock");
+            if order.last.contains_key(&conversation) {
+                return;
+            }
+            let lowest = order
+                .held
+                .get(&conversation)
+                .and_then(|held| held.keys().next().copied());
+            if let Some(lowest) = lowest {
+                shared.release(&mut order, &conversation, lowest.saturating_sub(1));
+            }
+        });
+    }
+
+    /// A `messages` batch (the answer to `sync` or `retransmit`) starts at the device's floor
+    /// (what the server knows it has): a conversation this client knew nothing about starts
+    /// there, or lower if a live message below it is already held.
+    fn start_at_batch(&self, conversation: &str, first: u64) {
+        let mut order = self.order.lock().expect("order lock");
+        if order.last.contains_key(conversation) {
+            return;
+        }
+        let lowest = order
+            .held
+            .get(conversation)
+            .and_then(|held| held.keys().next().copied())
+            .map_or(first, |held| held.min(first));
+        order
+            .last
+            .insert(conversation.to_string(), lowest.saturating_sub(1));
     }
 
     /// Sends `auth` with the configured token; once it succeeds, every unacknowledged send again
@@ -805,6 +858,9 @@ impl Shared {
             }),
             ServerFrame::Message { payload } => self.accept(payload),
             ServerFrame::Messages { payload } => {
+                if let Some(first) = payload.messages.iter().map(|m| m.sequence_number).min() {
+                    self.start_at_batch(&payload.conversation_id, first);
+                }
                 for m in payload.messages {
                     let mut m = m;
                     m.conversation_id

@@ -361,10 +361,20 @@ async fn wait_for_messages(seen: &Arc<Mutex<Seen>>, conversation: &str, n: usize
         if have >= n {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {have} of {n} messages arrived in {conversation}"
-        );
+        if Instant::now() >= deadline {
+            let seen = seen.lock().unwrap();
+            let got: Vec<u64> = seen
+                .messages
+                .get(conversation)
+                .map(|m| m.iter().map(|(n, _)| *n).collect())
+                .unwrap_or_default();
+            let missing: Vec<u64> = (1..=n as u64).filter(|s| !got.contains(s)).collect();
+            panic!(
+                "only {have} of {n} messages arrived in {conversation}: missing {missing:?}, \
+                 {} disconnects, errors {:?}",
+                seen.disconnects, seen.errors
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1485,3 +1485,50 @@ async fn messages_sent_as_fast_as_possible_are_stored_in_the_order_they_were_typ
         assert_eq!(contents, typed, "stored in the order they were typed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_messages_of_a_new_conversation_posted_out_of_order_arrive_in_order() {
+    use messaging::protocol::{DeliveredMessage, MessageBody, ServerFrame};
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let mut phone = client(&stack, &alice, "phone").await;
+    let connection_id = stack.ctx.realtime.user_connections(&alice).await.unwrap()[0].clone();
+    // Two fan-outs raced (or took different hops between gateway replicas): the second message
+    // of a conversation this device has never seen reaches it before the first.
+    let conversation = uuid::Uuid::new_v4().to_string();
+    for seq in [2u64, 1] {
+        let frame = ServerFrame::Message {
+            payload: DeliveredMessage {
+                message_id: format!("m{seq}"),
+                sequence_number: seq,
+                sender_id: Some("bob".into()),
+                receiver_id: None,
+                conversation_id: Some(conversation.clone()),
+                body: MessageBody::text(format!("number {seq}")),
+                timestamp: 1,
+                status: None,
+            },
+        };
+        stack
+            .ctx
+            .gateway
+            .post(&connection_id, frame.to_json().as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let seq = phone
+            .wait_for(WAIT, |e| match e {
+                ClientEvent::Message(m) if m.conversation_id.as_deref() == Some(&conversation) => {
+                    Some(m.sequence_number)
+                }
+                _ => None,
+            })
+            .await
+            .expect("both messages");
+        got.push(seq);
+    }
+    assert_eq!(got, vec![1, 2], "in order, neither skipped");
+}
