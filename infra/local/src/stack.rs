@@ -606,7 +606,12 @@ async fn metrics(
 
 /// Resident memory of this process (Linux), in bytes.
 pub fn resident_memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    resident_memory_bytes_of("self")
+}
+
+/// Resident memory of process `pid` (`self` for this one; Linux), in bytes; 0 when unknown.
+pub fn resident_memory_bytes_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

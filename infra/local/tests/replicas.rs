@@ -106,8 +106,14 @@ impl Replica {
         }
     }
 
-    fn metrics_url(&self) -> String {
-        format!("http://127.0.0.1:{}/metrics", self.management_port)
+    /// Open connections it holds, from its `/metrics`.
+    async fn connections(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.management_port);
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("gateway_connections "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no gateway_connections in {text}"))
     }
 }
 
@@ -298,18 +304,7 @@ impl Edge {
     async fn held(&self) -> Vec<u64> {
         let mut held = Vec::new();
         for replica in &self.replicas {
-            let text = reqwest::get(replica.metrics_url())
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let n = text
-                .lines()
-                .find_map(|l| l.strip_prefix("gateway_connections "))
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no gateway_connections in {text}"));
-            held.push(n);
+            held.push(replica.connections().await);
         }
         held
     }
@@ -661,20 +656,9 @@ impl Edge {
         loop {
             let mut total = 0;
             for (i, replica) in self.replicas.iter().enumerate() {
-                if i == dead {
-                    continue;
+                if i != dead {
+                    total += replica.connections().await;
                 }
-                let text = reqwest::get(replica.metrics_url())
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                total += text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("gateway_connections "))
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
             }
             if total >= 3 || Instant::now() > deadline {
                 return total;

@@ -125,6 +125,20 @@ pub async fn client(stack: &RunningStack, user_id: &str, device: &str) -> Client
     client
 }
 
+/// Waits (up to [`WAIT`]) until `user_id` has exactly `n` registered connections, and returns
+/// their ids; panics with `what` otherwise.
+pub async fn connections(stack: &RunningStack, user_id: &str, n: usize, what: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ids = stack.ctx.realtime.user_connections(user_id).await.unwrap();
+        if ids.len() == n {
+            return ids;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits for the client's `Ready` event (sync done).
 pub async fn ready(client: &mut Client) -> u64 {
     client

@@ -659,22 +659,7 @@ async fn the_last_disconnect_sets_presence_offline_and_saves_last_seen() {
     assert_eq!(p.status, messaging::protocol::PresenceStatus::Online);
 
     phone.close();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while stack
-        .ctx
-        .realtime
-        .user_connections(&alice)
-        .await
-        .unwrap()
-        .len()
-        != 1
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "phone's connection forgotten"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    e2e::connections(&stack, &alice, 1, "phone's connection forgotten").await;
     // One device left: still online, no last seen yet.
     let presence = stack.ctx.realtime.presence(&alice).await.unwrap();
     assert_eq!(presence.status, messaging::protocol::PresenceStatus::Online);
@@ -1032,21 +1017,7 @@ async fn connect_accepts_a_bearer_header_and_refuses_a_token_for_someone_else() 
             .unwrap(),
     );
     let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while stack
-        .ctx
-        .realtime
-        .user_connections(&alice)
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "registered from the header token"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    e2e::connections(&stack, &alice, 1, "registered from the header token").await;
     drop(ws);
     let url = format!(
         "{}/?token={}&user_id=mallory",
@@ -1303,55 +1274,82 @@ async fn a_media_message_refers_to_a_completed_upload_of_its_conversation() {
     let _ = &mut phone;
 }
 
+/// The message function's context with Redis and MongoDB adapters of its own, so that only its
+/// round trips are counted.
+async fn counting_context(
+    stack: &local_stack::stack::RunningStack,
+) -> (
+    messaging::context::Context,
+    messaging::realtime::RedisState,
+    messaging::store::MongoStore,
+) {
+    let realtime = messaging::realtime::RedisState::connect(
+        &stack.config.redis_url,
+        &stack.config.redis_prefix,
+    )
+    .await
+    .unwrap();
+    let store = messaging::store::MongoStore::connect(
+        &stack.config.mongodb_uri,
+        &stack.config.database,
+        messaging::store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ctx = messaging::context::Context {
+        realtime: std::sync::Arc::new(realtime.clone()),
+        store: std::sync::Arc::new(store.clone()),
+        ..stack.ctx.clone()
+    };
+    (ctx, realtime, store)
+}
+
+/// A frame of `user`'s `device` on `connection_id` as API Gateway hands it to the message
+/// function, with the identity the `$connect` authorizer passes.
+fn authorized_frame(
+    connection_id: &str,
+    user: &str,
+    device: &str,
+    route: &str,
+    body: String,
+) -> aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest {
+    let mut event = aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest::default();
+    event.request_context.connection_id = Some(connection_id.to_string());
+    event.request_context.route_key = Some(route.into());
+    for (k, v) in [
+        ("principalId", user),
+        ("user_id", user),
+        ("device_id", device),
+    ] {
+        event
+            .request_context
+            .authorizer
+            .fields
+            .insert(k.into(), serde_json::Value::String(v.to_string()));
+    }
+    event.body = Some(body);
+    event
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trips() {
-    use messaging::realtime::RedisState;
-    use messaging::store::{MongoStore, StoreOptions};
-    use std::sync::Arc;
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
     let bob = user(&stack, "bob").await;
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
     let mut phone = client(&stack, &alice, "phone").await;
     let connection_id = stack.ctx.realtime.user_connections(&alice).await.unwrap()[0].clone();
-    // The message function with adapters of its own, so that only its round trips are counted.
-    let realtime = RedisState::connect(&stack.config.redis_url, &stack.config.redis_prefix)
-        .await
-        .unwrap();
-    let store = MongoStore::connect(
-        &stack.config.mongodb_uri,
-        &stack.config.database,
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    let ctx = messaging::context::Context {
-        realtime: Arc::new(realtime.clone()),
-        store: Arc::new(store.clone()),
-        ..stack.ctx.clone()
-    };
+    let (ctx, realtime, store) = counting_context(&stack).await;
     let event = |key: &str| {
-        let mut event = aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest::default();
-        event.request_context.connection_id = Some(connection_id.clone());
-        event.request_context.route_key = Some("message".into());
-        // The identity API Gateway passes from the $connect authorizer.
-        for (k, v) in [
-            ("principalId", &alice),
-            ("user_id", &alice),
-            ("device_id", &"phone".to_string()),
-        ] {
-            event
-                .request_context
-                .authorizer
-                .fields
-                .insert(k.into(), serde_json::Value::String(v.clone()));
-        }
-        event.body = Some(
+        authorized_frame(
+            &connection_id,
+            &alice,
+            "phone",
+            "message",
             serde_json::json!({"type": "message", "client_message_id": key, "idempotency_key": key,
                 "payload": {"conversation_id": conv, "content": "x", "type": "text", "timestamp": 1}})
             .to_string(),
-        );
-        event
+        )
     };
     // The first send fills the conversation cache; measure the second.
     fn_message::handle(&ctx, event("warm-up")).await;
@@ -1378,58 +1376,19 @@ async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trip
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connections_heartbeat_costs_one_redis_round_trip_and_no_mongodb() {
-    use messaging::realtime::RedisState;
-    use messaging::store::{MongoStore, StoreOptions};
-    use std::sync::Arc;
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
     let mut phone = RawWs::connect(&stack, Some(&token(&stack, &alice)), "phone").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let connection_id = loop {
-        if let Some(id) = stack
-            .ctx
-            .realtime
-            .user_connections(&alice)
-            .await
-            .unwrap()
-            .first()
-        {
-            break id.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not registered");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let realtime = RedisState::connect(&stack.config.redis_url, &stack.config.redis_prefix)
-        .await
-        .unwrap();
-    let store = MongoStore::connect(
-        &stack.config.mongodb_uri,
-        &stack.config.database,
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    let ctx = messaging::context::Context {
-        realtime: Arc::new(realtime.clone()),
-        store: Arc::new(store.clone()),
-        ..stack.ctx.clone()
-    };
-    let mut event = aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest::default();
-    event.request_context.connection_id = Some(connection_id.clone());
-    event.request_context.route_key = Some("heartbeat".into());
-    event.request_context.connected_at = 1_700_000_000_000;
-    for (k, v) in [("principalId", &alice), ("user_id", &alice)] {
-        event
-            .request_context
-            .authorizer
-            .fields
-            .insert(k.into(), serde_json::Value::String(v.clone()));
-    }
-    event.request_context.authorizer.fields.insert(
-        "device_id".into(),
-        serde_json::Value::String("phone".into()),
+    let connection_id = e2e::connections(&stack, &alice, 1, "not registered").await[0].clone();
+    let (ctx, realtime, store) = counting_context(&stack).await;
+    let mut event = authorized_frame(
+        &connection_id,
+        &alice,
+        "phone",
+        "heartbeat",
+        r#"{"type":"heartbeat","timestamp":1}"#.into(),
     );
-    event.body = Some(r#"{"type":"heartbeat","timestamp":1}"#.into());
+    event.request_context.connected_at = 1_700_000_000_000;
     let (redis_before, mongo_before) = (realtime.round_trips(), store.round_trips());
     let seen_before = stack.ctx.realtime.presence(&alice).await.unwrap().last_seen;
     tokio::time::sleep(Duration::from_millis(5)).await;

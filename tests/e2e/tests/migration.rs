@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{RawWs, WAIT};
+use e2e::RawWs;
 
 #[tokio::test]
 async fn the_lifetime_sweep_tells_old_connections_to_migrate_once() {
@@ -13,20 +13,7 @@ async fn the_lifetime_sweep_tells_old_connections_to_migrate_once() {
     let mut old = RawWs::connect(&stack, Some(&token), "old").await;
     let mut young = RawWs::connect(&stack, Some(&token), "young").await;
     // Both registered (the sweep only knows registered connections).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while stack
-        .ctx
-        .realtime
-        .user_connections(&alice)
-        .await
-        .unwrap()
-        .len()
-        < 2
-    {
-        assert!(tokio::time::Instant::now() < deadline, "not registered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ids = stack.ctx.realtime.user_connections(&alice).await.unwrap();
+    let ids = e2e::connections(&stack, &alice, 2, "not registered").await;
     let max_age = stack.ctx.settings.connection_max_age.as_millis() as i64;
     let notice = stack.ctx.settings.migration_notice.as_millis() as i64;
     // Both are indexed by age; take them out to set their ages: one due, one a minute younger.

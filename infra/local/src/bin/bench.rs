@@ -1040,16 +1040,7 @@ mod replicas {
         }
 
         fn rss_bytes(&self) -> u64 {
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("VmRSS:"))
-                        .and_then(|l| l.split_whitespace().nth(1))
-                        .and_then(|kb| kb.parse::<u64>().ok())
-                })
-                .unwrap_or(0)
-                * 1024
+            local_stack::stack::resident_memory_bytes_of(&self.child.id().to_string())
         }
 
         async fn connections(&self) -> u64 {
