@@ -27,7 +27,7 @@ use crate::error::ErrorCode;
 use crate::protocol::{
     AgentRunPayload, ClientFrame, DeliveredMessage, DeliveryReceiptPayload, MessageAckPayload,
     MessageDeltaPayload, MigrationPayload, OutgoingMessage, PresencePayload, ReadReceiptPayload,
-    ServerFrame, TypingPayload, TypingState,
+    ReceiptsPayload, ServerFrame, TypingPayload, TypingState,
 };
 
 /// How to reach the API.
@@ -84,6 +84,8 @@ pub enum ClientEvent {
     Delivered(DeliveryReceiptPayload),
     /// Messages one sent were read.
     Read(ReadReceiptPayload),
+    /// Group members received or read messages up to some sequence number (coalesced).
+    Receipts(ReceiptsPayload),
     /// Someone is typing.
     Typing(TypingPayload),
     /// Someone's presence.
@@ -913,6 +915,7 @@ impl Shared {
             }
             ServerFrame::DeliveryAck { payload } => self.emit(ClientEvent::Delivered(payload)),
             ServerFrame::ReadReceipt { payload } => self.emit(ClientEvent::Read(payload)),
+            ServerFrame::Receipts { payload } => self.emit(ClientEvent::Receipts(payload)),
             ServerFrame::Typing { payload } => self.emit(ClientEvent::Typing(payload)),
             ServerFrame::Presence { payload } => self.emit(ClientEvent::Presence(payload)),
             ServerFrame::AgentRun { payload } => {

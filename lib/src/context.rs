@@ -157,6 +157,9 @@ pub struct Context {
     pub jwt: JwtVerifier,
     /// Limits and timings.
     pub settings: Settings,
+    /// Conversations' routing fields remembered for receipts (see
+    /// [`crate::conversations::membership_for_receipts`]).
+    pub routing_memo: Arc<crate::conversations::RoutingMemo>,
 }
 
 impl Context {
@@ -200,6 +203,7 @@ impl Context {
             events: crate::eventbridge::publisher_with(src, &aws)?,
             jwt: JwtVerifier::new(&jwt)?,
             settings,
+            routing_memo: Arc::default(),
         })
     }
 }

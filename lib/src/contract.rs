@@ -58,7 +58,11 @@ after `unavailable` once its `retry_after` has passed.
 included (with `conversation_id` and `sequence_number`): it records what this device has, which \
 `sync` resumes from, and tells the sender (`delivery_ack` from the server, with \
 `delivered_to`). `read_receipt` marks messages read (unread counts, and `read_receipt` from the \
-server to the sender). The server time-stamps receipts itself: client clocks are not trusted.
+server to the sender). In groups the senders get neither per member: receipts are coalesced \
+into one `receipts` frame per conversation and interval (at most 500 ms; the first after a \
+quiet interval goes at once) listing each member's highest acknowledged (`delivered`) and read \
+(`read`) sequence number: your message `s` is delivered to every member listed with \
+`up_to >= s`. The server time-stamps receipts itself: client clocks are not trusted.
 
 **Your own messages** come back to every device of yours as `message` frames (so all your \
 devices show the whole conversation); the sending device recognises them by `message_id` or \
@@ -416,7 +420,7 @@ fn answer_of(kind: &str) -> &'static str {
         "auth" => "auth_success then messages frames, or auth_error",
         "message" => "message_ack (echoing client_message_id), or error with client_message_id",
         "delivery_ack" | "read_receipt" | "typing" => "nothing when it succeeds; error otherwise",
-        "heartbeat" => "heartbeat_ack",
+        "heartbeat" => "heartbeat_ack (the route response)",
         "retransmit" => "messages frames (the last one with missing), or error",
         "sync" => "auth_success then messages frames, or error",
         "presence" => "one presence frame per user, or error",
@@ -469,6 +473,9 @@ fn example(direction: &str, kind: &str) -> Option<Value> {
         ("server", "message") => {
             json!({"type": "message", "payload": {"message_id": message_id, "sequence_number": 42, "sender_id": "u-123", "receiver_id": "u-456", "conversation_id": conversation, "content": "<ciphertext>", "type": "text", "timestamp": 1_700_000_000_000i64, "status": "sent"}})
         }
+        ("server", "receipts") => {
+            json!({"type": "receipts", "payload": {"conversation_id": conversation, "delivered": [{"user_id": "u-456", "up_to": 42}, {"user_id": "u-789", "up_to": 42}], "read": [{"user_id": "u-456", "up_to": 41}], "timestamp": 1_700_000_000_000i64}})
+        }
         ("server", "heartbeat_ack") => {
             json!({"type": "heartbeat_ack", "server_time": 1_700_000_000_000i64})
         }
@@ -518,6 +525,7 @@ mod tests {
             "message_ack",
             "delivery_ack",
             "read_receipt",
+            "receipts",
             "typing",
             "presence",
             "heartbeat_ack",

@@ -8,6 +8,7 @@
 //! the store for those. The cache is only an accelerator: when Redis fails, the lookup reads
 //! MongoDB, so sends keep working through a Redis outage.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::context::Context;
@@ -63,6 +64,59 @@ pub async fn membership(
             "you are not a participant of this conversation",
         ));
     }
+    Ok(conversation)
+}
+
+/// How long [`RoutingMemo`] trusts what it holds.
+pub const MEMO_TTL: Duration = Duration::from_secs(5);
+/// Most conversations one [`RoutingMemo`] holds (it starts over when full).
+const MEMO_CAPACITY: usize = 10_000;
+
+/// Routing fields remembered in the process for a few seconds, for receipts only: a group
+/// message is acknowledged by every member within milliseconds, and each acknowledgement would
+/// otherwise read the same cached conversation from Redis. Only a positive answer is trusted
+/// (a member added a moment ago is looked up again), and only where a stale one is harmless:
+/// a member removed less than [`MEMO_TTL`] ago may still acknowledge what they had received.
+/// Sends, typing and everything else use [`membership`].
+#[derive(Default)]
+pub struct RoutingMemo {
+    entries: std::sync::Mutex<HashMap<String, (std::time::Instant, Conversation)>>,
+}
+
+impl RoutingMemo {
+    fn get(&self, conversation_id: &str) -> Option<Conversation> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(conversation_id)
+            .filter(|(at, _)| at.elapsed() < MEMO_TTL)
+            .map(|(_, c)| c.clone())
+    }
+
+    fn put(&self, conversation: &Conversation) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MEMO_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(
+            conversation.conversation_id.clone(),
+            (std::time::Instant::now(), conversation.clone()),
+        );
+    }
+}
+
+/// [`membership`] for receipts, answered from the process's [`RoutingMemo`] when it can.
+pub async fn membership_for_receipts(
+    ctx: &Context,
+    user_id: &str,
+    conversation_id: &str,
+) -> Result<Conversation> {
+    if let Some(conversation) = ctx.routing_memo.get(conversation_id)
+        && conversation.has_participant(user_id)
+    {
+        return Ok(conversation);
+    }
+    let conversation = membership(ctx, user_id, conversation_id).await?;
+    ctx.routing_memo.put(&conversation);
     Ok(conversation)
 }
 

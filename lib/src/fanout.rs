@@ -63,6 +63,28 @@ pub async fn send_to_user(
     Ok(delivered)
 }
 
+/// Sends `frame` to every live connection of each of `user_ids`, concurrently, with one round
+/// trip for all their connections (a group's fan-out). Returns, per user in order, how many
+/// connections took it.
+pub async fn send_to_users(
+    ctx: &Context,
+    user_ids: &[String],
+    frame: &ServerFrame,
+) -> Result<Vec<usize>> {
+    let connections = ctx.realtime.connections_of_users(user_ids).await?;
+    let posts = connections.iter().enumerate().flat_map(|(user, ids)| {
+        ids.iter()
+            .map(move |connection| async move { (user, post(ctx, connection, frame).await) })
+    });
+    let mut delivered = vec![0; user_ids.len()];
+    for (user, outcome) in join_all(posts).await {
+        if outcome? == PostOutcome::Delivered {
+            delivered[user] += 1;
+        }
+    }
+    Ok(delivered)
+}
+
 /// Splits messages of one conversation into `messages` frames of at most 128 KB each, in order.
 /// `has_more` is set on every frame but the last.
 pub fn batch_frames(conversation_id: &str, messages: Vec<DeliveredMessage>) -> Vec<ServerFrame> {

@@ -15,6 +15,10 @@ pub const CONNECTION_TTL: Duration = Duration::from_secs(2 * 3600 + 10 * 60);
 /// A typing indicator disappears on its own after this long without a new `start`.
 pub const TYPING_TTL: Duration = Duration::from_secs(6);
 
+/// Group receipts nobody sent (their sender died) are dropped after this long: they are also
+/// recorded in MongoDB, and the next receipt of the conversation sends everything newer.
+pub const PENDING_RECEIPTS_TTL: Duration = Duration::from_secs(3600);
+
 /// How long "already done" markers of at-least-once events are kept.
 pub const ONCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -110,6 +114,30 @@ impl Keys {
     /// Set of the waits of one conversation (members of [`Keys::agent_waits`]).
     pub fn agent_waits_of(&self, conversation_id: &str) -> String {
         format!("{}agent-waits:{conversation_id}", self.prefix)
+    }
+
+    /// Group receipts not yet sent to the senders: a sorted set per conversation and kind
+    /// (`delivered`, `read`) of members scored by the highest sequence number concerned. The
+    /// `{c:ID}` hash tag keeps a conversation's receipt keys on one Cluster slot (one script).
+    pub fn pending_receipts(&self, conversation_id: &str, kind: &str) -> String {
+        format!("{}{{c:{conversation_id}}}:receipts:{kind}", self.prefix)
+    }
+
+    /// The lowest sequence number the receipts waiting in a conversation concern.
+    pub fn receipts_low(&self, conversation_id: &str) -> String {
+        format!("{}{{c:{conversation_id}}}:receipts:low", self.prefix)
+    }
+
+    /// Set while a conversation's receipts were just sent: receipts arriving meanwhile wait for
+    /// the interval's end (see `ServerFrame::Receipts`).
+    pub fn receipts_sent(&self, conversation_id: &str) -> String {
+        format!("{}{{c:{conversation_id}}}:receipts:sent", self.prefix)
+    }
+
+    /// Set while one invocation has promised to send a conversation's waiting receipts when
+    /// the interval ends.
+    pub fn receipts_due(&self, conversation_id: &str) -> String {
+        format!("{}{{c:{conversation_id}}}:receipts:due", self.prefix)
     }
 
     /// `SCAN` pattern of every key of one user (all share the `{u:ID}:` hash tag); glob

@@ -19,7 +19,7 @@
 //! [`migration`]: moving clients off a connection before it ends; [`identity`]: the `$connect`
 //! authorizer and the identity every frame carries; [`auth`]: JWTs;
 //! [`conversations`]: cached lookups and the one membership check; [`fanout`]: frames to
-//! connections; [`pending`]: what a device is owed, from MongoDB; [`outbox`]: every
+//! connections; [`group_receipts`]: members' receipts coalesced into one frame per interval; [`pending`]: what a device is owed, from MongoDB; [`outbox`]: every
 //! acknowledged message fanned out and notified; [`agent_routing`]: which agent answers;
 //! [`system_messages`]: messages the server writes itself.
 //!
@@ -36,8 +36,8 @@
 //! ```text
 //! client ──`message` frame──▶ message function: identity ─ conversations::membership
 //!                                 │ store::MessageStore::insert_message (number + outbox, MongoDB)
-//!        ◀──`message_ack`─────────┤ gateway
-//!                                 └ outbox::publish_received ──▶ events (broker / EventBridge)
+//!                                 │ outbox::publish_received ──▶ events (broker / EventBridge)
+//!        ◀──`message_ack`─────────┘ (the route response)           │
 //!                                                                  │
 //!            store function ◀─ messaging.message.received ─────────┤──▶ agents (agent_routing)
 //!              fanout ──`message`──▶ every device of every member   │      agent.delta ─▶ runs
@@ -69,6 +69,7 @@ pub mod eventbridge;
 pub mod events;
 pub mod fanout;
 pub mod gateway;
+pub mod group_receipts;
 pub mod http;
 pub mod identity;
 pub mod ids;

@@ -460,6 +460,41 @@ pub struct ReadReceiptPayload {
     pub timestamp: i64,
 }
 
+/// How far one member of a conversation has got: the highest sequence number their devices
+/// acknowledged (`delivered`) or they read (`read`). Devices acknowledge every message they
+/// receive and fetch gaps, so everything at or below `up_to` concerns them too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MemberMark {
+    /// The member.
+    pub user_id: String,
+    /// Highest sequence number concerned.
+    pub up_to: u64,
+}
+
+/// Group receipts, coalesced: what members received and read in one conversation during the
+/// last interval (at most one frame per conversation and [`RECEIPTS_INTERVAL_MS`], to each
+/// sender of the messages concerned). A message of this sender with sequence number `s` is
+/// delivered to (read by) each member listed with `up_to >= s`. The sender's own marks are left
+/// out. Direct and agent conversations keep the per-message `delivery_ack` and `read_receipt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ReceiptsPayload {
+    /// Conversation.
+    pub conversation_id: String,
+    /// Members whose devices acknowledged messages, and up to where.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered: Vec<MemberMark>,
+    /// Members who read messages, and up to where.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<MemberMark>,
+    /// When the frame was made, milliseconds since the epoch.
+    pub timestamp: i64,
+}
+
+/// The longest a group receipt waits before it is sent to the senders in a [`ServerFrame::Receipts`]
+/// frame: the first receipt after a quiet interval goes at once, the ones that follow within
+/// this interval go together when it ends.
+pub const RECEIPTS_INTERVAL_MS: u64 = 500;
+
 /// Delivery receipt sent to the original sender.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeliveryReceiptPayload {
@@ -654,6 +689,11 @@ pub enum ServerFrame {
     ReadReceipt {
         /// Which and by whom.
         payload: ReadReceiptPayload,
+    },
+    /// Group members received or read messages (coalesced, see [`ReceiptsPayload`]).
+    Receipts {
+        /// Who, where, up to which sequence number.
+        payload: ReceiptsPayload,
     },
     /// Answer to `heartbeat`.
     HeartbeatAck {

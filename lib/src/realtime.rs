@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
 use crate::error::Result;
+use crate::group_receipts::{ReceiptNote, ReceiptTurn};
 use crate::keys::{CONNECTION_TTL, Keys, ONCE_TTL, PRESENCE_TTL};
 use crate::protocol::PresenceStatus;
 
@@ -138,7 +139,9 @@ impl AgentWait {
 
 /// The real-time state port.
 #[async_trait]
-pub trait RealtimeState: crate::runs::RunStore + Send + Sync {
+pub trait RealtimeState:
+    crate::runs::RunStore + crate::group_receipts::ReceiptStore + Send + Sync
+{
     /// Records a connection and marks its user online.
     /// Returns how many connections the user has now (1: they just came online).
     async fn register_connection(&self, connection: &ConnectionInfo) -> Result<u64>;
@@ -149,6 +152,9 @@ pub trait RealtimeState: crate::runs::RunStore + Send + Sync {
     async fn remove_connection(&self, connection_id: &str) -> Result<Option<RemovedConnection>>;
     /// All live connection ids of a user.
     async fn user_connections(&self, user_id: &str) -> Result<Vec<String>>;
+    /// [`RealtimeState::user_connections`] of several users in one round trip (a group's
+    /// fan-out), in the order of `user_ids`.
+    async fn connections_of_users(&self, user_ids: &[String]) -> Result<Vec<Vec<String>>>;
     /// Heartbeat: refreshes the connection's and the presence TTLs.
     async fn touch(&self, connection: &ConnectionInfo, now_ms: i64) -> Result<()>;
     /// A user's presence (offline when nothing is recorded).
@@ -209,15 +215,18 @@ pub trait RealtimeState: crate::runs::RunStore + Send + Sync {
     ) -> Result<Vec<RateDecision>>;
     /// [`RealtimeState::rate_limits`] for a frame of `caller`'s connection, and in the same
     /// round trip whether that connection is registered (a frame of a connection Redis lost
-    /// registers it again) and, with `touch`, what [`RealtimeState::touch`] does (a heartbeat:
-    /// one round trip in all).
+    /// registers it again), with `touch` what [`RealtimeState::touch`] does (a heartbeat: one
+    /// round trip in all), and with `receipt` what
+    /// [`crate::group_receipts::ReceiptStore::note_receipt`] does (a group member's
+    /// `delivery_ack`: one round trip in all).
     async fn frame_budget(
         &self,
         caller: &ConnectionInfo,
         limits: &[(&str, RateLimit)],
         touch: bool,
+        receipt: Option<&ReceiptNote>,
         now_ms: i64,
-    ) -> Result<(Vec<RateDecision>, bool)>;
+    ) -> Result<FrameBudget>;
     /// A cached value (see [`crate::keys::Keys::cache`]), if present.
     async fn cache_get(&self, name: &str) -> Result<Option<String>>;
     /// Caches a value for `ttl`.
@@ -228,6 +237,17 @@ pub trait RealtimeState: crate::runs::RunStore + Send + Sync {
     /// presence and rate-limit counters. Returns the connection ids they had, for the
     /// caller to close.
     async fn forget_user(&self, user_id: &str) -> Result<Vec<String>>;
+}
+
+/// What a frame's one round trip said (see [`RealtimeState::frame_budget`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameBudget {
+    /// One decision per limit, in order.
+    pub decisions: Vec<RateDecision>,
+    /// Whether the connection is registered.
+    pub registered: bool,
+    /// Who sends the group receipt that was noted, when one was.
+    pub receipt: Option<ReceiptTurn>,
 }
 
 /// Default deadline of one Redis round trip (`REDIS_TIMEOUT_MS`).
@@ -421,6 +441,22 @@ impl RealtimeState for RedisState {
             .await?;
         ids.sort();
         Ok(ids)
+    }
+
+    async fn connections_of_users(&self, user_ids: &[String]) -> Result<Vec<Vec<String>>> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for user_id in user_ids {
+            pipe.cmd("SMEMBERS")
+                .arg(self.keys.user_connections(user_id));
+        }
+        let mut all: Vec<Vec<String>> = pipe.query_async(&mut self.conn()).await?;
+        for ids in &mut all {
+            ids.sort();
+        }
+        Ok(all)
     }
 
     async fn touch(&self, c: &ConnectionInfo, now_ms: i64) -> Result<()> {
@@ -682,8 +718,9 @@ impl RealtimeState for RedisState {
         caller: &ConnectionInfo,
         limits: &[(&str, RateLimit)],
         touch: bool,
+        receipt: Option<&ReceiptNote>,
         now_ms: i64,
-    ) -> Result<(Vec<RateDecision>, bool)> {
+    ) -> Result<FrameBudget> {
         let mut pipe = redis::pipe();
         self.token_buckets(&mut pipe, &caller.user_id, limits, now_ms);
         pipe.exists(self.keys.connection(&caller.connection_id));
@@ -709,8 +746,22 @@ impl RealtimeState for RedisState {
             .expire(&presence_key, secs(PRESENCE_TTL))
             .ignore();
         }
-        let (answer, registered): (Vec<i64>, bool) = pipe.query_async(&mut self.conn()).await?;
-        Ok((decisions(&answer, limits.len()), registered))
+        if let Some(note) = receipt {
+            self.note_receipt_cmd(&mut pipe, note);
+        }
+        let reply: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
+        let mut reply = reply.into_iter();
+        let answer: Vec<i64> = next_value(&mut reply)?;
+        let registered: bool = next_value(&mut reply)?;
+        let receipt = match receipt {
+            Some(_) => Some(crate::group_receipts::turn_from(next_value(&mut reply)?)),
+            None => None,
+        };
+        Ok(FrameBudget {
+            decisions: decisions(&answer, limits.len()),
+            registered,
+            receipt,
+        })
     }
 
     async fn cache_get(&self, name: &str) -> Result<Option<String>> {
@@ -781,6 +832,16 @@ const TOKEN_BUCKETS: &str = r#"
 
 /// The decisions of [`TOKEN_BUCKETS`]' answer. When another bucket refused, a bucket with room
 /// reports its room; the caller refuses the request on the first refusal.
+/// The next reply of a pipeline, decoded.
+pub(crate) fn next_value<T: redis::FromRedisValue>(
+    reply: &mut impl Iterator<Item = redis::Value>,
+) -> Result<T> {
+    Ok(
+        redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil))
+            .map_err(redis::RedisError::from)?,
+    )
+}
+
 fn decisions(answer: &[i64], buckets: usize) -> Vec<RateDecision> {
     (0..buckets)
         .map(|i| {

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use messaging::protocol::PresenceStatus;
+use messaging::group_receipts::{ReceiptKind, ReceiptNote, ReceiptStore, ReceiptTurn};
+use messaging::protocol::{MemberMark, PresenceStatus};
 use messaging::realtime::{ConnectionInfo, RateDecision, RateLimit, RealtimeState, RedisState};
 use redis::AsyncCommands;
 
@@ -298,19 +299,20 @@ async fn a_frame_learns_its_budget_and_whether_its_connection_is_known_in_one_ro
     let t = 1_700_000_000_000;
     let jane = conn("j1", "jane", "phone");
     let before = s.round_trips();
-    let (decisions, registered) = s
-        .frame_budget(&jane, &[("frames", frames)], false, t)
+    let budget = s
+        .frame_budget(&jane, &[("frames", frames)], false, None, t)
         .await
         .unwrap();
     assert_eq!(s.round_trips() - before, 1);
-    assert_eq!(decisions, [RateDecision::Allowed { remaining: 9 }]);
-    assert!(!registered, "never registered");
+    assert_eq!(budget.decisions, [RateDecision::Allowed { remaining: 9 }]);
+    assert!(!budget.registered, "never registered");
+    assert_eq!(budget.receipt, None);
     s.register_connection(&jane).await.unwrap();
-    let (_, registered) = s
-        .frame_budget(&jane, &[("frames", frames)], false, t)
+    let budget = s
+        .frame_budget(&jane, &[("frames", frames)], false, None, t)
         .await
         .unwrap();
-    assert!(registered);
+    assert!(budget.registered);
 }
 
 #[tokio::test]
@@ -324,8 +326,8 @@ async fn a_heartbeat_refreshes_presence_in_its_one_round_trip() {
     s.register_connection(&jane).await.unwrap();
     let later = messaging::clock::now_ms() + 5_000;
     let before = s.round_trips();
-    let (decisions, registered) = s
-        .frame_budget(&jane, &[("frames", frames)], true, later)
+    let budget = s
+        .frame_budget(&jane, &[("frames", frames)], true, None, later)
         .await
         .unwrap();
     assert_eq!(
@@ -333,18 +335,116 @@ async fn a_heartbeat_refreshes_presence_in_its_one_round_trip() {
         1,
         "budget, registration and refresh at once"
     );
-    assert!(registered);
-    assert!(matches!(decisions[0], RateDecision::Allowed { .. }));
+    assert!(budget.registered);
+    assert!(matches!(budget.decisions[0], RateDecision::Allowed { .. }));
     let presence = s.presence("jane2").await.unwrap();
     assert_eq!(presence.last_seen, Some(later), "{presence:?}");
     // A lost record is reported, not half-recreated by the refresh.
     let lost = conn("j3", "jane3", "phone");
-    let (_, registered) = s
-        .frame_budget(&lost, &[("frames", frames)], true, later)
+    let budget = s
+        .frame_budget(&lost, &[("frames", frames)], true, None, later)
         .await
         .unwrap();
-    assert!(!registered);
+    assert!(!budget.registered);
     assert!(s.connection("j3").await.unwrap().is_none());
+}
+
+fn note(conversation: &str, user: &str, kind: ReceiptKind, low: u64, up_to: u64) -> ReceiptNote {
+    ReceiptNote {
+        conversation_id: conversation.into(),
+        kind,
+        user_id: user.into(),
+        low,
+        up_to,
+    }
+}
+
+#[tokio::test]
+async fn group_receipts_take_turns_one_now_one_at_the_intervals_end_and_keep_each_members_highest()
+{
+    let s = state().await;
+    let c = "group-1";
+    // The first receipt after a quiet interval sends at once.
+    let first = s
+        .note_receipt(&note(c, "ann", ReceiptKind::Delivered, 7, 7))
+        .await
+        .unwrap();
+    assert_eq!(first, ReceiptTurn::SendNow);
+    // Within the interval: the first promises to send at its end, the others only add.
+    let second = s
+        .note_receipt(&note(c, "bob", ReceiptKind::Delivered, 7, 7))
+        .await
+        .unwrap();
+    let ReceiptTurn::SendAfter(wait) = second else {
+        panic!("{second:?}");
+    };
+    assert!(wait <= messaging::group_receipts::INTERVAL, "{wait:?}");
+    for (user, low, up_to) in [("cid", 5, 6), ("bob", 6, 6), ("ann", 8, 8)] {
+        let turn = s
+            .note_receipt(&note(c, user, ReceiptKind::Delivered, low, up_to))
+            .await
+            .unwrap();
+        assert_eq!(turn, ReceiptTurn::Nothing, "{user}");
+    }
+    s.note_receipt(&note(c, "cid", ReceiptKind::Read, 4, 6))
+        .await
+        .unwrap();
+    // Taking gives each member's highest number (bob's lower, later receipt changes nothing)
+    // and the lowest number concerned; the store is empty afterwards.
+    let taken = s.take_receipts(c).await.unwrap();
+    let marks = |list: &[MemberMark]| -> Vec<(String, u64)> {
+        let mut v: Vec<_> = list.iter().map(|m| (m.user_id.clone(), m.up_to)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        marks(&taken.delivered),
+        [("ann".into(), 8), ("bob".into(), 7), ("cid".into(), 6)]
+    );
+    assert_eq!(marks(&taken.read), [("cid".into(), 6)]);
+    assert_eq!(taken.low, Some(4));
+    assert!(s.take_receipts(c).await.unwrap().is_empty());
+    // Taking started a new interval: the next receipt waits for its end.
+    let next = s
+        .note_receipt(&note(c, "dan", ReceiptKind::Delivered, 9, 9))
+        .await
+        .unwrap();
+    assert!(matches!(next, ReceiptTurn::SendAfter(_)), "{next:?}");
+    // Another conversation is independent.
+    let other = s
+        .note_receipt(&note("group-2", "ann", ReceiptKind::Delivered, 1, 1))
+        .await
+        .unwrap();
+    assert_eq!(other, ReceiptTurn::SendNow);
+}
+
+#[tokio::test]
+async fn a_frame_notes_a_group_receipt_in_its_one_round_trip() {
+    let s = state().await;
+    let frames = RateLimit {
+        max: 10,
+        window: Duration::from_secs(60),
+    };
+    let jane = conn("j4", "jane4", "phone");
+    s.register_connection(&jane).await.unwrap();
+    let before = s.round_trips();
+    let receipt = note("group-3", "jane4", ReceiptKind::Delivered, 3, 3);
+    let budget = s
+        .frame_budget(
+            &jane,
+            &[("frames", frames)],
+            false,
+            Some(&receipt),
+            messaging::clock::now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.round_trips() - before, 1);
+    assert!(budget.registered);
+    assert_eq!(budget.receipt, Some(ReceiptTurn::SendNow));
+    let taken = s.take_receipts("group-3").await.unwrap();
+    assert_eq!(taken.delivered.len(), 1);
+    assert_eq!(taken.delivered[0].up_to, 3);
 }
 
 #[tokio::test]

@@ -7,7 +7,6 @@
 
 use messaging::context::Context;
 use messaging::error::ErrorCode;
-use messaging::fanout::post;
 use messaging::identity::{DEFAULT_DEVICE, Identity};
 use messaging::protocol::{AuthPayload, ServerFrame};
 use messaging::realtime::ConnectionInfo;
@@ -20,28 +19,24 @@ pub async fn auth(
     connected_at: i64,
     identity: Option<&Identity>,
     payload: AuthPayload,
-) -> Result<()> {
+) -> Result<Option<ServerFrame>> {
     let claims = match ctx.jwt.verify(&payload.auth_token) {
         Ok(claims) => claims,
         Err(e) => {
             tracing::info!(connection_id, code = ?e.code(), "auth refused");
-            let frame = ServerFrame::AuthError {
+            return Ok(Some(ServerFrame::AuthError {
                 error: e.public_message(),
                 code: Some(e.code()),
-            };
-            post(ctx, connection_id, &frame).await?;
-            return Ok(());
+            }));
         }
     };
     if let Some(claimed) = &payload.user_id
         && claimed != &claims.sub
     {
-        let frame = ServerFrame::AuthError {
+        return Ok(Some(ServerFrame::AuthError {
             error: "user_id does not match the token".into(),
             code: Some(ErrorCode::Forbidden),
-        };
-        post(ctx, connection_id, &frame).await?;
-        return Ok(());
+        }));
     }
     if identity.is_some_and(|i| i.user_id != claims.sub) {
         return Err(Error::forbidden(

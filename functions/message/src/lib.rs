@@ -2,10 +2,15 @@
 //!
 //! One handler serves all client frames (API Gateway routes them by `type`; the local stack and
 //! AWS may send any of them here). Each frame is parsed, attributed to its sender, checked
-//! against the sender's rate limits, and answered with frames posted back through the management
-//! API. Errors never drop the connection: the client gets an `error` frame with a stable code
-//! and, for sends, its `client_message_id`. Every frame is answered within
-//! `Settings::frame_timeout` (a result, or `unavailable` with `retry_after`), never silence.
+//! against the sender's rate limits, and answered. The answer (`message_ack`, `heartbeat_ack`,
+//! `presence`, an `error`, the last frame of a `sync`) is the integration's response body, which
+//! API Gateway's route response (`$default`, two-way routes) sends to the client: no
+//! management-API post, no SigV4 signing, and an answer even when the management API is
+//! unreachable. Frames before the last of a multi-frame answer are posted through the
+//! management API first, so the client sees them in order. Errors never drop the connection:
+//! the client gets an `error` frame with a stable code and, for sends, its
+//! `client_message_id`. Every frame is answered within `Settings::frame_timeout` (a result, or
+//! `unavailable` with `retry_after`), never silence.
 //!
 //! Who sent a frame: the identity the `$connect` authorizer gave the connection, carried in
 //! `requestContext.authorizer` (no Redis lookup; a connection Redis lost is registered again by
@@ -29,6 +34,7 @@ pub mod sync;
 pub mod typing;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use aws_lambda_events::encodings::Body;
 use messaging::context::Context;
 use messaging::error::ErrorCode;
 use messaging::fanout::post;
@@ -40,7 +46,8 @@ use messaging::realtime::ConnectionInfo;
 use messaging::websocket::{connection_id, ok};
 use messaging::{Error, Result};
 
-/// Handles one frame. Always answers 200: the outcome travels as frames to the client.
+/// Handles one frame. Always answers 200, with the frame that answers the client as the body
+/// (the route response; empty when a frame has no answer, such as `delivery_ack`).
 pub async fn handle(
     ctx: &Context,
     event: ApiGatewayWebsocketProxyRequest,
@@ -61,16 +68,25 @@ pub async fn handle(
             Ok(outcome) => outcome,
             Err(_) => Err(Error::timeout("frame", limit)),
         };
-    if let Err(e) = outcome {
-        if e.is_server_fault() {
-            tracing::error!(connection_id, error = %e, "frame failed");
-        } else {
-            tracing::info!(connection_id, code = ?e.code(), "frame refused");
+    let answer = match outcome {
+        Ok(answer) => answer,
+        Err(e) => {
+            if e.is_server_fault() {
+                tracing::error!(connection_id, error = %e, "frame failed");
+            } else {
+                tracing::info!(connection_id, code = ?e.code(), "frame refused");
+            }
+            Some(e.to_frame(client_message_id))
         }
-        // The connection may be gone already; nothing more to do then.
-        let _ = post(ctx, &connection_id, &e.to_frame(client_message_id)).await;
+    };
+    let mut response = ok();
+    if let Some(frame) = answer {
+        match serde_json::to_string(&frame) {
+            Ok(text) => response.body = Some(Body::Text(text)),
+            Err(e) => tracing::error!(connection_id, error = %e, "answer not serialized"),
+        }
     }
-    ok()
+    response
 }
 
 /// The `client_message_id` of a frame, if it has one, even when the frame is otherwise invalid.
@@ -87,7 +103,7 @@ async fn on_frame(
     event: &ApiGatewayWebsocketProxyRequest,
     connection_id: &str,
     body: &str,
-) -> Result<()> {
+) -> Result<Option<ServerFrame>> {
     if body.len() > MAX_FRAME_BYTES {
         return Err(Error::client(
             ErrorCode::PayloadTooLarge,
@@ -106,12 +122,29 @@ async fn on_frame(
         )
         .await;
     }
-    let (caller, refreshed) = caller(
+    // A group member's `delivery_ack` notes its receipt in the frame's one round trip.
+    let receipt = match (&frame, &identity) {
+        (
+            ClientFrame::DeliveryAck {
+                conversation_id: Some(conversation_id),
+                sequence_number: Some(sequence_number),
+                ..
+            },
+            Some(identity),
+        ) => receipts::group_note(ctx, &identity.user_id, conversation_id, *sequence_number).await,
+        _ => None,
+    };
+    let Caller {
+        info: caller,
+        refreshed,
+        receipt,
+    } = caller(
         ctx,
         connection_id,
         event.request_context.connected_at,
         identity,
         &frame,
+        receipt.as_ref(),
     )
     .await?;
     match frame {
@@ -120,19 +153,32 @@ async fn on_frame(
             client_message_id,
             idempotency_key,
             payload,
-        } => send::send(ctx, &caller, client_message_id, idempotency_key, payload).await,
+        } => send::send(ctx, &caller, client_message_id, idempotency_key, payload)
+            .await
+            .map(Some),
         ClientFrame::DeliveryAck {
             message_id,
             conversation_id,
             sequence_number,
             ..
-        } => {
-            receipts::delivery_ack(ctx, &caller, message_id, conversation_id, sequence_number).await
-        }
+        } => receipts::delivery_ack(
+            ctx,
+            &caller,
+            message_id,
+            conversation_id,
+            sequence_number,
+            receipt,
+        )
+        .await
+        .map(|()| None),
         ClientFrame::ReadReceipt { message_ids, .. } => {
-            receipts::receipts(ctx, &caller, message_ids, MessageStatus::Read).await
+            receipts::receipts(ctx, &caller, message_ids, MessageStatus::Read)
+                .await
+                .map(|()| None)
         }
-        ClientFrame::Heartbeat { .. } => heartbeat::heartbeat(ctx, &caller, refreshed).await,
+        ClientFrame::Heartbeat { .. } => heartbeat::heartbeat(ctx, &caller, refreshed)
+            .await
+            .map(Some),
         ClientFrame::Retransmit {
             conversation_id,
             from_sequence,
@@ -143,19 +189,33 @@ async fn on_frame(
         ClientFrame::Typing {
             conversation_id,
             state,
-        } => typing::typing(ctx, &caller, &conversation_id, state).await,
+        } => typing::typing(ctx, &caller, &conversation_id, state)
+            .await
+            .map(|()| None),
         ClientFrame::Sync { since } => sync::deliver_pending(ctx, &caller, since).await,
         ClientFrame::Presence { user_ids } => presence::presence(ctx, &caller, user_ids).await,
         ClientFrame::Cancel {
             conversation_id,
             run_id,
-        } => cancel::cancel(ctx, &caller, &conversation_id, &run_id).await,
+        } => cancel::cancel(ctx, &caller, &conversation_id, &run_id)
+            .await
+            .map(|()| None),
     }
 }
 
-/// Who sent a frame, with the frame counted against their budgets (one Redis round trip), and
-/// whether that round trip also refreshed the connection's and the user's presence (it does for
-/// a heartbeat, so a heartbeat costs one round trip and its answer).
+/// Who sent a frame, and what its one Redis round trip did besides.
+struct Caller {
+    /// The sender's connection.
+    info: ConnectionInfo,
+    /// The round trip refreshed the connection's and the user's presence (a heartbeat: one
+    /// round trip and its answer).
+    refreshed: bool,
+    /// The round trip noted a group receipt: whose turn it is to send it.
+    receipt: Option<messaging::group_receipts::ReceiptTurn>,
+}
+
+/// Who sent a frame, with the frame counted against their budgets (one Redis round trip that
+/// also refreshes presence for a heartbeat and notes `receipt`).
 ///
 /// With an authorizer identity, Redis is only asked for the budgets and whether the connection
 /// is still registered (if not, it is registered again with API Gateway's `connectedAt`, so
@@ -168,7 +228,8 @@ async fn caller(
     connected_at: i64,
     identity: Option<Identity>,
     frame: &ClientFrame,
-) -> Result<(ConnectionInfo, bool)> {
+    receipt: Option<&messaging::group_receipts::ReceiptNote>,
+) -> Result<Caller> {
     let mut budgets = vec![("frames", ctx.settings.frame_limit)];
     if matches!(frame, ClientFrame::Message { .. }) {
         budgets.push(("send", ctx.settings.send_limit));
@@ -192,7 +253,11 @@ async fn caller(
         {
             decision.check()?;
         }
-        return Ok((connection, false));
+        return Ok(Caller {
+            info: connection,
+            refreshed: false,
+            receipt: None,
+        });
     };
     let caller = ConnectionInfo {
         connection_id: connection_id.to_string(),
@@ -202,17 +267,19 @@ async fn caller(
     };
     let heartbeat = matches!(frame, ClientFrame::Heartbeat { .. });
     let mut refreshed = false;
+    let mut noted = None;
     match ctx
         .realtime
-        .frame_budget(&caller, &budgets, heartbeat, now)
+        .frame_budget(&caller, &budgets, heartbeat, receipt, now)
         .await
     {
-        Ok((decisions, registered)) => {
+        Ok(budget) => {
             refreshed = heartbeat;
-            for decision in decisions {
+            noted = budget.receipt;
+            for decision in budget.decisions {
                 decision.check()?;
             }
-            if !registered {
+            if !budget.registered {
                 // Redis lost this connection (restarted empty, evicted): the frame says who it
                 // is, so fan-out can find it again; and what the fan-out could not bring it
                 // meanwhile is delivered now, from MongoDB.
@@ -233,14 +300,24 @@ async fn caller(
             tracing::warn!(error = %e, "rate limits unavailable: frame let through unmetered");
         }
     }
-    Ok((caller, refreshed))
+    Ok(Caller {
+        info: caller,
+        refreshed,
+        receipt: noted,
+    })
 }
 
-/// Posts `frame` to the caller's connection.
-pub(crate) async fn reply(
+/// Answers with `frames`, in order: every frame but the last is posted to the caller's
+/// connection through the management API, the last is returned to travel as the route response
+/// (after the posts, so the client sees them in order).
+pub(crate) async fn answer(
     ctx: &Context,
     caller: &ConnectionInfo,
-    frame: &ServerFrame,
-) -> Result<()> {
-    post(ctx, &caller.connection_id, frame).await.map(|_| ())
+    mut frames: Vec<ServerFrame>,
+) -> Result<Option<ServerFrame>> {
+    let last = frames.pop();
+    for frame in &frames {
+        post(ctx, &caller.connection_id, frame).await?;
+    }
+    Ok(last)
 }

@@ -2,16 +2,20 @@
 //!
 //! Both move the device's watermark in MongoDB (what `auth` and `sync` deliver from), record the
 //! receipt on the messages (`delivered_to`, `read_by`, and the aggregate status once every
-//! recipient has it), and tell the senders' devices. A read receipt also moves the user's read
-//! marker (unread counts). Acknowledging one's own message (echoed from another device) only
-//! moves the watermark. Only participants may acknowledge a conversation's messages.
+//! recipient has it), and tell the senders' devices: in direct and agent conversations at once
+//! (`delivery_ack`, `read_receipt` frames), in groups coalesced into one `receipts` frame per
+//! interval (`messaging::group_receipts`; a `delivery_ack` notes its receipt in the frame's one
+//! Redis round trip). A read receipt also moves the user's read marker (unread counts).
+//! Acknowledging one's own message (echoed from another device) only moves the watermark. Only
+//! participants may acknowledge a conversation's messages.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use messaging::context::Context;
-use messaging::conversations::{membership, routing};
+use messaging::conversations::membership_for_receipts;
 use messaging::fanout::send_to_user;
-use messaging::model::{Conversation, StoredMessage};
+use messaging::group_receipts::{ReceiptKind, ReceiptNote, ReceiptTurn};
+use messaging::model::{Conversation, ConversationKind, StoredMessage};
 use messaging::protocol::{DeliveryReceiptPayload, MessageStatus, ReadReceiptPayload, ServerFrame};
 use messaging::realtime::ConnectionInfo;
 use messaging::system_messages::SYSTEM_SENDER;
@@ -20,37 +24,89 @@ use messaging::{Error, Result};
 /// Most message ids in one `read_receipt`.
 pub const MAX_RECEIPT_IDS: usize = 500;
 
+/// The group receipt a `delivery_ack` with its optional fields stands for, when its
+/// conversation is a group the caller is a member of (so the frame's round trip can note it).
+pub async fn group_note(
+    ctx: &Context,
+    user_id: &str,
+    conversation_id: &str,
+    sequence_number: u64,
+) -> Option<ReceiptNote> {
+    // A failure here is met again, and answered, by the handler.
+    let conversation = membership_for_receipts(ctx, user_id, conversation_id)
+        .await
+        .ok()?;
+    (conversation.kind == ConversationKind::Group).then(|| ReceiptNote {
+        conversation_id: conversation_id.to_string(),
+        kind: ReceiptKind::Delivered,
+        user_id: user_id.to_string(),
+        low: sequence_number,
+        up_to: sequence_number,
+    })
+}
+
 /// Handles `delivery_ack`. With the optional `conversation_id` and `sequence_number` the
-/// message need not be read first.
+/// message need not be read first; `noted` is the turn the frame's round trip got when it
+/// noted the group receipt already.
 pub async fn delivery_ack(
     ctx: &Context,
     caller: &ConnectionInfo,
     message_id: String,
     conversation_id: Option<String>,
     sequence_number: Option<u64>,
+    noted: Option<ReceiptTurn>,
 ) -> Result<()> {
-    if let (Some(conversation_id), Some(sequence_number)) = (conversation_id, sequence_number) {
-        membership(ctx, &caller.user_id, &conversation_id).await?;
-        ctx.store
-            .advance_cursor(
-                &caller.user_id,
-                &caller.device_id,
-                &conversation_id,
-                sequence_number,
-            )
-            .await?;
-        let updated = ctx
-            .store
-            .record_receipts(
-                std::slice::from_ref(&message_id),
-                Some(&conversation_id),
-                &caller.user_id,
-                MessageStatus::Delivered,
-            )
-            .await?;
-        return notify_senders(ctx, caller, &updated, MessageStatus::Delivered).await;
+    let (Some(conversation_id), Some(sequence_number)) = (conversation_id, sequence_number) else {
+        return receipts(ctx, caller, vec![message_id], MessageStatus::Delivered).await;
+    };
+    let conversation = membership_for_receipts(ctx, &caller.user_id, &conversation_id).await?;
+    ctx.store
+        .advance_cursor(
+            &caller.user_id,
+            &caller.device_id,
+            &conversation_id,
+            sequence_number,
+        )
+        .await?;
+    let updated = ctx
+        .store
+        .record_receipts(
+            std::slice::from_ref(&message_id),
+            Some(&conversation_id),
+            &caller.user_id,
+            MessageStatus::Delivered,
+        )
+        .await?;
+    let by_sender = complete(
+        ctx,
+        caller,
+        &conversation,
+        &updated,
+        MessageStatus::Delivered,
+    )
+    .await?;
+    if conversation.kind == ConversationKind::Group {
+        let turn = match noted {
+            Some(turn) => turn,
+            None => {
+                ctx.realtime
+                    .note_receipt(&ReceiptNote {
+                        conversation_id,
+                        kind: ReceiptKind::Delivered,
+                        user_id: caller.user_id.clone(),
+                        low: sequence_number,
+                        up_to: sequence_number,
+                    })
+                    .await?
+            }
+        };
+        return messaging::group_receipts::take_turn(ctx, &conversation, turn).await;
     }
-    receipts(ctx, caller, vec![message_id], MessageStatus::Delivered).await
+    let by_sender = by_sender
+        .into_iter()
+        .map(|(sender, ids)| (sender.to_string(), ids))
+        .collect();
+    tell_senders(ctx, caller, by_sender, MessageStatus::Delivered).await
 }
 
 /// Handles `read_receipt` (and `delivery_ack` without its optional fields).
@@ -75,17 +131,28 @@ pub async fn receipts(
     if messages.len() != message_ids.len() {
         return Err(Error::not_found("some message ids do not exist"));
     }
-    let mut highest: HashMap<&str, u64> = HashMap::new();
+    // Per conversation: the lowest and highest sequence number concerned.
+    let mut range: HashMap<&str, (u64, u64)> = HashMap::new();
     for m in &messages {
-        let h = highest.entry(m.conversation_id.as_str()).or_default();
-        *h = (*h).max(m.sequence_number);
+        let r = range
+            .entry(m.conversation_id.as_str())
+            .or_insert((m.sequence_number, m.sequence_number));
+        r.0 = r.0.min(m.sequence_number);
+        r.1 = r.1.max(m.sequence_number);
     }
-    for conversation_id in highest.keys() {
-        membership(ctx, &caller.user_id, conversation_id).await?;
+    let mut conversations = HashMap::new();
+    for conversation_id in range.keys() {
+        let conversation = membership_for_receipts(ctx, &caller.user_id, conversation_id).await?;
+        conversations.insert(conversation_id.to_string(), conversation);
     }
-    for (conversation_id, seq) in &highest {
+    for (conversation_id, (_, highest)) in &range {
         ctx.store
-            .advance_cursor(&caller.user_id, &caller.device_id, conversation_id, *seq)
+            .advance_cursor(
+                &caller.user_id,
+                &caller.device_id,
+                conversation_id,
+                *highest,
+            )
             .await?;
     }
     let others: Vec<String> = messages
@@ -98,23 +165,61 @@ pub async fn receipts(
         .record_receipts(&others, None, &caller.user_id, status)
         .await?;
     if status == MessageStatus::Read {
-        for (conversation_id, seq) in &highest {
+        for (conversation_id, (_, highest)) in &range {
             ctx.store
-                .advance_read_marker(conversation_id, &caller.user_id, *seq)
+                .advance_read_marker(conversation_id, &caller.user_id, *highest)
                 .await?;
         }
     }
-    notify_senders(ctx, caller, &updated, status).await
+    let mut updated_in: HashMap<&str, Vec<StoredMessage>> = HashMap::new();
+    for m in &updated {
+        updated_in
+            .entry(m.conversation_id.as_str())
+            .or_default()
+            .push(m.clone());
+    }
+    let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (conversation_id, updated) in &updated_in {
+        let Some(conversation) = conversations.get(*conversation_id) else {
+            continue;
+        };
+        let tell = complete(ctx, caller, conversation, updated, status).await?;
+        if conversation.kind != ConversationKind::Group {
+            for (sender, ids) in tell {
+                by_sender.entry(sender.to_string()).or_default().extend(ids);
+            }
+        }
+    }
+    let kind = match status {
+        MessageStatus::Read => ReceiptKind::Read,
+        _ => ReceiptKind::Delivered,
+    };
+    for (conversation_id, (low, highest)) in &range {
+        let conversation = &conversations[*conversation_id];
+        if conversation.kind == ConversationKind::Group {
+            let note = ReceiptNote {
+                conversation_id: conversation_id.to_string(),
+                kind,
+                user_id: caller.user_id.clone(),
+                low: *low,
+                up_to: *highest,
+            };
+            messaging::group_receipts::note(ctx, conversation, &note).await?;
+        }
+    }
+    tell_senders(ctx, caller, by_sender, status).await
 }
 
-/// Moves the aggregate status of messages every recipient has, and tells each sender.
-async fn notify_senders(
+/// Moves the aggregate status of messages every recipient of `conversation` has, and returns
+/// the messages to tell each sender about.
+async fn complete<'a>(
     ctx: &Context,
     caller: &ConnectionInfo,
-    updated: &[StoredMessage],
+    conversation: &Conversation,
+    updated: &'a [StoredMessage],
     status: MessageStatus,
-) -> Result<()> {
-    let mut conversations: HashMap<String, Option<Conversation>> = HashMap::new();
+) -> Result<BTreeMap<&'a str, Vec<String>>> {
+    let recipients = conversation.participants.len().saturating_sub(1).max(1);
     let mut complete = Vec::new();
     let mut by_sender: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut seen = HashSet::new();
@@ -125,16 +230,6 @@ async fn notify_senders(
         {
             continue;
         }
-        if !conversations.contains_key(&m.conversation_id) {
-            let c = routing(ctx, &m.conversation_id).await?;
-            conversations.insert(m.conversation_id.clone(), c);
-        }
-        let recipients = conversations
-            .get(&m.conversation_id)
-            .and_then(Option::as_ref)
-            .map(|c| c.participants.len().saturating_sub(1))
-            .unwrap_or(1)
-            .max(1);
         let count = match status {
             MessageStatus::Read => m.read_by.len(),
             _ => m.delivered_to.len(),
@@ -151,6 +246,16 @@ async fn notify_senders(
         // Moving to `read` also passes `delivered`: one update.
         ctx.store.advance_status(&complete, status).await?;
     }
+    Ok(by_sender)
+}
+
+/// Tells each sender's devices at once (direct and agent conversations).
+async fn tell_senders(
+    ctx: &Context,
+    caller: &ConnectionInfo,
+    by_sender: BTreeMap<String, Vec<String>>,
+    status: MessageStatus,
+) -> Result<()> {
     let now = messaging::clock::now_ms();
     for (sender, ids) in by_sender {
         let frame = match status {
@@ -169,7 +274,7 @@ async fn notify_senders(
                 },
             },
         };
-        send_to_user(ctx, sender, &frame, None).await?;
+        send_to_user(ctx, &sender, &frame, None).await?;
     }
     Ok(())
 }

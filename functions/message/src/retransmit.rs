@@ -11,7 +11,7 @@ use messaging::protocol::ServerFrame;
 use messaging::realtime::ConnectionInfo;
 use messaging::{Error, Result};
 
-use crate::reply;
+use crate::answer;
 
 /// Answers a `retransmit` of `from..=to` in `conversation_id`.
 pub async fn retransmit(
@@ -20,7 +20,7 @@ pub async fn retransmit(
     conversation_id: &str,
     from: u64,
     to: u64,
-) -> Result<()> {
+) -> Result<Option<ServerFrame>> {
     if from == 0 || from > to {
         return Err(Error::invalid("need 1 <= from_sequence <= to_sequence"));
     }
@@ -59,8 +59,5 @@ pub async fn retransmit(
     if let Some(ServerFrame::Messages { payload }) = frames.last_mut() {
         payload.missing = missing;
     }
-    for frame in frames {
-        reply(ctx, caller, &frame).await?;
-    }
-    Ok(())
+    answer(ctx, caller, frames).await
 }

@@ -1,10 +1,10 @@
 //! `message`: where the guarantees live.
 //!
 //! Validate, check membership, store exactly once with the conversation's next sequence number
-//! (and the fan-out in the outbox, in the same write: see `messaging::store::messages`), answer
-//! `message_ack`, then publish `messaging.message.received`. The ack means "stored": the event
-//! may be lost (the outbox sweeper publishes it again), and a retry with the same key, from any
-//! connection or device, gets the same ack and never a second message.
+//! (and the fan-out in the outbox, in the same write: see `messaging::store::messages`), publish
+//! `messaging.message.received`, and answer `message_ack` (the route response). The ack means
+//! "stored": the event may be lost (the outbox sweeper publishes it again), and a retry with the
+//! same key, from any connection or device, gets the same ack and never a second message.
 
 use messaging::agent_routing::route_agent;
 use messaging::context::Context;
@@ -18,19 +18,17 @@ use messaging::realtime::{AgentWait, ConnectionInfo};
 use messaging::telemetry::hashed_id;
 use messaging::{Error, Result};
 
-use crate::reply;
-
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
-/// Handles a `message` frame.
+/// Handles a `message` frame; its answer is the `message_ack`.
 pub async fn send(
     ctx: &Context,
     caller: &ConnectionInfo,
     client_message_id: Option<String>,
     idempotency_key: String,
     payload: OutgoingMessage,
-) -> Result<()> {
+) -> Result<ServerFrame> {
     validate(&payload, &idempotency_key, ctx.settings.max_content_bytes)?;
     let conversation = membership(ctx, &caller.user_id, &payload.conversation_id).await?;
     check_references(ctx, caller, &payload).await?;
@@ -74,20 +72,15 @@ pub async fn send(
                 None
             });
     }
-    reply(
-        ctx,
-        caller,
-        &ServerFrame::MessageAck {
-            client_message_id,
-            payload: MessageAckPayload {
-                message_id: message.message_id.clone(),
-                sequence_number: message.sequence_number,
-                status: MessageStatus::Sent,
-                timestamp: message.timestamp.timestamp_millis(),
-            },
+    let ack = ServerFrame::MessageAck {
+        client_message_id,
+        payload: MessageAckPayload {
+            message_id: message.message_id.clone(),
+            sequence_number: message.sequence_number,
+            status: MessageStatus::Sent,
+            timestamp: message.timestamp.timestamp_millis(),
         },
-    )
-    .await?;
+    };
     // A retry of a message whose fan-out is done needs no second announcement.
     if message.fanout_due_at.is_some()
         && let Err(e) = messaging::outbox::publish_received(ctx, message, agent.as_deref()).await
@@ -95,8 +88,8 @@ pub async fn send(
         // Stored and acknowledged: the outbox sweeper publishes it later.
         tracing::warn!(message_id = %message.message_id, error = %e, "publish failed; left to the outbox");
     }
-    if let Some(name) = unavailable_agent {
-        messaging::system_messages::post_system_message(
+    if let Some(name) = unavailable_agent
+        && let Err(e) = messaging::system_messages::post_system_message(
             ctx,
             &conversation,
             &format!("agent-unavailable/{}", message.message_id),
@@ -104,9 +97,12 @@ pub async fn send(
                 "{name} is unavailable right now. Your message is saved and will be answered when it is back."
             ),
         )
-        .await?;
+        .await
+    {
+        // The message is stored: its ack must not turn into an error for a notice.
+        tracing::warn!(message_id = %message.message_id, error = %e, "agent-unavailable notice not posted");
     }
-    Ok(())
+    Ok(ack)
 }
 
 fn validate(payload: &OutgoingMessage, idempotency_key: &str, max_content: usize) -> Result<()> {

@@ -14,7 +14,8 @@ use messaging::model::StoredMessage;
 use messaging::protocol::{AuthSuccessPayload, DeliveredMessage, ServerFrame};
 use messaging::realtime::ConnectionInfo;
 
-use crate::reply;
+use crate::answer;
+use messaging::fanout::post;
 
 /// Delivers what the caller's device has not acknowledged, without `auth_success`: for a
 /// connection registered again after Redis lost it (the fan-out could not find it meanwhile).
@@ -27,15 +28,19 @@ pub async fn deliver_missed(ctx: &Context, caller: &ConnectionInfo) -> Result<()
         ctx.settings.max_sync_messages,
     )
     .await?;
-    send_batches(ctx, caller, &pending).await
+    for frame in batches(&pending) {
+        post(ctx, &caller.connection_id, &frame).await?;
+    }
+    Ok(())
 }
 
-/// Answers `sync` (`since`: what the client has, per conversation) and completes `auth`.
+/// Answers `sync` (`since`: what the client has, per conversation) and completes `auth`:
+/// `auth_success`, the pending messages in batches, the runs in progress.
 pub async fn deliver_pending(
     ctx: &Context,
     caller: &ConnectionInfo,
     since: BTreeMap<String, u64>,
-) -> Result<()> {
+) -> Result<Option<ServerFrame>> {
     let pending = messaging::pending::pending(
         ctx,
         &caller.user_id,
@@ -44,32 +49,21 @@ pub async fn deliver_pending(
         ctx.settings.max_sync_messages,
     )
     .await?;
-    reply(
-        ctx,
-        caller,
-        &ServerFrame::AuthSuccess {
-            payload: AuthSuccessPayload {
-                user_id: Some(caller.user_id.clone()),
-                session_id: caller.connection_id.clone(),
-                server_time: messaging::clock::now_ms(),
-                unread_count: pending.unread_count,
-            },
+    let mut frames = vec![ServerFrame::AuthSuccess {
+        payload: AuthSuccessPayload {
+            user_id: Some(caller.user_id.clone()),
+            session_id: caller.connection_id.clone(),
+            server_time: messaging::clock::now_ms(),
+            unread_count: pending.unread_count,
         },
-    )
-    .await?;
-    send_batches(ctx, caller, &pending).await?;
-    for frame in messaging::runs::catch_up_frames(ctx, &caller.user_id).await? {
-        reply(ctx, caller, &frame).await?;
-    }
-    Ok(())
+    }];
+    frames.extend(batches(&pending));
+    frames.extend(messaging::runs::catch_up_frames(ctx, &caller.user_id).await?);
+    answer(ctx, caller, frames).await
 }
 
 /// `messages` frames for what is pending, in order; `has_more` on the last when more waits.
-async fn send_batches(
-    ctx: &Context,
-    caller: &ConnectionInfo,
-    pending: &messaging::pending::Pending,
-) -> Result<()> {
+fn batches(pending: &messaging::pending::Pending) -> Vec<ServerFrame> {
     let mut frames = Vec::new();
     for (conversation_id, messages) in &pending.messages {
         let delivered: Vec<DeliveredMessage> =
@@ -81,8 +75,5 @@ async fn send_batches(
     {
         payload.has_more = true;
     }
-    for frame in frames {
-        reply(ctx, caller, &frame).await?;
-    }
-    Ok(())
+    frames
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 use cloudevents::{AttributesReader, Event};
 use messaging::context::Context;
 use messaging::events::event_data;
-use messaging::fanout::send_to_user;
+use messaging::fanout::send_to_users;
 use messaging::model::{LastMessage, MessageReceived, Notification, event_types};
 use messaging::protocol::{DeliveredMessage, MessageStatus, ServerFrame};
 use messaging::realtime::WorkClaim;
@@ -163,24 +163,19 @@ async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -
             status: Some(MessageStatus::Sent),
         },
     };
-    let sends = recipients
-        .iter()
-        .map(|r| async { (r.clone(), send_to_user(ctx, r, &frame, None).await) });
     // The sender's devices get it too, so every device of every participant sees the whole
-    // conversation, gap-free (the sending device dedupes it against its ack).
-    let own = async {
-        if data.sender_id == SYSTEM_SENDER {
-            return Ok(0);
-        }
-        send_to_user(ctx, &data.sender_id, &frame, None).await
-    };
-    let (results, own) = futures::join!(futures::future::join_all(sends), own);
-    own?;
-    for (recipient, result) in results {
-        if result? > 0 {
-            outcome.delivered.push(recipient);
+    // conversation, gap-free (the sending device dedupes it against its ack). One round trip
+    // finds every connection of every one of them.
+    let mut users = recipients.to_vec();
+    if data.sender_id != SYSTEM_SENDER {
+        users.push(data.sender_id.clone());
+    }
+    let delivered = send_to_users(ctx, &users, &frame).await?;
+    for (recipient, taken) in recipients.iter().zip(delivered) {
+        if taken > 0 {
+            outcome.delivered.push(recipient.clone());
         } else {
-            outcome.notified.push(recipient);
+            outcome.notified.push(recipient.clone());
         }
     }
     for user_id in &outcome.notified {

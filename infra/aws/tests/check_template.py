@@ -243,6 +243,20 @@ def main(template_path, metadata_path):
                 integration = text.replace("integrations/${", "").rstrip("}")
                 routes[v["Properties"]["RouteKey"]] = binary_of.get(integrations.get(integration))
         check(routes == WEBSOCKET_ROUTES, f"WebSocket routes differ: {routes} != {WEBSOCKET_ROUTES}")
+        # The message function answers in its response body (message_ack, heartbeat_ack, errors):
+        # every route to it must be two-way, or clients would never see those answers.
+        answered = {
+            logical_id_of(v["Properties"].get("RouteId"))
+            for v in resources.values()
+            if v["Type"] == "AWS::ApiGatewayV2::RouteResponse" and v["Properties"].get("RouteResponseKey") == "$default"
+        }
+        for k, v in resources.items():
+            props = v["Properties"]
+            if v["Type"] == "AWS::ApiGatewayV2::Route" and WEBSOCKET_ROUTES.get(props.get("RouteKey")) == "message":
+                check(
+                    props.get("RouteResponseSelectionExpression") == "$default" and k in answered,
+                    f"{k}: a route to the message function must be two-way (RouteResponseSelectionExpression $default and a $default RouteResponse)",
+                )
         stages = [v for v in resources.values() if v["Type"] == "AWS::ApiGatewayV2::Stage" and logical_id_of(v["Properties"].get("ApiId")) == api_id]
         check(
             len(stages) == 1 and "ThrottlingRateLimit" in stages[0]["Properties"].get("DefaultRouteSettings", {}),

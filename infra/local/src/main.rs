@@ -120,7 +120,14 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         "$disconnect".to_string(),
         route("disconnect", &args.disconnect_url),
     );
-    routes.insert("$default".to_string(), route("message", &args.message_url));
+    // Two-way, as on AWS: the message function's answer frame is its response body.
+    routes.insert(
+        "$default".to_string(),
+        Route {
+            route_response: true,
+            ..route("message", &args.message_url)
+        },
+    );
     let settings = ApiSettings {
         stage: args.stage,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),

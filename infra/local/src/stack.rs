@@ -285,6 +285,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
                 .min(config.api.max_lifetime / 4),
             ..config.settings.clone()
         },
+        routing_memo: Arc::default(),
     };
 
     // The WebSocket API: $connect, $disconnect, and every frame type to the message function.
@@ -321,8 +322,16 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         let c = c.clone();
         async move { fn_message::handle(&c, e).await }
     });
+    // Two-way routes, as infra/aws/template.yaml configures them: the function's answer frame
+    // (`message_ack`, `heartbeat_ack`, an `error`) is its response body.
     for key in std::iter::once("$default").chain(messaging::protocol::ClientFrame::KINDS) {
-        routes.insert(key.to_string(), route("message", message.clone()));
+        routes.insert(
+            key.to_string(),
+            Route {
+                route_response: true,
+                ..route("message", message.clone())
+            },
+        );
     }
     // The `$connect` authorizer, as on AWS: its context rides on every event of the connection.
     let jwt = ctx.jwt.clone();

@@ -43,6 +43,9 @@ use super::*;
 /// enough that a lost event costs seconds.
 pub const FANOUT_GRACE: Duration = Duration::from_secs(10);
 
+/// Most messages [`MessageStore::senders_between`] looks at.
+pub const SENDERS_SCAN_LIMIT: i64 = 2000;
+
 /// Messages: stored exactly once with their sequence number, read back by range or id, receipts,
 /// the outbox.
 #[async_trait]
@@ -68,6 +71,15 @@ pub trait MessageStore: Send + Sync {
         floors: &[(String, u64)],
         limit: usize,
     ) -> Result<Vec<StoredMessage>>;
+    /// Who sent the messages of a conversation with `from <= sequence_number <= to` (each
+    /// once; of the newest [`SENDERS_SCAN_LIMIT`] messages of a longer range): the senders a
+    /// group's coalesced receipts concern.
+    async fn senders_between(
+        &self,
+        conversation_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<String>>;
     /// One message by id.
     async fn message(&self, message_id: &str) -> Result<Option<StoredMessage>>;
     /// Messages by id (any order; missing ids are skipped).
@@ -206,6 +218,36 @@ impl MessageStore for MongoStore {
                 .limit(limit as i64)
                 .await?;
             Ok(cursor.try_collect().await?)
+        })
+        .await
+    }
+
+    async fn senders_between(
+        &self,
+        conversation_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<String>> {
+        self.deadline(async move {
+            let cursor = self
+                .messages()
+                .clone_with_type::<Document>()
+                .find(doc! {
+                    "conversation_id": conversation_id,
+                    "sequence_number": {"$gte": seq(from), "$lte": seq(to)},
+                })
+                .projection(doc! {"sender_id": 1, "_id": 0})
+                .sort(doc! {"sequence_number": -1})
+                .limit(SENDERS_SCAN_LIMIT)
+                .await?;
+            let docs: Vec<Document> = cursor.try_collect().await?;
+            let mut senders: Vec<String> = docs
+                .iter()
+                .filter_map(|d| d.get_str("sender_id").ok().map(str::to_string))
+                .collect();
+            senders.sort();
+            senders.dedup();
+            Ok(senders)
         })
         .await
     }

@@ -317,7 +317,8 @@ async fn a_stale_connection_is_pruned_and_the_other_device_still_gets_the_messag
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_member_group_fans_out_to_everyone_and_a_hundred_and_first_is_refused() {
+async fn a_hundred_member_group_fans_out_to_everyone_gets_coalesced_receipts_and_a_hundred_and_first_is_refused()
+ {
     let stack = stack().await;
     let mut members = Vec::new();
     for i in 0..100 {
@@ -333,6 +334,34 @@ async fn a_hundred_member_group_fans_out_to_everyone_and_a_hundred_and_first_is_
     for c in clients.iter_mut() {
         let got = messages(c, &group, 1).await;
         assert_eq!(got[0].body.content, "hello group");
+    }
+    // The 99 delivery receipts reach the sender coalesced: frames at least an interval apart
+    // (the first at once), together naming every other member, none per member.
+    let mut delivered = HashSet::new();
+    let mut sent_at = Vec::new();
+    while delivered.len() < 99 {
+        let receipts = clients[0]
+            .wait_for(WAIT, |e| match e {
+                ClientEvent::Receipts(r) => Some(r.clone()),
+                ClientEvent::Delivered(d) => panic!("a per-member receipt in a group: {d:?}"),
+                _ => None,
+            })
+            .await
+            .unwrap_or_else(|| panic!("receipts stopped at {} of 99", delivered.len()));
+        for mark in &receipts.delivered {
+            assert_ne!(mark.user_id, members[0], "the sender's own mark");
+            assert!(mark.up_to >= 1, "{mark:?}");
+            delivered.insert(mark.user_id.clone());
+        }
+        sent_at.push(receipts.timestamp);
+    }
+    let interval = messaging::protocol::RECEIPTS_INTERVAL_MS as i64;
+    for pair in sent_at.windows(2) {
+        // A few milliseconds of timer slack.
+        assert!(
+            pair[1] - pair[0] >= interval - 20,
+            "receipts frames closer than the interval: {sent_at:?}"
+        );
     }
 
     let mut too_many = refs.clone();
@@ -799,8 +828,30 @@ async fn reactions_and_forwards_are_messages_with_their_references() {
     );
 }
 
+/// The next `receipts` frame of `group` saying `who` received message 1; a per-member
+/// `delivery_ack` frame on the way fails the test.
+async fn delivered_to(
+    phone: &mut Client,
+    group: &str,
+    who: &str,
+) -> messaging::protocol::ReceiptsPayload {
+    phone
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Receipts(r)
+                if r.conversation_id == group
+                    && r.delivered.iter().any(|m| m.user_id == who && m.up_to >= 1) =>
+            {
+                Some(r.clone())
+            }
+            ClientEvent::Delivered(d) => panic!("a per-member receipt in a group: {d:?}"),
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|| panic!("no receipts frame naming {who}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_receipts_aggregate_per_member() {
+async fn group_receipts_reach_the_sender_coalesced_and_the_status_aggregates_per_member() {
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
     let bob = user(&stack, "bob").await;
@@ -816,14 +867,11 @@ async fn group_receipts_aggregate_per_member() {
     let mut bob_phone = client(&stack, &bob, "phone").await;
     let ack = phone.send_text(&group, "hi all").await.unwrap();
     messages(&mut bob_phone, &group, 1).await; // bob's client acks delivery by itself
-    let receipt = phone
-        .wait_for(WAIT, |e| match e {
-            ClientEvent::Delivered(d) => Some(d.clone()),
-            _ => None,
-        })
-        .await
-        .expect("delivery receipt from bob");
-    assert_eq!(receipt.delivered_to, bob);
+    let receipts = delivered_to(&mut phone, &group, &bob).await;
+    assert!(
+        receipts.delivered.iter().all(|m| m.user_id != alice),
+        "the sender's own marks are left out: {receipts:?}"
+    );
     let m = stack
         .ctx
         .store
@@ -840,14 +888,7 @@ async fn group_receipts_aggregate_per_member() {
 
     let mut carol_phone = client(&stack, &carol, "phone").await;
     messages(&mut carol_phone, &group, 1).await;
-    let receipt = phone
-        .wait_for(WAIT, |e| match e {
-            ClientEvent::Delivered(d) => Some(d.clone()),
-            _ => None,
-        })
-        .await
-        .expect("delivery receipt from carol");
-    assert_eq!(receipt.delivered_to, carol);
+    delivered_to(&mut phone, &group, &carol).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let m = stack
@@ -866,6 +907,16 @@ async fn group_receipts_aggregate_per_member() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Reading is coalesced the same way.
+    carol_phone.read(vec![ack.message_id.clone()]).unwrap();
+    phone
+        .wait_for(WAIT, |e| match e {
+            ClientEvent::Receipts(r) if r.read.iter().any(|m| m.user_id == carol) => Some(()),
+            ClientEvent::Read(r) => panic!("a per-member read receipt in a group: {r:?}"),
+            _ => None,
+        })
+        .await
+        .expect("carol's read receipt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1375,7 +1426,7 @@ async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trip
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_connections_heartbeat_costs_one_redis_round_trip_and_no_mongodb() {
+async fn an_idle_connections_heartbeat_costs_one_redis_round_trip_no_mongodb_and_no_post() {
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
     let mut phone = RawWs::connect(&stack, Some(&token(&stack, &alice)), "phone").await;
@@ -1392,14 +1443,22 @@ async fn an_idle_connections_heartbeat_costs_one_redis_round_trip_and_no_mongodb
     let (redis_before, mongo_before) = (realtime.round_trips(), store.round_trips());
     let seen_before = stack.ctx.realtime.presence(&alice).await.unwrap().last_seen;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    fn_message::handle(&ctx, event).await;
+    let response = fn_message::handle(&ctx, event).await;
     assert_eq!(
         realtime.round_trips() - redis_before,
         1,
         "budget, registration check and presence refresh in one round trip"
     );
     assert_eq!(store.round_trips() - mongo_before, 0);
-    assert_eq!(phone.expect("heartbeat_ack").await["type"], "heartbeat_ack");
+    // The answer is the route response, not a management-API post.
+    let Some(aws_lambda_events::encodings::Body::Text(answer)) = response.body else {
+        panic!("no answer in the response: {response:?}");
+    };
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["type"], "heartbeat_ack", "{answer}");
+    while let Some(frame) = phone.next(Duration::from_millis(300)).await {
+        assert_ne!(frame["type"], "heartbeat_ack", "the answer was also posted");
+    }
     let seen_after = stack.ctx.realtime.presence(&alice).await.unwrap().last_seen;
     assert!(
         seen_after > seen_before,

@@ -167,7 +167,7 @@ async fn the_websocket_functions_answer_api_gateway_events() {
     assert_eq!(denied["policyDocument"]["Statement"][0]["Effect"], "Deny");
 
     // $connect with the authorizer's identity; and without connectedAt, still an answer.
-    let (mut alice_ws, alice_conn) = deployment.socket().await;
+    let (_alice_ws, alice_conn) = deployment.socket().await;
     let (mut bob_ws, bob_conn) = deployment.socket().await;
     let runtime = RuntimeApi::start().await;
     let _connect = deployment
@@ -187,7 +187,8 @@ async fn the_websocket_functions_answer_api_gateway_events() {
     let answer = response(invoke(&runtime, json!({"requestContext": no_connected_at})).await);
     assert!(answer["statusCode"].is_number(), "{answer}");
 
-    // $default: a heartbeat answered on the socket; a message acknowledged and announced on
+    // $default: a heartbeat and a message answered in the response body (the template's routes
+    // are two-way: API Gateway sends that body to the client); the message announced on
     // EventBridge.
     let runtime = RuntimeApi::start().await;
     let _message = deployment
@@ -197,23 +198,32 @@ async fn the_websocket_functions_answer_api_gateway_events() {
         json!({"requestContext": context("message", "MESSAGE", &alice_conn, Some((&alice, "phone"))),
                "body": body.to_string(), "isBase64Encoded": false})
     };
-    response(
+    let answer = |response: Value| -> Value {
+        assert_eq!(response["statusCode"], 200, "{response}");
+        serde_json::from_str(
+            response["body"]
+                .as_str()
+                .expect("an answer frame as the body"),
+        )
+        .expect("the body is a frame")
+    };
+    let heartbeat = answer(response(
         invoke(
             &runtime,
             event(json!({"type": "heartbeat", "timestamp": 1})),
         )
         .await,
-    );
-    frame(&mut alice_ws, "heartbeat_ack").await;
-    response(
+    ));
+    assert_eq!(heartbeat["type"], "heartbeat_ack", "{heartbeat}");
+    let ack = answer(response(
         invoke(
             &runtime,
             event(json!({"type": "message", "client_message_id": "c1", "idempotency_key": "k1",
                          "payload": {"conversation_id": conversation_id, "content": "hello", "type": "text", "timestamp": 1}})),
         )
         .await,
-    );
-    let ack = frame(&mut alice_ws, "message_ack").await;
+    ));
+    assert_eq!(ack["type"], "message_ack", "{ack}");
     assert_eq!(ack["payload"]["sequence_number"], 1);
     let deadline = std::time::Instant::now() + WAIT;
     let entry = loop {

@@ -267,6 +267,15 @@ impl View {
                 messaging::protocol::TypingState::Stop => {}
             },
             ClientEvent::Read(r) => println!("  ✓✓ read by {}", r.read_by),
+            ClientEvent::Receipts(r) if !r.read.is_empty() => {
+                let readers: Vec<String> = r
+                    .read
+                    .iter()
+                    .map(|m| format!("{} (up to #{})", m.user_id, m.up_to))
+                    .collect();
+                println!("  ✓✓ read by {}", readers.join(", "))
+            }
+            ClientEvent::Receipts(_) => {}
             ClientEvent::Delivered(_)
             | ClientEvent::Typing(_)
             | ClientEvent::Presence(_)
