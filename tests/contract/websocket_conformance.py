@@ -251,6 +251,32 @@ def main():
     a.expect("read_receipt at the sender", lambda f: f["type"] == "read_receipt")
     exercised.add("read_receipt")
 
+    # Groups: members' receipts reach the sender coalesced, as one `receipts` frame per interval.
+    carol = f"carol-{run}"
+    group = http("POST", f"{api}/v1/groups", alice_token,
+                 {"name": f"conformance {run}", "participants": [bob, carol]})["conversation_id"]
+    frame = example(doc, "message")
+    frame["client_message_id"] = f"g-{run}"
+    frame["idempotency_key"] = str(uuid.uuid4())
+    frame["payload"].pop("receiver_id", None)
+    frame["payload"].update({"conversation_id": group, "content": "hello group", "timestamp": now()})
+    a.send(frame, "client_message")
+    group_ack = a.expect("message_ack in the group",
+                         lambda f: f["type"] == "message_ack" and f.get("client_message_id") == f"g-{run}")
+    b.expect("the group message at a member",
+             lambda f: f["type"] == "message" and f["payload"]["content"] == "hello group")
+    if group_ack:
+        frame = example(doc, "delivery_ack")
+        frame.update({"message_id": group_ack["payload"]["message_id"], "timestamp": now(),
+                      "conversation_id": group, "sequence_number": group_ack["payload"]["sequence_number"]})
+        b.send(frame, "client_delivery_ack")
+        receipts = a.expect(
+            "receipts at the group's sender",
+            lambda f: f["type"] == "receipts" and f["payload"]["conversation_id"] == group
+            and any(m["user_id"] == bob for m in f["payload"].get("delivered", [])))
+        if receipts and any(m["user_id"] == alice for m in receipts["payload"].get("delivered", [])):
+            fail("a receipts frame names its own recipient")
+
     # heartbeat
     frame = example(doc, "heartbeat")
     frame["timestamp"] = now()
@@ -318,7 +344,7 @@ def main():
     untested = set(client_kinds) - exercised
     if untested:
         fail(f"client frames in the document this test does not exercise: {sorted(untested)}")
-    promised = {"auth_success", "auth_error", "message", "message_ack", "delivery_ack", "read_receipt",
+    promised = {"auth_success", "auth_error", "message", "message_ack", "delivery_ack", "read_receipt", "receipts",
                 "heartbeat_ack", "messages", "typing", "presence", "error", "agent_run", "message_delta"}
     missing = promised - seen
     if missing:

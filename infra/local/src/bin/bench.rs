@@ -718,6 +718,17 @@ async fn main() -> anyhow::Result<()> {
     }
     let (redis_rt, _) = per_message("redis");
     let (mongo_rt, _) = per_message("mongodb");
+    if matches!(args.scenario, Scenario::Group) {
+        // Issue 20's budget for a message to 100 members: 150 Redis calls, 120 posts.
+        let (posts, _) = per_message("gateway_post");
+        let scale = args.group_size as f64 / 100.0;
+        println!(
+            "group of {}: {redis_rt:.0} Redis calls (budget {:.0}) and {posts:.0} posts (budget {:.0}) per message",
+            args.group_size,
+            150.0 * scale,
+            120.0 * scale
+        );
+    }
     let floor = floor(&redis_url, &store, redis_rt, mongo_rt).await?;
     let floor_ms = floor["ack_path_floor_ms"].as_f64().unwrap_or(f64::NAN);
     let ack_p50 = ack["p50_ms"].as_f64().unwrap_or(f64::NAN);
