@@ -357,9 +357,11 @@ async fn a_hundred_member_group_fans_out_to_everyone_gets_coalesced_receipts_and
     }
     let interval = messaging::protocol::RECEIPTS_INTERVAL_MS as i64;
     for pair in sent_at.windows(2) {
-        // A few milliseconds of timer slack.
+        // Each frame is stamped after its own lookups, which a loaded machine can slow by tens
+        // of milliseconds: half an interval of slack (uncoalesced, 99 frames would come within
+        // a few milliseconds of each other).
         assert!(
-            pair[1] - pair[0] >= interval - 20,
+            pair[1] - pair[0] >= interval / 2,
             "receipts frames closer than the interval: {sent_at:?}"
         );
     }
