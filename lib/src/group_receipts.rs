@@ -21,11 +21,15 @@
 //! and takes its own turn), asks MongoDB who sent the messages concerned (one query) and looks up
 //! those senders' connections (one round trip).
 //!
-//! The receipts themselves are recorded in MongoDB before they are noted here (`delivered_to`,
-//! `read_by`, the devices' watermarks), so this is soft state: a sender that dies before
-//! sending, or a Redis that restarts empty, only delays ticks until the conversation's next
-//! receipt, and the HTTP API and `sync` read the truth from MongoDB.
+//! What a member received and read is recorded in MongoDB before it is noted here (their
+//! devices' watermarks in `device_cursors`, their read marker on the conversation), and a
+//! group message's status (`delivered`, `read`: every recipient has it) is computed from those
+//! when the receipts are sent, in a few queries per interval rather than a write per member and
+//! message (group messages keep no `delivered_to`/`read_by` lists). So this is soft state: a
+//! sender that dies before sending, or a Redis that restarts empty, only delays ticks and
+//! status until the conversation's next receipt.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,12 +39,19 @@ use crate::error::Result;
 use crate::fanout::post;
 use crate::keys::PENDING_RECEIPTS_TTL;
 use crate::model::Conversation;
-use crate::protocol::{MemberMark, RECEIPTS_INTERVAL_MS, ReceiptsPayload, ServerFrame};
+use crate::protocol::{
+    MemberMark, MessageStatus, RECEIPTS_INTERVAL_MS, ReceiptsPayload, ServerFrame,
+};
 use crate::realtime::{RedisState, next_value};
+use crate::store::messages::MessageState;
 use crate::system_messages::SYSTEM_SENDER;
 
 /// The interval receipts of one conversation are gathered over.
 pub const INTERVAL: Duration = Duration::from_millis(RECEIPTS_INTERVAL_MS);
+
+/// How long a send waits for a cursor write still in flight, and how many times.
+const CURSOR_WAIT: Duration = Duration::from_millis(40);
+const CURSOR_WAITS: usize = 3;
 
 /// Which receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,8 +244,11 @@ pub async fn take_turn(
     send(ctx, conversation).await.map(|_| ())
 }
 
-/// Takes a conversation's waiting receipts and sends each sender of the messages concerned one
-/// `receipts` frame (without their own marks) on every connection. Returns the frames posted.
+/// Takes a conversation's waiting receipts, moves the group status of the messages they
+/// concern (delivered once every recipient's devices acknowledged them, read once every
+/// recipient read them: from the device cursors and read markers in MongoDB, the truth), and
+/// sends each sender of those messages one `receipts` frame (without their own marks) on every
+/// connection. Returns the frames posted.
 pub async fn send(ctx: &Context, conversation: &Conversation) -> Result<usize> {
     let mut pending = ctx
         .realtime
@@ -258,13 +272,36 @@ pub async fn send(ctx: &Context, conversation: &Conversation) -> Result<usize> {
         .max()
         .unwrap_or(0);
     let low = pending.low.unwrap_or(high).min(high);
-    let senders: Vec<String> = ctx
-        .store
-        .senders_between(&conversation.conversation_id, low, high)
-        .await?
-        .into_iter()
+    let id = &conversation.conversation_id;
+    let (concerned, delivered, current) = futures::try_join!(
+        ctx.store.unread_between(id, low, high),
+        ctx.store.delivered_marks(id),
+        ctx.store.conversation(id),
+    )?;
+    // A `delivery_ack` notes its receipt (in its frame's round trip) just before it writes its
+    // device cursor: a receipt noted a moment before this send may still be writing it. Give
+    // those writes a moment, so the status below counts them.
+    let mut delivered = delivered;
+    for _ in 0..CURSOR_WAITS {
+        let behind = pending
+            .delivered
+            .iter()
+            .any(|m| delivered.get(&m.user_id).copied().unwrap_or(0) < m.up_to);
+        if !behind {
+            break;
+        }
+        tokio::time::sleep(CURSOR_WAIT).await;
+        delivered = ctx.store.delivered_marks(id).await?;
+    }
+    let read = current.map(|c| c.read_up_to).unwrap_or_default();
+    advance_statuses(ctx, conversation, &concerned, &delivered, &read).await?;
+    let mut senders: Vec<String> = concerned
+        .iter()
+        .map(|m| m.sender_id.clone())
         .filter(|s| s != SYSTEM_SENDER && conversation.has_participant(s))
         .collect();
+    senders.sort();
+    senders.dedup();
     let connections = ctx.realtime.connections_of_users(&senders).await?;
     let timestamp = crate::clock::now_ms();
     let mut posts = Vec::new();
@@ -295,6 +332,50 @@ pub async fn send(ctx: &Context, conversation: &Conversation) -> Result<usize> {
         outcome?;
     }
     Ok(sent)
+}
+
+/// Moves each concerned message to `delivered` or `read` once every recipient (every member
+/// but its sender and the conversation's agent) has it: a read marker counts as delivery too.
+async fn advance_statuses(
+    ctx: &Context,
+    conversation: &Conversation,
+    concerned: &[MessageState],
+    delivered: &HashMap<String, u64>,
+    read: &std::collections::BTreeMap<String, u64>,
+) -> Result<()> {
+    let mut now_read = Vec::new();
+    let mut now_delivered = Vec::new();
+    for m in concerned {
+        let mut recipients = conversation
+            .participants
+            .iter()
+            .filter(|p| **p != m.sender_id && conversation.agent_id.as_deref() != Some(p.as_str()))
+            .peekable();
+        if recipients.peek().is_none() {
+            continue;
+        }
+        let read_mark = |user: &String| read.get(user).copied().unwrap_or(0);
+        let (mut all_read, mut all_delivered) = (true, true);
+        for user in recipients {
+            let has_read = read_mark(user) >= m.sequence_number;
+            all_read &= has_read;
+            all_delivered &=
+                has_read || delivered.get(user).copied().unwrap_or(0) >= m.sequence_number;
+        }
+        if all_read {
+            now_read.push(m.message_id.clone());
+        } else if all_delivered && m.status < MessageStatus::Delivered {
+            now_delivered.push(m.message_id.clone());
+        }
+    }
+    // Moving to `read` also passes `delivered`.
+    ctx.store
+        .advance_status(&now_read, MessageStatus::Read)
+        .await?;
+    ctx.store
+        .advance_status(&now_delivered, MessageStatus::Delivered)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

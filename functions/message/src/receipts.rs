@@ -1,11 +1,12 @@
 //! `delivery_ack` and `read_receipt`: what a device received and what its user read.
 //!
-//! Both move the device's watermark in MongoDB (what `auth` and `sync` deliver from), record the
-//! receipt on the messages (`delivered_to`, `read_by`, and the aggregate status once every
-//! recipient has it), and tell the senders' devices: in direct and agent conversations at once
-//! (`delivery_ack`, `read_receipt` frames), in groups coalesced into one `receipts` frame per
-//! interval (`messaging::group_receipts`; a `delivery_ack` notes its receipt in the frame's one
-//! Redis round trip). A read receipt also moves the user's read marker (unread counts).
+//! Both move the device's watermark in MongoDB (what `auth` and `sync` deliver from) and tell
+//! the senders' devices. In direct and agent conversations the receipt is recorded on the
+//! messages (`delivered_to`, `read_by`, and the aggregate status once every recipient has it)
+//! and told at once (`delivery_ack`, `read_receipt` frames); in groups it is coalesced into one
+//! `receipts` frame per interval, which also moves the messages' status from the cursors and
+//! read markers (`messaging::group_receipts`; a `delivery_ack` notes its receipt in the frame's
+//! one Redis round trip). A read receipt also moves the user's read marker (unread counts).
 //! Acknowledging one's own message (echoed from another device) only moves the watermark. Only
 //! participants may acknowledge a conversation's messages.
 
@@ -68,6 +69,25 @@ pub async fn delivery_ack(
             sequence_number,
         )
         .await?;
+    if conversation.kind == ConversationKind::Group {
+        // The cursor is the group's record: the status is computed from the cursors when the
+        // receipts are sent (`messaging::group_receipts`).
+        let turn = match noted {
+            Some(turn) => turn,
+            None => {
+                ctx.realtime
+                    .note_receipt(&ReceiptNote {
+                        conversation_id,
+                        kind: ReceiptKind::Delivered,
+                        user_id: caller.user_id.clone(),
+                        low: sequence_number,
+                        up_to: sequence_number,
+                    })
+                    .await?
+            }
+        };
+        return messaging::group_receipts::take_turn(ctx, &conversation, turn).await;
+    }
     let updated = ctx
         .store
         .record_receipts(
@@ -85,23 +105,6 @@ pub async fn delivery_ack(
         MessageStatus::Delivered,
     )
     .await?;
-    if conversation.kind == ConversationKind::Group {
-        let turn = match noted {
-            Some(turn) => turn,
-            None => {
-                ctx.realtime
-                    .note_receipt(&ReceiptNote {
-                        conversation_id,
-                        kind: ReceiptKind::Delivered,
-                        user_id: caller.user_id.clone(),
-                        low: sequence_number,
-                        up_to: sequence_number,
-                    })
-                    .await?
-            }
-        };
-        return messaging::group_receipts::take_turn(ctx, &conversation, turn).await;
-    }
     let by_sender = by_sender
         .into_iter()
         .map(|(sender, ids)| (sender.to_string(), ids))
@@ -155,9 +158,12 @@ pub async fn receipts(
             )
             .await?;
     }
+    // Group messages keep no per-member lists: their status comes from cursors and read
+    // markers when the group's receipts are sent.
     let others: Vec<String> = messages
         .iter()
         .filter(|m| m.sender_id != caller.user_id)
+        .filter(|m| conversations[&m.conversation_id].kind != ConversationKind::Group)
         .map(|m| m.message_id.clone())
         .collect();
     let updated = ctx

@@ -25,6 +25,9 @@ pub trait DeliveryStore: Send + Sync {
     ) -> Result<()>;
     /// A device's watermarks: conversation id -> highest sequence number acknowledged.
     async fn cursors(&self, user_id: &str, device_id: &str) -> Result<HashMap<String, u64>>;
+    /// For every user with a device cursor in a conversation, the highest number any of their
+    /// devices acknowledged there (what a group's delivered status is computed from).
+    async fn delivered_marks(&self, conversation_id: &str) -> Result<HashMap<String, u64>>;
 }
 
 #[async_trait]
@@ -79,14 +82,31 @@ impl DeliveryStore for MongoStore {
                 .iter()
                 .filter_map(|d| {
                     let conversation = d.get_str("conversation_id").ok()?.to_string();
-                    let up_to = match d.get("delivered_up_to")? {
-                        mongodb::bson::Bson::Int64(n) => u64::try_from(*n).ok()?,
-                        mongodb::bson::Bson::Int32(n) => u64::try_from(*n).ok()?,
-                        _ => return None,
-                    };
-                    Some((conversation, up_to))
+                    Some((conversation, up_to(d)?))
                 })
                 .collect())
+        })
+        .await
+    }
+
+    async fn delivered_marks(&self, conversation_id: &str) -> Result<HashMap<String, u64>> {
+        self.deadline(async move {
+            let found: Vec<Document> = self
+                .device_cursors()
+                .find(doc! {"conversation_id": conversation_id})
+                .projection(doc! {"user_id": 1, "delivered_up_to": 1})
+                .await?
+                .try_collect()
+                .await?;
+            let mut marks: HashMap<String, u64> = HashMap::new();
+            for d in &found {
+                let (Ok(user), Some(up_to)) = (d.get_str("user_id"), up_to(d)) else {
+                    continue;
+                };
+                let mark = marks.entry(user.to_string()).or_default();
+                *mark = (*mark).max(up_to);
+            }
+            Ok(marks)
         })
         .await
     }
@@ -95,5 +115,14 @@ impl DeliveryStore for MongoStore {
 impl MongoStore {
     pub(super) fn device_cursors(&self) -> Collection<Document> {
         self.db.collection(collections::DEVICE_CURSORS)
+    }
+}
+
+/// A cursor document's `delivered_up_to`.
+fn up_to(cursor: &Document) -> Option<u64> {
+    match cursor.get("delivered_up_to")? {
+        mongodb::bson::Bson::Int64(n) => u64::try_from(*n).ok(),
+        mongodb::bson::Bson::Int32(n) => u64::try_from(*n).ok(),
+        _ => None,
     }
 }

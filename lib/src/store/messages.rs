@@ -43,7 +43,21 @@ use super::*;
 /// enough that a lost event costs seconds.
 pub const FANOUT_GRACE: Duration = Duration::from_secs(10);
 
-/// Most messages [`MessageStore::senders_between`] looks at.
+/// Where a message stands, without its content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MessageState {
+    /// Server id.
+    pub message_id: String,
+    /// Its number in the conversation.
+    pub sequence_number: u64,
+    /// Who sent it.
+    pub sender_id: String,
+    /// Its delivery state across all its recipients.
+    #[serde(default)]
+    pub status: MessageStatus,
+}
+
+/// Most messages [`MessageStore::unread_between`] looks at.
 pub const SENDERS_SCAN_LIMIT: i64 = 2000;
 
 /// Messages: stored exactly once with their sequence number, read back by range or id, receipts,
@@ -71,15 +85,15 @@ pub trait MessageStore: Send + Sync {
         floors: &[(String, u64)],
         limit: usize,
     ) -> Result<Vec<StoredMessage>>;
-    /// Who sent the messages of a conversation with `from <= sequence_number <= to` (each
-    /// once; of the newest [`SENDERS_SCAN_LIMIT`] messages of a longer range): the senders a
-    /// group's coalesced receipts concern.
-    async fn senders_between(
+    /// The messages of a conversation with `from <= sequence_number <= to` not read by
+    /// everyone yet (the newest [`SENDERS_SCAN_LIMIT`] of a longer range), without their
+    /// content: what a group's coalesced receipts concern.
+    async fn unread_between(
         &self,
         conversation_id: &str,
         from: u64,
         to: u64,
-    ) -> Result<Vec<String>>;
+    ) -> Result<Vec<MessageState>>;
     /// One message by id.
     async fn message(&self, message_id: &str) -> Result<Option<StoredMessage>>;
     /// Messages by id (any order; missing ids are skipped).
@@ -222,32 +236,26 @@ impl MessageStore for MongoStore {
         .await
     }
 
-    async fn senders_between(
+    async fn unread_between(
         &self,
         conversation_id: &str,
         from: u64,
         to: u64,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<MessageState>> {
         self.deadline(async move {
             let cursor = self
                 .messages()
-                .clone_with_type::<Document>()
+                .clone_with_type::<MessageState>()
                 .find(doc! {
                     "conversation_id": conversation_id,
                     "sequence_number": {"$gte": seq(from), "$lte": seq(to)},
+                    "status": {"$ne": "read"},
                 })
-                .projection(doc! {"sender_id": 1, "_id": 0})
+                .projection(doc! {"message_id": 1, "sequence_number": 1, "sender_id": 1, "status": 1, "_id": 0})
                 .sort(doc! {"sequence_number": -1})
                 .limit(SENDERS_SCAN_LIMIT)
                 .await?;
-            let docs: Vec<Document> = cursor.try_collect().await?;
-            let mut senders: Vec<String> = docs
-                .iter()
-                .filter_map(|d| d.get_str("sender_id").ok().map(str::to_string))
-                .collect();
-            senders.sort();
-            senders.dedup();
-            Ok(senders)
+            Ok(cursor.try_collect().await?)
         })
         .await
     }
