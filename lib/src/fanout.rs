@@ -71,10 +71,24 @@ pub async fn send_to_users(
     user_ids: &[String],
     frame: &ServerFrame,
 ) -> Result<Vec<usize>> {
+    send_each(ctx, user_ids, |_| Some(frame)).await
+}
+
+/// Sends each of `user_ids` its own frame (`frame_of(i)` for the `i`-th; `None`: nothing) on
+/// every live connection, concurrently, with one round trip for all their connections.
+/// Returns, per user in order, how many connections took it.
+pub async fn send_each<'a>(
+    ctx: &Context,
+    user_ids: &[String],
+    frame_of: impl Fn(usize) -> Option<&'a ServerFrame>,
+) -> Result<Vec<usize>> {
     let connections = ctx.realtime.connections_of_users(user_ids).await?;
     let posts = connections.iter().enumerate().flat_map(|(user, ids)| {
-        ids.iter()
-            .map(move |connection| async move { (user, post(ctx, connection, frame).await) })
+        let frame = frame_of(user);
+        ids.iter().filter_map(move |connection| {
+            let frame = frame?;
+            Some(async move { (user, post(ctx, connection, frame).await) })
+        })
     });
     let mut delivered = vec![0; user_ids.len()];
     for (user, outcome) in join_all(posts).await {

@@ -18,8 +18,9 @@
 //! So a sender sees the first member's tick at once and everyone else's at most one interval
 //! later, in at most one frame per interval per conversation. Sending takes the waiting
 //! receipts in one `MULTI` (a receipt noted meanwhile either goes with them or finds no promise
-//! and takes its own turn), asks MongoDB who sent the messages concerned (one query) and looks up
-//! those senders' connections (one round trip).
+//! and takes its own turn), asks MongoDB at once for the messages concerned, the members'
+//! device cursors and their read markers (three queries), and looks up the senders'
+//! connections (one round trip).
 //!
 //! What a member received and read is recorded in MongoDB before it is noted here (their
 //! devices' watermarks in `device_cursors`, their read marker on the conversation), and a
@@ -36,7 +37,7 @@ use async_trait::async_trait;
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::fanout::post;
+use crate::fanout::send_each;
 use crate::keys::PENDING_RECEIPTS_TTL;
 use crate::model::Conversation;
 use crate::protocol::{
@@ -84,6 +85,19 @@ pub struct ReceiptNote {
     pub low: u64,
     /// Highest sequence number concerned.
     pub up_to: u64,
+}
+
+impl ReceiptNote {
+    /// A device of `user_id` received message `sequence_number` of the group (a `delivery_ack`).
+    pub fn delivered(conversation_id: &str, user_id: &str, sequence_number: u64) -> Self {
+        Self {
+            conversation_id: conversation_id.to_string(),
+            kind: ReceiptKind::Delivered,
+            user_id: user_id.to_string(),
+            low: sequence_number,
+            up_to: sequence_number,
+        }
+    }
 }
 
 /// Whose turn it is to send a conversation's waiting receipts, as the note's script decided.
@@ -248,7 +262,7 @@ pub async fn take_turn(
 /// concern (delivered once every recipient's devices acknowledged them, read once every
 /// recipient read them: from the device cursors and read markers in MongoDB, the truth), and
 /// sends each sender of those messages one `receipts` frame (without their own marks) on every
-/// connection. Returns the frames posted.
+/// connection. Returns how many connections took one.
 pub async fn send(ctx: &Context, conversation: &Conversation) -> Result<usize> {
     let mut pending = ctx
         .realtime
@@ -302,36 +316,29 @@ pub async fn send(ctx: &Context, conversation: &Conversation) -> Result<usize> {
         .collect();
     senders.sort();
     senders.dedup();
-    let connections = ctx.realtime.connections_of_users(&senders).await?;
     let timestamp = crate::clock::now_ms();
-    let mut posts = Vec::new();
-    for (sender, connections) in senders.iter().zip(connections) {
-        let others = |marks: &[MemberMark]| -> Vec<MemberMark> {
-            marks
-                .iter()
-                .filter(|m| &m.user_id != sender)
-                .cloned()
-                .collect()
-        };
-        let payload = ReceiptsPayload {
-            conversation_id: conversation.conversation_id.clone(),
-            delivered: others(&pending.delivered),
-            read: others(&pending.read),
-            timestamp,
-        };
-        if payload.delivered.is_empty() && payload.read.is_empty() {
-            continue;
-        }
-        let frame = ServerFrame::Receipts { payload };
-        for connection in connections {
-            posts.push((connection, frame.clone()));
-        }
-    }
-    let sent = posts.len();
-    for outcome in futures::future::join_all(posts.iter().map(|(c, f)| post(ctx, c, f))).await {
-        outcome?;
-    }
-    Ok(sent)
+    let frames: Vec<Option<ServerFrame>> = senders
+        .iter()
+        .map(|sender| {
+            let others = |marks: &[MemberMark]| -> Vec<MemberMark> {
+                marks
+                    .iter()
+                    .filter(|m| &m.user_id != sender)
+                    .cloned()
+                    .collect()
+            };
+            let payload = ReceiptsPayload {
+                conversation_id: conversation.conversation_id.clone(),
+                delivered: others(&pending.delivered),
+                read: others(&pending.read),
+                timestamp,
+            };
+            (!payload.delivered.is_empty() || !payload.read.is_empty())
+                .then_some(ServerFrame::Receipts { payload })
+        })
+        .collect();
+    let taken = send_each(ctx, &senders, |i| frames[i].as_ref()).await?;
+    Ok(taken.iter().sum())
 }
 
 /// Moves each concerned message to `delivered` or `read` once every recipient (every member

@@ -435,12 +435,8 @@ impl RealtimeState for RedisState {
     }
 
     async fn user_connections(&self, user_id: &str) -> Result<Vec<String>> {
-        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.user_connections(user_id))
-            .query_async(&mut self.conn())
-            .await?;
-        ids.sort();
-        Ok(ids)
+        let mut all = self.connections_of_users(&[user_id.to_string()]).await?;
+        Ok(all.pop().unwrap_or_default())
     }
 
     async fn connections_of_users(&self, user_ids: &[String]) -> Result<Vec<Vec<String>>> {

@@ -37,13 +37,8 @@ pub async fn group_note(
     let conversation = membership_for_receipts(ctx, user_id, conversation_id)
         .await
         .ok()?;
-    (conversation.kind == ConversationKind::Group).then(|| ReceiptNote {
-        conversation_id: conversation_id.to_string(),
-        kind: ReceiptKind::Delivered,
-        user_id: user_id.to_string(),
-        low: sequence_number,
-        up_to: sequence_number,
-    })
+    (conversation.kind == ConversationKind::Group)
+        .then(|| ReceiptNote::delivered(conversation_id, user_id, sequence_number))
 }
 
 /// Handles `delivery_ack`. With the optional `conversation_id` and `sequence_number` the
@@ -76,13 +71,11 @@ pub async fn delivery_ack(
             Some(turn) => turn,
             None => {
                 ctx.realtime
-                    .note_receipt(&ReceiptNote {
-                        conversation_id,
-                        kind: ReceiptKind::Delivered,
-                        user_id: caller.user_id.clone(),
-                        low: sequence_number,
-                        up_to: sequence_number,
-                    })
+                    .note_receipt(&ReceiptNote::delivered(
+                        &conversation_id,
+                        &caller.user_id,
+                        sequence_number,
+                    ))
                     .await?
             }
         };
@@ -184,16 +177,14 @@ pub async fn receipts(
             .or_default()
             .push(m.clone());
     }
+    // Only direct and agent conversations' messages were recorded (and are told at once).
     let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (conversation_id, updated) in &updated_in {
         let Some(conversation) = conversations.get(*conversation_id) else {
             continue;
         };
-        let tell = complete(ctx, caller, conversation, updated, status).await?;
-        if conversation.kind != ConversationKind::Group {
-            for (sender, ids) in tell {
-                by_sender.entry(sender.to_string()).or_default().extend(ids);
-            }
+        for (sender, ids) in complete(ctx, caller, conversation, updated, status).await? {
+            by_sender.entry(sender.to_string()).or_default().extend(ids);
         }
     }
     let kind = match status {

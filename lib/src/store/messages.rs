@@ -58,7 +58,7 @@ pub struct MessageState {
 }
 
 /// Most messages [`MessageStore::unread_between`] looks at.
-pub const SENDERS_SCAN_LIMIT: i64 = 2000;
+pub const RECEIPTS_SCAN_LIMIT: i64 = 2000;
 
 /// Messages: stored exactly once with their sequence number, read back by range or id, receipts,
 /// the outbox.
@@ -86,7 +86,7 @@ pub trait MessageStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<StoredMessage>>;
     /// The messages of a conversation with `from <= sequence_number <= to` not read by
-    /// everyone yet (the newest [`SENDERS_SCAN_LIMIT`] of a longer range), without their
+    /// everyone yet (the newest [`RECEIPTS_SCAN_LIMIT`] of a longer range), without their
     /// content: what a group's coalesced receipts concern.
     async fn unread_between(
         &self,
@@ -253,7 +253,7 @@ impl MessageStore for MongoStore {
                 })
                 .projection(doc! {"message_id": 1, "sequence_number": 1, "sender_id": 1, "status": 1, "_id": 0})
                 .sort(doc! {"sequence_number": -1})
-                .limit(SENDERS_SCAN_LIMIT)
+                .limit(RECEIPTS_SCAN_LIMIT)
                 .await?;
             Ok(cursor.try_collect().await?)
         })
