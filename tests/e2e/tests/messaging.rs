@@ -7,9 +7,10 @@ use std::time::Duration;
 use e2e::{
     RawWs, WAIT, client, client_config, conversation, ready, stack, stack_with, token, user,
 };
+use local_stack::stack::RunningStack;
 use messaging::ErrorCode;
 use messaging::client::{Client, ClientError, ClientEvent};
-use messaging::model::ConversationKind;
+use messaging::model::{ConversationKind, StoredMessage};
 use messaging::protocol::{
     DeliveredMessage, MessageBody, MessageStatus, MessageType, OutgoingMessage, TypingState,
 };
@@ -22,6 +23,17 @@ fn text(conversation_id: &str, content: &str) -> OutgoingMessage {
         body: MessageBody::text(content),
         timestamp: 1,
     }
+}
+
+/// The message as MongoDB holds it now.
+async fn stored(stack: &RunningStack, message_id: &str) -> StoredMessage {
+    stack
+        .ctx
+        .store
+        .message(message_id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("message {message_id} is not stored"))
 }
 
 /// Collects `n` messages of `conversation_id` from a client, in the order it delivers them.
@@ -246,13 +258,7 @@ async fn read_receipts_reach_the_sender_on_all_devices() {
         assert_eq!(receipt.message_ids, std::slice::from_ref(&ack.message_id));
         assert_eq!(receipt.read_by, bob);
     }
-    let stored = stack
-        .ctx
-        .store
-        .message(&ack.message_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored(&stack, &ack.message_id).await;
     assert_eq!(stored.status, MessageStatus::Read);
     let c = stack.ctx.store.conversation(&conv).await.unwrap().unwrap();
     assert_eq!(c.unread_for(&bob), 0);
@@ -359,13 +365,7 @@ async fn a_hundred_member_group_fans_out_to_everyone_gets_coalesced_receipts_and
     }
     // The frame naming the last member was sent after the status was computed from the
     // members' cursors.
-    let m = stack
-        .ctx
-        .store
-        .message(&ack.message_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let m = stored(&stack, &ack.message_id).await;
     assert_eq!(m.status, MessageStatus::Delivered);
     // At most one frame per interval: the one sent at once, one per interval after it, and one
     // of slack (each frame is stamped after its own lookups, which a loaded machine slows).
@@ -424,13 +424,7 @@ async fn non_members_cannot_send_read_or_retransmit() {
         )
         .unwrap();
     assert_eq!(error_code(&mut intruder).await, ErrorCode::Forbidden);
-    let stored = stack
-        .ctx
-        .store
-        .message(&ack.message_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored(&stack, &ack.message_id).await;
     assert_eq!(
         stored.status,
         MessageStatus::Sent,
@@ -755,13 +749,7 @@ async fn a_redelivered_event_changes_nothing() {
     let before = stack.ctx.store.conversation(&conv).await.unwrap().unwrap();
 
     // The broker delivers the same event again (at-least-once).
-    let stored = stack
-        .ctx
-        .store
-        .message(&ack.message_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored(&stack, &ack.message_id).await;
     let event = messaging::events::new_event_with_id(
         &stored.message_id,
         messaging::model::event_types::MESSAGE_RECEIVED,
@@ -886,13 +874,7 @@ async fn group_receipts_reach_the_sender_coalesced_and_the_status_aggregates_per
         receipts.delivered.iter().all(|m| m.user_id != alice),
         "the sender's own marks are left out: {receipts:?}"
     );
-    let m = stack
-        .ctx
-        .store
-        .message(&ack.message_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let m = stored(&stack, &ack.message_id).await;
     assert_eq!(
         m.status,
         MessageStatus::Sent,
@@ -908,13 +890,7 @@ async fn group_receipts_reach_the_sender_coalesced_and_the_status_aggregates_per
     delivered_to(&mut phone, &group, &carol).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let m = stack
-            .ctx
-            .store
-            .message(&ack.message_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let m = stored(&stack, &ack.message_id).await;
         if m.status == MessageStatus::Delivered {
             break;
         }
@@ -935,13 +911,7 @@ async fn group_receipts_reach_the_sender_coalesced_and_the_status_aggregates_per
             })
             .await
             .unwrap_or_else(|| panic!("{reader}'s read receipt"));
-        let m = stack
-            .ctx
-            .store
-            .message(&ack.message_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let m = stored(&stack, &ack.message_id).await;
         let expected = if reader == &bob {
             MessageStatus::Read
         } else {
