@@ -6,7 +6,8 @@
 //!
 //! **What travels** — [`protocol`]: every WebSocket frame, both ways; [`model`]: what is stored
 //! and what travels in CloudEvents; [`contract`]: the AsyncAPI document generated from both;
-//! [`ids`]: what a user or device id may be; [`error`]: the one error type and its mapping to
+//! [`ids`]: what a user or device id may be; [`e2ee`]: the key directory's types, the encrypted
+//! envelopes, and a device's Olm and Megolm sessions; [`error`]: the one error type and its mapping to
 //! frames and HTTP statuses.
 //!
 //! **Ports and their adapters** (one per outside system) — [`store`]: MongoDB, the truth
@@ -64,6 +65,7 @@ pub mod connections;
 pub mod context;
 pub mod contract;
 pub mod conversations;
+pub mod e2ee;
 pub mod error;
 pub mod eventbridge;
 pub mod events;
