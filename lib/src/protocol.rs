@@ -529,6 +529,64 @@ pub struct PresencePayload {
     pub last_seen: Option<i64>,
 }
 
+/// One `to_device` message a client sends: ciphertext for one device of a user the sender
+/// shares a conversation with (or of the sender's own user).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OutgoingToDevice {
+    /// The sender's id for it (a UUID): sending it again is idempotent.
+    #[schemars(length(min = 1, max = 128))]
+    pub message_id: String,
+    /// Receiving user.
+    pub user_id: String,
+    /// Receiving device (one that published keys).
+    pub device_id: String,
+    /// An Olm envelope (`crate::e2ee::OlmEnvelope`) as JSON text.
+    pub content: String,
+}
+
+/// A `to_device` message as delivered to its device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ToDeviceItem {
+    /// Position in the device's queue (increasing; acknowledge it with `to_device_ack`).
+    pub sequence: u64,
+    /// The sender's id for it.
+    pub message_id: String,
+    /// Sending user.
+    pub sender_id: String,
+    /// Sending device.
+    pub sender_device_id: String,
+    /// The Olm envelope as sent.
+    pub content: String,
+    /// Server time of acceptance, milliseconds since the epoch.
+    pub timestamp: i64,
+}
+
+/// `to_device` payload: messages for this device, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ToDevicePayload {
+    /// The messages.
+    pub messages: Vec<ToDeviceItem>,
+}
+
+/// `device_list` payload: a user's devices (and so their keys) changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeviceListPayload {
+    /// Whose devices: fetch `GET /v1/users/{user_id}/keys` again.
+    pub user_id: String,
+    /// Server time of the change, milliseconds since the epoch.
+    pub timestamp: i64,
+}
+
+/// `one_time_keys_low` payload: this device's published one-time keys are running out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct KeysLowPayload {
+    /// The device (this connection's).
+    pub device_id: String,
+    /// One-time keys left; at 0 claims get the fallback key. Upload more with
+    /// `PUT /v1/keys/{device_id}`.
+    pub remaining: u64,
+}
+
 /// A frame sent by a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -615,12 +673,25 @@ pub enum ClientFrame {
         #[schemars(length(min = 1, max = 128))]
         run_id: String,
     },
+    /// Key material for other devices (end-to-end encryption): stored until each device
+    /// acknowledges it, delivered in order, answered with `to_device_sent`.
+    ToDevice {
+        /// The messages (each to one device).
+        #[schemars(length(min = 1, max = 100))]
+        messages: Vec<OutgoingToDevice>,
+    },
+    /// This device has the `to_device` messages with these sequence numbers: they are deleted.
+    ToDeviceAck {
+        /// Sequence numbers received.
+        #[schemars(length(min = 1, max = 1000))]
+        sequences: Vec<u64>,
+    },
 }
 
 impl ClientFrame {
     /// Every client frame's `type`: one WebSocket route each (the local stack's, the SAM
     /// template's, checked against the published document).
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 12] = [
         "auth",
         "message",
         "delivery_ack",
@@ -631,6 +702,8 @@ impl ClientFrame {
         "sync",
         "presence",
         "cancel",
+        "to_device",
+        "to_device_ack",
     ];
 
     /// The `type` tag of this frame, for logs and error frames.
@@ -646,6 +719,8 @@ impl ClientFrame {
             Self::Sync { .. } => "sync",
             Self::Presence { .. } => "presence",
             Self::Cancel { .. } => "cancel",
+            Self::ToDevice { .. } => "to_device",
+            Self::ToDeviceAck { .. } => "to_device_ack",
         }
     }
 }
@@ -730,6 +805,26 @@ pub enum ServerFrame {
     MessageDelta {
         /// The piece.
         payload: MessageDeltaPayload,
+    },
+    /// Key material from other devices (see [`ToDevicePayload`]).
+    ToDevice {
+        /// The messages.
+        payload: ToDevicePayload,
+    },
+    /// Answer to `to_device`: every message is stored for its device.
+    ToDeviceSent {
+        /// The `message_id`s stored (all of the request's).
+        message_ids: Vec<String>,
+    },
+    /// A user one shares a conversation with has a new or removed device.
+    DeviceList {
+        /// Whose.
+        payload: DeviceListPayload,
+    },
+    /// This device should publish more one-time keys.
+    OneTimeKeysLow {
+        /// How many are left.
+        payload: KeysLowPayload,
     },
     /// A request failed; nothing was changed unless the code says so.
     Error {

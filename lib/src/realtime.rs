@@ -155,6 +155,8 @@ pub trait RealtimeState:
     /// [`RealtimeState::user_connections`] of several users in one round trip (a group's
     /// fan-out), in the order of `user_ids`.
     async fn connections_of_users(&self, user_ids: &[String]) -> Result<Vec<Vec<String>>>;
+    /// The live connections of one device of a user (where its `to_device` messages go).
+    async fn device_connections(&self, user_id: &str, device_id: &str) -> Result<Vec<String>>;
     /// Heartbeat: refreshes the connection's and the presence TTLs.
     async fn touch(&self, connection: &ConnectionInfo, now_ms: i64) -> Result<()>;
     /// A user's presence (offline when nothing is recorded).
@@ -453,6 +455,26 @@ impl RealtimeState for RedisState {
             ids.sort();
         }
         Ok(all)
+    }
+
+    async fn device_connections(&self, user_id: &str, device_id: &str) -> Result<Vec<String>> {
+        let ids = self.user_connections(user_id).await?;
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGET")
+                .arg(self.keys.connection(id))
+                .arg("device_id");
+        }
+        let devices: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(ids
+            .into_iter()
+            .zip(devices)
+            .filter(|(_, device)| device.as_deref() == Some(device_id))
+            .map(|(id, _)| id)
+            .collect())
     }
 
     async fn touch(&self, c: &ConnectionInfo, now_ms: i64) -> Result<()> {

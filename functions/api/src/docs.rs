@@ -50,6 +50,7 @@ impl Modify for Security {
         (name = "groups", description = "Groups of up to 100 and their admin rules"),
         (name = "agents", description = "The agent registry"),
         (name = "devices", description = "Push device tokens"),
+        (name = "keys", description = "The end-to-end encryption key directory: device identity keys, one-time and fallback keys, claims"),
         (name = "media", description = "Media uploads and downloads through presigned URLs (the presign function)"),
         (name = "meta", description = "The published documents"),
     )

@@ -40,6 +40,9 @@
 //! | POST | `/v1/agents/{agent_id}/heartbeat` | operator, the agent | marks the agent online |
 //! | GET | `/v1/devices` | user | registered push devices |
 //! | PUT, DELETE | `/v1/devices/{device_id}` | user | register / unregister an FCM or APNs token |
+//! | PUT, DELETE | `/v1/keys/{device_id}` | user | publish a device's signed identity, one-time and fallback keys / remove them |
+//! | GET | `/v1/users/{user_id}/keys` | user, contact | a user's devices and identity keys |
+//! | POST | `/v1/keys/claim` | user | one key per device (each one-time key handed out once) |
 //! | GET | `/openapi.json` | anyone | the HTTP API's OpenAPI document |
 //! | GET | `/asyncapi.json` | anyone | the WebSocket API's and CloudEvents' AsyncAPI document |
 //!
@@ -87,6 +90,7 @@ mod devices;
 mod docs;
 mod gdpr;
 mod groups;
+mod keys;
 pub mod views;
 
 use std::sync::Arc;
@@ -358,6 +362,9 @@ fn documented_routes() -> OpenApiRouter<Api> {
         .routes(routes!(agents::heartbeat))
         .routes(routes!(devices::list))
         .routes(routes!(devices::put, devices::delete))
+        .routes(routes!(keys::publish, keys::delete))
+        .routes(routes!(keys::user_keys))
+        .routes(routes!(keys::claim))
 }
 
 /// The published documents, outside the gate: free to fetch, and not rate limited.

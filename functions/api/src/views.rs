@@ -1019,3 +1019,84 @@ pub struct ExportArchive {
     /// Media uploaded.
     pub media: Vec<MediaRecord>,
 }
+
+// ---- key directory (end-to-end encryption) ----
+
+pub use messaging::e2ee::{DeviceKeys, IdentityKeys, SignedKey};
+
+/// A device's keys to publish: its identity (once; the same again is accepted), and one-time
+/// keys and a fallback key whenever it tops them up.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PublishKeysRequest {
+    /// The device's identity keys.
+    pub identity: IdentityKeys,
+    /// Ed25519 signature of the identity (see `messaging::e2ee::DeviceKeys::signing_bytes`).
+    #[schema(min_length = 1, max_length = 128)]
+    pub signature: String,
+    /// New one-time keys, each signed by the device.
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    pub one_time_keys: Vec<SignedKey>,
+    /// A new fallback key, signed by the device.
+    #[serde(default)]
+    pub fallback_key: Option<SignedKey>,
+}
+
+/// What the directory holds for a device after an upload.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyCounts {
+    /// One-time keys stored (at most 200).
+    pub one_time_key_count: u64,
+    /// Whether a fallback key is stored.
+    pub has_fallback_key: bool,
+}
+
+/// A user's published devices.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserKeys {
+    /// Whose.
+    pub user_id: String,
+    /// Every device that published keys, by device id.
+    pub devices: Vec<DeviceKeys>,
+}
+
+/// One device of one user.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct DeviceRef {
+    /// The user.
+    #[schema(min_length = 1, max_length = 128)]
+    pub user_id: String,
+    /// The device.
+    #[schema(min_length = 1, max_length = 128)]
+    pub device_id: String,
+}
+
+/// Devices to claim a key of (one key each).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ClaimRequest {
+    /// The devices.
+    #[schema(min_items = 1, max_items = 200)]
+    pub devices: Vec<DeviceRef>,
+}
+
+/// A key handed out.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClaimedKeyView {
+    /// Whose.
+    pub user_id: String,
+    /// Which device.
+    pub device_id: String,
+    /// The key, signed by the device (check it against the device's Ed25519 key).
+    pub key: SignedKey,
+    /// True when it is the device's fallback key (no one-time key was left).
+    pub fallback: bool,
+}
+
+/// Keys handed out, one per device that had one.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClaimResponse {
+    /// The keys.
+    pub keys: Vec<ClaimedKeyView>,
+    /// Devices that published nothing to claim.
+    pub missing: Vec<DeviceRef>,
+}

@@ -19,7 +19,7 @@
 //!
 //! One module per frame: [`auth`], [`send`] (`message`), [`receipts`] (`delivery_ack`,
 //! `read_receipt`), [`heartbeat`], [`retransmit`], [`typing`], [`sync`], [`presence`],
-//! [`cancel`].
+//! [`cancel`], [`to_device`] (`to_device`, `to_device_ack`).
 
 #![warn(missing_docs)]
 
@@ -31,6 +31,7 @@ pub mod receipts;
 pub mod retransmit;
 pub mod send;
 pub mod sync;
+pub mod to_device;
 pub mod typing;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
@@ -200,6 +201,12 @@ async fn on_frame(
         } => cancel::cancel(ctx, &caller, &conversation_id, &run_id)
             .await
             .map(|()| None),
+        ClientFrame::ToDevice { messages } => {
+            to_device::to_device(ctx, &caller, messages).await.map(Some)
+        }
+        ClientFrame::ToDeviceAck { sequences } => {
+            to_device::ack(ctx, &caller, sequences).await.map(|()| None)
+        }
     }
 }
 

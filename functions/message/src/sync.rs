@@ -1,5 +1,5 @@
 //! `sync` (and the end of `auth`): `auth_success`, then everything the device has not received,
-//! computed from MongoDB (see `messaging::pending`), in sequence order per conversation, in
+//! computed from MongoDB (see `messaging::pending`), after the device's queued `to_device` messages, in sequence order per conversation, in
 //! `messages` frames under the frame limit. When more is waiting than one answer carries, the
 //! last frame says `has_more` and the client syncs again from what it got. Then the agent runs
 //! still going in the user's conversations: each run's state and its answer so far (a device
@@ -28,8 +28,9 @@ pub async fn deliver_missed(ctx: &Context, caller: &ConnectionInfo) -> Result<()
         ctx.settings.max_sync_messages,
     )
     .await?;
-    for frame in batches(&pending) {
-        post(ctx, &caller.connection_id, &frame).await?;
+    let keys = crate::to_device::pending_frames(ctx, caller).await?;
+    for frame in keys.iter().chain(&batches(&pending)) {
+        post(ctx, &caller.connection_id, frame).await?;
     }
     Ok(())
 }
@@ -57,6 +58,8 @@ pub async fn deliver_pending(
             unread_count: pending.unread_count,
         },
     }];
+    // Key material first: the messages that follow may need it.
+    frames.extend(crate::to_device::pending_frames(ctx, caller).await?);
     frames.extend(batches(&pending));
     frames.extend(messaging::runs::catch_up_frames(ctx, &caller.user_id).await?);
     answer(ctx, caller, frames).await

@@ -26,6 +26,8 @@ pub trait ConversationStore: Send + Sync {
     async fn share_conversation(&self, a: &str, b: &str) -> Result<bool>;
     /// Every conversation `user_id` takes part in, with their own state (any order).
     async fn conversations_of(&self, user_id: &str) -> Result<Vec<MemberConversation>>;
+    /// Everyone (people and agents) who shares a conversation with `user_id`, without them.
+    async fn contacts_of(&self, user_id: &str) -> Result<Vec<String>>;
     /// One conversation with `user_id`'s own state, if they take part in it.
     async fn member_conversation(
         &self,
@@ -179,6 +181,32 @@ impl ConversationStore for MongoStore {
             docs.into_iter()
                 .map(|d| member_conversation_from(d, user_id))
                 .collect()
+        })
+        .await
+    }
+
+    async fn contacts_of(&self, user_id: &str) -> Result<Vec<String>> {
+        self.deadline(async move {
+            let docs: Vec<Document> = self
+                .conversation_docs()
+                .find(doc! {"participants": user_id})
+                .projection(doc! {"participants": 1})
+                .await?
+                .try_collect()
+                .await?;
+            let mut contacts = std::collections::BTreeSet::new();
+            for d in &docs {
+                if let Ok(participants) = d.get_array("participants") {
+                    contacts.extend(
+                        participants
+                            .iter()
+                            .filter_map(|p| p.as_str())
+                            .map(String::from),
+                    );
+                }
+            }
+            contacts.remove(user_id);
+            Ok(contacts.into_iter().collect())
         })
         .await
     }

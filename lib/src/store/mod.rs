@@ -14,6 +14,8 @@
 //! | [`gdpr`] | [`GdprStore`] | all of the above, for one user |
 //! | [`dead_letters`] | [`DeadLetterStore`] | `dead_letters` |
 //! | [`deliveries`] | [`DeliveryStore`] | `device_cursors` |
+//! | [`device_keys`] | [`KeyDirectoryStore`] | `device_keys`, `one_time_keys` |
+//! | [`to_device`] | [`ToDeviceStore`] | `to_device` |
 //!
 //! [`schema`] names every collection and creates the indexes. [`Store`] is all the ports at once,
 //! what the shared [`crate::context::Context`] carries.
@@ -66,22 +68,26 @@ pub mod agents;
 pub mod conversations;
 pub mod dead_letters;
 pub mod deliveries;
+pub mod device_keys;
 pub mod devices;
 pub mod gdpr;
 pub mod media;
 pub mod messages;
 pub mod schema;
+pub mod to_device;
 
 pub use accounts::AccountStore;
 pub use agents::AgentStore;
 pub use conversations::ConversationStore;
 pub use dead_letters::DeadLetterStore;
 pub use deliveries::DeliveryStore;
+pub use device_keys::{ClaimedKey, KeyDirectoryStore, Published};
 pub use devices::DeviceStore;
 pub use gdpr::GdprStore;
 pub use media::MediaStore;
 pub use messages::{MessageStore, fingerprint, scoped_key};
 pub use schema::{SCHEMA_VERSION, SchemaState, collections};
+pub use to_device::ToDeviceStore;
 
 /// Every durable-state port at once: what the shared context carries. Each function may ask for
 /// a narrower port (`&dyn MessageStore`); a `&dyn Store` converts to any of them.
@@ -95,6 +101,8 @@ pub trait Store:
     + GdprStore
     + DeadLetterStore
     + DeliveryStore
+    + KeyDirectoryStore
+    + ToDeviceStore
 {
 }
 
@@ -108,6 +116,8 @@ impl<T> Store for T where
         + GdprStore
         + DeadLetterStore
         + DeliveryStore
+        + KeyDirectoryStore
+        + ToDeviceStore
 {
 }
 

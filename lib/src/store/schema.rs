@@ -36,6 +36,12 @@ pub mod collections {
     pub const DEVICES: &str = "devices";
     /// Codes recorded by the local code sender instead of being sent (`code_outbox`, local use).
     pub const CODE_OUTBOX: &str = "code_outbox";
+    /// Each device's published identity keys and fallback key (`device_keys`).
+    pub const DEVICE_KEYS: &str = "device_keys";
+    /// Published one-time keys, each handed out once (`one_time_keys`).
+    pub const ONE_TIME_KEYS: &str = "one_time_keys";
+    /// Each device's queue of `to_device` messages (`to_device`).
+    pub const TO_DEVICE: &str = "to_device";
     /// The schema's version record (`meta`).
     pub const META: &str = "meta";
 }
@@ -43,7 +49,7 @@ pub mod collections {
 /// The version of the collections and indexes this build expects. Raise it with any change to
 /// them (and to `SchemaVersion` in `infra/aws/template.yaml`, which `validate-infra` checks), so
 /// that functions refuse to start on a database the migration has not reached yet.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// What [`MongoStore::migrate`] recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +258,45 @@ impl MongoStore {
                         unique("user_device_unique"),
                     ),
                     index(doc! {"token": 1}, unique("token_unique")),
+                ],
+            ),
+            (
+                collections::DEVICE_KEYS,
+                vec![index(
+                    doc! {"user_id": 1, "device_id": 1},
+                    unique("user_device_unique"),
+                )],
+            ),
+            (
+                collections::ONE_TIME_KEYS,
+                vec![
+                    index(
+                        doc! {"user_id": 1, "device_id": 1, "key_id": 1},
+                        unique("user_device_key_unique"),
+                    ),
+                    // Claims take the oldest key of a device.
+                    index(
+                        doc! {"user_id": 1, "device_id": 1, "created_at": 1},
+                        named("user_device_created"),
+                    ),
+                ],
+            ),
+            (
+                collections::TO_DEVICE,
+                vec![
+                    index(
+                        doc! {"user_id": 1, "device_id": 1, "sequence": 1},
+                        unique("user_device_sequence_unique"),
+                    ),
+                    // A sender's retry finds what it stored before.
+                    index(
+                        doc! {"user_id": 1, "device_id": 1, "sender_id": 1, "message_id": 1},
+                        unique("user_device_sender_message_unique"),
+                    ),
+                    index(
+                        doc! {"created_at": 1},
+                        ttl("created_at_ttl", super::to_device::TO_DEVICE_RETENTION),
+                    ),
                 ],
             ),
             (
