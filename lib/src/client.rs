@@ -25,9 +25,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::error::ErrorCode;
 use crate::protocol::{
-    AgentRunPayload, ClientFrame, DeliveredMessage, DeliveryReceiptPayload, MessageAckPayload,
-    MessageDeltaPayload, MigrationPayload, OutgoingMessage, PresencePayload, ReadReceiptPayload,
-    ReceiptsPayload, ServerFrame, TypingPayload, TypingState,
+    AgentRunPayload, ClientFrame, DeliveredMessage, DeliveryReceiptPayload, DeviceListPayload,
+    KeysLowPayload, MessageAckPayload, MessageDeltaPayload, MigrationPayload, OutgoingMessage,
+    OutgoingToDevice, PresencePayload, ReadReceiptPayload, ReceiptsPayload, ServerFrame,
+    ToDevicePayload, TypingPayload, TypingState,
 };
 
 /// How to reach the API.
@@ -104,6 +105,15 @@ pub enum ClientEvent {
         /// The answer so far.
         text: String,
     },
+    /// Key material from other devices (end-to-end encryption), oldest first. Acknowledge
+    /// it with [`ClientHandle::ack_to_device`] once kept.
+    ToDevice(ToDevicePayload),
+    /// The `to_device` messages with these ids are stored for their devices.
+    ToDeviceSent(Vec<String>),
+    /// A contact's devices changed: fetch their keys again.
+    DeviceList(DeviceListPayload),
+    /// This device should publish more one-time keys.
+    KeysLow(KeysLowPayload),
     /// An error frame not tied to a send.
     Error {
         /// Code.
@@ -479,6 +489,18 @@ impl ClientHandle {
             conversation_id: conversation_id.into(),
             run_id: run_id.into(),
         })
+    }
+
+    /// Sends key material to other devices (`to_device`); the server answers with
+    /// [`ClientEvent::ToDeviceSent`], or an `unavailable` error after which the same messages
+    /// (same ids) are sent again.
+    pub fn to_device(&self, messages: Vec<OutgoingToDevice>) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::ToDevice { messages })
+    }
+
+    /// Acknowledges `to_device` messages by sequence number: the server deletes them.
+    pub fn ack_to_device(&self, sequences: Vec<u64>) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::ToDeviceAck { sequences })
     }
 
     /// Closes the connection from the client side (no reconnect).
@@ -932,6 +954,12 @@ impl Shared {
                 self.migration.send_replace(Some(payload));
             }
             ServerFrame::HeartbeatAck { .. } => {}
+            ServerFrame::ToDevice { payload } => self.emit(ClientEvent::ToDevice(payload)),
+            ServerFrame::ToDeviceSent { message_ids } => {
+                self.emit(ClientEvent::ToDeviceSent(message_ids))
+            }
+            ServerFrame::DeviceList { payload } => self.emit(ClientEvent::DeviceList(payload)),
+            ServerFrame::OneTimeKeysLow { payload } => self.emit(ClientEvent::KeysLow(payload)),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! that fails is answered `unavailable`: the sender sends the same frame again (same
 //! `message_id`s: nothing is stored twice) and the posts are made again. A device that is
 //! offline gets its queue on `auth`/`sync` ([`pending_frames`]); it acknowledges by sequence
-//! number, and what it acknowledged is deleted.
+//! number, and the content of what it acknowledged is deleted (a retry arriving after that
+//! delivers nothing).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -71,7 +72,8 @@ pub async fn to_device(
         )
         .await?;
     let mut per_device: BTreeMap<(String, String), Vec<ToDeviceItem>> = BTreeMap::new();
-    for record in stored {
+    // What a device acknowledged already (a late retry) is not delivered again.
+    for record in stored.into_iter().filter(|r| r.acked_at.is_none()) {
         per_device
             .entry((record.user_id, record.device_id))
             .or_default()

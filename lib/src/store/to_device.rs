@@ -2,9 +2,12 @@
 //! `to_device`: MongoDB is the truth, as for messages.
 //!
 //! A message is numbered from its device's counter (in its `device_keys` record) when stored,
-//! delivered in that order until the device acknowledges it, then deleted; unacknowledged ones
-//! expire after [`TO_DEVICE_RETENTION`]. The sender's `message_id` makes a retry idempotent:
-//! the stored message is returned again (to be delivered again), never stored twice. A
+//! delivered in that order until the device acknowledges it; then its content is deleted and
+//! a tombstone (ids, sequence number, time) stays until [`TO_DEVICE_RETENTION`] has passed, as
+//! unacknowledged ones do. The sender's `message_id` makes a retry idempotent: a message
+//! stored before is returned again (to be delivered again if still unacknowledged), never
+//! stored twice, and a retry that comes after the device acknowledged finds the tombstone and
+//! delivers nothing. A
 //! sequence number lost to a crash between numbering and storing is a hole, not a problem:
 //! devices acknowledge by number, not by watermark.
 
@@ -31,6 +34,9 @@ pub struct ToDeviceRecord {
     pub item: ToDeviceItem,
     /// When it was stored (the retention's clock).
     pub created_at: DateTime,
+    /// When its device acknowledged it (its content is gone then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_at: Option<DateTime>,
 }
 
 /// Each device's `to_device` queue.
@@ -38,7 +44,8 @@ pub struct ToDeviceRecord {
 pub trait ToDeviceStore: Send + Sync {
     /// Stores `messages` from `sender_id`'s device `sender_device_id`, each numbered in its
     /// device's queue; a message stored before under the same sender and `message_id` is
-    /// returned as it was. `not_found` when a receiving device published no keys.
+    /// returned as it is (with `acked_at` when its device has it already). `not_found` when a
+    /// receiving device published no keys.
     async fn queue_to_device(
         &self,
         sender_id: &str,
@@ -53,7 +60,7 @@ pub trait ToDeviceStore: Send + Sync {
         device_id: &str,
         limit: usize,
     ) -> Result<Vec<ToDeviceItem>>;
-    /// Deletes what the device acknowledged; returns how many went.
+    /// Deletes the content of what the device acknowledged; returns how many it was.
     async fn ack_to_device(&self, user_id: &str, device_id: &str, sequences: &[u64])
     -> Result<u64>;
 }
@@ -84,7 +91,7 @@ impl ToDeviceStore for MongoStore {
         self.deadline(async move {
             let records: Vec<ToDeviceRecord> = self
                 .to_device()
-                .find(doc! {"user_id": user_id, "device_id": device_id})
+                .find(doc! {"user_id": user_id, "device_id": device_id, "acked_at": {"$exists": false}})
                 .sort(doc! {"sequence": 1})
                 .limit(limit as i64)
                 .await?
@@ -103,13 +110,19 @@ impl ToDeviceStore for MongoStore {
     ) -> Result<u64> {
         self.deadline(async move {
             let numbers: Vec<i64> = sequences.iter().map(|n| messages::seq(*n)).collect();
-            let deleted = self
+            let acked = self
                 .to_device()
-                .delete_many(
-                    doc! {"user_id": user_id, "device_id": device_id, "sequence": {"$in": numbers}},
+                .update_many(
+                    doc! {
+                        "user_id": user_id,
+                        "device_id": device_id,
+                        "sequence": {"$in": numbers},
+                        "acked_at": {"$exists": false},
+                    },
+                    doc! {"$set": {"acked_at": DateTime::now(), "content": ""}},
                 )
                 .await?;
-            Ok(deleted.deleted_count)
+            Ok(acked.modified_count)
         })
         .await
     }
@@ -162,6 +175,7 @@ impl MongoStore {
                 timestamp: now_ms,
             },
             created_at: DateTime::now(),
+            acked_at: None,
         };
         match self.to_device().insert_one(&record).await {
             Ok(_) => Ok(record),

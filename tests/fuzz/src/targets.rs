@@ -132,6 +132,9 @@ pub fn client_frames_for(conversation_id: &str, message_id: &str) -> Vec<Value> 
         json!({"type": "sync", "since": {"c1": 5}}),
         json!({"type": "presence", "user_ids": ["a"]}),
         json!({"type": "cancel", "conversation_id": "c1", "run_id": "m"}),
+        json!({"type": "to_device", "messages": [{"message_id": "m", "user_id": "b", "device_id": "d",
+               "content": "{\"algorithm\":\"olm.v1\",\"sender_key\":\"ZCw7fUgr0QDIjxEbXAt8kbhQpsD+T8GL+9Fu6JiTNjY\",\"message_type\":0,\"ciphertext\":\"AwogoIo9\"}"}]}),
+        json!({"type": "to_device_ack", "sequences": [1, 2]}),
     ];
     for frame in &mut frames {
         replace_strings(frame, "c1", conversation_id);

@@ -56,7 +56,9 @@ fn expected_answer(text: &str) -> Option<&'static [&'static str]> {
             ClientFrame::Sync { .. } => Some(&["auth_success", "error"]),
             ClientFrame::Presence { .. } => Some(&["presence", "error"]),
             ClientFrame::Cancel { .. } => Some(&["agent_run", "error"]),
+            ClientFrame::ToDevice { .. } => Some(&["to_device_sent", "error"]),
             ClientFrame::DeliveryAck { .. }
+            | ClientFrame::ToDeviceAck { .. }
             | ClientFrame::ReadReceipt { .. }
             | ClientFrame::Typing { .. } => None,
         },

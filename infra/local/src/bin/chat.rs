@@ -280,7 +280,11 @@ impl View {
             | ClientEvent::Typing(_)
             | ClientEvent::Presence(_)
             | ClientEvent::Streaming { .. }
-            | ClientEvent::Run(_) => {}
+            | ClientEvent::Run(_)
+            | ClientEvent::ToDevice(_)
+            | ClientEvent::ToDeviceSent(_)
+            | ClientEvent::DeviceList(_)
+            | ClientEvent::KeysLow(_) => {}
             ClientEvent::Error { code, message } => println!("  ! {code}: {message}"),
             ClientEvent::Disconnected => println!("  (disconnected, reconnecting)"),
         }

@@ -1,0 +1,448 @@
+//! End-to-end encryption through the whole local stack: keys published and claimed over the
+//! HTTP API, room keys sent device to device with `to_device` (live, and queued for a device
+//! that is offline), messages sealed with Megolm, and nothing readable left on the server.
+//! The frames are written by hand (`RawWs`), so the wire format is what is tested.
+
+use std::collections::BTreeSet;
+
+use e2e::{RawWs, WAIT, conversation, stack, token, user};
+use local_stack::stack::RunningStack;
+use messaging::e2ee::device::{DeviceMessage, Plaintext};
+use messaging::e2ee::{CryptoDevice, DeviceKeys, KeyKind, SignedKey};
+use messaging::model::ConversationKind;
+use mongodb::bson::{Document, doc};
+use serde_json::{Value, json};
+
+/// Calls the stack's HTTP API as `user_id`.
+async fn api(
+    stack: &RunningStack,
+    user_id: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{}{path}", stack.api_url);
+    let mut request = match method {
+        "PUT" => client.put(url),
+        "POST" => client.post(url),
+        "DELETE" => client.delete(url),
+        _ => client.get(url),
+    }
+    .bearer_auth(token(stack, user_id));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("api answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Publishes `device`'s identity with `one_time` keys and a fallback key.
+async fn publish(stack: &RunningStack, device: &mut CryptoDevice, one_time: usize) {
+    let keys = device.device_keys();
+    let body = json!({
+        "identity": keys.identity,
+        "signature": keys.signature,
+        "one_time_keys": device.new_one_time_keys(one_time),
+        "fallback_key": device.new_fallback_key(),
+    });
+    let path = format!("/v1/keys/{}", device.device_id());
+    let (status, answer) = api(stack, device.user_id(), "PUT", &path, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Shares `sender`'s room key for `conversation` with every member device that lacks it
+/// (claiming keys where there is no Olm session yet), over a `to_device` frame on `ws`.
+async fn share_room_key(
+    stack: &RunningStack,
+    sender: &mut CryptoDevice,
+    ws: &mut RawWs,
+    conversation: &str,
+    members: &[&str],
+) -> Value {
+    let mut devices: Vec<DeviceKeys> = Vec::new();
+    for member in members {
+        let (status, answer) = api(
+            stack,
+            sender.user_id(),
+            "GET",
+            &format!("/v1/users/{member}/keys"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        devices
+            .extend(serde_json::from_value::<Vec<DeviceKeys>>(answer["devices"].clone()).unwrap());
+    }
+    let members: BTreeSet<String> = members.iter().map(|m| m.to_string()).collect();
+    let share = sender.room_key_for(conversation, &members, &devices, messaging::clock::now_ms());
+    let wanted: Vec<Value> = share
+        .missing
+        .iter()
+        .filter(|d| !sender.has_session_with(d))
+        .map(|d| json!({"user_id": d.user_id, "device_id": d.device_id}))
+        .collect();
+    let mut claimed: Vec<(String, String, SignedKey, bool)> = Vec::new();
+    if !wanted.is_empty() {
+        let (status, answer) = api(
+            stack,
+            sender.user_id(),
+            "POST",
+            "/v1/keys/claim",
+            Some(json!({"devices": wanted})),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        for key in answer["keys"].as_array().unwrap() {
+            claimed.push((
+                key["user_id"].as_str().unwrap().into(),
+                key["device_id"].as_str().unwrap().into(),
+                serde_json::from_value(key["key"].clone()).unwrap(),
+                key["fallback"] == true,
+            ));
+        }
+    }
+    let mut messages = Vec::new();
+    for device in &share.missing {
+        let key = claimed
+            .iter()
+            .find(|(u, d, ..)| *u == device.user_id && *d == device.device_id)
+            .map(|(_, _, key, fallback)| {
+                (
+                    key,
+                    if *fallback {
+                        KeyKind::Fallback
+                    } else {
+                        KeyKind::OneTime
+                    },
+                )
+            });
+        let message = sender.room_key_message(conversation, &share, device);
+        let content = sender.encrypt_to_device(device, key, &message).unwrap();
+        messages.push(json!({
+            "message_id": uuid::Uuid::new_v4().to_string(),
+            "user_id": device.user_id,
+            "device_id": device.device_id,
+            "content": content,
+        }));
+        sender.shared_with(conversation, device);
+    }
+    let frame = json!({"type": "to_device", "messages": messages});
+    ws.send(frame.to_string()).await;
+    let sent = ws.expect("to_device_sent").await;
+    assert_eq!(
+        sent["message_ids"].as_array().unwrap().len(),
+        messages.len(),
+        "{sent}"
+    );
+    frame
+}
+
+/// Opens every `to_device` message of `frame` on `device`, keeps the room keys, acknowledges.
+async fn receive_keys(device: &mut CryptoDevice, ws: &mut RawWs, frame: &Value) -> usize {
+    let items = frame["payload"]["messages"].as_array().unwrap();
+    let mut sequences = Vec::new();
+    for item in items {
+        let opened = device
+            .decrypt_to_device(
+                item["sender_id"].as_str().unwrap(),
+                item["sender_device_id"].as_str().unwrap(),
+                item["content"].as_str().unwrap(),
+            )
+            .unwrap();
+        let DeviceMessage::RoomKey(key) = opened.message;
+        device.accept_room_key(&key).unwrap();
+        sequences.push(item["sequence"].as_u64().unwrap());
+    }
+    ws.send(json!({"type": "to_device_ack", "sequences": sequences}).to_string())
+        .await;
+    items.len()
+}
+
+/// A raw connection of `user_id`'s `device`, synced (`auth_success` seen).
+async fn connect(stack: &RunningStack, user_id: &str, device: &str) -> RawWs {
+    let mut ws = RawWs::connect(stack, Some(&token(stack, user_id)), device).await;
+    ws.send(json!({"type": "sync", "since": {}}).to_string())
+        .await;
+    ws.expect("auth_success").await;
+    ws
+}
+
+fn sealed(device: &mut CryptoDevice, conversation: &str, text: &str) -> String {
+    device
+        .encrypt(&Plaintext {
+            conversation_id: conversation.into(),
+            content: text.into(),
+            extra: Value::Null,
+        })
+        .unwrap()
+}
+
+async fn send(ws: &mut RawWs, conversation: &str, content: &str) -> Value {
+    ws.send(
+        json!({
+            "type": "message",
+            "idempotency_key": uuid::Uuid::new_v4().to_string(),
+            "payload": {"conversation_id": conversation, "content": content, "timestamp": 1},
+        })
+        .to_string(),
+    )
+    .await;
+    ws.expect("message_ack").await
+}
+
+/// Every document of every collection, as text.
+async fn everything_stored(stack: &RunningStack) -> String {
+    let db = stack.mongo.database();
+    let mut all = String::new();
+    for name in db.list_collection_names().await.unwrap() {
+        let docs: Vec<Document> = futures::TryStreamExt::try_collect(
+            db.collection::<Document>(&name)
+                .find(doc! {})
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        for d in docs {
+            all.push_str(&d.to_string());
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_chat_is_readable_on_every_device_and_nowhere_else() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let chat = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut alice_phone = CryptoDevice::new(alice.clone(), "phone");
+    let mut bob_phone = CryptoDevice::new(bob.clone(), "phone");
+    let mut bob_laptop = CryptoDevice::new(bob.clone(), "laptop");
+    let mut alice_ws = connect(&stack, &alice, "phone").await;
+    publish(&stack, &mut alice_phone, 10).await;
+    let mut bob_ws = connect(&stack, &bob, "phone").await;
+    publish(&stack, &mut bob_phone, 10).await;
+    // Alice hears of her own new device, then of bob's.
+    loop {
+        let told = alice_ws.expect("device_list").await;
+        if told["payload"]["user_id"] == bob.as_str() {
+            break;
+        }
+        assert_eq!(told["payload"]["user_id"], alice.as_str());
+    }
+    // The laptop publishes keys, then goes away.
+    publish(&stack, &mut bob_laptop, 10).await;
+
+    let sent = share_room_key(
+        &stack,
+        &mut alice_phone,
+        &mut alice_ws,
+        &chat,
+        &[&alice, &bob],
+    )
+    .await;
+    // Bob's phone gets its key at once; the laptop's waits in MongoDB.
+    let keys = bob_ws.expect("to_device").await;
+    assert_eq!(receive_keys(&mut bob_phone, &mut bob_ws, &keys).await, 1);
+    let secret = "the eagle lands at noon";
+    let content = sealed(&mut alice_phone, &chat, secret);
+    send(&mut alice_ws, &chat, &content).await;
+    let message = bob_ws.expect("message").await;
+    let plaintext = bob_phone
+        .decrypt(
+            &chat,
+            &alice,
+            message["payload"]["content"].as_str().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(plaintext.content, secret);
+
+    // The same to_device frame again (a retry): answered, stored once, delivered again.
+    alice_ws.send(sent.to_string()).await;
+    alice_ws.expect("to_device_sent").await;
+    let queued = stack
+        .mongo
+        .database()
+        .collection::<Document>("to_device")
+        .count_documents(doc! {"user_id": &bob, "device_id": "laptop"})
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "a retry stores nothing twice");
+    let phone_queue = stack
+        .mongo
+        .database()
+        .collection::<Document>("to_device")
+        .count_documents(doc! {"user_id": &bob, "device_id": "phone"})
+        .await
+        .unwrap();
+    assert_eq!(phone_queue, 1, "a retry after the ack finds the tombstone");
+
+    // The laptop connects: its key comes before the message that needs it.
+    let mut laptop_ws = connect(&stack, &bob, "laptop").await;
+    let mut got_key = false;
+    loop {
+        let frame = laptop_ws
+            .next(WAIT)
+            .await
+            .expect("the laptop's queue arrives");
+        match frame["type"].as_str().unwrap() {
+            "to_device" => {
+                receive_keys(&mut bob_laptop, &mut laptop_ws, &frame).await;
+                got_key = true;
+            }
+            "messages" => {
+                assert!(got_key, "key material first: {frame}");
+                let content = frame["payload"]["messages"][0]["content"].as_str().unwrap();
+                assert_eq!(
+                    bob_laptop.decrypt(&chat, &alice, content).unwrap().content,
+                    secret
+                );
+                break;
+            }
+            _ => {}
+        }
+    }
+    // Acknowledged: the content is gone from the queue (a tombstone keeps retries idempotent).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = stack
+            .mongo
+            .database()
+            .collection::<Document>("to_device")
+            .count_documents(doc! {"user_id": &bob, "content": {"$ne": ""}})
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let docs: Vec<Document> = futures::TryStreamExt::try_collect(
+                stack
+                    .mongo
+                    .database()
+                    .collection::<Document>("to_device")
+                    .find(doc! {})
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+            panic!("{left} to_device messages left after their acks: {docs:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Bob answers from the laptop: a session of its own, shared with alice (and bob's phone).
+    share_room_key(
+        &stack,
+        &mut bob_laptop,
+        &mut laptop_ws,
+        &chat,
+        &[&alice, &bob],
+    )
+    .await;
+    let keys = alice_ws.expect("to_device").await;
+    receive_keys(&mut alice_phone, &mut alice_ws, &keys).await;
+    let reply = "roger, noon it is";
+    send(
+        &mut laptop_ws,
+        &chat,
+        &sealed(&mut bob_laptop, &chat, reply),
+    )
+    .await;
+    let message = alice_ws.expect("message").await;
+    assert_eq!(
+        alice_phone
+            .decrypt(&chat, &bob, message["payload"]["content"].as_str().unwrap())
+            .unwrap()
+            .content,
+        reply
+    );
+
+    // Nothing the server stored, and nothing it logged, reads as either plaintext.
+    let stored = everything_stored(&stack).await;
+    for plaintext in [secret, reply, "eagle", "roger"] {
+        assert!(
+            !stored.contains(plaintext),
+            "{plaintext:?} is readable in MongoDB"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_device_refuses_strangers_plaintext_and_unknown_devices_and_tells_owners_to_top_up() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let eve = user(&stack, "eve").await;
+    conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut alice_phone = CryptoDevice::new(alice.clone(), "phone");
+    let mut bob_phone = CryptoDevice::new(bob.clone(), "phone");
+    let mut eve_phone = CryptoDevice::new(eve.clone(), "phone");
+    publish(&stack, &mut bob_phone, 10).await;
+    publish(&stack, &mut eve_phone, 10).await;
+    let mut alice_ws = connect(&stack, &alice, "phone").await;
+    let mut bob_ws = connect(&stack, &bob, "phone").await;
+
+    let olm = |to: &DeviceKeys, key: &SignedKey, alice_phone: &mut CryptoDevice| {
+        let share = alice_phone.room_key_for("c", &BTreeSet::new(), &[], 0);
+        let message = alice_phone.room_key_message("c", &share, to);
+        alice_phone
+            .encrypt_to_device(to, Some((key, KeyKind::OneTime)), &message)
+            .unwrap()
+    };
+    let to = |user: &str, device: &str, content: &str| {
+        json!({"type": "to_device", "messages": [{
+            "message_id": uuid::Uuid::new_v4().to_string(),
+            "user_id": user, "device_id": device, "content": content,
+        }]})
+        .to_string()
+    };
+    let eve_key = eve_phone.new_one_time_keys(1).remove(0);
+    let content = olm(&eve_phone.device_keys(), &eve_key, &mut alice_phone);
+    // A stranger (no conversation in common): not_found, nothing stored.
+    alice_ws.send(to(&eve, "phone", &content)).await;
+    let error = alice_ws.expect("error").await;
+    assert_eq!(error["code"], "not_found", "{error}");
+    // Plaintext is not key material.
+    alice_ws.send(to(&bob, "phone", "hello bob")).await;
+    let error = alice_ws.expect("error").await;
+    assert_eq!(error["code"], "invalid_request", "{error}");
+    // A device that published no keys.
+    alice_ws.send(to(&bob, "tablet", &content)).await;
+    let error = alice_ws.expect("error").await;
+    assert_eq!(error["code"], "not_found", "{error}");
+    // Too many messages in one frame.
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"message_id": format!("m{i}"), "user_id": bob, "device_id": "phone", "content": content}))
+        .collect();
+    alice_ws
+        .send(json!({"type": "to_device", "messages": many}).to_string())
+        .await;
+    assert_eq!(alice_ws.expect("error").await["code"], "invalid_request");
+    let stored = stack
+        .mongo
+        .database()
+        .collection::<Document>("to_device")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "refused frames store nothing");
+
+    // Claiming bob's keys until fewer than 10 are left tells bob's phone to publish more.
+    let (status, answer) = api(
+        &stack,
+        &alice,
+        "POST",
+        "/v1/keys/claim",
+        Some(json!({"devices": [{"user_id": bob, "device_id": "phone"}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let low = bob_ws.expect("one_time_keys_low").await;
+    assert_eq!(low["payload"]["device_id"], "phone");
+    assert_eq!(low["payload"]["remaining"], 9);
+}
