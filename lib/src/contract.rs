@@ -99,6 +99,20 @@ cancelled).
 **Content** is opaque to the server (end-to-end encrypted by clients): stored and forwarded, \
 never read or logged.
 
+**End-to-end encryption.** Each device publishes its identity keys (Curve25519, Ed25519), \
+signed one-time keys and a signed fallback key through the HTTP API (`PUT /v1/keys/{device_id}`), \
+reads its contacts' devices (`GET /v1/users/{user_id}/keys`) and claims one key per device it \
+has no Olm session with (`POST /v1/keys/claim`; each one-time key is handed out once). It sends \
+each member device its Megolm session key in an Olm message with `to_device` (answered \
+`to_device_sent` once every message is stored; after `unavailable`, send the same frame again: \
+the `message_id`s make it idempotent) and then the message, whose `content` is the Megolm \
+envelope `{\"algorithm\": \"megolm.v1\", \"sender_key\", \"device_id\", \"session_id\", \"ciphertext\"}` \
+as JSON text. A device gets its `to_device` messages live and, when it was away, after \
+`auth_success` and before the `messages` that may need them; it acknowledges them by sequence \
+number with `to_device_ack` (their content is then deleted). `device_list` says a contact's \
+devices changed (fetch their keys again before the next session key is shared); \
+`one_time_keys_low` asks this device to publish more one-time keys.
+
 **Differences from the original schemas** (the seeds' \"WebSocket Message Schemas\"), on \
 purpose: optional fields that have no value are left out rather than sent as `null` (read a \
 missing field as `null`); a received message's `status` is its delivery state across all its \
@@ -425,6 +439,8 @@ fn answer_of(kind: &str) -> &'static str {
         "sync" => "auth_success then messages frames, or error",
         "presence" => "one presence frame per user, or error",
         "cancel" => "agent_run cancelled (to every device of every participant), or error",
+        "to_device" => "to_device_sent (every message stored for its device), or error",
+        "to_device_ack" => "nothing when it succeeds; error otherwise",
         _ => "",
     }
 }
@@ -457,6 +473,22 @@ fn example(direction: &str, kind: &str) -> Option<Value> {
         ("client", "presence") => json!({"type": "presence", "user_ids": ["u-456"]}),
         ("client", "cancel") => {
             json!({"type": "cancel", "conversation_id": conversation, "run_id": message_id})
+        }
+        ("client", "to_device") => {
+            json!({"type": "to_device", "messages": [{"message_id": "5d0c6c2e-0b8e-4f61-9f0e-2b1c3d4e5f60", "user_id": "u-456", "device_id": "phone-1", "content": "{\"algorithm\":\"olm.v1\",\"sender_key\":\"ZCw7fUgr0QDIjxEbXAt8kbhQpsD+T8GL+9Fu6JiTNjY\",\"message_type\":0,\"ciphertext\":\"AwogoIo9...\"}"}]})
+        }
+        ("client", "to_device_ack") => json!({"type": "to_device_ack", "sequences": [7, 8]}),
+        ("server", "to_device") => {
+            json!({"type": "to_device", "payload": {"messages": [{"sequence": 7, "message_id": "5d0c6c2e-0b8e-4f61-9f0e-2b1c3d4e5f60", "sender_id": "u-123", "sender_device_id": "phone-1", "content": "{\"algorithm\":\"olm.v1\",\"sender_key\":\"ZCw7fUgr0QDIjxEbXAt8kbhQpsD+T8GL+9Fu6JiTNjY\",\"message_type\":0,\"ciphertext\":\"AwogoIo9...\"}", "timestamp": 1_700_000_000_000i64}]}})
+        }
+        ("server", "to_device_sent") => {
+            json!({"type": "to_device_sent", "message_ids": ["5d0c6c2e-0b8e-4f61-9f0e-2b1c3d4e5f60"]})
+        }
+        ("server", "device_list") => {
+            json!({"type": "device_list", "payload": {"user_id": "u-456", "timestamp": 1_700_000_000_000i64}})
+        }
+        ("server", "one_time_keys_low") => {
+            json!({"type": "one_time_keys_low", "payload": {"device_id": "phone-1", "remaining": 9}})
         }
         ("server", "agent_run") => {
             json!({"type": "agent_run", "payload": {"conversation_id": conversation, "run_id": message_id, "agent_id": "assistant", "state": "working", "step": "search", "percent": 40, "updated_at": 1_700_000_000_000i64}})

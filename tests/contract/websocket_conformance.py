@@ -14,6 +14,7 @@ data directory (endpoints in stack.json), LOCAL_STACK_BIN the binary that mints 
    not, the document names the difference.
 """
 
+import base64
 import copy
 import json
 import os
@@ -26,6 +27,9 @@ import urllib.error
 import urllib.request
 import uuid
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
@@ -333,6 +337,69 @@ def main():
         c.expect("agent_run cancelled on the other device", lambda f: f["type"] == "agent_run" and f["payload"]["state"] == "cancelled")
     exercised.add("cancel")
 
+    # End-to-end encryption: a device's keys through the key directory, signed here with
+    # `cryptography` from the rules the documents publish; key material with `to_device`. This
+    # client has no Olm, so its to_device content is a shape-valid envelope of random bytes.
+    def b64(raw):
+        return base64.b64encode(raw).decode().rstrip("=")
+
+    def public(private):
+        return b64(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    signing = Ed25519PrivateKey.generate()
+    identity = {"curve25519": public(X25519PrivateKey.generate()), "ed25519": public(signing)}
+
+    def signed(kind, key_id):
+        key = public(X25519PrivateKey.generate())
+        text = f"msg-e2ee/{kind}/v1\n{bob}\nphone\n{key_id}\n{key}"
+        return {"key_id": key_id, "key": key, "signature": b64(signing.sign(text.encode()))}
+
+    text = f"msg-e2ee/device-keys/v1\n{bob}\nphone\n{identity['curve25519']}\n{identity['ed25519']}"
+    counts = http("PUT", f"{api}/v1/keys/phone", bob_token, {
+        "identity": identity,
+        "signature": b64(signing.sign(text.encode())),
+        "one_time_keys": [signed("one-time-key", f"k{i}") for i in range(2)],
+        "fallback_key": signed("fallback-key", "f1"),
+    })
+    if counts != {"one_time_key_count": 2, "has_fallback_key": True}:
+        fail(f"publishing keys answered {counts}")
+    a.expect("device_list for bob's new device", lambda f: f["type"] == "device_list" and f["payload"]["user_id"] == bob)
+    devices = http("GET", f"{api}/v1/users/{bob}/keys", alice_token)["devices"]
+    if [d["identity"] for d in devices] != [identity]:
+        fail(f"bob's published devices read back as {devices}")
+    claimed = http("POST", f"{api}/v1/keys/claim", alice_token,
+                   {"devices": [{"user_id": bob, "device_id": "phone"}]})["keys"][0]
+    key = claimed["key"]
+    try:
+        Ed25519PublicKey.from_public_bytes(base64.b64decode(identity["ed25519"] + "=")).verify(
+            base64.b64decode(key["signature"] + "=="),
+            f"msg-e2ee/one-time-key/v1\n{bob}\nphone\n{key['key_id']}\n{key['key']}".encode())
+    except Exception as e:  # noqa: BLE001
+        fail(f"a claimed key does not verify against its device's identity: {e!r}")
+    b.expect("one_time_keys_low after a claim", lambda f: f["type"] == "one_time_keys_low" and f["payload"]["remaining"] == 1)
+    envelope = {"algorithm": "olm.v1", "sender_key": public(X25519PrivateKey.generate()),
+                "message_type": 0, "ciphertext": b64(os.urandom(96))}
+    frame = example(doc, "to_device")
+    frame["messages"][0].update({"message_id": str(uuid.uuid4()), "user_id": bob, "device_id": "phone",
+                                 "content": json.dumps(envelope)})
+    a.send(frame, "client_to_device")
+    a.expect("to_device_sent", lambda f: f["type"] == "to_device_sent"
+             and f["message_ids"] == [frame["messages"][0]["message_id"]])
+    exercised.add("to_device")
+    got = b.expect("to_device at bob's phone", lambda f: f["type"] == "to_device")
+    if got:
+        item = got["payload"]["messages"][0]
+        if json.loads(item["content"]) != envelope or item["sender_id"] != alice:
+            fail(f"to_device arrived as {item}")
+        frame = example(doc, "to_device_ack")
+        frame["sequences"] = [item["sequence"]]
+        b.send(frame, "client_to_device_ack")
+    exercised.add("to_device_ack")
+    frame = example(doc, "to_device")
+    frame["messages"][0].update({"user_id": bob, "device_id": "phone", "content": "plaintext"})
+    a.send(frame, "client_to_device")
+    a.expect("error for plaintext to_device", lambda f: f["type"] == "error" and f["code"] == "invalid_request")
+
     # Refusals are typed error frames.
     a.send("{not json")
     a.expect("error for malformed JSON", lambda f: f["type"] == "error" and f["code"] == "malformed_json")
@@ -345,7 +412,8 @@ def main():
     if untested:
         fail(f"client frames in the document this test does not exercise: {sorted(untested)}")
     promised = {"auth_success", "auth_error", "message", "message_ack", "delivery_ack", "read_receipt", "receipts",
-                "heartbeat_ack", "messages", "typing", "presence", "error", "agent_run", "message_delta"}
+                "heartbeat_ack", "messages", "typing", "presence", "error", "agent_run", "message_delta",
+                "to_device", "to_device_sent", "device_list", "one_time_keys_low"}
     missing = promised - seen
     if missing:
         fail(f"server frames never seen: {sorted(missing)}")

@@ -1030,8 +1030,10 @@ pub use messaging::e2ee::{DeviceKeys, IdentityKeys, SignedKey};
 pub struct PublishKeysRequest {
     /// The device's identity keys.
     pub identity: IdentityKeys,
-    /// Ed25519 signature of the identity (see `messaging::e2ee::DeviceKeys::signing_bytes`).
-    #[schema(min_length = 1, max_length = 128)]
+    /// Ed25519 signature by `identity.ed25519`, unpadded base64, over the UTF-8 text
+    /// `msg-e2ee/device-keys/v1\n{user_id}\n{device_id}\n{curve25519}\n{ed25519}` (the
+    /// caller's user id and the path's device id).
+    #[schema(pattern = r"^[A-Za-z0-9+/]{86}$")]
     pub signature: String,
     /// New one-time keys, each signed by the device.
     #[serde(default)]

@@ -22,8 +22,10 @@ pub const MAX_KEY_ID_BYTES: usize = 64;
 )]
 pub struct IdentityKeys {
     /// Curve25519 key (Olm key agreement), unpadded base64.
+    #[schema(pattern = r"^[A-Za-z0-9+/]{43}$")]
     pub curve25519: String,
     /// Ed25519 key (signatures), unpadded base64.
+    #[schema(pattern = r"^[A-Za-z0-9+/]{43}$")]
     pub ed25519: String,
 }
 
@@ -38,7 +40,10 @@ pub struct DeviceKeys {
     pub device_id: String,
     /// Its public keys.
     pub identity: IdentityKeys,
-    /// Ed25519 signature over [`DeviceKeys::signing_bytes`], unpadded base64.
+    /// Ed25519 signature by `identity.ed25519`, unpadded base64, over the UTF-8 text
+    /// `msg-e2ee/device-keys/v1\n{user_id}\n{device_id}\n{curve25519}\n{ed25519}`
+    /// ([`DeviceKeys::signing_bytes`]).
+    #[schema(pattern = r"^[A-Za-z0-9+/]{86}$")]
     pub signature: String,
 }
 
@@ -101,10 +106,15 @@ pub enum KeyKind {
 )]
 pub struct SignedKey {
     /// The device's name for the key (unique per device), 1 to 64 characters.
+    #[schema(pattern = r"^[A-Za-z0-9+/=_:-]{1,64}$")]
     pub key_id: String,
     /// The Curve25519 public key, unpadded base64.
+    #[schema(pattern = r"^[A-Za-z0-9+/]{43}$")]
     pub key: String,
-    /// Ed25519 signature over [`SignedKey::signing_bytes`], unpadded base64.
+    /// Ed25519 signature by the device's identity key, unpadded base64, over the UTF-8 text
+    /// `msg-e2ee/{kind}/v1\n{user_id}\n{device_id}\n{key_id}\n{key}` where `kind` is
+    /// `one-time-key` or `fallback-key` ([`SignedKey::signing_bytes`]).
+    #[schema(pattern = r"^[A-Za-z0-9+/]{86}$")]
     pub signature: String,
 }
 
