@@ -13,11 +13,15 @@
 //! - [`device`]: a device's keys and sessions ([`device::CryptoDevice`], `vodozemac`): Olm
 //!   sessions carry Megolm session keys to every member device; Megolm encrypts content once for
 //!   the whole conversation.
+//! - `client` (feature `client`): the WebSocket client with all of the above, for apps, agents
+//!   and tests: publishes keys, shares session keys, seals and opens messages.
 //!
 //! References: the Olm and Megolm specifications (matrix-org/olm `docs/olm.md`,
 //! `docs/megolm.md`), implemented by `vodozemac`; the Signal X3DH and Double Ratchet papers
 //! they follow.
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod device;
 pub mod directory;
 pub mod envelope;

@@ -7,9 +7,11 @@ use std::collections::BTreeSet;
 
 use e2e::{RawWs, WAIT, conversation, stack, token, user};
 use local_stack::stack::RunningStack;
+use messaging::e2ee::client::{EncryptedClient, EncryptedEvent, KeyDirectory};
 use messaging::e2ee::device::{DeviceMessage, Plaintext};
-use messaging::e2ee::{CryptoDevice, DeviceKeys, KeyKind, SignedKey};
+use messaging::e2ee::{CryptoDevice, CryptoError, DeviceKeys, Envelope, KeyKind, SignedKey};
 use messaging::model::ConversationKind;
+use messaging::protocol::{MessageBody, MessageType, ServerFrame};
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 
@@ -445,4 +447,284 @@ async fn to_device_refuses_strangers_plaintext_and_unknown_devices_and_tells_own
     let low = bob_ws.expect("one_time_keys_low").await;
     assert_eq!(low["payload"]["device_id"], "phone");
     assert_eq!(low["payload"]["remaining"], 9);
+}
+
+/// An encrypting client of `user_id` on `device`.
+async fn encrypted(stack: &RunningStack, user_id: &str, device: &str) -> EncryptedClient {
+    let mut config = e2e::client_config(stack, user_id, device);
+    config.reconnect = true;
+    let directory = KeyDirectory::new(&stack.api_url, token(stack, user_id));
+    let mut client = EncryptedClient::connect(config, directory, user_id, None)
+        .await
+        .expect("encrypted client connects");
+    client
+        .next_event_within(WAIT)
+        .await
+        .expect("ready after connecting");
+    client
+}
+
+/// The next opened message of `conversation` from `sender` at `client` (echoes of its own
+/// messages and other senders' are skipped).
+async fn opened(
+    client: &mut EncryptedClient,
+    conversation: &str,
+    sender: &str,
+) -> (String, String) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event_within(left).await {
+            Some(EncryptedEvent::Message { message, encrypted }) => {
+                if message.conversation_id.as_deref() != Some(conversation)
+                    || message.body.message_type == MessageType::System
+                    || message.sender_id.as_deref() != Some(sender)
+                {
+                    continue;
+                }
+                assert!(encrypted, "a message between people travels encrypted");
+                return (message.sender_id.unwrap_or_default(), message.body.content);
+            }
+            Some(EncryptedEvent::Undecryptable { message, reason }) => {
+                panic!(
+                    "{}: undecryptable {message:?}: {reason}",
+                    client.device().device_id()
+                )
+            }
+            Some(EncryptedEvent::Other(_)) => continue,
+            None => panic!(
+                "{}/{}: no message within {WAIT:?}",
+                client.device().user_id(),
+                client.device().device_id()
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_five_on_several_devices_reads_everything_and_a_removed_member_nothing_after() {
+    let stack = stack().await;
+    let names = ["ana", "ben", "cy", "dee", "eli"];
+    let mut ids = Vec::new();
+    for name in names {
+        ids.push(user(&stack, name).await);
+    }
+    let [ana, ben, cy, dee, eli] = [0, 1, 2, 3, 4].map(|i| ids[i].clone());
+    let (status, group) = api(
+        &stack,
+        &ana,
+        "POST",
+        "/v1/groups",
+        Some(json!({"name": "five", "participants": [ben, cy, dee, eli]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{group}");
+    let group = group["conversation_id"].as_str().unwrap().to_string();
+
+    let mut ana_phone = encrypted(&stack, &ana, "phone").await;
+    let mut ana_laptop = encrypted(&stack, &ana, "laptop").await;
+    let mut ben_phone = encrypted(&stack, &ben, "phone").await;
+    let mut cy_phone = encrypted(&stack, &cy, "phone").await;
+    let mut dee_phone = encrypted(&stack, &dee, "phone").await;
+    let mut eli_phone = encrypted(&stack, &eli, "phone").await;
+
+    let hello = "first light over the harbour";
+    ana_phone
+        .send(&group, MessageBody::text(hello))
+        .await
+        .unwrap();
+    for reader in [
+        &mut ana_laptop,
+        &mut ben_phone,
+        &mut cy_phone,
+        &mut dee_phone,
+        &mut eli_phone,
+    ] {
+        assert_eq!(
+            opened(reader, &group, &ana).await,
+            (ana.clone(), hello.to_string())
+        );
+    }
+    let reply = "the gulls are early today";
+    eli_phone
+        .send(&group, MessageBody::text(reply))
+        .await
+        .unwrap();
+    for reader in [
+        &mut ana_phone,
+        &mut ana_laptop,
+        &mut ben_phone,
+        &mut cy_phone,
+        &mut dee_phone,
+    ] {
+        assert_eq!(
+            opened(reader, &group, &eli).await,
+            (eli.clone(), reply.to_string())
+        );
+    }
+
+    // Dee is removed: what ana sends next is sealed with a new session dee never gets.
+    let (status, answer) = api(
+        &stack,
+        &ana,
+        "DELETE",
+        &format!("/v1/groups/{group}/participants/{dee}"),
+        None,
+    )
+    .await;
+    assert!(status == 200 || status == 204, "{answer}");
+    let secret = "meet without dee at the lighthouse";
+    let ack = ana_phone
+        .send(&group, MessageBody::text(secret))
+        .await
+        .unwrap();
+    for reader in [
+        &mut ben_phone,
+        &mut cy_phone,
+        &mut eli_phone,
+        &mut ana_laptop,
+    ] {
+        assert_eq!(
+            opened(reader, &group, &ana).await,
+            (ana.clone(), secret.to_string())
+        );
+    }
+    let stored = stack
+        .ctx
+        .store
+        .message(&ack.message_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        dee_phone
+            .device_mut()
+            .decrypt(&group, &ana, &stored.body.content)
+            .is_err(),
+        "a removed member cannot open what is sent after the removal"
+    );
+
+    // Ben adds a tablet: it reads what is sent after it joined, not before.
+    let mut ben_tablet = encrypted(&stack, &ben, "tablet").await;
+    let later = "tablet sees this";
+    let later_ack = ana_phone
+        .send(&group, MessageBody::text(later))
+        .await
+        .unwrap();
+    // Its catch-up brings the history it cannot open (given up as such), then the new message.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ben_tablet.next_event_within(left).await {
+            Some(EncryptedEvent::Message { message, encrypted })
+                if message.message_id == later_ack.message_id =>
+            {
+                assert!(encrypted);
+                assert_eq!(message.body.content, later);
+                break;
+            }
+            Some(EncryptedEvent::Undecryptable { message, .. }) => {
+                assert!(
+                    message.sequence_number < later_ack.sequence_number,
+                    "{message:?}"
+                );
+            }
+            Some(_) => continue,
+            None => panic!("the tablet never opened what was sent after it joined"),
+        }
+    }
+    let first = stack
+        .ctx
+        .store
+        .messages_in_range(&group, 1, 3, 10)
+        .await
+        .unwrap();
+    for earlier in first
+        .iter()
+        .filter(|m| m.body.message_type != MessageType::System)
+    {
+        assert!(
+            ben_tablet
+                .device_mut()
+                .decrypt(&group, &earlier.sender_id, &earlier.body.content)
+                .is_err(),
+            "a device added later cannot open what came before it"
+        );
+    }
+
+    // Nothing the server stored reads as any of it.
+    let everything = everything_stored(&stack).await;
+    for plaintext in [hello, reply, secret, later, "harbour", "lighthouse"] {
+        assert!(
+            !everything.contains(plaintext),
+            "{plaintext:?} is readable in MongoDB"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_ciphertext_is_caught_by_the_receiving_client_not_shown() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let chat = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut alice_phone = encrypted(&stack, &alice, "phone").await;
+    let mut bob_phone = encrypted(&stack, &bob, "phone").await;
+    let ack = alice_phone
+        .send(&chat, MessageBody::text("genuine"))
+        .await
+        .unwrap();
+    assert_eq!(opened(&mut bob_phone, &chat, &alice).await.1, "genuine");
+
+    // A server that alters the next message in flight: one bit of its ciphertext flipped.
+    let stored = stack
+        .ctx
+        .store
+        .message(&ack.message_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut envelope = Envelope::parse(&stored.body.content).unwrap();
+    let mut bytes = vodozemac_bytes(&envelope.ciphertext);
+    bytes[12] ^= 0x01;
+    envelope.ciphertext = messaging_base64(&bytes);
+    let mut forged = stored.to_delivered();
+    forged.message_id = "forged".into();
+    forged.sequence_number = ack.sequence_number + 1;
+    forged.body.content = envelope.to_content();
+    for connection in stack.ctx.realtime.user_connections(&bob).await.unwrap() {
+        messaging::fanout::post(
+            &stack.ctx,
+            &connection,
+            &ServerFrame::Message {
+                payload: forged.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bob_phone.next_event_within(left).await {
+            Some(EncryptedEvent::Undecryptable { message, reason }) => {
+                assert_eq!(message.message_id, "forged");
+                assert!(matches!(reason, CryptoError::Tampered(_)), "{reason}");
+                break;
+            }
+            Some(EncryptedEvent::Message { message, .. }) => {
+                panic!("a tampered message was shown: {message:?}")
+            }
+            Some(EncryptedEvent::Other(_)) => continue,
+            None => panic!("the tampered message never surfaced"),
+        }
+    }
+}
+
+fn vodozemac_bytes(text: &str) -> Vec<u8> {
+    vodozemac::base64_decode(text).unwrap()
+}
+
+fn messaging_base64(bytes: &[u8]) -> String {
+    vodozemac::base64_encode(bytes)
 }
