@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from websocket_conformance import Connection, Schemas, endpoints, fail, failures, http, step, token
+from websocket_conformance import Connection, Schemas, endpoints, fail, failures, http, sealed, step, token
 
 LIFETIME = float(os.environ.get("LIFETIME_SECS", "15"))
 
@@ -58,11 +58,11 @@ def main():
     new.expect("auth_success on the new connection", lambda f: f["type"] == "auth_success")
     # While both are open, a message reaches alice (on both; she keeps one).
     b.send({"type": "message", "client_message_id": "overlap", "idempotency_key": f"k-overlap-{suffix}",
-            "payload": {"conversation_id": conversation, "type": "text", "content": "during the move",
+            "payload": {"conversation_id": conversation, "type": "text", "content": sealed("during the move"),
                         "timestamp": int(time.time() * 1000)}}, "client_message")
     b.expect("ack", lambda f: f["type"] == "message_ack" and f.get("client_message_id") == "overlap")
     new.expect("the overlap message on the new connection",
-               lambda f: f["type"] == "message" and f["payload"]["content"] == "during the move")
+               lambda f: f["type"] == "message" and f["payload"]["content"] == sealed("during the move"))
     old.close()
     # Past the old connection's cut, the new one lives on and gets what is sent (by bob from a
     # fresh connection: his first one reached its lifetime too).
@@ -70,10 +70,10 @@ def main():
     b.close()
     b = Connection("bob (again)", f"{ws}?token={bob_token}&device_id=phone", schemas, seen)
     b.send({"type": "message", "client_message_id": "after", "idempotency_key": f"k-after-{suffix}",
-            "payload": {"conversation_id": conversation, "type": "text", "content": "after the move",
+            "payload": {"conversation_id": conversation, "type": "text", "content": sealed("after the move"),
                         "timestamp": int(time.time() * 1000)}}, "client_message")
     new.expect("the next message on the new connection",
-               lambda f: f["type"] == "message" and f["payload"]["content"] == "after the move")
+               lambda f: f["type"] == "message" and f["payload"]["content"] == sealed("after the move"))
     new.send({"type": "heartbeat", "timestamp": 0}, "client_heartbeat")
     new.expect("heartbeat_ack", lambda f: f["type"] == "heartbeat_ack")
     time.sleep(0.3)

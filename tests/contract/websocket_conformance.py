@@ -146,6 +146,14 @@ class Connection:
         self.socket.close()
 
 
+def sealed(text):
+    """Content between people: a Megolm envelope as the document describes it. This client has no
+    Megolm, so the ciphertext is `text`'s bytes (the shape is what the server checks)."""
+    return json.dumps({"algorithm": "megolm.v1", "sender_key": "A" * 43, "device_id": "phone",
+                       "session_id": "conformance", "ciphertext": base64.b64encode(text.encode()).decode().rstrip("=")},
+                      separators=(",", ":"))
+
+
 def example(doc, kind):
     """The document's example of client frame `kind`, copied."""
     message = doc["components"]["messages"][f"client.{kind}"]
@@ -225,11 +233,11 @@ def main():
     frame = example(doc, "message")
     frame["client_message_id"] = f"c-{run}"
     frame["idempotency_key"] = str(uuid.uuid4())
-    frame["payload"].update({"conversation_id": conversation, "receiver_id": bob, "content": "hello", "timestamp": now()})
+    frame["payload"].update({"conversation_id": conversation, "receiver_id": bob, "content": sealed("hello"), "timestamp": now()})
     a.send(frame, "client_message")
     ack = a.expect("message_ack", lambda f: f["type"] == "message_ack" and f.get("client_message_id") == f"c-{run}")
-    received = b.expect("the message at the receiver", lambda f: f["type"] == "message" and f["payload"]["content"] == "hello")
-    c.expect("the message echoed to the sender's other device", lambda f: f["type"] == "message" and f["payload"]["content"] == "hello")
+    received = b.expect("the message at the receiver", lambda f: f["type"] == "message" and f["payload"]["content"] == sealed("hello"))
+    c.expect("the message echoed to the sender's other device", lambda f: f["type"] == "message" and f["payload"]["content"] == sealed("hello"))
     exercised.add("message")
     if not (ack and received):
         return
@@ -240,6 +248,14 @@ def main():
     again = a.expect("the same message_ack for a retried key", lambda f: f["type"] == "message_ack" and f.get("client_message_id") == f"c-{run}")
     if again and again["payload"]["message_id"] != message_id:
         fail("a retried idempotency key made a second message")
+
+    # Between people the server refuses what it could read.
+    plain = example(doc, "message")
+    plain.update({"client_message_id": f"p-{run}", "idempotency_key": str(uuid.uuid4())})
+    plain["payload"].update({"conversation_id": conversation, "receiver_id": bob, "content": "hello in clear", "timestamp": now()})
+    a.send(plain, "client_message")
+    a.expect("invalid_request for plaintext between people",
+             lambda f: f["type"] == "error" and f["code"] == "invalid_request" and f.get("client_message_id") == f"p-{run}")
 
     # delivery_ack: the sender hears it was delivered.
     frame = example(doc, "delivery_ack")
@@ -263,12 +279,12 @@ def main():
     frame["client_message_id"] = f"g-{run}"
     frame["idempotency_key"] = str(uuid.uuid4())
     frame["payload"].pop("receiver_id", None)
-    frame["payload"].update({"conversation_id": group, "content": "hello group", "timestamp": now()})
+    frame["payload"].update({"conversation_id": group, "content": sealed("hello group"), "timestamp": now()})
     a.send(frame, "client_message")
     group_ack = a.expect("message_ack in the group",
                          lambda f: f["type"] == "message_ack" and f.get("client_message_id") == f"g-{run}")
     b.expect("the group message at a member",
-             lambda f: f["type"] == "message" and f["payload"]["content"] == "hello group")
+             lambda f: f["type"] == "message" and f["payload"]["content"] == sealed("hello group"))
     if group_ack:
         frame = example(doc, "delivery_ack")
         frame.update({"message_id": group_ack["payload"]["message_id"], "timestamp": now(),

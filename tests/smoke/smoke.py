@@ -7,8 +7,10 @@ What a person does after cloning, checked by tools this project did not write:
 2. runs the banner's token command exactly as printed, connects with Python `websockets`,
    answers the banner's heartbeat example, opens a chat with the demo agent over the HTTP API,
    sends a message and gets `message_ack` and the agent's answer;
-3. opens a 1:1 between two brand-new users in README order with the `chat` CLI, driven through
-   stdin: the first user writes before the second ever connected; the second receives it;
+3. opens an end-to-end encrypted 1:1 between two brand-new users with the README's `chat`
+   commands, driven through stdin: the second user's chat is open (its device has published
+   its keys: nobody can encrypt for a device that does not exist yet), the first writes and
+   exits, the second reads the plaintext;
 4. stops the stack with SIGINT (ctrl-c) and checks that it exits within seconds and leaves no
    redis-server or MongoDB-wire server behind.
 
@@ -231,20 +233,7 @@ def chat_between_new_users():
     first, second = rename(first), rename(second)
     text = f"hi, this is {suffix}"
 
-    step(f"first side: {first}")
-    writer = subprocess.run(
-        ["bash", "-c", first],
-        cwd=ROOT,
-        input=text + "\n",
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if writer.returncode != 0 or "✓ sent #" not in writer.stdout:
-        fail(f"the first chat did not send (status {writer.returncode}):\n"
-             f"{writer.stdout}\n{writer.stderr}")
-
-    step(f"second side: {second}")
+    step(f"second side, waiting: {second}")
     reader = subprocess.Popen(
         ["bash", "-c", second],
         cwd=ROOT,
@@ -259,16 +248,40 @@ def chat_between_new_users():
     threading.Thread(
         target=lambda: [lines.put(l) for l in iter(reader.stdout.readline, "")], daemon=True
     ).start()
-    deadline = time.time() + 120
-    received = False
-    while time.time() < deadline and not received:
-        try:
-            output.append(lines.get(timeout=0.5))
-        except queue.Empty:
-            if reader.poll() is not None:
-                break
-            continue
-        received = text in output[-1]
+
+    def read_until(predicate, seconds):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            try:
+                output.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                if reader.poll() is not None:
+                    return False
+                continue
+            if predicate(output[-1]):
+                return True
+        return False
+
+    # Its device's keys are published once it says how the chat is protected.
+    if not read_until(lambda line: "end-to-end encrypted" in line, 600):
+        fail(f"the second chat never said it is end-to-end encrypted:\n{''.join(output)}")
+
+    step(f"first side: {first}")
+    writer = subprocess.run(
+        ["bash", "-c", first],
+        cwd=ROOT,
+        input=text + "\n",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if writer.returncode != 0 or "✓ sent #" not in writer.stdout:
+        fail(f"the first chat did not send (status {writer.returncode}):\n"
+             f"{writer.stdout}\n{writer.stderr}")
+    if "end-to-end encrypted" not in writer.stdout or "safety codes" not in writer.stdout:
+        fail(f"the first chat did not say it is end-to-end encrypted:\n{writer.stdout}")
+
+    received = read_until(lambda line: text in line, 120)
     reader.stdin.close()
     try:
         reader.wait(timeout=10)

@@ -1,6 +1,7 @@
 //! `message`: where the guarantees live.
 //!
-//! Validate, check membership, store exactly once with the conversation's next sequence number
+//! Validate, check membership (and, between people, that the content is an end-to-end
+//! encrypted envelope: `messaging::e2ee::Envelope`), store exactly once with the conversation's next sequence number
 //! (and the fan-out in the outbox, in the same write: see `messaging::store::messages`), publish
 //! `messaging.message.received`, and answer `message_ack` (the route response). The ack means
 //! "stored": the event may be lost (the outbox sweeper publishes it again), and a retry with the
@@ -31,6 +32,15 @@ pub async fn send(
 ) -> Result<ServerFrame> {
     validate(&payload, &idempotency_key, ctx.settings.max_content_bytes)?;
     let conversation = membership(ctx, &caller.user_id, &payload.conversation_id).await?;
+    if conversation.kind != ConversationKind::Agent {
+        // Between people the server stores only what it cannot read.
+        messaging::e2ee::Envelope::parse(&payload.body.content)?;
+        if payload.body.location.is_some() {
+            return Err(Error::invalid(
+                "between people a location travels inside the encrypted content",
+            ));
+        }
+    }
     check_references(ctx, caller, &payload).await?;
     let receiver_id = match conversation.kind {
         ConversationKind::Group => None,

@@ -333,7 +333,8 @@ fn text(conversation: &str, content: &str) -> OutgoingMessage {
     OutgoingMessage {
         conversation_id: conversation.into(),
         receiver_id: None,
-        body: messaging::protocol::MessageBody::text(content),
+        // Between people content is an end-to-end encrypted envelope: one no key opens here.
+        body: messaging::protocol::MessageBody::text(messaging::e2ee::Envelope::opaque(content)),
         timestamp: messaging::clock::now_ms(),
     }
 }
@@ -394,7 +395,7 @@ async fn probe(
             let frame = serde_json::json!({
                 "type": "message", "client_message_id": format!("p{n}"),
                 "idempotency_key": format!("probe-{n}"),
-                "payload": {"conversation_id": conversation, "content": "probe", "type": "text",
+                "payload": {"conversation_id": conversation, "content": messaging::e2ee::Envelope::opaque("probe"), "type": "text",
                             "timestamp": messaging::clock::now_ms()}
             });
             let sent = Instant::now();

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use local_stack::stack::{RunningStack, StackConfig};
 use messaging::client::{Client, ClientConfig, ClientEvent};
+use messaging::e2ee::Envelope;
 use messaging::model::{Conversation, ConversationKind, User};
 use messaging::protocol::PresenceStatus;
 use mongodb::bson::DateTime;
@@ -331,7 +332,10 @@ fn watch(mut client: Client) -> (messaging::client::ClientHandle, Arc<Mutex<Seen
                     .messages
                     .entry(m.conversation_id.clone().unwrap_or_default())
                     .or_default()
-                    .push((m.sequence_number, m.body.content.clone())),
+                    .push((
+                        m.sequence_number,
+                        Envelope::opaque_marker(&m.body.content).unwrap_or_default(),
+                    )),
                 ClientEvent::Disconnected => s.disconnects += 1,
                 ClientEvent::Error { code, message } => {
                     s.errors.push(format!("{code:?}: {message}"))
@@ -416,10 +420,10 @@ async fn traffic_across_replicas_arrives_exactly_once_in_order() {
     for i in 0..40 {
         for (sender, who) in [(&a, "a"), (&b, "b")] {
             let text = format!("direct {who} {i}");
-            sends.push(sender.send_text(&direct, &text));
+            sends.push(sender.send_text(&direct, &Envelope::opaque(&text)));
             expected_direct.push(text);
             let text = format!("group {who} {i}");
-            sends.push(sender.send_text(&group, &text));
+            sends.push(sender.send_text(&group, &Envelope::opaque(&text)));
             expected_group.push(text);
         }
     }
@@ -473,7 +477,7 @@ async fn a_rolling_restart_of_every_replica_loses_nothing_and_drops_no_one() {
             for i in 0..EACH {
                 let text = format!("{who} {i}");
                 handle
-                    .send_text(&direct, &text)
+                    .send_text(&direct, &Envelope::opaque(&text))
                     .await
                     .unwrap_or_else(|e| panic!("{who}'s send {i} surfaced {e}"));
                 sent.push(text);
@@ -577,7 +581,9 @@ async fn a_killed_replica_loses_nothing_and_its_connections_answer_410() {
     let mut expected = Vec::new();
     for i in 0..20 {
         let text = format!("before {i}");
-        a.send_text(&direct, &text).await.unwrap();
+        a.send_text(&direct, &Envelope::opaque(&text))
+            .await
+            .unwrap();
         expected.push(text);
     }
     edge.replicas[victim].kill();
@@ -605,7 +611,10 @@ async fn a_killed_replica_loses_nothing_and_its_connections_answer_410() {
         let text = format!("after {i}");
         // Whoever was on the killed replica reconnects; the send waits for that if needed.
         let sender = if i % 2 == 0 { &a } else { &b };
-        sender.send_text(&direct, &text).await.unwrap();
+        sender
+            .send_text(&direct, &Envelope::opaque(&text))
+            .await
+            .unwrap();
         expected.push(text);
     }
     for seen in [&a_seen, &b_seen, &c_seen] {
@@ -632,7 +641,10 @@ async fn connections_are_migrated_before_the_lifetime_cut() {
     for i in 0..60 {
         let text = format!("m{i}");
         let sender = if i % 2 == 0 { &a } else { &b };
-        sender.send_text(&direct, &text).await.unwrap();
+        sender
+            .send_text(&direct, &Envelope::opaque(&text))
+            .await
+            .unwrap();
         expected.push(text);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -76,6 +76,30 @@ impl Envelope {
     pub fn to_content(&self) -> String {
         serde_json::to_string(self).expect("envelopes always serialize")
     }
+
+    /// A well-formed envelope no key opens, whose ciphertext bytes are `marker`: for tools that
+    /// test the transport and cannot encrypt (load generators, transport tests). Between real
+    /// clients, only [`crate::e2ee::CryptoDevice::encrypt`] makes envelopes.
+    pub fn opaque(marker: &str) -> String {
+        Self {
+            algorithm: Algorithm::MegolmV1,
+            sender_key: "A".repeat(43),
+            device_id: "opaque".into(),
+            session_id: "opaque".into(),
+            ciphertext: vodozemac::base64_encode(format!("opaque:{marker}")),
+        }
+        .to_content()
+    }
+
+    /// The marker of an [`Envelope::opaque`] content; `None` for any other content.
+    pub fn opaque_marker(content: &str) -> Option<String> {
+        let envelope = Self::parse(content).ok()?;
+        let bytes = vodozemac::base64_decode(&envelope.ciphertext).ok()?;
+        String::from_utf8(bytes)
+            .ok()?
+            .strip_prefix("opaque:")
+            .map(str::to_string)
+    }
 }
 
 /// The `content` of a `to_device` message: Olm ciphertext for one device.
@@ -173,5 +197,9 @@ mod tests {
             .is_err()
         );
         assert!(OlmEnvelope::parse("plaintext").is_err());
+        let opaque = Envelope::opaque("m1");
+        assert!(Envelope::parse(&opaque).is_ok());
+        assert_eq!(Envelope::opaque_marker(&opaque).as_deref(), Some("m1"));
+        assert_eq!(Envelope::opaque_marker("m1"), None);
     }
 }

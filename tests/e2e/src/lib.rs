@@ -209,3 +209,15 @@ impl RawWs {
         }
     }
 }
+
+/// `text` as message content between people: a well-formed end-to-end encrypted envelope
+/// that no key opens (`Envelope::opaque`), for tests of the transport. The encryption itself
+/// is tested with real keys in `tests/encryption.rs`.
+pub fn sealed(text: impl AsRef<str>) -> String {
+    messaging::e2ee::Envelope::opaque(text.as_ref())
+}
+
+/// What a [`sealed`] content says; any other content (an agent's, the server's) as it is.
+pub fn said(content: &str) -> String {
+    messaging::e2ee::Envelope::opaque_marker(content).unwrap_or_else(|| content.to_string())
+}

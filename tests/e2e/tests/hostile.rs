@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use e2e::{RawWs, WAIT, conversation, stack, user};
+use e2e::{RawWs, WAIT, conversation, said, sealed, stack, user};
 use messaging::model::ConversationKind;
 
-/// A message frame for `conversation`.
+/// A message frame for `conversation` (content [`sealed`], as between people).
 fn message(conversation: &str, key: &str, content: &str) -> String {
     serde_json::json!({
         "type": "message", "client_message_id": key, "idempotency_key": key,
-        "payload": {"conversation_id": conversation, "content": content, "type": "text",
+        "payload": {"conversation_id": conversation, "content": sealed(content), "type": "text",
                     "timestamp": 1}
     })
     .to_string()
@@ -45,7 +45,10 @@ async fn a_frame_naming_a_reserved_route_cannot_unregister_its_connection() {
     bob_ws.send(message(&conv, "k1", "still there?")).await;
     bob_ws.expect("message_ack").await;
     let got = ws.expect("message").await;
-    assert_eq!(got["payload"]["content"], "still there?");
+    assert_eq!(
+        said(got["payload"]["content"].as_str().unwrap()),
+        "still there?"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,11 +143,11 @@ async fn cleared_history_stays_cleared_on_every_path() {
         .await;
     laptop.expect("auth_success").await;
     let batch = laptop.expect("messages").await;
-    let contents: Vec<&str> = batch["payload"]["messages"]
+    let contents: Vec<String> = batch["payload"]["messages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["content"].as_str().unwrap())
+        .map(|m| said(m["content"].as_str().unwrap()))
         .collect();
     assert_eq!(contents, ["after the clear"]);
     // Retransmit reports the cleared numbers as missing, never their content.
@@ -179,7 +182,11 @@ async fn cleared_history_stays_cleared_on_every_path() {
             .await
             .unwrap();
         for m in page["messages"].as_array().unwrap() {
-            assert_eq!(m["content"], "after the clear", "from={from}: {page}");
+            assert_eq!(
+                said(m["content"].as_str().unwrap()),
+                "after the clear",
+                "from={from}: {page}"
+            );
         }
     }
 }

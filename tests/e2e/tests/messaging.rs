@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use e2e::{
-    RawWs, WAIT, client, client_config, conversation, ready, stack, stack_with, token, user,
+    RawWs, WAIT, client, client_config, conversation, ready, said, sealed, stack, stack_with,
+    token, user,
 };
 use local_stack::stack::RunningStack;
 use messaging::ErrorCode;
@@ -20,7 +21,7 @@ fn text(conversation_id: &str, content: &str) -> OutgoingMessage {
     OutgoingMessage {
         conversation_id: conversation_id.into(),
         receiver_id: None,
-        body: MessageBody::text(content),
+        body: MessageBody::text(sealed(content)),
         timestamp: 1,
     }
 }
@@ -36,7 +37,8 @@ async fn stored(stack: &RunningStack, message_id: &str) -> StoredMessage {
         .unwrap_or_else(|| panic!("message {message_id} is not stored"))
 }
 
-/// Collects `n` messages of `conversation_id` from a client, in the order it delivers them.
+/// Collects `n` messages of `conversation_id` from a client, in the order it delivers them
+/// (what a [`sealed`] content said in place of the envelope).
 async fn messages(client: &mut Client, conversation_id: &str, n: usize) -> Vec<DeliveredMessage> {
     let mut got: Vec<DeliveredMessage> = Vec::new();
     while got.len() < n {
@@ -57,6 +59,8 @@ async fn messages(client: &mut Client, conversation_id: &str, n: usize) -> Vec<D
                     .collect();
                 panic!("only {} of {n} messages arrived: {seen:?}", got.len())
             });
+        let mut m = m;
+        m.body.content = said(&m.body.content);
         got.push(m);
     }
     got
@@ -94,11 +98,14 @@ async fn two_users_three_devices_get_everything_in_order() {
 
     for i in 0..10 {
         let ack = alice_phone
-            .send_text(&conv, &format!("a{i}"))
+            .send_text(&conv, &sealed(format!("a{i}")))
             .await
             .unwrap();
         assert_eq!(ack.status, MessageStatus::Sent);
-        bob_phone.send_text(&conv, &format!("b{i}")).await.unwrap();
+        bob_phone
+            .send_text(&conv, &sealed(format!("b{i}")))
+            .await
+            .unwrap();
     }
     for device in [&mut alice_phone, &mut alice_laptop, &mut bob_phone] {
         let got = messages(device, &conv, 20).await;
@@ -174,7 +181,10 @@ async fn an_offline_recipient_gets_500_messages_in_order_on_reconnect() {
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
     let phone = client(&stack, &alice, "phone").await;
     for i in 0..500 {
-        phone.send_text(&conv, &format!("m{i}")).await.unwrap();
+        phone
+            .send_text(&conv, &sealed(format!("m{i}")))
+            .await
+            .unwrap();
     }
     // Bob was never online: everything waits for him, as MongoDB says.
     stack.settled().await;
@@ -214,7 +224,7 @@ async fn a_gap_from_lost_frames_is_detected_and_filled_by_retransmit() {
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
     let alice_phone = client(&stack, &alice, "phone").await;
     let mut bob_phone = client(&stack, &bob, "phone").await;
-    alice_phone.send_text(&conv, "m1").await.unwrap();
+    alice_phone.send_text(&conv, &sealed("m1")).await.unwrap();
     assert_eq!(
         messages(&mut bob_phone, &conv, 1).await[0].sequence_number,
         1
@@ -224,11 +234,11 @@ async fn a_gap_from_lost_frames_is_detected_and_filled_by_retransmit() {
     let id = stack.ctx.realtime.user_connections(&bob).await.unwrap()[0].clone();
     let info: ConnectionInfo = stack.ctx.realtime.connection(&id).await.unwrap().unwrap();
     stack.ctx.realtime.remove_connection(&id).await.unwrap();
-    alice_phone.send_text(&conv, "m2").await.unwrap();
-    alice_phone.send_text(&conv, "m3").await.unwrap();
+    alice_phone.send_text(&conv, &sealed("m2")).await.unwrap();
+    alice_phone.send_text(&conv, &sealed("m3")).await.unwrap();
     stack.settled().await;
     stack.ctx.realtime.register_connection(&info).await.unwrap();
-    alice_phone.send_text(&conv, "m4").await.unwrap();
+    alice_phone.send_text(&conv, &sealed("m4")).await.unwrap();
 
     let got = messages(&mut bob_phone, &conv, 3).await;
     let contents: Vec<&str> = got.iter().map(|m| m.body.content.as_str()).collect();
@@ -244,7 +254,10 @@ async fn read_receipts_reach_the_sender_on_all_devices() {
     let mut alice_phone = client(&stack, &alice, "phone").await;
     let mut alice_laptop = client(&stack, &alice, "laptop").await;
     let mut bob_phone = client(&stack, &bob, "phone").await;
-    let ack = alice_phone.send_text(&conv, "read me").await.unwrap();
+    let ack = alice_phone
+        .send_text(&conv, &sealed("read me"))
+        .await
+        .unwrap();
     messages(&mut bob_phone, &conv, 1).await;
     bob_phone.read(vec![ack.message_id.clone()]).unwrap();
     for device in [&mut alice_phone, &mut alice_laptop] {
@@ -307,7 +320,7 @@ async fn a_stale_connection_is_pruned_and_the_other_device_still_gets_the_messag
         })
         .await
         .unwrap();
-    alice_phone.send_text(&conv, "hi").await.unwrap();
+    alice_phone.send_text(&conv, &sealed("hi")).await.unwrap();
     assert_eq!(
         messages(&mut bob_phone, &conv, 1).await[0].body.content,
         "hi"
@@ -336,7 +349,10 @@ async fn a_hundred_member_group_fans_out_to_everyone_gets_coalesced_receipts_and
     for m in &members {
         clients.push(client(&stack, m, "phone").await);
     }
-    let ack = clients[0].send_text(&group, "hello group").await.unwrap();
+    let ack = clients[0]
+        .send_text(&group, &sealed("hello group"))
+        .await
+        .unwrap();
     // Every member gets it (the sender's own echo is left in its queue: waiting for it would
     // skip the receipts that may come before it).
     for c in clients.iter_mut().skip(1) {
@@ -403,10 +419,16 @@ async fn non_members_cannot_send_read_or_retransmit() {
     let mallory = user(&stack, "mallory").await;
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
     let alice_phone = client(&stack, &alice, "phone").await;
-    let ack = alice_phone.send_text(&conv, "private").await.unwrap();
+    let ack = alice_phone
+        .send_text(&conv, &sealed("private"))
+        .await
+        .unwrap();
     let mut intruder = client(&stack, &mallory, "phone").await;
 
-    let err = intruder.send_text(&conv, "let me in").await.unwrap_err();
+    let err = intruder
+        .send_text(&conv, &sealed("let me in"))
+        .await
+        .unwrap_err();
     assert!(matches!(
         err,
         ClientError::Server {
@@ -578,7 +600,7 @@ async fn bad_frames_get_typed_errors_and_the_connection_stays_usable() {
         assert_eq!(error_code(&mut phone).await, expected, "frame: {frame}");
     }
     // Still usable: a valid send goes through.
-    let ack = phone.send_text(&conv, "still here").await.unwrap();
+    let ack = phone.send_text(&conv, &sealed("still here")).await.unwrap();
     assert_eq!(ack.sequence_number, 1);
 }
 
@@ -629,9 +651,15 @@ async fn senders_over_their_rate_limit_get_rate_limited_with_a_wait() {
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
     let phone = client(&stack, &alice, "phone").await;
     for i in 0..3 {
-        phone.send_text(&conv, &format!("{i}")).await.unwrap();
+        phone
+            .send_text(&conv, &sealed(format!("{i}")))
+            .await
+            .unwrap();
     }
-    let err = phone.send_text(&conv, "one too many").await.unwrap_err();
+    let err = phone
+        .send_text(&conv, &sealed("one too many"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -743,7 +771,7 @@ async fn a_redelivered_event_changes_nothing() {
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
     let phone = client(&stack, &alice, "phone").await;
     let mut bob_phone = client(&stack, &bob, "phone").await;
-    let ack = phone.send_text(&conv, "once").await.unwrap();
+    let ack = phone.send_text(&conv, &sealed("once")).await.unwrap();
     messages(&mut bob_phone, &conv, 1).await;
     stack.settled().await;
     let before = stack.ctx.store.conversation(&conv).await.unwrap().unwrap();
@@ -760,7 +788,7 @@ async fn a_redelivered_event_changes_nothing() {
     .unwrap();
     stack.broker.ingest(event).await;
     stack.settled().await;
-    phone.send_text(&conv, "next").await.unwrap();
+    phone.send_text(&conv, &sealed("next")).await.unwrap();
     let got = messages(&mut bob_phone, &conv, 1).await;
     assert_eq!(
         got[0].body.content, "next",
@@ -783,7 +811,10 @@ async fn reactions_and_forwards_are_messages_with_their_references() {
     let phone = client(&stack, &alice, "phone").await;
     let mut bob_phone = client(&stack, &bob, "phone").await;
     let mut carol_phone = client(&stack, &carol, "phone").await;
-    let original = phone.send_text(&with_bob, "look at this").await.unwrap();
+    let original = phone
+        .send_text(&with_bob, &sealed("look at this"))
+        .await
+        .unwrap();
 
     let mut reaction = text(&with_bob, "👍");
     reaction.body.message_type = MessageType::Reaction;
@@ -867,7 +898,7 @@ async fn group_receipts_reach_the_sender_coalesced_and_the_status_aggregates_per
     .await;
     let mut phone = client(&stack, &alice, "phone").await;
     let mut bob_phone = client(&stack, &bob, "phone").await;
-    let ack = phone.send_text(&group, "hi all").await.unwrap();
+    let ack = phone.send_text(&group, &sealed("hi all")).await.unwrap();
     messages(&mut bob_phone, &group, 1).await; // bob's client acks delivery by itself
     let receipts = delivered_to(&mut phone, &group, &bob).await;
     assert!(
@@ -932,7 +963,7 @@ async fn retransmit_answers_in_frames_under_128_kb_and_heartbeat_is_acknowledged
     let phone = client(&stack, &alice, "phone").await;
     for i in 0..6 {
         phone
-            .send_text(&conv, &format!("{i}{}", "x".repeat(59_000)))
+            .send_text(&conv, &sealed(format!("{i}{}", "x".repeat(44_000))))
             .await
             .unwrap();
     }
@@ -1093,15 +1124,24 @@ async fn the_client_reconnects_resumes_and_resends_after_a_drop() {
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
     let alice_phone = client(&stack, &alice, "phone").await;
     let mut bob_phone = client(&stack, &bob, "phone").await;
-    alice_phone.send_text(&conv, "before").await.unwrap();
+    alice_phone
+        .send_text(&conv, &sealed("before"))
+        .await
+        .unwrap();
     messages(&mut bob_phone, &conv, 1).await;
 
     bob_phone.drop_connection();
     // While Bob is away: Alice writes twice, and Bob has a send in flight.
-    alice_phone.send_text(&conv, "while away 1").await.unwrap();
-    alice_phone.send_text(&conv, "while away 2").await.unwrap();
+    alice_phone
+        .send_text(&conv, &sealed("while away 1"))
+        .await
+        .unwrap();
+    alice_phone
+        .send_text(&conv, &sealed("while away 2"))
+        .await
+        .unwrap();
     let ack = bob_phone
-        .send_text(&conv, "sent during the drop")
+        .send_text(&conv, &sealed("sent during the drop"))
         .await
         .unwrap();
     assert_eq!(ack.sequence_number, 4);
@@ -1150,7 +1190,10 @@ async fn an_offline_recipient_gets_a_notification_event_without_content() {
     let bob = user(&stack, "bob").await;
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
     let phone = client(&stack, &alice, "phone").await;
-    let ack = phone.send_text(&conv, "secret words").await.unwrap();
+    let ack = phone
+        .send_text(&conv, &sealed("secret words"))
+        .await
+        .unwrap();
     stack.settled().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while received.lock().unwrap().is_empty() {
@@ -1400,7 +1443,7 @@ async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trip
             "phone",
             "message",
             serde_json::json!({"type": "message", "client_message_id": key, "idempotency_key": key,
-                "payload": {"conversation_id": conv, "content": "x", "type": "text", "timestamp": 1}})
+                "payload": {"conversation_id": conv, "content": sealed("x"), "type": "text", "timestamp": 1}})
             .to_string(),
         )
     };
@@ -1417,7 +1460,7 @@ async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trip
     );
     let acks = phone
         .wait_for(WAIT, |e| match e {
-            ClientEvent::Message(m) if m.body.content == "x" => Some(m.sequence_number),
+            ClientEvent::Message(m) if said(&m.body.content) == "x" => Some(m.sequence_number),
             _ => None,
         })
         .await;
@@ -1485,7 +1528,7 @@ async fn messages_sent_as_fast_as_possible_are_stored_in_the_order_they_were_typ
     let mut sends = Vec::new();
     for i in 0..200 {
         let conversation = if i % 2 == 0 { &with_bob } else { &with_carol };
-        sends.push(phone.send_text(conversation, &format!("m{i}")));
+        sends.push(phone.send_text(conversation, &sealed(format!("m{i}"))));
     }
     for ack in futures::future::join_all(sends).await {
         ack.unwrap();
@@ -1501,7 +1544,7 @@ async fn messages_sent_as_fast_as_possible_are_stored_in_the_order_they_were_typ
             .filter(|i| i % 2 == parity)
             .map(|i| format!("m{i}"))
             .collect();
-        let contents: Vec<String> = stored.iter().map(|m| m.body.content.clone()).collect();
+        let contents: Vec<String> = stored.iter().map(|m| said(&m.body.content)).collect();
         assert_eq!(contents, typed, "stored in the order they were typed");
     }
 }

@@ -26,7 +26,12 @@ async fn a_chat_with_someone_who_never_connected_works_in_either_order() {
         .unwrap();
     let conv = opened["conversation_id"].as_str().unwrap().to_string();
     let alice_phone = client(&stack, &alice, "terminal").await;
-    alice_phone.send_text(&conv, "hi bob").await.unwrap();
+    // Bob has no device yet, so no keys: the transport is what is tested here (an envelope no
+    // key opens); tests/encryption.rs sends real ciphertext.
+    alice_phone
+        .send_text(&conv, &e2e::sealed("hi bob"))
+        .await
+        .unwrap();
     // Bob connects later and finds the message waiting (it may come live, before his
     // `auth_success`: take every event).
     let mut bob_phone = Client::connect(e2e::client_config(&stack, &bob, "terminal"))
@@ -35,7 +40,7 @@ async fn a_chat_with_someone_who_never_connected_works_in_either_order() {
     let got = bob_phone
         .wait_for(WAIT, |e| match e {
             ClientEvent::Message(m) if m.conversation_id.as_deref() == Some(conv.as_str()) => {
-                Some(m.body.content.clone())
+                Some(e2e::said(&m.body.content))
             }
             _ => None,
         })

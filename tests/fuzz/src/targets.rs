@@ -119,7 +119,7 @@ pub fn client_frames_for(conversation_id: &str, message_id: &str) -> Vec<Value> 
         json!({"type": "auth", "payload": {"user_id": "u", "auth_token": "t", "device_id": "d",
                "platform": "web", "app_version": "1"}}),
         json!({"type": "message", "client_message_id": "cm", "idempotency_key": "k",
-               "payload": {"conversation_id": "c1", "receiver_id": "b", "content": "hi",
+               "payload": {"conversation_id": "c1", "receiver_id": "b", "content": messaging::e2ee::Envelope::opaque("hi"),
                            "type": "text", "timestamp": 1, "media_url": null,
                            "reply_to_message_id": "m", "location": {"latitude": 1.0, "longitude": 2.0},
                            "forwarded_from": {"message_id": "m", "conversation_id": "c"}}}),

@@ -219,7 +219,7 @@ async fn the_websocket_functions_answer_api_gateway_events() {
         invoke(
             &runtime,
             event(json!({"type": "message", "client_message_id": "c1", "idempotency_key": "k1",
-                         "payload": {"conversation_id": conversation_id, "content": "hello", "type": "text", "timestamp": 1}})),
+                         "payload": {"conversation_id": conversation_id, "content": messaging::e2ee::Envelope::opaque("hello"), "type": "text", "timestamp": 1}})),
         )
         .await,
     ));
@@ -251,7 +251,11 @@ async fn the_websocket_functions_answer_api_gateway_events() {
     let answer = response(invoke(&runtime, envelope(detail.clone())).await);
     assert!(answer.is_null(), "{answer}");
     let delivered = frame(&mut bob_ws, "message").await;
-    assert_eq!(delivered["payload"]["content"], "hello");
+    assert_eq!(
+        messaging::e2ee::Envelope::opaque_marker(delivered["payload"]["content"].as_str().unwrap())
+            .as_deref(),
+        Some("hello")
+    );
     // A permanent failure (data that is not a message) is dead-lettered at once.
     let mut broken = detail.clone();
     broken["id"] = json!("other-id");

@@ -5,6 +5,10 @@
 //! chat --user alice --with bob        # 1:1 with another user (run `chat --user bob --with alice` too)
 //! chat --user alice --conversation ID # an existing conversation
 //! ```
+//! Chats between people are end-to-end encrypted (the client library's `EncryptedClient`): the
+//! terminal's device keys and sessions are kept under `{data-dir}/devices/`, and the chat
+//! starts by showing the safety code of every device in it. A chat with an agent that has no
+//! keys says it is not encrypted.
 //! Type a line and press enter to send it. Incoming messages print with their sequence number;
 //! typing, delivery and read receipts show as they come. Received messages are marked read. An
 //! agent's answer appears word by word as it is generated, with the run's state (working on a
@@ -21,6 +25,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use local_stack::instance::{self, Endpoints};
 use messaging::client::{Client, ClientConfig, ClientEvent};
+use messaging::e2ee::client::{EncryptedClient, EncryptedEvent, KeyDirectory};
+use messaging::protocol::MessageBody;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Chat from a terminal.
@@ -108,14 +114,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("say who to chat with: --agent, --with or --conversation"),
     };
-    let mut config = ClientConfig::new(&url, token);
+    let mut config = ClientConfig::new(&url, token.clone());
     config.device_id = Some(args.device.clone());
-    let mut client = Client::connect(config)
+    let directory = KeyDirectory::new(&api, &token);
+    let state = device_state(&args.data_dir, &args.user, &args.device)?;
+    let mut client = EncryptedClient::connect(config, directory.clone(), &args.user, Some(state))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
     println!(
         "conversation {conversation_id}; type and press enter (/cancel stops an agent's answer, ctrl-d quits)"
     );
+    describe_encryption(&directory, &client, &args.user, &conversation_id).await;
     let mut view = View::default();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
@@ -129,7 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if line == "/cancel" {
                     match view.running.last() {
                         Some(run) => {
-                            if let Err(e) = client.cancel(&conversation_id, run) {
+                            if let Err(e) = client.client().cancel(&conversation_id, run) {
                                 println!("  ✗ {e}");
                             }
                         }
@@ -137,18 +146,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     continue;
                 }
-                match client.send_text(&conversation_id, line).await {
+                match client.send(&conversation_id, MessageBody::text(line)).await {
                     Ok(ack) => println!("  ✓ sent #{}", ack.sequence_number),
                     Err(e) => println!("  ✗ {e}"),
                 }
             }
             event = client.next_event() => {
                 let Some(event) = event else { break };
-                view.show(&client, &args.user, &conversation_id, event);
+                let event = match event {
+                    EncryptedEvent::Message { message, .. } => ClientEvent::Message(message),
+                    EncryptedEvent::Undecryptable { message, reason } => {
+                        let sender = message.sender_id.clone().unwrap_or_default();
+                        if sender != args.user {
+                            println!("#{} {sender}: (cannot be decrypted here: {reason})", message.sequence_number);
+                        }
+                        continue;
+                    }
+                    EncryptedEvent::Other(event) => event,
+                };
+                view.show(client.client(), &args.user, &conversation_id, event);
             }
         }
     }
-    client.close();
+    client.client().close();
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
 }
@@ -287,6 +307,93 @@ impl View {
             | ClientEvent::KeysLow(_) => {}
             ClientEvent::Error { code, message } => println!("  ! {code}: {message}"),
             ClientEvent::Disconnected => println!("  (disconnected, reconnecting)"),
+        }
+    }
+}
+
+/// Where this terminal's device keeps its keys and sessions (`{data_dir}/devices/`), and the
+/// key they are encrypted with (made once, readable by this OS user only).
+fn device_state(
+    data_dir: &std::path::Path,
+    user: &str,
+    device: &str,
+) -> anyhow::Result<(PathBuf, [u8; 32])> {
+    let dir = data_dir.join("devices");
+    std::fs::create_dir_all(&dir)?;
+    let name: String = format!("{user}-{device}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let key_path = dir.join(format!("{name}.key"));
+    let key: [u8; 32] = match std::fs::read(&key_path) {
+        Ok(bytes) if bytes.len() == 32 => bytes.try_into().expect("32 bytes"),
+        _ => {
+            let key: [u8; 32] = rand::random();
+            std::fs::write(&key_path, key)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            key
+        }
+    };
+    Ok((dir.join(format!("{name}.olm")), key))
+}
+
+/// Says whether the conversation is end-to-end encrypted, with the safety code of every
+/// device on it (compare them with the other person's screen: equal codes mean nobody stands
+/// between you).
+async fn describe_encryption(
+    directory: &KeyDirectory,
+    client: &EncryptedClient,
+    me: &str,
+    conversation_id: &str,
+) {
+    let Ok((participants, agent)) = directory.conversation(conversation_id).await else {
+        return;
+    };
+    if let Some(agent) = &agent
+        && directory
+            .devices_of(agent)
+            .await
+            .map(|d| d.is_empty())
+            .unwrap_or(true)
+    {
+        println!(
+            "  ⚠ not end-to-end encrypted: agent {agent} has no keys (its operator reads what it reads)"
+        );
+        return;
+    }
+    println!("  🔒 end-to-end encrypted; safety codes:");
+    println!(
+        "     you ({}): {}",
+        client.device().device_id(),
+        client.device().device_keys().safety_code()
+    );
+    for participant in participants.iter().filter(|p| p.as_str() != me) {
+        match directory.devices_of(participant).await {
+            Ok(devices) if devices.is_empty() => {
+                println!(
+                    "     {participant}: no device yet (they will read what is sent after they connect)"
+                )
+            }
+            Ok(devices) => {
+                for device in devices {
+                    println!(
+                        "     {participant} ({}): {}",
+                        device.device_id,
+                        device.safety_code()
+                    );
+                }
+            }
+            Err(e) => println!("     {participant}: keys unavailable ({e})"),
         }
     }
 }
