@@ -194,6 +194,59 @@ async fn send(ws: &mut RawWs, conversation: &str, content: &str) -> Value {
     ws.expect("message_ack").await
 }
 
+/// Everything the stack logs in this test process (every test's), from the first call on.
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        logs
+    })
+    .clone()
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every value under the stack's Redis prefix, as text.
+async fn everything_in_redis(stack: &RunningStack) -> String {
+    let client = redis::Client::open(testkit::servers().redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", stack.config.redis_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut all = String::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut conn).await.unwrap();
+        let value: redis::Value = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap(),
+            "hash" => redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await.unwrap(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).query_async(&mut conn).await.unwrap(),
+            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut conn).await.unwrap(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(&mut conn).await.unwrap(),
+            "stream" => redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query_async(&mut conn).await.unwrap(),
+            _ => redis::Value::Nil,
+        };
+        all.push_str(&format!("{key} {value:?}\n"));
+    }
+    all
+}
+
 /// Every document of every collection, as text.
 async fn everything_stored(stack: &RunningStack) -> String {
     let db = stack.mongo.database();
@@ -216,6 +269,7 @@ async fn everything_stored(stack: &RunningStack) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_chat_is_readable_on_every_device_and_nowhere_else() {
+    let logs = captured_logs();
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
     let bob = user(&stack, "bob").await;
@@ -364,13 +418,16 @@ async fn a_direct_chat_is_readable_on_every_device_and_nowhere_else() {
         reply
     );
 
-    // Nothing the server stored, and nothing it logged, reads as either plaintext.
+    // Nothing the server stored (MongoDB, Redis) or logged reads as either plaintext.
     let stored = everything_stored(&stack).await;
+    let cached = everything_in_redis(&stack).await;
+    assert!(cached.contains(&bob), "the Redis scan sees the stack's keys: {cached}");
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    assert!(logged.contains("message stored"), "the log capture sees the stack's logs");
     for plaintext in [secret, reply, "eagle", "roger"] {
-        assert!(
-            !stored.contains(plaintext),
-            "{plaintext:?} is readable in MongoDB"
-        );
+        assert!(!stored.contains(plaintext), "{plaintext:?} is readable in MongoDB");
+        assert!(!cached.contains(plaintext), "{plaintext:?} is readable in Redis");
+        assert!(!logged.contains(plaintext), "{plaintext:?} is in the logs");
     }
 }
 
