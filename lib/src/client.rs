@@ -249,7 +249,9 @@ async fn open(endpoint: &str, config: &ClientConfig) -> Result<Socket, ClientErr
         url.push_str("&device_id=");
         url.push_str(device);
     }
-    match tokio_tungstenite::connect_async(url).await {
+    // Nagle off: frames are small and often written back to back (a `delivery_ack`, then the
+    // next `message`); with it on, the second waits for the server's delayed TCP ACK (~40 ms).
+    match tokio_tungstenite::connect_async_with_config(url, None, true).await {
         Ok((socket, _)) => Ok(socket),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             Err(ClientError::Refused(response.status().as_u16()))

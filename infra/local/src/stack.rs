@@ -226,6 +226,12 @@ fn trigger(name: &str, subscriber: &str, attributes: &[(&str, &str)], delay: Dur
 }
 
 async fn serve(listener: TcpListener, router: axum::Router) -> JoinHandle<()> {
+    use axum::serve::ListenerExt as _;
+    // Nagle off, as on API Gateway's side: small frames written back to back (an echo, then
+    // the ack) must not wait for the client's delayed TCP ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, service).await {

@@ -196,7 +196,8 @@ async fn send(ws: &mut RawWs, conversation: &str, content: &str) -> Value {
 
 /// Everything the stack logs in this test process (every test's), from the first call on.
 fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
-    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = logs.clone();
@@ -232,14 +233,48 @@ async fn everything_in_redis(stack: &RunningStack) -> String {
         .unwrap();
     let mut all = String::new();
     for key in keys {
-        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut conn).await.unwrap();
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         let value: redis::Value = match kind.as_str() {
-            "string" => redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap(),
-            "hash" => redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await.unwrap(),
-            "set" => redis::cmd("SMEMBERS").arg(&key).query_async(&mut conn).await.unwrap(),
-            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut conn).await.unwrap(),
-            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(&mut conn).await.unwrap(),
-            "stream" => redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query_async(&mut conn).await.unwrap(),
+            "string" => redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "hash" => redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "set" => redis::cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "list" => redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "stream" => redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
             _ => redis::Value::Nil,
         };
         all.push_str(&format!("{key} {value:?}\n"));
@@ -421,12 +456,24 @@ async fn a_direct_chat_is_readable_on_every_device_and_nowhere_else() {
     // Nothing the server stored (MongoDB, Redis) or logged reads as either plaintext.
     let stored = everything_stored(&stack).await;
     let cached = everything_in_redis(&stack).await;
-    assert!(cached.contains(&bob), "the Redis scan sees the stack's keys: {cached}");
+    assert!(
+        cached.contains(&bob),
+        "the Redis scan sees the stack's keys: {cached}"
+    );
     let logged = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
-    assert!(logged.contains("message stored"), "the log capture sees the stack's logs");
+    assert!(
+        logged.contains("message stored"),
+        "the log capture sees the stack's logs"
+    );
     for plaintext in [secret, reply, "eagle", "roger"] {
-        assert!(!stored.contains(plaintext), "{plaintext:?} is readable in MongoDB");
-        assert!(!cached.contains(plaintext), "{plaintext:?} is readable in Redis");
+        assert!(
+            !stored.contains(plaintext),
+            "{plaintext:?} is readable in MongoDB"
+        );
+        assert!(
+            !cached.contains(plaintext),
+            "{plaintext:?} is readable in Redis"
+        );
         assert!(!logged.contains(plaintext), "{plaintext:?} is in the logs");
     }
 }

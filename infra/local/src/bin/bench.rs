@@ -53,6 +53,12 @@ enum Scenario {
     /// `--duration`); then holds `--connections` clients on one replica (memory per
     /// connection) and stops it (SIGTERM), timing how long they take to migrate to the other.
     Replicas,
+    /// End-to-end encryption's cost: the same sends with real keys (`EncryptedClient`) and with
+    /// envelopes no key opens (the plain client), in a 1:1 (`--messages` sequential sends) and
+    /// in a group of `--group-size` (the first send shares the session key with every member
+    /// device; then `--messages` / 10 more). Reports ack latency and this process's CPU per
+    /// message (every device's encryption and decryption).
+    E2ee,
 }
 
 /// Load generator for the local stack.
@@ -80,6 +86,9 @@ struct Args {
     /// Members of the group scenario.
     #[arg(long, default_value_t = 100)]
     group_size: usize,
+    /// Sequential sends of the e2ee scenario.
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
     /// Deltas per second per stream (stream scenario); a model emits some 30 to 100 tokens/s.
     #[arg(long, default_value_t = 50)]
     delta_rate: u64,
@@ -163,6 +172,7 @@ fn raise_fd_limit() {
 struct StackProcess {
     child: std::process::Child,
     ws_url: String,
+    api_url: String,
     broker_url: String,
     metrics_url: String,
     /// The route integrations over HTTP, for gateway replicas.
@@ -225,6 +235,7 @@ fn start_stack(
     let stack = StackProcess {
         child,
         ws_url: format!("ws://127.0.0.1:{}", ports[0]),
+        api_url: format!("http://127.0.0.1:{}", ports[4]),
         broker_url: format!("http://127.0.0.1:{}/", ports[1]),
         metrics_url: format!("http://127.0.0.1:{}/metrics", ports[1]),
         functions_url: format!("http://127.0.0.1:{}/integrations", ports[5]),
@@ -444,6 +455,15 @@ async fn main() -> anyhow::Result<()> {
             / 1024
     );
     println!("machine: {machine}; scenario {:?}", args.scenario);
+    if args.scenario == Scenario::E2ee {
+        let report = e2ee::run(&args, &stack, &store, &issuer, &machine).await?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
+        drop(stack);
+        drop(own);
+        return Ok(());
+    }
     if args.scenario == Scenario::Replicas {
         let report = replicas::run(&args, &stack, &store, &issuer, &machine).await?;
         if let Some(path) = &args.json {
@@ -509,7 +529,9 @@ async fn main() -> anyhow::Result<()> {
     let mut pairs: Vec<(Arc<Mutex<Client>>, String)> = Vec::new();
     let mut all_receivers: Vec<Client> = Vec::new();
     match args.scenario {
-        Scenario::Stream | Scenario::Replicas => unreachable!("measured above"),
+        Scenario::Stream | Scenario::Replicas | Scenario::E2ee => {
+            unreachable!("measured above")
+        }
         Scenario::Direct | Scenario::Agent => {
             for i in 0..args.senders {
                 let sender = format!("sender-{i}");
@@ -1312,5 +1334,206 @@ fn payload(to_agent: bool, text: String) -> String {
         text
     } else {
         Envelope::opaque(&text)
+    }
+}
+
+/// The e2ee scenario (see [`Scenario::E2ee`]).
+mod e2ee {
+    use super::*;
+    use messaging::e2ee::client::{EncryptedClient, KeyDirectory};
+    use messaging::protocol::{MessageBody, OutgoingMessage};
+    use serde_json::json;
+
+    /// CPU time of this process so far (user + system), in seconds.
+    fn own_cpu() -> f64 {
+        // SAFETY: getrusage writes into the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    }
+
+    async fn encrypted(
+        stack: &StackProcess,
+        issuer: &JwtIssuer,
+        user: &str,
+    ) -> anyhow::Result<EncryptedClient> {
+        let token = issuer.issue(user, Duration::from_secs(7200))?;
+        let mut config = ClientConfig::new(&stack.ws_url, token.clone());
+        config.device_id = Some("phone".into());
+        config.reconnect = false;
+        let directory = KeyDirectory::new(&stack.api_url, token);
+        EncryptedClient::connect(config, directory, user, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{user}: {e}"))
+    }
+
+    /// Drains a receiving device's events (decrypting them) until it closes.
+    fn drain(mut client: EncryptedClient) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { while client.next_event().await.is_some() {} })
+    }
+
+    /// Sends `n` messages one after the other; their ack latencies (µs) and this process's CPU.
+    async fn timed<F, Fut>(n: usize, mut send: F) -> anyhow::Result<(Vec<u64>, f64)>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        let cpu = own_cpu();
+        let mut latencies = Vec::with_capacity(n);
+        for i in 0..n {
+            let t = Instant::now();
+            send(format!("message {i} {}", "x".repeat(64))).await?;
+            latencies.push(t.elapsed().as_micros() as u64);
+        }
+        // Receivers finish decrypting what was sent.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok((latencies, own_cpu() - cpu))
+    }
+
+    fn report(name: &str, latencies: &mut [u64], cpu: f64) -> serde_json::Value {
+        let per_message_ms = cpu * 1000.0 / latencies.len().max(1) as f64;
+        println!("  {name}: client CPU {per_message_ms:.3} ms per message (all devices)");
+        let mut value = summary(name, latencies);
+        value["client_cpu_ms_per_message"] = json!(per_message_ms);
+        value
+    }
+
+    pub async fn run(
+        args: &Args,
+        stack: &StackProcess,
+        store: &MongoStore,
+        issuer: &JwtIssuer,
+        machine: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let n = args.messages.max(10);
+        // A 1:1.
+        store
+            .insert_conversation(&conversation(
+                "e2ee-direct".into(),
+                ConversationKind::Direct,
+                vec!["e2ee-alice".into(), "e2ee-bob".into()],
+                None,
+            ))
+            .await?;
+        let mut alice = encrypted(stack, issuer, "e2ee-alice").await?;
+        let bob = drain(encrypted(stack, issuer, "e2ee-bob").await?);
+        let plain = connect(&stack.ws_url, &issuer.clone(), "e2ee-alice", "plain").await?;
+        println!("1:1, {n} sequential sends each:");
+        let (mut without, cpu_without) = timed(n, |text| {
+            let send = plain.send_message(OutgoingMessage {
+                conversation_id: "e2ee-direct".into(),
+                receiver_id: None,
+                body: MessageBody::text(Envelope::opaque(&text)),
+                timestamp: 1,
+            });
+            async move { send.await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")) }
+        })
+        .await?;
+        let without = report("direct ack, opaque envelopes", &mut without, cpu_without);
+        let mut with = Vec::with_capacity(n);
+        let cpu = own_cpu();
+        for i in 0..n {
+            let t = Instant::now();
+            alice
+                .send(
+                    "e2ee-direct",
+                    MessageBody::text(format!("message {i} {}", "x".repeat(64))),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            with.push(t.elapsed().as_micros() as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let with = report(
+            "direct ack, end-to-end encrypted",
+            &mut with,
+            own_cpu() - cpu,
+        );
+        drop(plain);
+        bob.abort();
+
+        // A group: every member a device with keys.
+        let size = args.group_size.max(2);
+        let members: Vec<String> = (0..size).map(|i| format!("e2ee-member-{i}")).collect();
+        store
+            .insert_conversation(&conversation(
+                "e2ee-group".into(),
+                ConversationKind::Group,
+                members.clone(),
+                None,
+            ))
+            .await?;
+        let mut sender = encrypted(stack, issuer, &members[0]).await?;
+        let mut readers = Vec::new();
+        for member in &members[1..] {
+            readers.push(drain(encrypted(stack, issuer, member).await?));
+        }
+        let t = Instant::now();
+        let cpu = own_cpu();
+        sender
+            .send(
+                "e2ee-group",
+                MessageBody::text("the first: it shares the session key"),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let first_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let first_cpu_ms = (own_cpu() - cpu) * 1000.0;
+        println!(
+            "group of {size}: first encrypted send (claims, {} Olm sessions, one to_device frame, the message) acked in {first_ms:.1} ms, {first_cpu_ms:.1} ms of this process's CPU",
+            size - 1
+        );
+        let k = (n / 10).max(10);
+        let plain = connect(&stack.ws_url, &issuer.clone(), &members[0], "plain").await?;
+        let (mut without_group, cpu_without) = timed(k, |text| {
+            let send = plain.send_message(OutgoingMessage {
+                conversation_id: "e2ee-group".into(),
+                receiver_id: None,
+                body: MessageBody::text(Envelope::opaque(&text)),
+                timestamp: 1,
+            });
+            async move { send.await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")) }
+        })
+        .await?;
+        let without_group = report(
+            "group ack, opaque envelopes",
+            &mut without_group,
+            cpu_without,
+        );
+        let mut with_group = Vec::with_capacity(k);
+        let cpu = own_cpu();
+        for i in 0..k {
+            let t = Instant::now();
+            sender
+                .send(
+                    "e2ee-group",
+                    MessageBody::text(format!("message {i} {}", "x".repeat(64))),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            with_group.push(t.elapsed().as_micros() as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let with_group = report(
+            "group ack, end-to-end encrypted",
+            &mut with_group,
+            own_cpu() - cpu,
+        );
+        for reader in readers {
+            reader.abort();
+        }
+        Ok(json!({
+            "machine": machine,
+            "scenario": "e2ee",
+            "direct": {"without": without, "with": with},
+            "group": {
+                "size": size,
+                "first_send_ms": first_ms,
+                "first_send_cpu_ms": first_cpu_ms,
+                "without": without_group,
+                "with": with_group,
+            },
+        }))
     }
 }
