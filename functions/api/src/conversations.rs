@@ -27,7 +27,11 @@ const HISTORY_PAGE: (usize, usize) = (50, 200);
 
 /// Names and avatars of users and agents, by id.
 #[derive(Default)]
-pub(crate) struct Names(HashMap<String, (String, Option<String>)>);
+pub(crate) struct Names(
+    HashMap<String, (String, Option<String>)>,
+    /// Agents among those looked up that hold device keys (their conversations are encrypted).
+    HashSet<String>,
+);
 
 impl Names {
     /// Looks up every id in `ids` (users, then agents among `agent_ids`).
@@ -53,7 +57,28 @@ impl Names {
                 names.insert(agent.agent_id.clone(), (agent.name, agent.avatar_url));
             }
         }
-        Ok(Self(names))
+        let keys =
+            futures::future::join_all(agent_ids.iter().map(|a| api.ctx.store.device_keys_of(a)))
+                .await;
+        let mut keyed = HashSet::new();
+        for (agent, devices) in agent_ids.iter().zip(keys) {
+            if !devices?.is_empty() {
+                keyed.insert(agent.clone());
+            }
+        }
+        Ok(Self(names, keyed))
+    }
+
+    /// Whether messages in `conversation` are end-to-end encrypted: always between people;
+    /// with an agent, when the agent holds device keys.
+    pub(crate) fn encrypted(&self, conversation: &Conversation) -> bool {
+        match conversation.kind {
+            ConversationKind::Direct | ConversationKind::Group => true,
+            ConversationKind::Agent => conversation
+                .agent_id
+                .as_ref()
+                .is_some_and(|agent| self.1.contains(agent)),
+        }
     }
 
     pub(crate) fn name(&self, id: &str) -> Option<&str> {
@@ -117,6 +142,7 @@ pub(crate) fn view(mc: &MemberConversation, user_id: &str, names: &Names) -> Con
         pinned: mc.state.pinned,
         archived: mc.state.archived,
         cleared_up_to: mc.state.cleared_up_to,
+        end_to_end_encrypted: names.encrypted(c),
     }
 }
 

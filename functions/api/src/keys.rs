@@ -130,6 +130,7 @@ pub(crate) async fn delete(
     Path(device_id): Path<String>,
 ) -> Result<Reply> {
     let user_id = caller.user_id()?;
+    messaging::ids::check("device_id", &device_id)?;
     if !api
         .ctx
         .store

@@ -509,6 +509,10 @@ pub struct ConversationView {
     pub archived: bool,
     /// Messages up to this sequence number were deleted by the caller.
     pub cleared_up_to: u64,
+    /// Whether its messages are end-to-end encrypted: always between people; with an agent only
+    /// when the agent holds device keys (else the agent's operator can read what is sent, and
+    /// clients should say so, as messaging apps do for business accounts).
+    pub end_to_end_encrypted: bool,
 }
 
 /// A page of the caller's conversations: pinned first, then by last activity.

@@ -43,6 +43,10 @@ async fn one_conversation_per_pair_even_concurrently() {
     assert!(answers.iter().all(|a| a.status == 201 || a.status == 200));
     let first = &answers[0].body;
     assert_eq!(first["kind"], "direct");
+    assert_eq!(
+        first["end_to_end_encrypted"], true,
+        "between people, always"
+    );
     let title = first["title"].as_str().unwrap();
     assert!(title == "Alice" || title == "Bob");
 
@@ -107,6 +111,27 @@ async fn agent_conversations_are_one_per_user_and_agent() {
     assert_eq!(r.body["kind"], "agent");
     assert_eq!(r.body["agent_id"], "demo");
     assert_eq!(r.body["title"], "Demo Agent");
+    // An agent without device keys: clients must be able to say the chat is not encrypted.
+    assert_eq!(r.body["end_to_end_encrypted"], false, "{r:?}");
+    let conversation_id = r.body["conversation_id"].as_str().unwrap().to_string();
+    let device = messaging::e2ee::CryptoDevice::new("demo", "worker-1");
+    messaging::store::KeyDirectoryStore::publish_device(&env.store, &device.device_keys())
+        .await
+        .unwrap();
+    let listed = env
+        .call("GET", "/v1/conversations", Some(&token), None)
+        .await;
+    let listed = listed.body["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conversation_id"] == conversation_id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        listed["end_to_end_encrypted"], true,
+        "an agent with keys: {listed}"
+    );
     let again = env
         .call(
             "POST",

@@ -5,7 +5,9 @@ mod support;
 
 use futures::TryStreamExt;
 use messaging::realtime::{ConnectionInfo, RealtimeState};
-use messaging::store::{ConversationStore, DeliveryStore, MessageStore};
+use messaging::store::{
+    ConversationStore, DeliveryStore, KeyDirectoryStore, MessageStore, ToDeviceStore,
+};
 use mongodb::bson::Document;
 use serde_json::json;
 use support::{access, env};
@@ -178,6 +180,42 @@ async fn export_is_complete_and_erasure_leaves_no_personal_data() {
         .await
         .unwrap();
     env.redis.set_offline(&zelda, 1).await.unwrap();
+
+    // Her device's keys, and key material she sent that bob's device has not fetched yet.
+    let mut zphone = messaging::e2ee::CryptoDevice::new(zelda.clone(), "zphone");
+    let keys = zphone.device_keys();
+    let r = env
+        .call(
+            "PUT",
+            "/v1/keys/zphone",
+            Some(&token),
+            Some(
+                json!({"identity": keys.identity, "signature": keys.signature,
+                        "one_time_keys": zphone.new_one_time_keys(3),
+                        "fallback_key": zphone.new_fallback_key()}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let bphone = messaging::e2ee::CryptoDevice::new(bob.clone(), "bphone");
+    env.store
+        .publish_device(&bphone.device_keys())
+        .await
+        .unwrap();
+    env.store
+        .queue_to_device(
+            &zelda,
+            "zphone",
+            &[messaging::protocol::OutgoingToDevice {
+                message_id: "from-zelda".into(),
+                user_id: bob.clone(),
+                device_id: "bphone".into(),
+                content: "ciphertext".into(),
+            }],
+            1,
+        )
+        .await
+        .unwrap();
 
     // ---- Erasure ----
     let r = env.call("DELETE", "/v1/me", Some(&token), None).await;

@@ -28,9 +28,10 @@ use crate::client::{Client, ClientConfig, ClientError, ClientEvent};
 use crate::e2ee::device::{CryptoError, DeviceMessage, Plaintext};
 use crate::e2ee::directory::{DeviceKeys, KeyKind, SignedKey};
 use crate::e2ee::{CryptoDevice, Envelope};
+use crate::model::ConversationKind;
 use crate::protocol::{
-    DeliveredMessage, MessageAckPayload, MessageBody, OutgoingMessage, OutgoingToDevice,
-    ToDevicePayload,
+    DeliveredMessage, MessageAckPayload, MessageBody, MessageType, OutgoingMessage,
+    OutgoingToDevice, ToDevicePayload,
 };
 
 /// How long a message waits for its session key before it is given up as undecryptable.
@@ -38,7 +39,7 @@ pub const KEY_WAIT: Duration = Duration::from_secs(5);
 /// Clock difference tolerated between this device and the server: a message stored this long
 /// before the device published its keys was certainly sealed before it could have the key.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
-/// One-time keys a device keeps published (vodozemac keeps at most 50 unused private keys).
+/// One-time keys a device publishes at a time (vodozemac's advice: 50).
 pub const ONE_TIME_KEYS: usize = 50;
 
 /// The key directory and conversation lookups of the HTTP API, as one device's user.
@@ -168,11 +169,11 @@ impl KeyDirectory {
         Ok(claimed)
     }
 
-    /// A conversation's participants and its agent, if it has one.
+    /// A conversation's kind, participants and agent.
     pub async fn conversation(
         &self,
         conversation_id: &str,
-    ) -> Result<(Vec<String>, Option<String>), ClientError> {
+    ) -> Result<ConversationInfo, ClientError> {
         let answer = self
             .call(
                 reqwest::Method::GET,
@@ -180,13 +181,21 @@ impl KeyDirectory {
                 None,
             )
             .await?;
-        let participants =
-            serde_json::from_value(answer["participants"].clone()).unwrap_or_default();
-        Ok((
-            participants,
-            answer["agent_id"].as_str().map(str::to_string),
-        ))
+        serde_json::from_value(answer)
+            .map_err(|e| ClientError::Connection(format!("HTTP API: conversation: {e}")))
     }
+}
+
+/// What a client needs to know of a conversation to encrypt for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ConversationInfo {
+    /// `direct`, `group` or `agent`.
+    pub kind: ConversationKind,
+    /// Everyone in it (people and agents).
+    pub participants: Vec<String>,
+    /// The agent of an agent conversation.
+    #[serde(default)]
+    pub agent_id: Option<String>,
 }
 
 /// What an [`EncryptedClient`] tells its user.
@@ -226,6 +235,11 @@ pub struct EncryptedClient {
     devices: HashMap<String, Vec<DeviceKeys>>,
     /// `to_device` message ids the server said it stored.
     stored: BTreeSet<String>,
+    /// Kinds of the conversations seen (a kind never changes): plaintext is shown only in a
+    /// conversation with an agent, never between people.
+    kinds: HashMap<String, ConversationKind>,
+    /// Conversations whose kind is needed to classify a message that is not ciphertext.
+    to_classify: BTreeSet<String>,
     /// When this device's keys were published (this device's clock, milliseconds): nothing
     /// stored well before that was sealed for it.
     published_at: i64,
@@ -265,6 +279,8 @@ impl EncryptedClient {
             held: BTreeMap::new(),
             devices: HashMap::new(),
             stored: BTreeSet::new(),
+            kinds: HashMap::new(),
+            to_classify: BTreeSet::new(),
             published_at: 0,
         };
         this.publish_if_needed().await?;
@@ -302,12 +318,20 @@ impl EncryptedClient {
         Ok(())
     }
 
-    fn save(&self) {
-        if let Some((path, key)) = &self.persist
-            && let Err(e) = std::fs::write(path, self.device.pickle(key))
-        {
+    /// Saves the device's state (when it has a file): written beside it and renamed over it, so
+    /// a crash leaves the old state or the new, never half of one. False when it failed.
+    fn save(&self) -> bool {
+        let Some((path, key)) = &self.persist else {
+            return true;
+        };
+        let temporary = path.with_extension("tmp");
+        let written = std::fs::write(&temporary, self.device.pickle(key))
+            .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+            .and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(e) = &written {
             tracing::warn!(path = %path.display(), error = %e, "device state not saved");
         }
+        written.is_ok()
     }
 
     async fn devices_of(&mut self, user_id: &str) -> Result<Vec<DeviceKeys>, ClientError> {
@@ -331,11 +355,13 @@ impl EncryptedClient {
         conversation_id: &str,
         body: MessageBody,
     ) -> Result<MessageAckPayload, ClientError> {
-        let (participants, agent) = self.directory.conversation(conversation_id).await?;
+        // Members are read for every send, never cached: a member removed a moment ago must not
+        // get the next session key (a cache would wait for the removal's `system` message).
+        let info = self.directory.conversation(conversation_id).await?;
+        self.kinds.insert(conversation_id.to_string(), info.kind);
+        let (participants, agent) = (info.participants, info.agent_id);
         // What has arrived meanwhile first: a `device_list` among it changes who gets the key.
-        while let Some(event) = self.client.next_event_within(Duration::ZERO).await {
-            self.process(event).await;
-        }
+        self.drain().await;
         let mut devices = Vec::new();
         let mut members = BTreeSet::new();
         for participant in &participants {
@@ -346,7 +372,9 @@ impl EncryptedClient {
             members.insert(participant.clone());
             devices.extend(listed);
         }
-        let plaintext_agent = agent.as_ref().is_some_and(|a| !members.contains(a));
+        // Plaintext only to an agent that holds no keys; between people never.
+        let plaintext_agent = info.kind == ConversationKind::Agent
+            && agent.as_ref().is_some_and(|a| !members.contains(a));
         let mut body = body;
         if !plaintext_agent {
             self.share_key(conversation_id, &members, &devices).await?;
@@ -373,6 +401,13 @@ impl EncryptedClient {
                 timestamp: crate::clock::now_ms(),
             })
             .await
+    }
+
+    /// Processes every event that has already arrived, without waiting.
+    async fn drain(&mut self) {
+        while let Some(event) = self.client.next_event_within(Duration::ZERO).await {
+            self.process(event).await;
+        }
     }
 
     /// Gives every member device that lacks it the conversation's current session key.
@@ -477,6 +512,29 @@ impl EncryptedClient {
             if let Some(event) = self.ready.pop_front() {
                 return Some(event);
             }
+            // Kinds needed to classify plaintext: looked up before anything else is read (the
+            // conversation stays in `to_classify` until its kind is known).
+            if let Some(conversation) = self.to_classify.first().cloned() {
+                match self.directory.conversation(&conversation).await {
+                    Ok(info) => {
+                        self.kinds.insert(conversation.clone(), info.kind);
+                        self.to_classify.remove(&conversation);
+                        self.retry_held();
+                        continue;
+                    }
+                    Err(e) => {
+                        // What waits is treated as between people (plaintext refused) rather
+                        // than held; the kind is asked again for the next such message.
+                        tracing::warn!(conversation, error = %e, "conversation kind unavailable");
+                        self.kinds
+                            .insert(conversation.clone(), ConversationKind::Direct);
+                        self.to_classify.remove(&conversation);
+                        self.retry_held();
+                        self.kinds.remove(&conversation);
+                        continue;
+                    }
+                }
+            }
             let wait = self
                 .held
                 .values()
@@ -517,7 +575,9 @@ impl EncryptedClient {
                 let one_time = self.device.new_one_time_keys(ONE_TIME_KEYS / 2);
                 let keys = self.device.device_keys();
                 match self.directory.publish(&keys, &one_time, None).await {
-                    Ok(_) => self.save(),
+                    Ok(_) => {
+                        self.save();
+                    }
                     Err(e) => tracing::warn!(error = %e, "one-time keys not topped up"),
                 }
             }
@@ -527,9 +587,46 @@ impl EncryptedClient {
     }
 
     async fn on_to_device(&mut self, payload: ToDevicePayload) {
+        // The network first: each sender's published devices (read again when the sending
+        // device is not listed yet). From the first decryption to the ack nothing awaits, so a
+        // future dropped meanwhile never loses a key Olm has already opened.
+        let mut listed: HashMap<String, Option<Vec<DeviceKeys>>> = HashMap::new();
+        for item in &payload.messages {
+            if listed.contains_key(&item.sender_id) {
+                continue;
+            }
+            let mut devices = self.devices_of(&item.sender_id).await.ok();
+            if devices
+                .as_ref()
+                .is_some_and(|d| !d.iter().any(|d| d.device_id == item.sender_device_id))
+            {
+                self.devices.remove(&item.sender_id);
+                devices = self.devices_of(&item.sender_id).await.ok();
+            }
+            listed.insert(item.sender_id.clone(), devices);
+        }
         let mut sequences = Vec::new();
         for item in payload.messages {
+            let Some(Some(devices)) = listed.get(&item.sender_id) else {
+                // The directory did not answer: not acknowledged, so it comes again.
+                tracing::warn!(
+                    sender = item.sender_id,
+                    "sender's keys unavailable: to_device kept"
+                );
+                continue;
+            };
             sequences.push(item.sequence);
+            // Olm proves which Curve25519 key sent it; the directory says whose key that is.
+            let Some(sender) = devices
+                .iter()
+                .find(|d| d.device_id == item.sender_device_id)
+            else {
+                tracing::warn!(
+                    sender = item.sender_id,
+                    "to_device from a device the directory does not list: refused"
+                );
+                continue;
+            };
             let opened = match self.device.decrypt_to_device(
                 &item.sender_id,
                 &item.sender_device_id,
@@ -541,34 +638,23 @@ impl EncryptedClient {
                     continue;
                 }
             };
-            // Olm proved which Curve25519 key sent it; the directory says whose key that is.
-            let sender_devices = match self.devices_of(&item.sender_id).await {
-                Ok(devices) => devices,
-                Err(e) => {
-                    tracing::warn!(sender = item.sender_id, error = %e, "sender's keys unavailable");
-                    Vec::new()
-                }
-            };
-            let genuine = sender_devices.iter().any(|d| {
-                d.device_id == item.sender_device_id && d.identity.curve25519 == opened.sender_key
-            });
-            if !genuine {
+            if sender.identity.curve25519 != opened.sender_key {
                 tracing::warn!(
                     sender = item.sender_id,
-                    "room key from a device the directory does not list: refused"
+                    "to_device sealed by another key than the sender's: refused"
                 );
                 continue;
             }
             match opened.message {
                 DeviceMessage::RoomKey(key) => {
-                    if let Err(e) = self.device.accept_room_key(&key) {
+                    if let Err(e) = self.device.accept_room_key(&key, &opened.sender_key) {
                         tracing::warn!(error = %e, "room key refused");
                     }
                 }
             }
         }
-        self.save();
-        if !sequences.is_empty() {
+        // Acknowledged only once kept: the server deletes what is acknowledged.
+        if self.save() && !sequences.is_empty() {
             let _ = self.client.ack_to_device(sequences);
         }
         self.retry_held();
@@ -590,20 +676,40 @@ impl EncryptedClient {
 
     /// Opens a message into `ready`; gives it back when its key has not arrived yet.
     fn open(&mut self, mut message: DeliveredMessage) -> Option<DeliveredMessage> {
+        let conversation = message.conversation_id.clone().unwrap_or_default();
         if Envelope::parse(&message.body.content).is_err() {
-            // Server-written system messages, and an agent without keys.
-            self.ready.push_back(EncryptedEvent::Message {
-                message: Box::new(message),
-                encrypted: false,
-            });
+            // Plaintext: the server's own `system` messages, and an agent without keys. Between
+            // people it is refused, whatever the server says: never shown as a message.
+            let plaintext = match (message.body.message_type, self.kinds.get(&conversation)) {
+                (MessageType::System, _) | (_, Some(ConversationKind::Agent)) => true,
+                (_, Some(_)) => false,
+                (_, None) => {
+                    self.to_classify.insert(conversation);
+                    return Some(message);
+                }
+            };
+            if plaintext {
+                self.ready.push_back(EncryptedEvent::Message {
+                    message: Box::new(message),
+                    encrypted: false,
+                });
+            } else {
+                self.ready.push_back(EncryptedEvent::Undecryptable {
+                    message: Box::new(message),
+                    reason: CryptoError::Malformed(
+                        "plaintext in a conversation between people".into(),
+                    ),
+                });
+            }
             return None;
         }
-        let conversation = message.conversation_id.clone().unwrap_or_default();
         let sender = message.sender_id.clone().unwrap_or_default();
-        match self
-            .device
-            .decrypt(&conversation, &sender, &message.body.content)
-        {
+        match self.device.decrypt(
+            &conversation,
+            &sender,
+            &message.message_id,
+            &message.body.content,
+        ) {
             Ok(plaintext) => {
                 message.body.content = plaintext.content;
                 if let Some(location) = plaintext.extra.get("location") {

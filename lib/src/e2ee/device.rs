@@ -17,7 +17,7 @@
 //! its sender for that conversation, and fails on any altered byte (Megolm's MAC and Ed25519
 //! signature).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use vodozemac::megolm::{self, GroupSession, InboundGroupSession, MegolmMessage, SessionKey};
@@ -46,6 +46,9 @@ pub enum CryptoError {
     /// Authenticated, but it claims to be from or for someone else.
     #[error("sender mismatch: {0}")]
     Mismatch(String),
+    /// The same ciphertext again under another message id: a replay, not a new message.
+    #[error("replayed: index {0} of its session was already opened as another message")]
+    Replayed(String),
     /// Sent before this device got the session's key (it joined later): never readable here.
     #[error("sent before this device had the key of session {0}")]
     BeforeJoined(String),
@@ -108,7 +111,8 @@ struct Outbound {
     created_at: i64,
     /// Members (user ids) when it was created: any change replaces the session.
     members: BTreeSet<String>,
-    /// Devices (`user/device`) that have its key.
+    /// Curve25519 keys of the devices that have its key: one of them no longer listed (a
+    /// removed or reset device) replaces the session.
     shared_with: BTreeSet<String>,
 }
 
@@ -116,6 +120,18 @@ struct Inbound {
     session: InboundGroupSession,
     conversation_id: String,
     sender_id: String,
+    /// The sending device and its Curve25519 key (Olm authenticated them).
+    sender_device: String,
+    sender_key: String,
+    /// Message index -> the message id it was opened under: the same ciphertext under another
+    /// id is a replay.
+    seen: BTreeMap<u32, String>,
+}
+
+/// Where an inbound session is kept: by its sender's Curve25519 key and its id, so a session id
+/// someone else forwarded first cannot take the sender's place.
+fn inbound_key(sender_key: &str, session_id: &str) -> String {
+    format!("{sender_key}|{session_id}")
 }
 
 /// A device's keys and sessions.
@@ -189,7 +205,7 @@ impl CryptoDevice {
     }
 
     /// `count` new one-time keys, signed, to publish (the account keeps their private halves
-    /// until a session uses them; it holds at most 50 unused ones).
+    /// until a session uses them; publish at most 50 at a time, as vodozemac advises).
     pub fn new_one_time_keys(&mut self, count: usize) -> Vec<SignedKey> {
         self.account.generate_one_time_keys(count);
         let keys = self.account.one_time_keys();
@@ -351,9 +367,10 @@ impl CryptoDevice {
         })
     }
 
-    /// Keeps a room key received (after [`CryptoDevice::decrypt_to_device`] and the caller's
-    /// check of the sender's published keys). A session already known is kept as it is.
-    pub fn accept_room_key(&mut self, key: &RoomKey) -> Result<(), CryptoError> {
+    /// Keeps a room key received from the device whose Curve25519 key is `sender_key` (from
+    /// [`CryptoDevice::decrypt_to_device`], after the caller's check that the sender publishes
+    /// that key). A session already known is kept as it is.
+    pub fn accept_room_key(&mut self, key: &RoomKey, sender_key: &str) -> Result<(), CryptoError> {
         let session_key = SessionKey::from_base64(&key.session_key)
             .map_err(|e| CryptoError::Malformed(e.to_string()))?;
         let session = InboundGroupSession::new(&session_key, megolm::SessionConfig::version_1());
@@ -363,11 +380,14 @@ impl CryptoDevice {
             ));
         }
         self.inbound
-            .entry(key.session_id.clone())
+            .entry(inbound_key(sender_key, &key.session_id))
             .or_insert(Inbound {
                 session,
                 conversation_id: key.conversation_id.clone(),
                 sender_id: key.sender_id.clone(),
+                sender_device: key.sender_device.clone(),
+                sender_key: sender_key.to_string(),
+                seen: BTreeMap::new(),
             });
         Ok(())
     }
@@ -383,10 +403,18 @@ impl CryptoDevice {
         devices: &[DeviceKeys],
         now: i64,
     ) -> KeyShare {
+        let listed: BTreeSet<&str> = devices
+            .iter()
+            .map(|d| d.identity.curve25519.as_str())
+            .collect();
         let stale = match self.outbound.get(conversation_id) {
             None => true,
             Some(outbound) => {
                 &outbound.members != members
+                    || outbound
+                        .shared_with
+                        .iter()
+                        .any(|k| !listed.contains(k.as_str()))
                     || outbound.session.message_index() >= ROTATE_AFTER_MESSAGES
                     || now - outbound.created_at >= ROTATE_AFTER
             }
@@ -398,12 +426,16 @@ impl CryptoDevice {
                 &session.session_key(),
                 megolm::SessionConfig::version_1(),
             );
+            let own_key = self.account.curve25519_key().to_base64();
             self.inbound.insert(
-                session.session_id(),
+                inbound_key(&own_key, &session.session_id()),
                 Inbound {
                     session: own,
                     conversation_id: conversation_id.to_string(),
                     sender_id: self.user_id.clone(),
+                    sender_device: self.device_id.clone(),
+                    sender_key: own_key,
+                    seen: BTreeMap::new(),
                 },
             );
             self.outbound.insert(
@@ -421,7 +453,7 @@ impl CryptoDevice {
             .iter()
             .filter(|d| !(d.user_id == self.user_id && d.device_id == self.device_id))
             .filter(|d| members.contains(&d.user_id))
-            .filter(|d| !outbound.shared_with.contains(&device_label(d)))
+            .filter(|d| !outbound.shared_with.contains(&d.identity.curve25519))
             .cloned()
             .collect();
         KeyShare {
@@ -434,7 +466,9 @@ impl CryptoDevice {
     /// Records that `device` now has the key of the conversation's outbound session.
     pub fn shared_with(&mut self, conversation_id: &str, device: &DeviceKeys) {
         if let Some(outbound) = self.outbound.get_mut(conversation_id) {
-            outbound.shared_with.insert(device_label(device));
+            outbound
+                .shared_with
+                .insert(device.identity.curve25519.clone());
         }
     }
 
@@ -478,22 +512,29 @@ impl CryptoDevice {
     }
 
     /// Decrypts a message's `content`, sent by `sender_id` (as the server says) to
-    /// `conversation_id`.
+    /// `conversation_id` as message `message_id`.
     pub fn decrypt(
         &mut self,
         conversation_id: &str,
         sender_id: &str,
+        message_id: &str,
         content: &str,
     ) -> Result<Plaintext, CryptoError> {
         let envelope = Envelope::parse(content).map_err(malformed)?;
         let inbound = self
             .inbound
-            .get_mut(&envelope.session_id)
+            .get_mut(&inbound_key(&envelope.sender_key, &envelope.session_id))
             .ok_or_else(|| CryptoError::UnknownSession(envelope.session_id.clone()))?;
-        if inbound.conversation_id != conversation_id || inbound.sender_id != sender_id {
+        if inbound.conversation_id != conversation_id
+            || inbound.sender_id != sender_id
+            || inbound.sender_device != envelope.device_id
+        {
             return Err(CryptoError::Mismatch(format!(
-                "session {} belongs to {} in {}",
-                envelope.session_id, inbound.sender_id, inbound.conversation_id
+                "session {} belongs to {}/{} in {}",
+                envelope.session_id,
+                inbound.sender_id,
+                inbound.sender_device,
+                inbound.conversation_id
             )));
         }
         let message = MegolmMessage::from_base64(&envelope.ciphertext)
@@ -504,6 +545,17 @@ impl CryptoDevice {
             }
             other => CryptoError::Tampered(other.to_string()),
         })?;
+        match inbound.seen.get(&opened.message_index) {
+            Some(first) if first != message_id => {
+                return Err(CryptoError::Replayed(first.clone()));
+            }
+            Some(_) => {}
+            None => {
+                inbound
+                    .seen
+                    .insert(opened.message_index, message_id.to_string());
+            }
+        }
         let plaintext: Plaintext = serde_json::from_slice(&opened.plaintext)
             .map_err(|e| CryptoError::Malformed(format!("plaintext: {e}")))?;
         if plaintext.conversation_id != conversation_id {
@@ -557,6 +609,9 @@ impl CryptoDevice {
                             session: i.session.pickle().encrypt(key),
                             conversation_id: i.conversation_id.clone(),
                             sender_id: i.sender_id.clone(),
+                            sender_device: i.sender_device.clone(),
+                            sender_key: i.sender_key.clone(),
+                            seen: i.seen.clone(),
                         },
                     )
                 })
@@ -604,6 +659,9 @@ impl CryptoDevice {
                     session: InboundGroupSession::from_pickle(p),
                     conversation_id: i.conversation_id,
                     sender_id: i.sender_id,
+                    sender_device: i.sender_device,
+                    sender_key: i.sender_key,
+                    seen: i.seen,
                 },
             );
         }
@@ -616,10 +674,6 @@ impl CryptoDevice {
             inbound,
         })
     }
-}
-
-fn device_label(device: &DeviceKeys) -> String {
-    format!("{}/{}", device.user_id, device.device_id)
 }
 
 fn malformed(error: crate::Error) -> CryptoError {
@@ -649,6 +703,9 @@ struct InboundPickle {
     session: String,
     conversation_id: String,
     sender_id: String,
+    sender_device: String,
+    sender_key: String,
+    seen: BTreeMap<u32, String>,
 }
 
 #[cfg(test)]
@@ -685,7 +742,7 @@ mod tests {
                 .unwrap();
             assert_eq!(opened.sender_key, sender.device_keys().identity.curve25519);
             let DeviceMessage::RoomKey(key) = opened.message;
-            receiver.accept_room_key(&key).unwrap();
+            receiver.accept_room_key(&key, &opened.sender_key).unwrap();
             sender.shared_with(conversation, device);
         }
     }
@@ -713,12 +770,15 @@ mod tests {
         assert!(!content.contains("hello"));
         for reader in [&mut bob, &mut carol] {
             assert_eq!(
-                reader.decrypt("g1", "alice", &content).unwrap().content,
+                reader
+                    .decrypt("g1", "alice", "m", &content)
+                    .unwrap()
+                    .content,
                 "hello group"
             );
         }
         assert_eq!(
-            alice.decrypt("g1", "alice", &content).unwrap().content,
+            alice.decrypt("g1", "alice", "m", &content).unwrap().content,
             "hello group"
         );
         // Nothing left to share for the same members.
@@ -731,11 +791,11 @@ mod tests {
 
         // Another conversation or sender claimed by the server: refused.
         assert!(matches!(
-            bob.decrypt("g2", "alice", &content),
+            bob.decrypt("g2", "alice", "m", &content),
             Err(CryptoError::Mismatch(_))
         ));
         assert!(matches!(
-            bob.decrypt("g1", "carol", &content),
+            bob.decrypt("g1", "carol", "m", &content),
             Err(CryptoError::Mismatch(_))
         ));
         // Any altered byte of the ciphertext: refused, not shown.
@@ -744,7 +804,7 @@ mod tests {
         bytes[10] ^= 1;
         envelope.ciphertext = vodozemac::base64_encode(&bytes);
         assert!(matches!(
-            bob.decrypt("g1", "alice", &envelope.to_content()),
+            bob.decrypt("g1", "alice", "m", &envelope.to_content()),
             Err(CryptoError::Tampered(_))
         ));
 
@@ -756,11 +816,11 @@ mod tests {
         share(&mut alice, "g1", &second, &mut [&mut bob]);
         let after = alice.encrypt(&text("g1", "without carol")).unwrap();
         assert_eq!(
-            bob.decrypt("g1", "alice", &after).unwrap().content,
+            bob.decrypt("g1", "alice", "m", &after).unwrap().content,
             "without carol"
         );
         assert!(matches!(
-            carol.decrypt("g1", "alice", &after),
+            carol.decrypt("g1", "alice", "m", &after),
             Err(CryptoError::UnknownSession(_))
         ));
     }
@@ -785,11 +845,11 @@ mod tests {
         share(&mut alice, "d1", &share2, &mut [&mut tablet]);
         let after = alice.encrypt(&text("d1", "after the tablet")).unwrap();
         assert_eq!(
-            tablet.decrypt("d1", "alice", &after).unwrap().content,
+            tablet.decrypt("d1", "alice", "m", &after).unwrap().content,
             "after the tablet"
         );
         assert!(matches!(
-            tablet.decrypt("d1", "alice", &before),
+            tablet.decrypt("d1", "alice", "m", &before),
             Err(CryptoError::BeforeJoined(_))
         ));
 
@@ -799,7 +859,10 @@ mod tests {
         let mut restored = CryptoDevice::from_pickle(&pickle, &key).unwrap();
         assert_eq!(restored.device_keys(), bob.device_keys());
         assert_eq!(
-            restored.decrypt("d1", "alice", &after).unwrap().content,
+            restored
+                .decrypt("d1", "alice", "m", &after)
+                .unwrap()
+                .content,
             "after the tablet"
         );
         assert!(CryptoDevice::from_pickle(&pickle, &[8u8; 32]).is_err());
@@ -808,7 +871,10 @@ mod tests {
         let back = bob.room_key_for("d1", &members, &[alice.device_keys()], 2);
         share(&mut bob, "d1", &back, &mut [&mut alice]);
         let reply = bob.encrypt(&text("d1", "reply")).unwrap();
-        assert_eq!(alice.decrypt("d1", "bob", &reply).unwrap().content, "reply");
+        assert_eq!(
+            alice.decrypt("d1", "bob", "m", &reply).unwrap().content,
+            "reply"
+        );
     }
 
     #[test]
@@ -846,5 +912,70 @@ mod tests {
             ),
             Err(CryptoError::Tampered(_))
         ));
+    }
+
+    #[test]
+    fn a_replay_under_another_id_is_caught_and_a_removed_device_rotates_the_session() {
+        let mut alice = CryptoDevice::new("alice", "phone");
+        let mut phone = CryptoDevice::new("bob", "phone");
+        let mut tablet = CryptoDevice::new("bob", "tablet");
+        let members: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
+        let devices = [phone.device_keys(), tablet.device_keys()];
+        let first = alice.room_key_for("d1", &members, &devices, 0);
+        share(&mut alice, "d1", &first, &mut [&mut phone, &mut tablet]);
+        let content = alice.encrypt(&text("d1", "once")).unwrap();
+        assert_eq!(
+            phone
+                .decrypt("d1", "alice", "m1", &content)
+                .unwrap()
+                .content,
+            "once"
+        );
+        // The same message delivered again (sync, retransmit): opened again.
+        assert!(phone.decrypt("d1", "alice", "m1", &content).is_ok());
+        // The same ciphertext as another message: a replay.
+        assert!(matches!(
+            phone.decrypt("d1", "alice", "m2", &content),
+            Err(CryptoError::Replayed(_))
+        ));
+        // Bob's tablet is removed (lost): the next message uses a session it never had.
+        let second = alice.room_key_for("d1", &members, &[phone.device_keys()], 1);
+        assert_ne!(second.session_id, first.session_id);
+        share(&mut alice, "d1", &second, &mut [&mut phone]);
+        let after = alice.encrypt(&text("d1", "tablet gone")).unwrap();
+        assert!(tablet.decrypt("d1", "alice", "m3", &after).is_err());
+        assert_eq!(
+            phone.decrypt("d1", "alice", "m3", &after).unwrap().content,
+            "tablet gone"
+        );
+    }
+
+    #[test]
+    fn a_session_forwarded_by_someone_else_cannot_take_its_senders_place() {
+        let mut alice = CryptoDevice::new("alice", "phone");
+        let mut bob = CryptoDevice::new("bob", "phone");
+        let mut carol = CryptoDevice::new("carol", "phone");
+        let members: BTreeSet<String> = ["alice", "bob", "carol"].map(String::from).into();
+        let share_a =
+            alice.room_key_for("g", &members, &[bob.device_keys(), carol.device_keys()], 0);
+        // Bob forwards alice's session key to carol as if it were his own, before alice does.
+        let forged = RoomKey {
+            conversation_id: "g".into(),
+            session_id: share_a.session_id.clone(),
+            session_key: share_a.room_key.clone(),
+            sender_id: "bob".into(),
+            sender_device: "phone".into(),
+            recipient_id: "carol".into(),
+            recipient_device: "phone".into(),
+        };
+        carol
+            .accept_room_key(&forged, &bob.device_keys().identity.curve25519)
+            .unwrap();
+        share(&mut alice, "g", &share_a, &mut [&mut bob, &mut carol]);
+        let content = alice.encrypt(&text("g", "from alice")).unwrap();
+        assert_eq!(
+            carol.decrypt("g", "alice", "m1", &content).unwrap().content,
+            "from alice"
+        );
     }
 }

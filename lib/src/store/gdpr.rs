@@ -213,6 +213,22 @@ impl GdprStore for MongoStore {
             self.devices()
                 .delete_many(doc! {"user_id": user_id})
                 .await?;
+            // End-to-end encryption: the user's device keys, one-time keys and queues, and the
+            // key material they sent that is still queued for others.
+            for collection in [
+                collections::DEVICE_KEYS,
+                collections::ONE_TIME_KEYS,
+                collections::TO_DEVICE,
+            ] {
+                self.db
+                    .collection::<Document>(collection)
+                    .delete_many(doc! {"user_id": user_id})
+                    .await?;
+            }
+            self.db
+                .collection::<Document>(collections::TO_DEVICE)
+                .delete_many(doc! {"sender_id": user_id})
+                .await?;
             self.users().delete_one(doc! {"user_id": user_id}).await?;
             Ok(report)
         })

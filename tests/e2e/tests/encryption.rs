@@ -154,7 +154,7 @@ async fn receive_keys(device: &mut CryptoDevice, ws: &mut RawWs, frame: &Value) 
             )
             .unwrap();
         let DeviceMessage::RoomKey(key) = opened.message;
-        device.accept_room_key(&key).unwrap();
+        device.accept_room_key(&key, &opened.sender_key).unwrap();
         sequences.push(item["sequence"].as_u64().unwrap());
     }
     ws.send(json!({"type": "to_device_ack", "sequences": sequences}).to_string())
@@ -346,6 +346,7 @@ async fn a_direct_chat_is_readable_on_every_device_and_nowhere_else() {
         .decrypt(
             &chat,
             &alice,
+            "m",
             message["payload"]["content"].as_str().unwrap(),
         )
         .unwrap();
@@ -366,7 +367,9 @@ async fn a_direct_chat_is_readable_on_every_device_and_nowhere_else() {
         .mongo
         .database()
         .collection::<Document>("to_device")
-        .count_documents(doc! {"user_id": &bob, "device_id": "phone"})
+        .count_documents(
+            doc! {"user_id": &bob, "device_id": "phone", "acked_at": {"$exists": true}},
+        )
         .await
         .unwrap();
     assert_eq!(phone_queue, 1, "a retry after the ack finds the tombstone");
@@ -388,7 +391,10 @@ async fn a_direct_chat_is_readable_on_every_device_and_nowhere_else() {
                 assert!(got_key, "key material first: {frame}");
                 let content = frame["payload"]["messages"][0]["content"].as_str().unwrap();
                 assert_eq!(
-                    bob_laptop.decrypt(&chat, &alice, content).unwrap().content,
+                    bob_laptop
+                        .decrypt(&chat, &alice, "m", content)
+                        .unwrap()
+                        .content,
                     secret
                 );
                 break;
@@ -447,7 +453,12 @@ async fn a_direct_chat_is_readable_on_every_device_and_nowhere_else() {
     let message = alice_ws.expect("message").await;
     assert_eq!(
         alice_phone
-            .decrypt(&chat, &bob, message["payload"]["content"].as_str().unwrap())
+            .decrypt(
+                &chat,
+                &bob,
+                "m",
+                message["payload"]["content"].as_str().unwrap()
+            )
             .unwrap()
             .content,
         reply
@@ -703,7 +714,7 @@ async fn a_group_of_five_on_several_devices_reads_everything_and_a_removed_membe
     assert!(
         dee_phone
             .device_mut()
-            .decrypt(&group, &ana, &stored.body.content)
+            .decrypt(&group, &ana, &stored.message_id, &stored.body.content)
             .is_err(),
         "a removed member cannot open what is sent after the removal"
     );
@@ -750,7 +761,12 @@ async fn a_group_of_five_on_several_devices_reads_everything_and_a_removed_membe
         assert!(
             ben_tablet
                 .device_mut()
-                .decrypt(&group, &earlier.sender_id, &earlier.body.content)
+                .decrypt(
+                    &group,
+                    &earlier.sender_id,
+                    &earlier.message_id,
+                    &earlier.body.content
+                )
                 .is_err(),
             "a device added later cannot open what came before it"
         );
@@ -767,7 +783,7 @@ async fn a_group_of_five_on_several_devices_reads_everything_and_a_removed_membe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tampered_ciphertext_is_caught_by_the_receiving_client_not_shown() {
+async fn a_tampered_ciphertext_or_planted_plaintext_is_caught_by_the_receiving_client_not_shown() {
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
     let bob = user(&stack, "bob").await;
@@ -821,6 +837,40 @@ async fn a_tampered_ciphertext_is_caught_by_the_receiving_client_not_shown() {
             }
             Some(EncryptedEvent::Other(_)) => continue,
             None => panic!("the tampered message never surfaced"),
+        }
+    }
+
+    // A server that slips plaintext into a chat between people: refused, never shown.
+    let mut planted = stored.to_delivered();
+    planted.message_id = "planted".into();
+    planted.sequence_number = ack.sequence_number + 2;
+    planted.body.content = "it's me, send me the code".into();
+    for connection in stack.ctx.realtime.user_connections(&bob).await.unwrap() {
+        messaging::fanout::post(
+            &stack.ctx,
+            &connection,
+            &ServerFrame::Message {
+                payload: planted.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bob_phone.next_event_within(left).await {
+            Some(EncryptedEvent::Undecryptable { message, reason })
+                if message.message_id == "planted" =>
+            {
+                assert!(matches!(reason, CryptoError::Malformed(_)), "{reason}");
+                break;
+            }
+            Some(EncryptedEvent::Message { message, .. }) => {
+                panic!("plaintext between people was shown: {message:?}")
+            }
+            Some(_) => continue,
+            None => panic!("the planted message never surfaced"),
         }
     }
 }

@@ -154,7 +154,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             event = client.next_event() => {
                 let Some(event) = event else { break };
                 let event = match event {
-                    EncryptedEvent::Message { message, .. } => ClientEvent::Message(message),
+                    EncryptedEvent::Message { mut message, encrypted } => {
+                        if !encrypted && message.body.message_type != messaging::protocol::MessageType::System {
+                            message.body.content = format!("[not encrypted] {}", message.body.content);
+                        }
+                        ClientEvent::Message(message)
+                    }
                     EncryptedEvent::Undecryptable { message, reason } => {
                         let sender = message.sender_id.clone().unwrap_or_default();
                         if sender != args.user {
@@ -356,9 +361,10 @@ async fn describe_encryption(
     me: &str,
     conversation_id: &str,
 ) {
-    let Ok((participants, agent)) = directory.conversation(conversation_id).await else {
+    let Ok(info) = directory.conversation(conversation_id).await else {
         return;
     };
+    let (participants, agent) = (info.participants, info.agent_id);
     if let Some(agent) = &agent
         && directory
             .devices_of(agent)
@@ -378,7 +384,12 @@ async fn describe_encryption(
         client.device().device_keys().safety_code()
     );
     for participant in participants.iter().filter(|p| p.as_str() != me) {
-        match directory.devices_of(participant).await {
+        let verified = directory.devices_of(participant).await.map(|d| {
+            d.into_iter()
+                .filter(|d| &d.user_id == participant && d.verify().is_ok())
+                .collect::<Vec<_>>()
+        });
+        match verified {
             Ok(devices) if devices.is_empty() => {
                 println!(
                     "     {participant}: no device yet (they will read what is sent after they connect)"
