@@ -146,6 +146,7 @@ impl StoreOptions {
             message_retention: Duration::from_secs(days * 86_400),
             operation_timeout: millis(src, "MONGODB_TIMEOUT_MS", DEFAULT_OPERATION_TIMEOUT)?,
             fanout_grace: millis(src, "OUTBOX_GRACE_MS", crate::store::messages::FANOUT_GRACE)?,
+            ..Self::default()
         })
     }
 }

@@ -165,7 +165,13 @@ pub fn authorize(
         .map(str::to_string)
         .or(claims.device_id.clone())
         .unwrap_or_else(|| DEFAULT_DEVICE.to_string());
-    if !crate::ids::is_valid(&device_id) {
+    // A token issued to a device connects as that device only: the device id decides whose
+    // end-to-end encryption queue the connection reads and acknowledges.
+    let other_device = claims
+        .device_id
+        .as_ref()
+        .is_some_and(|bound| bound != &device_id);
+    if other_device || !crate::ids::is_valid(&device_id) {
         // API Gateway answers 403: the caller is known, the request is not acceptable.
         return Ok(policy(
             &claims.sub,

@@ -551,3 +551,73 @@ async fn two_round_trips_per_new_message_three_for_a_retry() {
         "read, insert refused, read the original"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_to_device_queue_is_bounded_and_numbers_survive_a_reset_device() {
+    use messaging::e2ee::CryptoDevice;
+    use messaging::protocol::OutgoingToDevice;
+    use messaging::store::{KeyDirectoryStore, ToDeviceStore};
+    let store = store_with(StoreOptions {
+        max_queued_to_device: 3,
+        ..StoreOptions::default()
+    })
+    .await;
+    let phone = CryptoDevice::new("bob", "phone");
+    store.publish_device(&phone.device_keys()).await.unwrap();
+    let message = |id: &str| OutgoingToDevice {
+        message_id: id.into(),
+        user_id: "bob".into(),
+        device_id: "phone".into(),
+        content: "ciphertext".into(),
+    };
+    for i in 0..3 {
+        store
+            .queue_to_device("alice", "laptop", &[message(&format!("m{i}"))], 1)
+            .await
+            .unwrap();
+    }
+    let full = store
+        .queue_to_device("alice", "laptop", &[message("m3")], 1)
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), messaging::ErrorCode::RateLimited, "{full}");
+    // A retry of something already queued is still answered.
+    assert_eq!(
+        store
+            .queue_to_device("alice", "laptop", &[message("m1")], 1)
+            .await
+            .unwrap()[0]
+            .item
+            .sequence,
+        2
+    );
+    // Acknowledged: room again.
+    store
+        .ack_to_device("bob", "phone", &[1, 2, 3])
+        .await
+        .unwrap();
+    store
+        .queue_to_device("alice", "laptop", &[message("m3")], 1)
+        .await
+        .unwrap();
+
+    // A message left over from before a reset (a send that raced the deletion) keeps its
+    // number; the device published again numbers past it.
+    store.delete_device_keys("bob", "phone").await.unwrap();
+    store.publish_device(&phone.device_keys()).await.unwrap();
+    store
+        .database()
+        .collection::<Document>("to_device")
+        .insert_one(mongodb::bson::doc! {
+            "user_id": "bob", "device_id": "phone", "sequence": 1_i64, "message_id": "old",
+            "sender_id": "alice", "sender_device_id": "laptop", "content": "x",
+            "timestamp": 1_i64, "created_at": mongodb::bson::DateTime::now(),
+        })
+        .await
+        .unwrap();
+    let queued = store
+        .queue_to_device("alice", "laptop", &[message("m4")], 1)
+        .await
+        .unwrap();
+    assert_eq!(queued[0].item.sequence, 2, "numbered past the leftover");
+}

@@ -323,3 +323,48 @@ async fn a_token_issued_to_a_device_publishes_for_that_device_only() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_has_at_most_thirty_two_devices_with_keys() {
+    let env = env().await;
+    let (alice, token) = env.quick_user("Alice").await;
+    for i in 0..32 {
+        let mut device = CryptoDevice::new(alice.clone(), format!("d{i}"));
+        let r = env
+            .call(
+                "PUT",
+                &format!("/v1/keys/d{i}"),
+                Some(&token),
+                Some(publish_body(&mut device, 1)),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let mut one_more = CryptoDevice::new(alice.clone(), "d32");
+    let r = env
+        .call(
+            "PUT",
+            "/v1/keys/d32",
+            Some(&token),
+            Some(publish_body(&mut one_more, 1)),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("32"));
+    // One deleted makes room.
+    assert_eq!(
+        env.call("DELETE", "/v1/keys/d0", Some(&token), None)
+            .await
+            .status,
+        204
+    );
+    let r = env
+        .call(
+            "PUT",
+            "/v1/keys/d32",
+            Some(&token),
+            Some(publish_body(&mut one_more, 1)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}

@@ -43,6 +43,15 @@ pub async fn auth(
             "this connection is authenticated as another user",
         ));
     }
+    if let (Some(asked), Some(bound)) = (&payload.device_id, &claims.device_id)
+        && asked != bound
+    {
+        // A token issued to a device authenticates that device only.
+        return Ok(Some(ServerFrame::AuthError {
+            error: format!("this token belongs to device {bound}"),
+            code: Some(ErrorCode::Forbidden),
+        }));
+    }
     let device_id = payload
         .device_id
         .or(claims.device_id.clone())

@@ -313,7 +313,22 @@ impl EncryptedClient {
         let fallback = self.device.new_fallback_key();
         self.directory
             .publish(&mine, &one_time, Some(&fallback))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // This device id published other keys (its state was lost, or another device
+                // uses the id): say what to do.
+                ClientError::Server {
+                    code: crate::ErrorCode::Conflict,
+                    ..
+                } => ClientError::Server {
+                    code: crate::ErrorCode::Conflict,
+                    message: format!(
+                        "device {} already published other keys: use another device id, or delete them (DELETE /v1/keys/{}) if this device was reset",
+                        mine.device_id, mine.device_id
+                    ),
+                },
+                other => other,
+            })?;
         self.save();
         Ok(())
     }
@@ -372,9 +387,10 @@ impl EncryptedClient {
             members.insert(participant.clone());
             devices.extend(listed);
         }
-        // Plaintext only to an agent that holds no keys; between people never.
+        // Plaintext only to an agent that holds no keys (or one chosen per message by
+        // capability, which no key can be shared with ahead); between people never.
         let plaintext_agent = info.kind == ConversationKind::Agent
-            && agent.as_ref().is_some_and(|a| !members.contains(a));
+            && agent.as_ref().is_none_or(|a| !members.contains(a));
         let mut body = body;
         if !plaintext_agent {
             self.share_key(conversation_id, &members, &devices).await?;
@@ -495,6 +511,10 @@ impl EncryptedClient {
                     ClientEvent::Error { code, message }
                         if code != crate::ErrorCode::Unavailable =>
                     {
+                        if code == crate::ErrorCode::NotFound {
+                            // A device that is gone: the next send reads the devices again.
+                            self.devices.clear();
+                        }
                         return Err(ClientError::Server { code, message });
                     }
                     ClientEvent::Error { .. } => break,

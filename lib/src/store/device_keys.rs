@@ -16,6 +16,8 @@ use crate::e2ee::{DeviceKeys, SignedKey};
 
 /// Most one-time keys a device may have stored at once.
 pub const MAX_STORED_ONE_TIME_KEYS: u64 = 200;
+/// Most devices a user may have in the directory (every sender encrypts for each of them).
+pub const MAX_DEVICES_PER_USER: u64 = 32;
 
 /// A device's record in `device_keys`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +70,8 @@ pub struct ClaimedKey {
 /// The key directory.
 #[async_trait]
 pub trait KeyDirectoryStore: Send + Sync {
-    /// Publishes a device's identity (already verified).
+    /// Publishes a device's identity (already verified); `invalid_request` past
+    /// [`MAX_DEVICES_PER_USER`].
     async fn publish_device(&self, keys: &DeviceKeys) -> Result<Published>;
     /// Adds one-time keys (already verified; a key id stored before is skipped) and, when
     /// given, replaces the fallback key. Returns how many one-time keys are stored. Refuses
@@ -107,6 +110,18 @@ impl KeyDirectoryStore for MongoStore {
                 created_at: DateTime::now(),
             };
             let filter = doc! {"user_id": &keys.user_id, "device_id": &keys.device_id};
+            let existing = self.device_keys().find_one(filter.clone()).await?;
+            if existing.is_none()
+                && self
+                    .device_keys()
+                    .count_documents(doc! {"user_id": &keys.user_id})
+                    .await?
+                    >= MAX_DEVICES_PER_USER
+            {
+                return Err(Error::invalid(format!(
+                    "a user has at most {MAX_DEVICES_PER_USER} devices with keys: delete one first (DELETE /v1/keys/{{device_id}})"
+                )));
+            }
             match self.device_keys().insert_one(&record).await {
                 Ok(_) => return Ok(Published::New),
                 Err(e) if is_duplicate_key(&e) => {}
@@ -229,12 +244,14 @@ impl KeyDirectoryStore for MongoStore {
     async fn delete_device_keys(&self, user_id: &str, device_id: &str) -> Result<bool> {
         self.deadline(async move {
             let owner = doc! {"user_id": user_id, "device_id": device_id};
-            let deleted = self.device_keys().delete_one(owner.clone()).await?;
+            // The record last: a deletion that fails half way can be asked again (the record
+            // still says the device exists), and no key signed by the old identity outlives it.
             self.one_time_keys().delete_many(owner.clone()).await?;
             self.db
                 .collection::<Document>(collections::TO_DEVICE)
-                .delete_many(owner)
+                .delete_many(owner.clone())
                 .await?;
+            let deleted = self.device_keys().delete_one(owner).await?;
             Ok(deleted.deleted_count > 0)
         })
         .await

@@ -131,6 +131,8 @@ pub struct StoreOptions {
     pub operation_timeout: Duration,
     /// How long after its insert a message's fan-out counts as overdue for the outbox sweeper.
     pub fanout_grace: Duration,
+    /// Most unacknowledged `to_device` messages one device's queue holds.
+    pub max_queued_to_device: u64,
 }
 
 /// Default [`StoreOptions::operation_timeout`].
@@ -142,6 +144,7 @@ impl Default for StoreOptions {
             message_retention: DEFAULT_MESSAGE_RETENTION,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             fanout_grace: messages::FANOUT_GRACE,
+            max_queued_to_device: to_device::MAX_QUEUED_TO_DEVICE,
         }
     }
 }

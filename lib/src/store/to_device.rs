@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::protocol::{OutgoingToDevice, ToDeviceItem};
 
+/// Default of [`super::StoreOptions::max_queued_to_device`]: a device's queue beyond this many
+/// unacknowledged messages refuses more (`rate_limited`) until the device catches up.
+pub const MAX_QUEUED_TO_DEVICE: u64 = 10_000;
 /// Unacknowledged `to_device` messages are kept this long.
 pub const TO_DEVICE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -149,43 +152,70 @@ impl MongoStore {
         if let Some(stored) = self.to_device().find_one(same.clone()).await? {
             return Ok(stored);
         }
-        let numbered = self
-            .device_keys()
-            .find_one_and_update(
-                doc! {"user_id": &message.user_id, "device_id": &message.device_id},
-                doc! {"$inc": {"to_device_sequence": 1_i64}},
-            )
-            .return_document(ReturnDocument::After)
-            .await?
-            .ok_or_else(|| {
-                Error::not_found(format!(
-                    "device {} of user {} has published no keys",
+        let queued = self
+            .to_device()
+            .count_documents(doc! {
+                "user_id": &message.user_id,
+                "device_id": &message.device_id,
+                "acked_at": {"$exists": false},
+            })
+            .await?;
+        let limit = self.options.max_queued_to_device;
+        if queued >= limit {
+            return Err(Error::client(
+                crate::ErrorCode::RateLimited,
+                format!(
+                    "device {} of user {} has {limit} messages waiting: try later",
                     message.device_id, message.user_id
-                ))
-            })?;
-        let record = ToDeviceRecord {
-            user_id: message.user_id.clone(),
-            device_id: message.device_id.clone(),
-            item: ToDeviceItem {
-                sequence: numbered.to_device_sequence.max(0) as u64,
-                message_id: message.message_id.clone(),
-                sender_id: sender_id.to_string(),
-                sender_device_id: sender_device_id.to_string(),
-                content: message.content.clone(),
-                timestamp: now_ms,
-            },
-            created_at: DateTime::now(),
-            acked_at: None,
-        };
-        match self.to_device().insert_one(&record).await {
-            Ok(_) => Ok(record),
-            // The same retry raced this one: the first stored wins.
-            Err(e) if is_duplicate_key(&e) => self
-                .to_device()
-                .find_one(same)
-                .await?
-                .ok_or_else(|| Error::dependency("mongodb", "to_device message vanished")),
-            Err(e) => Err(e.into()),
+                ),
+            ));
         }
+        // A number a deleted and published-again device used before may still be taken (a
+        // send that raced the deletion): take the next one.
+        for _ in 0..3 {
+            let numbered = self
+                .device_keys()
+                .find_one_and_update(
+                    doc! {"user_id": &message.user_id, "device_id": &message.device_id},
+                    doc! {"$inc": {"to_device_sequence": 1_i64}},
+                )
+                .return_document(ReturnDocument::After)
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "device {} of user {} has published no keys",
+                        message.device_id, message.user_id
+                    ))
+                })?;
+            let record = ToDeviceRecord {
+                user_id: message.user_id.clone(),
+                device_id: message.device_id.clone(),
+                item: ToDeviceItem {
+                    sequence: numbered.to_device_sequence.max(0) as u64,
+                    message_id: message.message_id.clone(),
+                    sender_id: sender_id.to_string(),
+                    sender_device_id: sender_device_id.to_string(),
+                    content: message.content.clone(),
+                    timestamp: now_ms,
+                },
+                created_at: DateTime::now(),
+                acked_at: None,
+            };
+            match self.to_device().insert_one(&record).await {
+                Ok(_) => return Ok(record),
+                Err(e) if is_duplicate_key(&e) => {
+                    // The same retry raced this one (the first stored wins), or the number
+                    // was taken (numbered again).
+                    if let Some(stored) = self.to_device().find_one(same.clone()).await? {
+                        return Ok(stored);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::dependency(
+            "mongodb",
+            "no free to_device sequence number",
+        ))
     }
 }

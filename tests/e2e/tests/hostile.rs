@@ -232,6 +232,29 @@ async fn a_signed_token_that_names_nobody_is_refused_everywhere() {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
         other => panic!("device $gt: {:?}", other.map(|_| ())),
     }
+    // A token issued to one device cannot connect, or authenticate, as another: the device id
+    // decides whose end-to-end encryption queue the connection reads and acknowledges.
+    let mut claims = stack.issuer.claims(&alice, Duration::from_secs(600));
+    claims.device_id = Some("phone".into());
+    let phone_token = stack.issuer.sign(&claims).unwrap();
+    let url = format!("{}/?token={phone_token}&device_id=laptop", stack.ws_url);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("phone's token as the laptop: {:?}", other.map(|_| ())),
+    }
+    let url = format!("{}/?token={phone_token}&device_id=phone", stack.ws_url);
+    assert!(
+        tokio_tungstenite::connect_async(url).await.is_ok(),
+        "its own device connects"
+    );
+    let mut raw = RawWs::connect(&stack, None, "laptop").await;
+    raw.send(
+        serde_json::json!({"type": "auth", "payload": {"auth_token": phone_token, "device_id": "laptop"}})
+            .to_string(),
+    )
+    .await;
+    let refused = raw.expect("auth_error").await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
