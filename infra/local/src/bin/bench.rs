@@ -1374,11 +1374,10 @@ mod e2ee {
     }
 
     /// Sends `n` messages one after the other; their ack latencies (µs) and this process's CPU.
-    async fn timed<F, Fut>(n: usize, mut send: F) -> anyhow::Result<(Vec<u64>, f64)>
-    where
-        F: FnMut(String) -> Fut,
-        Fut: std::future::Future<Output = anyhow::Result<()>>,
-    {
+    async fn timed(
+        n: usize,
+        mut send: impl AsyncFnMut(String) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(Vec<u64>, f64)> {
         let cpu = own_cpu();
         let mut latencies = Vec::with_capacity(n);
         for i in 0..n {
@@ -1389,6 +1388,33 @@ mod e2ee {
         // Receivers finish decrypting what was sent.
         tokio::time::sleep(Duration::from_millis(500)).await;
         Ok((latencies, own_cpu() - cpu))
+    }
+
+    /// One send of the plain client: `text` in an envelope no key opens.
+    async fn opaque(plain: &Client, conversation_id: &str, text: String) -> anyhow::Result<()> {
+        plain
+            .send_message(OutgoingMessage {
+                conversation_id: conversation_id.into(),
+                receiver_id: None,
+                body: MessageBody::text(Envelope::opaque(&text)),
+                timestamp: 1,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// One send of an encrypting client.
+    async fn sealed(
+        client: &mut EncryptedClient,
+        conversation_id: &str,
+        text: String,
+    ) -> anyhow::Result<()> {
+        client
+            .send(conversation_id, MessageBody::text(text))
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     fn report(name: &str, latencies: &mut [u64], cpu: f64) -> serde_json::Value {
@@ -1420,36 +1446,14 @@ mod e2ee {
         let bob = drain(encrypted(stack, issuer, "e2ee-bob").await?);
         let plain = connect(&stack.ws_url, &issuer.clone(), "e2ee-alice", "plain").await?;
         println!("1:1, {n} sequential sends each:");
-        let (mut without, cpu_without) = timed(n, |text| {
-            let send = plain.send_message(OutgoingMessage {
-                conversation_id: "e2ee-direct".into(),
-                receiver_id: None,
-                body: MessageBody::text(Envelope::opaque(&text)),
-                timestamp: 1,
-            });
-            async move { send.await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")) }
+        let (mut without, cpu_without) =
+            timed(n, async |text| opaque(&plain, "e2ee-direct", text).await).await?;
+        let without = report("direct ack, opaque envelopes", &mut without, cpu_without);
+        let (mut with, cpu_with) = timed(n, async |text| {
+            sealed(&mut alice, "e2ee-direct", text).await
         })
         .await?;
-        let without = report("direct ack, opaque envelopes", &mut without, cpu_without);
-        let mut with = Vec::with_capacity(n);
-        let cpu = own_cpu();
-        for i in 0..n {
-            let t = Instant::now();
-            alice
-                .send(
-                    "e2ee-direct",
-                    MessageBody::text(format!("message {i} {}", "x".repeat(64))),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            with.push(t.elapsed().as_micros() as u64);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let with = report(
-            "direct ack, end-to-end encrypted",
-            &mut with,
-            own_cpu() - cpu,
-        );
+        let with = report("direct ack, end-to-end encrypted", &mut with, cpu_with);
         drop(plain);
         bob.abort();
 
@@ -1486,40 +1490,18 @@ mod e2ee {
         );
         let k = (n / 10).max(10);
         let plain = connect(&stack.ws_url, &issuer.clone(), &members[0], "plain").await?;
-        let (mut without_group, cpu_without) = timed(k, |text| {
-            let send = plain.send_message(OutgoingMessage {
-                conversation_id: "e2ee-group".into(),
-                receiver_id: None,
-                body: MessageBody::text(Envelope::opaque(&text)),
-                timestamp: 1,
-            });
-            async move { send.await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")) }
-        })
-        .await?;
+        let (mut without_group, cpu_without) =
+            timed(k, async |text| opaque(&plain, "e2ee-group", text).await).await?;
         let without_group = report(
             "group ack, opaque envelopes",
             &mut without_group,
             cpu_without,
         );
-        let mut with_group = Vec::with_capacity(k);
-        let cpu = own_cpu();
-        for i in 0..k {
-            let t = Instant::now();
-            sender
-                .send(
-                    "e2ee-group",
-                    MessageBody::text(format!("message {i} {}", "x".repeat(64))),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            with_group.push(t.elapsed().as_micros() as u64);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let with_group = report(
-            "group ack, end-to-end encrypted",
-            &mut with_group,
-            own_cpu() - cpu,
-        );
+        let (mut with_group, cpu_with) = timed(k, async |text| {
+            sealed(&mut sender, "e2ee-group", text).await
+        })
+        .await?;
+        let with_group = report("group ack, end-to-end encrypted", &mut with_group, cpu_with);
         for reader in readers {
             reader.abort();
         }
