@@ -45,6 +45,8 @@ use async_trait::async_trait;
 use cloudevents::{AttributesReader, Event};
 use tokio::sync::watch;
 
+use crate::e2ee::Envelope;
+use crate::e2ee::agent_device::{AgentDevice, Opened};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{EventPublisher, event_data, new_event, new_event_with_id};
 use crate::model::{
@@ -55,6 +57,23 @@ use crate::protocol::{MessageType, RunDetail, RunState};
 
 /// How many answered message ids a host remembers, to ignore redeliveries.
 const REMEMBERED: usize = 10_000;
+/// Most text in one sealed streamed piece: sealed, it stays under the 4 KB of a delta.
+const SEALED_PIECE: usize = 2048;
+
+/// `text` in pieces of at most `limit` bytes, cut at character boundaries.
+fn split_at_most(text: &str, limit: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + limit.max(4)).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        pieces.push(&text[start..end]);
+        start = end;
+    }
+    pieces
+}
 
 /// An agent: answers a user's message through a [`Run`].
 #[async_trait]
@@ -64,11 +83,26 @@ pub trait Agent: Send + Sync + 'static {
     async fn answer(&self, message: MessageReceived, run: Run) -> Result<()>;
 }
 
-/// Where an agent publishes, and the runs it has going.
+/// What an agent can make of a delivered message (see [`AgentHost::open`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// Readable (opened in place when it was sealed); the answer is sealed when it was.
+    Readable {
+        /// The message was sealed, and so is the answer.
+        sealed: bool,
+    },
+    /// The agent cannot read it; its run fails with this reason.
+    Refused(String),
+}
+
+/// Where an agent publishes, its device when it is encrypted, and the runs it has going.
 pub struct AgentHost {
     agent_id: String,
     source: String,
     publisher: Arc<dyn EventPublisher>,
+    /// The agent's device: messages are opened and answers sealed (see
+    /// [`crate::e2ee::agent_device`]); `None` for an agent without keys (plaintext).
+    device: Option<Arc<AgentDevice>>,
     /// Runs going on, by run id: the sender of their cancellation.
     runs: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Message ids answered lately (oldest first), to ignore redeliveries.
@@ -79,23 +113,49 @@ impl AgentHost {
     /// A host for agent `agent_id` publishing with `publisher` (events carry the source
     /// `/agents/{agent_id}`).
     pub fn new(agent_id: impl Into<String>, publisher: Arc<dyn EventPublisher>) -> Arc<Self> {
-        let agent_id = agent_id.into();
+        Self::build(agent_id.into(), publisher, None)
+    }
+
+    /// A host for an end-to-end encrypted agent: it opens what people send with `device` and
+    /// seals every answer and streamed piece (see the module doc).
+    pub fn encrypted(
+        agent_id: impl Into<String>,
+        publisher: Arc<dyn EventPublisher>,
+        device: AgentDevice,
+    ) -> Arc<Self> {
+        Self::build(agent_id.into(), publisher, Some(Arc::new(device)))
+    }
+
+    fn build(
+        agent_id: String,
+        publisher: Arc<dyn EventPublisher>,
+        device: Option<Arc<AgentDevice>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             source: format!("/agents/{agent_id}"),
             agent_id,
             publisher,
+            device,
             runs: Mutex::new(HashMap::new()),
             answered: Mutex::new(VecDeque::new()),
         })
     }
 
     /// A host publishing where the environment says: EventBridge with `EVENT_BUS_NAME`, else
-    /// the broker at `BROKER_URL`.
+    /// the broker at `BROKER_URL`; encrypted when `AGENT_TOKEN` is set (see
+    /// [`AgentDevice::from_env`]).
     pub async fn from_env(agent_id: impl Into<String>) -> anyhow::Result<Arc<Self>> {
-        Ok(Self::new(
-            agent_id,
-            crate::eventbridge::publisher_from_env().await?,
-        ))
+        let agent_id = agent_id.into();
+        let publisher = crate::eventbridge::publisher_from_env().await?;
+        let device = AgentDevice::from_env(&agent_id).await?;
+        if let Some(device) = &device {
+            tracing::info!(
+                device = device.device_id(),
+                safety_code = device.safety_code().await,
+                "end-to-end encrypted"
+            );
+        }
+        Ok(Self::build(agent_id, publisher, device.map(Arc::new)))
     }
 
     /// This agent's id.
@@ -104,8 +164,10 @@ impl AgentHost {
     }
 
     /// Takes one delivered CloudEvent: a message starts a run (returned, for the caller to
-    /// await or spawn; `None` when there is nothing to answer), a cancel stops one.
-    pub fn receive(
+    /// await or spawn; `None` when there is nothing to answer), a cancel stops one. An
+    /// encrypted agent's message whose key has not arrived yet is an `unavailable` error:
+    /// answer the delivery with it, so it is delivered again.
+    pub async fn receive(
         self: &Arc<Self>,
         agent: Arc<dyn Agent>,
         event: &Event,
@@ -122,18 +184,28 @@ impl AgentHost {
                 Ok(None)
             }
             event_types::MESSAGE_RECEIVED => {
-                let message: MessageReceived = event_data(event)?;
+                let mut message: MessageReceived = event_data(event)?;
                 if message.sender_id == self.agent_id
                     || message.body.message_type == MessageType::System
-                    || !self.first_time(&message.message_id)
+                    || self.answered(&message.message_id)
                 {
                     return Ok(None);
                 }
-                let (run, cancelled) = self.start(&message);
+                let (sealed, refusal) = match self.open(&mut message).await? {
+                    Reading::Readable { sealed } => (sealed, None),
+                    Reading::Refused(reason) => (false, Some(reason)),
+                };
+                if !self.first_time(&message.message_id) {
+                    return Ok(None);
+                }
+                let (run, cancelled) = self.start(&message, sealed);
                 let host = self.clone();
                 let run_id = run.inner.run_id.clone();
                 Ok(Some(async move {
-                    let outcome = agent.answer(message, run.clone_for_host()).await;
+                    let outcome = match refusal {
+                        Some(reason) => run.fail_with(&reason).await,
+                        None => agent.answer(message, run.clone_for_host()).await,
+                    };
                     if let Err(e) = outcome
                         && !run.ended()
                         && !*cancelled.borrow()
@@ -148,6 +220,54 @@ impl AgentHost {
         }
     }
 
+    /// Opens `message` in place when this agent is encrypted, and says whether its answer is
+    /// to be sealed, or why the agent cannot read it (plaintext sent to an encrypted agent,
+    /// ciphertext to one without keys, a message that never opens). A key still on its way is
+    /// an `unavailable` error: have the message delivered again.
+    pub async fn open(&self, message: &mut MessageReceived) -> Result<Reading> {
+        let Some(device) = &self.device else {
+            if Envelope::parse(&message.body.content).is_ok() {
+                return Ok(Reading::Refused(
+                    "this agent holds no keys: it cannot read encrypted messages".into(),
+                ));
+            }
+            return Ok(Reading::Readable { sealed: false });
+        };
+        match device.open(message).await {
+            Ok(Opened::Sealed(plaintext)) => {
+                message.body.content = plaintext.content;
+                Ok(Reading::Readable { sealed: true })
+            }
+            Ok(Opened::Plaintext) => Ok(Reading::Refused(
+                "this agent reads end-to-end encrypted messages only".into(),
+            )),
+            Err(e) if !e.is_permanent() => Err(e),
+            Err(e) => Ok(Reading::Refused(e.public_message())),
+        }
+    }
+
+    /// Fails the run answering `message` at once with `reason` (a message the agent cannot
+    /// read: see [`AgentHost::open`]).
+    pub async fn refuse(self: &Arc<Self>, message: &MessageReceived, reason: &str) -> Result<()> {
+        let (run, _) = self.start(message, false);
+        let failed = run.fail_with(reason).await;
+        self.runs.lock().expect("runs lock").remove(run.id());
+        failed
+    }
+
+    /// The agent's device, when it is encrypted.
+    pub fn device(&self) -> Option<&Arc<AgentDevice>> {
+        self.device.as_ref()
+    }
+
+    fn answered(&self, message_id: &str) -> bool {
+        self.answered
+            .lock()
+            .expect("answered lock")
+            .iter()
+            .any(|m| m == message_id)
+    }
+
     fn first_time(&self, message_id: &str) -> bool {
         let mut answered = self.answered.lock().expect("answered lock");
         if answered.iter().any(|m| m == message_id) {
@@ -160,7 +280,11 @@ impl AgentHost {
         true
     }
 
-    fn start(self: &Arc<Self>, message: &MessageReceived) -> (Run, watch::Receiver<bool>) {
+    fn start(
+        self: &Arc<Self>,
+        message: &MessageReceived,
+        sealed: bool,
+    ) -> (Run, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(false);
         self.runs
             .lock()
@@ -177,6 +301,8 @@ impl AgentHost {
                 streamed: Mutex::new(String::new()),
                 ended: std::sync::atomic::AtomicBool::new(false),
                 cancelled: rx.clone(),
+                device: if sealed { self.device.clone() } else { None },
+                shared: tokio::sync::OnceCell::new(),
             }),
         };
         (run, rx)
@@ -193,6 +319,10 @@ struct RunInner {
     streamed: Mutex<String>,
     ended: std::sync::atomic::AtomicBool,
     cancelled: watch::Receiver<bool>,
+    /// The agent's device when the run's answer is sealed.
+    device: Option<Arc<AgentDevice>>,
+    /// Set once the conversation's devices have this device's session key.
+    shared: tokio::sync::OnceCell<()>,
 }
 
 /// One answer in the making: stream it, say what you are doing, ask, reply, or fail. Every
@@ -307,16 +437,39 @@ impl Run {
             .await
     }
 
-    /// The next piece of the answer (split in pieces of at most 4 KB when longer).
+    /// `text` as it travels: sealed for the conversation when the run is encrypted (its
+    /// devices get the session key before the first sealed piece).
+    async fn wire(&self, text: &str) -> Result<String> {
+        let Some(device) = &self.inner.device else {
+            return Ok(text.to_string());
+        };
+        self.inner
+            .shared
+            .get_or_try_init(|| async { device.share(&self.inner.conversation_id).await.map(drop) })
+            .await?;
+        device.seal(&self.inner.conversation_id, text).await
+    }
+
+    /// The next piece of the answer (split in pieces of at most 4 KB when longer, as they
+    /// travel: sealed pieces hold less text).
     pub async fn delta(&self, text: &str) -> Result<()> {
         self.check()?;
-        let mut start = 0;
-        while start < text.len() {
-            let mut end = (start + crate::runs::MAX_DELTA_TEXT).min(text.len());
-            while !text.is_char_boundary(end) {
-                end -= 1;
+        let limit = if self.inner.device.is_some() {
+            SEALED_PIECE
+        } else {
+            crate::runs::MAX_DELTA_TEXT
+        };
+        let mut pieces: VecDeque<&str> = split_at_most(text, limit).into();
+        while let Some(piece) = pieces.pop_front() {
+            let wire = self.wire(piece).await?;
+            if wire.len() > crate::runs::MAX_DELTA_TEXT && piece.len() > 1 {
+                // Sealed text that escapes badly: in halves.
+                let halves = split_at_most(piece, piece.len().div_ceil(2));
+                for half in halves.into_iter().rev() {
+                    pieces.push_front(half);
+                }
+                continue;
             }
-            let piece = &text[start..end];
             let index = self.inner.next_index.fetch_add(1, Ordering::SeqCst);
             let data = AgentDelta {
                 run_id: self.inner.run_id.clone(),
@@ -324,7 +477,7 @@ impl Run {
                 user_id: self.inner.user_id.clone(),
                 agent_id: self.inner.host.agent_id.clone(),
                 index,
-                text: piece.to_string(),
+                text: wire,
                 timestamp: crate::clock::now_ms(),
             };
             // The id names the piece: a retried publish is one delta.
@@ -341,7 +494,6 @@ impl Run {
                 .lock()
                 .expect("streamed lock")
                 .push_str(piece);
-            start = end;
         }
         Ok(())
     }
@@ -355,7 +507,7 @@ impl Run {
             conversation_id: self.inner.conversation_id.clone(),
             user_id: self.inner.user_id.clone(),
             agent_id: self.inner.host.agent_id.clone(),
-            response: text.to_string(),
+            response: self.wire(text).await?,
             in_reply_to: Some(self.inner.in_reply_to.clone()),
             message_type: MessageType::Text,
             timestamp: crate::clock::now_ms(),
@@ -409,6 +561,7 @@ pub async fn serve(host: Arc<AgentHost>, agent: impl Agent) -> anyhow::Result<()
                         .map_err(lambda_runtime::Diagnostic::from)?;
                     if let Some(run) = host
                         .receive(agent, &event)
+                        .await
                         .map_err(lambda_runtime::Diagnostic::from)?
                     {
                         run.await;
@@ -430,9 +583,10 @@ pub async fn serve(host: Arc<AgentHost>, agent: impl Agent) -> anyhow::Result<()
 /// The HTTP subscriber of [`serve`] (to mount elsewhere, e.g. in a test or the local stack).
 pub fn router(host: Arc<AgentHost>, agent: Arc<dyn Agent>) -> axum::Router {
     crate::runtime::cloudevent_router(move |event: Event| {
-        let started = host.receive(agent.clone(), &event);
+        let host = host.clone();
+        let agent = agent.clone();
         async move {
-            if let Some(run) = started? {
+            if let Some(run) = host.receive(agent, &event).await? {
                 tokio::spawn(run);
             }
             Ok(None)

@@ -150,6 +150,20 @@ pub enum ClientError {
     Closed,
 }
 
+impl From<crate::Error> for ClientError {
+    fn from(e: crate::Error) -> Self {
+        // A refusal keeps the server's words; a local failure says what failed.
+        let message = match &e {
+            crate::Error::Client { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        Self::Server {
+            code: e.code(),
+            message,
+        }
+    }
+}
+
 type AckSender = oneshot::Sender<Result<MessageAckPayload, ClientError>>;
 
 struct Pending {

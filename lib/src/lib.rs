@@ -20,7 +20,8 @@
 //! [`migration`]: moving clients off a connection before it ends; [`identity`]: the `$connect`
 //! authorizer and the identity every frame carries; [`auth`]: JWTs;
 //! [`conversations`]: cached lookups and the one membership check; [`fanout`]: frames to
-//! connections; [`group_receipts`]: members' receipts coalesced into one frame per interval; [`pending`]: what a device is owed, from MongoDB; [`outbox`]: every
+//! connections; [`group_receipts`]: members' receipts coalesced into one frame per interval; [`pending`]: what a device is owed, from MongoDB; [`to_device`]: key material between
+//! devices, stored then delivered; [`outbox`]: every
 //! acknowledged message fanned out and notified; [`agent_routing`]: which agent answers;
 //! [`system_messages`]: messages the server writes itself.
 //!
@@ -89,6 +90,7 @@ pub mod runtime;
 pub mod store;
 pub mod system_messages;
 pub mod telemetry;
+pub mod to_device;
 pub mod websocket;
 
 pub use error::{Error, ErrorCode, Result};

@@ -452,7 +452,8 @@ pub struct AgentResponse {
     pub user_id: String,
     /// The answering agent.
     pub agent_id: String,
-    /// Opaque answer content.
+    /// The answer: plaintext from an agent without keys, a Megolm envelope from an encrypted
+    /// agent (as a person's message content).
     pub response: String,
     /// The message answered, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -521,7 +522,8 @@ pub struct AgentDelta {
     pub agent_id: String,
     /// Position of this piece in the answer, from 0.
     pub index: u32,
-    /// The piece.
+    /// The piece: plaintext from an agent without keys; from an encrypted agent, one Megolm
+    /// envelope per piece (devices open the pieces of a `message_delta` one after another).
     pub text: String,
     /// Agent clock, milliseconds.
     pub timestamp: i64,

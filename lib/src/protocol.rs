@@ -442,7 +442,8 @@ pub struct MessageDeltaPayload {
     pub from_index: u32,
     /// Index after the last delta in `text`: the next frame starts there.
     pub to_index: u32,
-    /// The text of deltas `from_index..to_index`.
+    /// The text of deltas `from_index..to_index`: from an encrypted agent, their Megolm
+    /// envelopes one after another (JSON objects back to back), each opened on its own.
     pub text: String,
     /// `text` is the whole answer so far (replace, do not append).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -531,21 +532,37 @@ pub struct PresencePayload {
 
 /// One `to_device` message a client sends: ciphertext for one device of a user the sender
 /// shares a conversation with (or of the sender's own user).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 pub struct OutgoingToDevice {
     /// The sender's id for it (a UUID): sending it again is idempotent.
     #[schemars(length(min = 1, max = 128))]
+    #[schema(min_length = 1, max_length = 128)]
     pub message_id: String,
     /// Receiving user.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s$.\x00-\x1f\x7f-\x9f][^.\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub user_id: String,
     /// Receiving device (one that published keys).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s$.\x00-\x1f\x7f-\x9f][^.\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub device_id: String,
     /// An Olm envelope (`crate::e2ee::OlmEnvelope`) as JSON text.
+    #[schema(min_length = 1)]
     pub content: String,
 }
 
 /// A `to_device` message as delivered to its device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 pub struct ToDeviceItem {
     /// Position in the device's queue (increasing; acknowledge it with `to_device_ack`).
     pub sequence: u64,

@@ -6,15 +6,20 @@ each is registered through the HTTP API and reached through the broker, and a Py
   streams its answer and ends the run.
 - `reverse` (examples/agents/rust, the Rust agent SDK) streams, reports its step, asks a
   question (`input_required`), and stops when a participant cancels: nothing of the cancelled
-  run is stored."""
+  run is stored.
+- `py-secret`: the same Python agent, unchanged, behind the E2EE sidecar (infra/e2ee-sidecar):
+  a person's `chat` CLI (encrypting) reads its answer, and the HTTP API returns only
+  ciphertext for the conversation."""
 
 import json
 import os
+import subprocess
 import sys
 import time
 import uuid
 
 import websocket_conformance as wc
+from terminal import Terminal
 
 
 def register(api, agent_id, name):
@@ -146,12 +151,87 @@ def rust_agent(stack, schemas):
     wc.step("the Rust example agent streamed, asked, and stopped when cancelled")
 
 
+def python_agent_behind_the_sidecar(stack):
+    agent = "py-secret"
+    register(stack["api_url"], agent, "Python behind the E2EE sidecar")
+    logs = os.path.join(wc.ROOT, "target", "conformance")
+    bin_dir = os.path.dirname(wc.BIN)
+    # The agent as it is, publishing to the sidecar; the sidecar where the triggers deliver.
+    agent_env = {**os.environ, "AGENT_ID": agent, "PORT": "18087",
+                 "BROKER_URL": "http://127.0.0.1:18088"}
+    sidecar_env = {**os.environ, "AGENT_ID": agent, "AGENT_URL": "http://127.0.0.1:18087/",
+                   "PORT": "18089", "SIDECAR_PORT": "18088", "BROKER_URL": stack["broker_url"],
+                   "API_URL": stack["api_url"], "AGENT_TOKEN": wc.token(agent),
+                   "AGENT_DEVICE_ID": "sidecar"}
+    with open(os.path.join(logs, "py-secret.log"), "w") as agent_log, \
+            open(os.path.join(logs, "sidecar.log"), "w") as sidecar_log:
+        processes = [
+            subprocess.Popen([sys.executable, os.path.join(wc.ROOT, "examples/agents/python/agent.py")],
+                             env=agent_env, stdout=agent_log, stderr=subprocess.STDOUT),
+            subprocess.Popen([os.path.join(bin_dir, "e2ee-sidecar")], env=sidecar_env,
+                             stdout=sidecar_log, stderr=subprocess.STDOUT),
+        ]
+        try:
+            talk_through_the_sidecar(stack, agent)
+        finally:
+            for p in processes:
+                p.kill()
+
+
+def talk_through_the_sidecar(stack, agent):
+    deadline = time.time() + 60
+    while True:
+        try:
+            wc.urllib.request.urlopen("http://127.0.0.1:18089/healthz", timeout=2).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                wc.fail("the sidecar did not come up (target/conformance/sidecar.log)")
+                return
+            time.sleep(0.5)
+    user = f"dora-{uuid.uuid4().hex[:8]}"
+    chat = Terminal([os.path.join(os.path.dirname(wc.BIN), "chat"), "--user", user,
+                     "--agent", agent, "--data-dir", wc.DATA])
+    try:
+        if not chat.read_until(lambda line: "end-to-end encrypted" in line, 120) \
+                or "not end-to-end encrypted" in chat.printed():
+            wc.fail(f"the chat with the agent behind the sidecar is not encrypted:\n{chat.printed()}")
+            return
+        text = "hello from behind the sidecar"
+        chat.type(text)
+        # The stored answer: "✓ #N from agent" after the streamed line, or the whole message.
+        answered = chat.read_until(lambda line: ("✓ #" in line and f"from {agent}" in line)
+                                   or f" {agent}: Python agent here" in line, 60)
+    finally:
+        chat.close()
+    printed = chat.printed()
+    # (A system line may land inside the streamed line: the words are checked, not the layout.)
+    if not answered or f"You said: {text}" not in printed:
+        wc.fail(f"no answer from the agent behind the sidecar:\n{printed}")
+        return
+    if "[not encrypted]" in printed or "cannot be decrypted" in printed:
+        wc.fail(f"the sidecar's answer was not sealed for the chat's device:\n{printed}")
+        return
+    conversation = printed.split("conversation ", 1)[1].split(";", 1)[0].strip()
+    stored = wc.http("GET", f"{stack['api_url']}/v1/conversations/{conversation}/messages",
+                     wc.token(user))
+    # People's and the agent's messages; the server's own `system` notices are plaintext.
+    contents = [m["content"] for m in stored["messages"] if m.get("type") != "system"
+                and m.get("message_type") != "system"]
+    if len(contents) < 2 or any(json.loads(c).get("algorithm") != "megolm.v1" for c in contents):
+        wc.fail(f"the server holds something other than ciphertext: {contents}")
+    if any(text in c or "Python agent here" in c for c in contents):
+        wc.fail("the server holds the plaintext")
+    wc.step(f"the Python agent behind the E2EE sidecar answered, sealed ({len(contents)} messages stored as ciphertext)")
+
+
 def main():
     stack = wc.endpoints()
     doc = wc.http("GET", f"{stack['api_url']}/asyncapi.json")
     schemas = wc.Schemas(doc)
     python_agent(stack, schemas)
     rust_agent(stack, schemas)
+    python_agent_behind_the_sidecar(stack)
 
 
 if __name__ == "__main__":

@@ -329,7 +329,7 @@ def main():
 
     # An agent's answer, live: the demo agent streams it (message_delta), says how its run
     # stands (agent_run), and a participant can stop a run (cancel).
-    demo = http("POST", f"{api}/v1/conversations", alice_token, {"agent_id": "demo"})["conversation_id"]
+    demo = http("POST", f"{api}/v1/conversations", alice_token, {"agent_id": "demo-plain"})["conversation_id"]
     frame = example(doc, "message")
     frame.update({"client_message_id": f"d-{run}", "idempotency_key": str(uuid.uuid4())})
     frame["payload"] = {"conversation_id": demo, "content": "hello demo", "type": "text", "timestamp": now()}
@@ -337,7 +337,7 @@ def main():
     a.expect("message_ack from the demo conversation", lambda f: f["type"] == "message_ack" and f.get("client_message_id") == f"d-{run}")
     a.expect("message_delta from the demo agent", lambda f: f["type"] == "message_delta" and f["payload"]["conversation_id"] == demo)
     done = a.expect("agent_run completed", lambda f: f["type"] == "agent_run" and f["payload"]["state"] == "completed")
-    answer = a.expect("the demo agent's stored answer", lambda f: f["type"] == "message" and f["payload"].get("sender_id") == "demo")
+    answer = a.expect("the demo agent's stored answer", lambda f: f["type"] == "message" and f["payload"].get("sender_id") == "demo-plain")
     if done and answer and answer["payload"]["message_id"] != done["payload"].get("message_id"):
         fail("agent_run completed does not name the stored answer")
     frame = example(doc, "message")

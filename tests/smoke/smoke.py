@@ -5,13 +5,16 @@ What a person does after cloning, checked by tools this project did not write:
 1. runs the start command exactly as README.md writes it, in the background, and waits for the
    banner; every endpoint is read from what the stack printed;
 2. runs the banner's token command exactly as printed, connects with Python `websockets`,
-   answers the banner's heartbeat example, opens a chat with the demo agent over the HTTP API,
-   sends a message and gets `message_ack` and the agent's answer;
-3. opens an end-to-end encrypted 1:1 between two brand-new users with the README's `chat`
+   answers the banner's heartbeat example, opens a chat with the demo agent without keys
+   (`demo-plain`, for tools that cannot encrypt) over the HTTP API, sends a message and gets
+   `message_ack` and the agent's answer;
+3. runs the README's `chat` command with the (encrypted) demo agent, types a line and sees the
+   agent's answer, opened on this device and never marked `[not encrypted]`;
+4. opens an end-to-end encrypted 1:1 between two brand-new users with the README's `chat`
    commands, driven through stdin: the second user's chat is open (its device has published
    its keys: nobody can encrypt for a device that does not exist yet), the first writes and
    exits, the second reads the plaintext;
-4. stops the stack with SIGINT (ctrl-c) and checks that it exits within seconds and leaves no
+5. stops the stack with SIGINT (ctrl-c) and checks that it exits within seconds and leaves no
    redis-server or MongoDB-wire server behind.
 
 A README example that changes must change this test with it: the commands are read from
@@ -20,17 +23,18 @@ README.md and from the banner, never written here.
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 
 from websockets.sync.client import connect
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "contract"))
+from terminal import Terminal  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOG = os.path.join(ROOT, "target", "smoke-stack.log")
@@ -193,7 +197,7 @@ def talk_to_the_demo_agent(banner):
         ws.send(example.group(1))
         receive_until(ws, lambda f: f.get("type") == "heartbeat_ack", "heartbeat_ack")
 
-        conversation = http_json("POST", f"{api}/v1/conversations", token, {"agent_id": "demo"})
+        conversation = http_json("POST", f"{api}/v1/conversations", token, {"agent_id": "demo-plain"})
         conversation_id = conversation["conversation_id"]
         text = f"hello from the smoke test {uuid.uuid4().hex[:8]}"
         ws.send(
@@ -217,12 +221,47 @@ def talk_to_the_demo_agent(banner):
         answer = receive_until(
             ws,
             lambda f: f.get("type") == "message"
-            and f["payload"].get("sender_id") == "demo"
+            and f["payload"].get("sender_id") == "demo-plain"
             and text in f["payload"].get("content", ""),
             "answer from the demo agent",
         )
         step(f"demo agent answered #{answer['payload']['sequence_number']}: "
              f"{answer['payload']['content']!r}")
+
+
+def readme_agent_chat_command():
+    """The README's chat with the demo agent: the first chat command with --agent."""
+    for line in readme_code_lines():
+        if "--bin chat" in line and "--agent" in line:
+            return line.strip()
+    fail("README.md has no chat command with --agent")
+
+
+def chat_with_the_demo_agent():
+    suffix = uuid.uuid4().hex[:8]
+    command = re.sub(r"\balice\b", f"alice-{suffix}", readme_agent_chat_command())
+    text = f"hello there, {suffix}"
+    step(f"the README's chat with the demo agent: {command}")
+    terminal = Terminal(command, cwd=ROOT)
+    if not terminal.read_until(lambda line: "end-to-end encrypted" in line, 600):
+        terminal.close()
+        fail(f"the agent chat never said how it is protected:\n{terminal.printed()}")
+    if "not end-to-end encrypted" in terminal.printed():
+        terminal.close()
+        fail(f"the chat with the demo agent is not encrypted:\n{terminal.printed()}")
+    terminal.type(text)
+    # The stored answer: "✓ #N from demo" after the streamed line, or the whole message.
+    answered = terminal.read_until(
+        lambda line: ("✓ #" in line and "from demo" in line) or " demo: Demo agent here" in line,
+        120,
+    )
+    terminal.close()
+    printed = terminal.printed()
+    if not answered or f"You said: {text}" not in printed:
+        fail(f"the demo agent's answer did not show; the chat printed:\n{printed}")
+    if "[not encrypted]" in printed or "cannot be decrypted" in printed:
+        fail(f"the demo agent's answer was not sealed for this device:\n{printed}")
+    step("the demo agent answered, end-to-end encrypted")
 
 
 def chat_between_new_users():
@@ -234,37 +273,10 @@ def chat_between_new_users():
     text = f"hi, this is {suffix}"
 
     step(f"second side, waiting: {second}")
-    reader = subprocess.Popen(
-        ["bash", "-c", second],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output = []
-    lines = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(l) for l in iter(reader.stdout.readline, "")], daemon=True
-    ).start()
-
-    def read_until(predicate, seconds):
-        deadline = time.time() + seconds
-        while time.time() < deadline:
-            try:
-                output.append(lines.get(timeout=0.5))
-            except queue.Empty:
-                if reader.poll() is not None:
-                    return False
-                continue
-            if predicate(output[-1]):
-                return True
-        return False
-
+    reader = Terminal(second, cwd=ROOT)
     # Its device's keys are published once it says how the chat is protected.
-    if not read_until(lambda line: "end-to-end encrypted" in line, 600):
-        fail(f"the second chat never said it is end-to-end encrypted:\n{''.join(output)}")
+    if not reader.read_until(lambda line: "end-to-end encrypted" in line, 600):
+        fail(f"the second chat never said it is end-to-end encrypted:\n{reader.printed()}")
 
     step(f"first side: {first}")
     writer = subprocess.run(
@@ -281,14 +293,10 @@ def chat_between_new_users():
     if "end-to-end encrypted" not in writer.stdout or "safety codes" not in writer.stdout:
         fail(f"the first chat did not say it is end-to-end encrypted:\n{writer.stdout}")
 
-    received = read_until(lambda line: text in line, 120)
-    reader.stdin.close()
-    try:
-        reader.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(reader.pid, signal.SIGKILL)
+    received = reader.read_until(lambda line: text in line, 120)
+    reader.close()
     if not received:
-        fail(f"the second user did not receive {text!r}; their chat printed:\n{''.join(output)}")
+        fail(f"the second user did not receive {text!r}; their chat printed:\n{reader.printed()}")
     step("the second user received the first user's message")
 
 
@@ -315,6 +323,7 @@ def main():
     stack, banner = start_stack(readme_start_command())
     try:
         talk_to_the_demo_agent(banner)
+        chat_with_the_demo_agent()
         chat_between_new_users()
     except SystemExit:
         os.killpg(stack.pid, signal.SIGKILL)

@@ -20,8 +20,8 @@ use messaging::{Error, ErrorCode, Result};
 
 use crate::Api;
 use crate::views::{
-    ClaimRequest, ClaimResponse, ClaimedKeyView, DeviceRef, ErrorBody, KeyCounts,
-    PublishKeysRequest, UserKeys,
+    AckToDeviceRequest, ClaimRequest, ClaimResponse, ClaimedKeyView, DeviceRef, ErrorBody,
+    KeyCounts, PendingToDevice, PublishKeysRequest, SendToDeviceRequest, ToDeviceSent, UserKeys,
 };
 
 /// Below this many one-time keys left, a claim tells the device to publish more.
@@ -83,7 +83,11 @@ pub(crate) async fn publish(
             &keys.identity.ed25519,
         )?;
     }
-    crate::accounts::require_account(api, user_id).await?;
+    // People with an account, and agents (a token whose subject is a registered agent).
+    if api.ctx.store.user(user_id).await?.is_none() && api.ctx.store.agent(user_id).await?.is_none()
+    {
+        crate::accounts::require_account(api, user_id).await?;
+    }
     match api.ctx.store.publish_device(&keys).await? {
         Published::Conflict => {
             return Err(Error::client(
@@ -219,6 +223,89 @@ pub(crate) async fn claim(
         });
     }
     Reply::ok(&response)
+}
+
+/// Send `to_device` messages from one of the caller's devices (for devices without a WebSocket:
+/// agents; apps use the `to_device` frame).
+#[utoipa::path(
+    operation_id = "sendToDevice",
+    post, path = "/v1/keys/{device_id}/to_device", tag = "keys", security(("bearer" = [])),
+    params(("device_id" = String, Path, pattern = r"^[^\s$.\x00-\x1f\x7f-\x9f][^.\x00-\x1f\x7f-\x9f]*$", max_length = 128, description = "The sending device (one of the caller's)")),
+    request_body = SendToDeviceRequest,
+    responses(
+        (status = 200, description = "Stored, and posted to the receiving devices' live connections", body = ToDeviceSent),
+        (status = 400, description = "Not 1 to 100 messages, or a content that is not an Olm envelope", body = ErrorBody),
+        (status = 401, description = "No or bad access token", body = ErrorBody),
+        (status = 403, description = "The token belongs to another device", body = ErrorBody),
+        (status = 404, description = "A user shares no conversation with the caller, or a device published no keys", body = ErrorBody),
+        (status = 413, description = "A content is too large", body = ErrorBody),
+        (status = 429, description = "A receiving device's queue is full", body = ErrorBody),
+        (status = 503, description = "Stored, but a device could not be reached: send the same messages again", body = ErrorBody),
+    )
+)]
+pub(crate) async fn send_to_device(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+    Json(request): Json<SendToDeviceRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    messaging::ids::check("device_id", &device_id)?;
+    own_device(&caller, &device_id)?;
+    messaging::to_device::send(&api.ctx, user_id, &device_id, &request.messages).await?;
+    Reply::ok(&ToDeviceSent {
+        message_ids: request.messages.into_iter().map(|m| m.message_id).collect(),
+    })
+}
+
+/// A device's queue of `to_device` messages, oldest first (what a connection gets on `auth`).
+#[utoipa::path(
+    operation_id = "pendingToDevice",
+    get, path = "/v1/keys/{device_id}/to_device", tag = "keys", security(("bearer" = [])),
+    params(("device_id" = String, Path, pattern = r"^[^\s$.\x00-\x1f\x7f-\x9f][^.\x00-\x1f\x7f-\x9f]*$", max_length = 128, description = "One of the caller's devices")),
+    responses(
+        (status = 200, description = "The queue's first messages", body = PendingToDevice),
+        (status = 400, description = "Malformed device id", body = ErrorBody),
+        (status = 401, description = "No or bad access token", body = ErrorBody),
+        (status = 403, description = "The token belongs to another device", body = ErrorBody),
+    )
+)]
+pub(crate) async fn pending_to_device(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    messaging::ids::check("device_id", &device_id)?;
+    own_device(&caller, &device_id)?;
+    let (messages, has_more) = messaging::to_device::pending(&api.ctx, user_id, &device_id).await?;
+    Reply::ok(&PendingToDevice { messages, has_more })
+}
+
+/// Acknowledge `to_device` messages a device has kept: their content is deleted.
+#[utoipa::path(
+    operation_id = "ackToDevice",
+    post, path = "/v1/keys/{device_id}/to_device/ack", tag = "keys", security(("bearer" = [])),
+    params(("device_id" = String, Path, pattern = r"^[^\s$.\x00-\x1f\x7f-\x9f][^.\x00-\x1f\x7f-\x9f]*$", max_length = 128, description = "One of the caller's devices")),
+    request_body = AckToDeviceRequest,
+    responses(
+        (status = 204, description = "Deleted (sequence numbers not queued are ignored)"),
+        (status = 400, description = "Not 1 to 1000 sequence numbers", body = ErrorBody),
+        (status = 401, description = "No or bad access token", body = ErrorBody),
+        (status = 403, description = "The token belongs to another device", body = ErrorBody),
+    )
+)]
+pub(crate) async fn ack_to_device(
+    State(ref api): State<Api>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+    Json(request): Json<AckToDeviceRequest>,
+) -> Result<Reply> {
+    let user_id = caller.user_id()?;
+    messaging::ids::check("device_id", &device_id)?;
+    own_device(&caller, &device_id)?;
+    messaging::to_device::ack(&api.ctx, user_id, &device_id, &request.sequences).await?;
+    Reply::no_content()
 }
 
 /// A token issued to a device acts for that device only.

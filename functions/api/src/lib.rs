@@ -365,6 +365,8 @@ fn documented_routes() -> OpenApiRouter<Api> {
         .routes(routes!(keys::publish, keys::delete))
         .routes(routes!(keys::user_keys))
         .routes(routes!(keys::claim))
+        .routes(routes!(keys::send_to_device, keys::pending_to_device))
+        .routes(routes!(keys::ack_to_device))
 }
 
 /// The published documents, outside the gate: free to fetch, and not rate limited.

@@ -7,7 +7,7 @@
 use messaging::model::{
     Agent, DeviceToken, LastMessage, Media, PushPlatform, RefreshToken, StoredMessage, User,
 };
-use messaging::protocol::MessageBody;
+use messaging::protocol::{MessageBody, OutgoingToDevice, ToDeviceItem};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -31,6 +31,32 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Sequence numbers: whole JSON numbers from 0 to 2^63-1 (as the stored numbers are), a whole
+/// number written `5.0` included (JSON Schema's `integer` allows it).
+pub(crate) fn sequence_numbers<'de, D>(deserializer: D) -> Result<Vec<u64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    Vec::<serde_json::Number>::deserialize(deserializer)?
+        .iter()
+        .map(|n| {
+            n.as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < i64::MAX as f64)
+                        .map(|f| f as u64)
+                })
+                .filter(|v| *v <= i64::MAX as u64)
+                .ok_or_else(|| {
+                    D::Error::custom(format!(
+                        "sequence {n} is not a whole number from 0 to 2^63-1"
+                    ))
+                })
+        })
+        .collect()
 }
 
 // ---- errors ----
@@ -1105,4 +1131,37 @@ pub struct ClaimResponse {
     pub keys: Vec<ClaimedKeyView>,
     /// Devices that published nothing to claim.
     pub missing: Vec<DeviceRef>,
+}
+
+/// `to_device` messages sent over HTTP (devices without a WebSocket: agents).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SendToDeviceRequest {
+    /// The messages, each to one device of the caller's contacts or own user.
+    #[schema(min_items = 1, max_items = 100)]
+    pub messages: Vec<OutgoingToDevice>,
+}
+
+/// The `to_device` messages stored (and delivered to the devices' live connections).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ToDeviceSent {
+    /// Their ids, as sent.
+    pub message_ids: Vec<String>,
+}
+
+/// A device's `to_device` queue, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PendingToDevice {
+    /// The messages (at most 1000): acknowledge them to read on.
+    pub messages: Vec<ToDeviceItem>,
+    /// More are queued behind these.
+    pub has_more: bool,
+}
+
+/// `to_device` messages a device has kept: their content is deleted.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AckToDeviceRequest {
+    /// Sequence numbers, as delivered.
+    #[serde(deserialize_with = "sequence_numbers")]
+    #[schema(min_items = 1, max_items = 1000)]
+    pub sequences: Vec<u64>,
 }

@@ -368,3 +368,201 @@ async fn a_user_has_at_most_thirty_two_devices_with_keys() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_publishes_keys_and_exchanges_to_device_messages_over_http() {
+    use messaging::e2ee::device::DeviceMessage;
+    let env = env().await;
+    let (alice, alice_t) = env.quick_user("Alice").await;
+    let (eve, _) = env.quick_user("Eve").await;
+    let agent_id = format!("helper-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let r = env
+        .call(
+            "POST",
+            "/v1/agents",
+            Some(&env.operator_token()),
+            Some(json!({"agent_id": agent_id, "name": "Helper", "description": "helps"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let agent_t = env
+        .issuer
+        .issue(&agent_id, Duration::from_secs(600))
+        .unwrap();
+
+    // An agent token publishes keys for the agent (no account needed: it is registered).
+    let mut worker = CryptoDevice::new(agent_id.clone(), "worker");
+    let r = env
+        .call(
+            "PUT",
+            "/v1/keys/worker",
+            Some(&agent_t),
+            Some(publish_body(&mut worker, 5)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut phone = CryptoDevice::new(alice.clone(), "phone");
+    let r = env
+        .call(
+            "PUT",
+            "/v1/keys/phone",
+            Some(&alice_t),
+            Some(publish_body(&mut phone, 5)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // Before a conversation in common the agent reaches nobody.
+    let room_key = |worker: &mut CryptoDevice, conversation: &str| {
+        let phone_keys = phone.device_keys();
+        let members = [agent_id.clone(), alice.clone()].into_iter().collect();
+        let share =
+            worker.room_key_for(conversation, &members, std::slice::from_ref(&phone_keys), 0);
+        worker.room_key_message(conversation, &share, &phone_keys)
+    };
+    let claim = json!({"devices": [{"user_id": alice, "device_id": "phone"}]});
+    assert_eq!(
+        env.call(
+            "POST",
+            "/v1/keys/claim",
+            Some(&agent_t),
+            Some(claim.clone())
+        )
+        .await
+        .status,
+        404
+    );
+    let r = env
+        .call(
+            "POST",
+            "/v1/conversations",
+            Some(&alice_t),
+            Some(json!({"agent_id": agent_id})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let chat = r.body["conversation_id"].as_str().unwrap().to_string();
+
+    // The agent claims one of alice's keys and sends her phone a room key over HTTP.
+    let r = env
+        .call("POST", "/v1/keys/claim", Some(&agent_t), Some(claim))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let key: SignedKey = serde_json::from_value(r.body["keys"][0]["key"].clone()).unwrap();
+    let message = room_key(&mut worker, &chat);
+    let content = worker
+        .encrypt_to_device(
+            &phone.device_keys(),
+            Some((&key, KeyKind::OneTime)),
+            &message,
+        )
+        .unwrap();
+    let send = json!({"messages": [
+        {"message_id": "k-1", "user_id": alice, "device_id": "phone", "content": content}
+    ]});
+    for _ in 0..2 {
+        // Sent twice (a retry): stored once.
+        let r = env
+            .call(
+                "POST",
+                "/v1/keys/worker/to_device",
+                Some(&agent_t),
+                Some(send.clone()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body["message_ids"], json!(["k-1"]));
+    }
+
+    // Alice's phone reads its queue over HTTP too, opens the key, and acknowledges it.
+    let r = env
+        .call("GET", "/v1/keys/phone/to_device", Some(&alice_t), None)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["has_more"], false);
+    let items = r.body["messages"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{r:?}");
+    assert_eq!(items[0]["sender_id"], agent_id.as_str());
+    assert_eq!(items[0]["sender_device_id"], "worker");
+    let opened = phone
+        .decrypt_to_device(&agent_id, "worker", items[0]["content"].as_str().unwrap())
+        .unwrap();
+    let DeviceMessage::RoomKey(room) = opened.message;
+    assert_eq!(room.conversation_id, chat);
+    assert_eq!(opened.sender_key, worker.device_keys().identity.curve25519);
+    let sequence = items[0]["sequence"].as_u64().unwrap();
+    let r = env
+        .call(
+            "POST",
+            "/v1/keys/phone/to_device/ack",
+            Some(&alice_t),
+            Some(json!({"sequences": [sequence]})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = env
+        .call("GET", "/v1/keys/phone/to_device", Some(&alice_t), None)
+        .await;
+    assert_eq!(r.body["messages"], json!([]), "acknowledged means gone");
+
+    // Refusals, each with its reason, and nothing stored by any of them.
+    let olm = content.clone();
+    let cases = [
+        // A stranger's device.
+        (
+            &agent_t,
+            "/v1/keys/worker/to_device",
+            json!({"messages": [{"message_id": "x", "user_id": eve, "device_id": "phone", "content": olm}]}),
+            404,
+        ),
+        // Plaintext is not key material.
+        (
+            &agent_t,
+            "/v1/keys/worker/to_device",
+            json!({"messages": [{"message_id": "x", "user_id": alice, "device_id": "phone", "content": "hello"}]}),
+            400,
+        ),
+        // Nothing to send.
+        (
+            &agent_t,
+            "/v1/keys/worker/to_device",
+            json!({"messages": []}),
+            400,
+        ),
+        // Nothing to acknowledge.
+        (
+            &alice_t,
+            "/v1/keys/phone/to_device/ack",
+            json!({"sequences": []}),
+            400,
+        ),
+    ];
+    for (token, path, body, status) in cases {
+        let r = env
+            .call("POST", path, Some(token), Some(body.clone()))
+            .await;
+        assert_eq!(r.status, status, "{path} {body}: {r:?}");
+        assert!(r.body["error"]["message"].is_string(), "{r:?}");
+    }
+    let r = env
+        .call("GET", "/v1/keys/phone/to_device", Some(&alice_t), None)
+        .await;
+    assert_eq!(r.body["messages"], json!([]), "refusals store nothing");
+    assert_eq!(
+        env.call("GET", "/v1/keys/phone/to_device", None, None)
+            .await
+            .status,
+        401
+    );
+
+    // A token issued to another device reads and sends for that device only.
+    let mut claims = env.issuer.claims(&alice, Duration::from_secs(600));
+    claims.device_id = Some("laptop".into());
+    let laptop_t = env.issuer.sign(&claims).unwrap();
+    assert_eq!(
+        env.call("GET", "/v1/keys/phone/to_device", Some(&laptop_t), None)
+            .await
+            .status,
+        403
+    );
+}

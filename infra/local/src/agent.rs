@@ -1,10 +1,13 @@
-//! The demo agent, written on the agent SDK (`messaging::agent`) the way a real agent would be:
-//! an HTTP subscriber of the broker that streams its answer word by word.
+//! The demo agents, written on the agent SDK (`messaging::agent`) the way a real agent would
+//! be: HTTP subscribers of the broker that stream their answer word by word.
 //!
-//! It receives `messaging.message.received` events whose `agentid` is `demo` (a Trigger
-//! filter) and `agent.cancel` for its runs, so a newcomer can chat the moment the stack is up.
-//! In production agents hold the keys of their conversations; this one treats `content` as
-//! plain text.
+//! `demo` is end-to-end encrypted: it holds a device with keys (published through the HTTP
+//! API with an agent token, its state kept under the stack's data directory), opens what people
+//! send and seals what it answers, so the README's chat with it is encrypted end to end.
+//! `demo-plain` holds no keys, for tools that cannot encrypt (websocat, the outside smoke and
+//! conformance suites): its conversations are marked not encrypted. Each receives
+//! `messaging.message.received` events whose `agentid` is its id (a Trigger filter) and
+//! `agent.cancel` for its runs, so a newcomer can chat the moment the stack is up.
 //!
 //! Commands, for trying the system out: `/slow` works for three seconds reporting a step and a
 //! percent every second; `/long` streams a 500-word answer; `/ask` asks a question
@@ -17,12 +20,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use messaging::agent::{Agent, AgentHost, Run};
+use messaging::e2ee::AgentDevice;
 use messaging::events::HttpBroker;
 use messaging::model::{Agent as AgentEntry, MessageReceived};
 use mongodb::bson::DateTime;
 
-/// Agent id of the demo agent (and the `agentid` its Triggers filter on).
+/// Agent id of the encrypted demo agent (and the `agentid` its Triggers filter on).
 pub const DEMO_AGENT_ID: &str = "demo";
+/// Agent id of the demo agent without keys, for tools that cannot encrypt.
+pub const PLAIN_DEMO_AGENT_ID: &str = "demo-plain";
+/// The encrypted demo agent's device.
+pub const DEMO_AGENT_DEVICE: &str = "demo-agent";
 
 /// The demo agent.
 pub struct DemoAgent {
@@ -31,15 +39,30 @@ pub struct DemoAgent {
 }
 
 impl DemoAgent {
-    /// Its registry entry.
-    pub fn registry_entry() -> AgentEntry {
+    /// The registry entry of `agent_id` (one of the two demo agents).
+    pub fn registry_entry(agent_id: &str) -> AgentEntry {
+        let plain = agent_id == PLAIN_DEMO_AGENT_ID;
         AgentEntry {
-            agent_id: DEMO_AGENT_ID.into(),
-            name: "Demo Agent".into(),
-            description:
-                "Echoes what you say, word by word. Try /slow, /long, /ask, /fail or /silent."
-                    .into(),
-            capabilities: vec!["echo".into(), "demo".into(), "streaming".into()],
+            agent_id: agent_id.into(),
+            name: if plain {
+                "Demo Agent (not encrypted)".into()
+            } else {
+                "Demo Agent".into()
+            },
+            description: if plain {
+                "The demo agent without keys, for tools that cannot encrypt. Echoes what you say, word by word. Try /slow, /long, /ask, /fail or /silent."
+            } else {
+                "End-to-end encrypted. Echoes what you say, word by word. Try /slow, /long, /ask, /fail or /silent."
+            }
+            .into(),
+            // Capability routing picks an agent per message, so such conversations travel in
+            // plaintext (no key can be shared ahead): the capabilities routed to are the plain
+            // agent's; the encrypted one is reached by its id.
+            capabilities: if plain {
+                vec!["echo".into(), "demo".into(), "streaming".into()]
+            } else {
+                vec!["end-to-end-encrypted".into()]
+            },
             categories: vec!["demo".into()],
             examples: vec![
                 "hello".into(),
@@ -54,10 +77,20 @@ impl DemoAgent {
         }
     }
 
-    /// The HTTP subscriber: `POST /` with a binary- or structured-mode CloudEvent; it publishes
-    /// to the broker at `broker_url`, pausing `think` in all over a short answer.
-    pub fn router(broker_url: &str, think: Duration) -> Router {
-        let host = AgentHost::new(DEMO_AGENT_ID, Arc::new(HttpBroker::new(broker_url)));
+    /// The HTTP subscriber of one demo agent: `POST /` with a binary- or structured-mode
+    /// CloudEvent; it publishes to the broker at `broker_url`, pausing `think` in all over a
+    /// short answer. With `device` it is encrypted.
+    pub fn router(
+        agent_id: &str,
+        broker_url: &str,
+        device: Option<AgentDevice>,
+        think: Duration,
+    ) -> Router {
+        let broker = Arc::new(HttpBroker::new(broker_url));
+        let host = match device {
+            Some(device) => AgentHost::encrypted(agent_id, broker, device),
+            None => AgentHost::new(agent_id, broker),
+        };
         let agent = DemoAgent {
             word_pause: think / 8,
         };

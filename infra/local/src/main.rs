@@ -368,7 +368,7 @@ fn print_banner(running: &stack::RunningStack, data_dir: &std::path::Path) {
   @connections API  {mgmt}/@connections/{{id}}   (also under /local/@connections/{{id}})
   broker ingress    {broker}   (GET {broker}dead-letters)
   S3                {s3}   (access key local / secret local-secret-key, path-style)
-  demo agent        {agent}   (agent id `demo`)
+  demo agent        {agent}   (agent id `demo`, end-to-end encrypted; `demo-plain` has no keys)
   HTTP API          {api}/v1/...   (OpenAPI: {api}/openapi.json){functions}
   data              {data}
 

@@ -24,11 +24,12 @@ use messaging::store::{MongoStore, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::agent::{DEMO_AGENT_ID, DemoAgent};
+use crate::agent::{DEMO_AGENT_DEVICE, DEMO_AGENT_ID, DemoAgent, PLAIN_DEMO_AGENT_ID};
 use crate::broker::{
     BackoffPolicy, Broker, BrokerConfig, DeliverySpec, EventHandler, Filter, HandlerError, Trigger,
 };
 use crate::gateway::{ApiSettings, Route, WebSocketApi};
+use messaging::e2ee::AgentDevice;
 
 pub use crate::instance::{JWT_AUDIENCE, JWT_ISSUER};
 
@@ -429,31 +430,29 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             delay,
         ),
     ];
-    let mut agent_listener = None;
+    let mut agent_listeners = Vec::new();
     let mut agent_url = None;
     if config.demo_agent {
-        let listener = TcpListener::bind((config.host, config.agent_port)).await?;
-        let url = format!("http://{}/", listener.local_addr()?);
-        triggers.push(trigger(
-            "demo-agent",
-            &url,
-            &[
-                ("type", event_types::MESSAGE_RECEIVED),
-                (event_types::AGENT_ID_EXTENSION, DEMO_AGENT_ID),
-            ],
-            delay,
-        ));
-        triggers.push(trigger(
-            "demo-agent-cancel",
-            &url,
-            &[
-                ("type", event_types::AGENT_CANCEL),
-                (event_types::AGENT_ID_EXTENSION, DEMO_AGENT_ID),
-            ],
-            delay,
-        ));
-        agent_listener = Some(listener);
-        agent_url = Some(url);
+        // The encrypted demo agent on the configured port, the one without keys beside it.
+        for (agent_id, port) in [(DEMO_AGENT_ID, config.agent_port), (PLAIN_DEMO_AGENT_ID, 0)] {
+            let listener = TcpListener::bind((config.host, port)).await?;
+            let url = format!("http://{}/", listener.local_addr()?);
+            for (name, ty) in [
+                (agent_id.to_string(), event_types::MESSAGE_RECEIVED),
+                (format!("{agent_id}-cancel"), event_types::AGENT_CANCEL),
+            ] {
+                triggers.push(trigger(
+                    &name,
+                    &url,
+                    &[("type", ty), (event_types::AGENT_ID_EXTENSION, agent_id)],
+                    delay,
+                ));
+            }
+            if agent_id == DEMO_AGENT_ID {
+                agent_url = Some(url);
+            }
+            agent_listeners.push((agent_id, listener));
+        }
     }
     let mut broker_config = BrokerConfig {
         triggers,
@@ -536,16 +535,29 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         functions_url = Some(format!("http://{}", listener.local_addr()?));
         tasks.push(serve(listener, api.clone().integrations_router()).await);
     }
-    if let Some(listener) = agent_listener {
-        ctx.store.upsert_agent(&DemoAgent::registry_entry()).await?;
-        tasks.push(serve(listener, DemoAgent::router(&broker_url, config.agent_think)).await);
+    for (agent_id, listener) in agent_listeners {
+        ctx.store
+            .upsert_agent(&DemoAgent::registry_entry(agent_id))
+            .await?;
+        let device = if agent_id == DEMO_AGENT_ID {
+            Some(demo_agent_device(&config, &issuer, &api_url).await?)
+        } else {
+            None
+        };
+        tasks.push(
+            serve(
+                listener,
+                DemoAgent::router(agent_id, &broker_url, device, config.agent_think),
+            )
+            .await,
+        );
         let store = ctx.store.clone();
         tasks.push(tokio::spawn(async move {
             let mut beat = tokio::time::interval(Duration::from_secs(30));
             loop {
                 beat.tick().await;
                 let _ = store
-                    .touch_agent(DEMO_AGENT_ID, mongodb::bson::DateTime::now())
+                    .touch_agent(agent_id, mongodb::bson::DateTime::now())
                     .await;
             }
         }));
@@ -589,6 +601,36 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         mongo,
         tasks,
     })
+}
+
+/// The encrypted demo agent's device: keys published through the stack's own HTTP API (which
+/// is serving by now) with an agent token, state kept under the data directory and encrypted
+/// with a key derived from the stack's secret.
+async fn demo_agent_device(
+    config: &StackConfig,
+    issuer: &JwtIssuer,
+    api_url: &str,
+) -> anyhow::Result<AgentDevice> {
+    let token = issuer.issue(DEMO_AGENT_ID, Duration::from_secs(10 * 365 * 24 * 3600))?;
+    let dir = config.data_dir.join("devices");
+    std::fs::create_dir_all(&dir)?;
+    let persist = (
+        dir.join(format!("agent-{DEMO_AGENT_ID}.olm")),
+        messaging::e2ee::agent_device::state_key(&config.jwt_secret),
+    );
+    let device = AgentDevice::start(
+        api_url,
+        &token,
+        DEMO_AGENT_ID,
+        DEMO_AGENT_DEVICE,
+        Some(persist),
+    )
+    .await?;
+    tracing::info!(
+        safety_code = device.safety_code().await,
+        "demo agent encrypted"
+    );
+    Ok(device)
 }
 
 /// AWS SDK configuration for the local endpoints: fixed credentials, `us-east-1`.

@@ -25,9 +25,11 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::client::{Client, ClientConfig, ClientError, ClientEvent};
-use crate::e2ee::device::{CryptoError, DeviceMessage, Plaintext};
-use crate::e2ee::directory::{DeviceKeys, KeyKind, SignedKey};
-use crate::e2ee::{CryptoDevice, Envelope};
+use crate::e2ee::attachment::Attachment;
+use crate::e2ee::device::CryptoError;
+use crate::e2ee::directory::DeviceKeys;
+use crate::e2ee::keyring::{ONE_TIME_KEYS, OnConflict, Recipients};
+use crate::e2ee::{CryptoDevice, Envelope, KeyDirectory, Keyring};
 use crate::model::ConversationKind;
 use crate::protocol::{
     DeliveredMessage, MessageAckPayload, MessageBody, MessageType, OutgoingMessage,
@@ -39,164 +41,6 @@ pub const KEY_WAIT: Duration = Duration::from_secs(5);
 /// Clock difference tolerated between this device and the server: a message stored this long
 /// before the device published its keys was certainly sealed before it could have the key.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
-/// One-time keys a device publishes at a time (vodozemac's advice: 50).
-pub const ONE_TIME_KEYS: usize = 50;
-
-/// The key directory and conversation lookups of the HTTP API, as one device's user.
-#[derive(Clone)]
-pub struct KeyDirectory {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl KeyDirectory {
-    /// The HTTP API at `base` (e.g. `http://127.0.0.1:8084`) with an access token.
-    pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
-        Self {
-            base: base.into().trim_end_matches('/').to_string(),
-            token: token.into(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, ClientError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Connection(format!("HTTP API: {e}")))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let code = body
-                .pointer("/error/code")
-                .cloned()
-                .and_then(|c| serde_json::from_value(c).ok())
-                .unwrap_or(crate::ErrorCode::Internal);
-            let message = body
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("HTTP error")
-                .to_string();
-            return Err(ClientError::Server { code, message });
-        }
-        Ok(body)
-    }
-
-    /// Publishes `keys` with one-time keys and a fallback key; returns the one-time keys stored.
-    pub async fn publish(
-        &self,
-        keys: &DeviceKeys,
-        one_time_keys: &[SignedKey],
-        fallback_key: Option<&SignedKey>,
-    ) -> Result<u64, ClientError> {
-        let body = json!({
-            "identity": keys.identity,
-            "signature": keys.signature,
-            "one_time_keys": one_time_keys,
-            "fallback_key": fallback_key,
-        });
-        let answer = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/keys/{}", keys.device_id),
-                Some(body),
-            )
-            .await?;
-        Ok(answer["one_time_key_count"].as_u64().unwrap_or_default())
-    }
-
-    /// A user's published devices.
-    pub async fn devices_of(&self, user_id: &str) -> Result<Vec<DeviceKeys>, ClientError> {
-        let answer = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/users/{user_id}/keys"),
-                None,
-            )
-            .await?;
-        serde_json::from_value(answer["devices"].clone())
-            .map_err(|e| ClientError::Connection(format!("HTTP API: devices: {e}")))
-    }
-
-    /// Claims one key of each device; the devices that had none are left out.
-    pub async fn claim(
-        &self,
-        devices: &[&DeviceKeys],
-    ) -> Result<Vec<(String, String, SignedKey, KeyKind)>, ClientError> {
-        let wanted: Vec<Value> = devices
-            .iter()
-            .map(|d| json!({"user_id": d.user_id, "device_id": d.device_id}))
-            .collect();
-        let answer = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/keys/claim",
-                Some(json!({"devices": wanted})),
-            )
-            .await?;
-        let mut claimed = Vec::new();
-        for key in answer["keys"].as_array().cloned().unwrap_or_default() {
-            let (Some(user), Some(device), Ok(signed)) = (
-                key["user_id"].as_str(),
-                key["device_id"].as_str(),
-                serde_json::from_value::<SignedKey>(key["key"].clone()),
-            ) else {
-                continue;
-            };
-            let kind = if key["fallback"] == true {
-                KeyKind::Fallback
-            } else {
-                KeyKind::OneTime
-            };
-            claimed.push((user.to_string(), device.to_string(), signed, kind));
-        }
-        Ok(claimed)
-    }
-
-    /// A conversation's kind, participants and agent.
-    pub async fn conversation(
-        &self,
-        conversation_id: &str,
-    ) -> Result<ConversationInfo, ClientError> {
-        let answer = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/conversations/{conversation_id}"),
-                None,
-            )
-            .await?;
-        serde_json::from_value(answer)
-            .map_err(|e| ClientError::Connection(format!("HTTP API: conversation: {e}")))
-    }
-}
-
-/// What a client needs to know of a conversation to encrypt for it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct ConversationInfo {
-    /// `direct`, `group` or `agent`.
-    pub kind: ConversationKind,
-    /// Everyone in it (people and agents).
-    pub participants: Vec<String>,
-    /// The agent of an agent conversation.
-    #[serde(default)]
-    pub agent_id: Option<String>,
-}
 
 /// What an [`EncryptedClient`] tells its user.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +52,9 @@ pub enum EncryptedEvent {
         /// Whether it travelled encrypted (false only in a conversation with an agent that has
         /// no keys, or for server-written `system` messages).
         encrypted: bool,
+        /// The sealed attachment it carries (fetch it with
+        /// [`EncryptedClient::fetch_attachment`]).
+        attachment: Option<Attachment>,
     },
     /// A message that cannot be opened here (tampered, or sent before this device had the key);
     /// `content` is what arrived.
@@ -217,6 +64,19 @@ pub enum EncryptedEvent {
         /// Why.
         reason: CryptoError,
     },
+    /// An agent's answer as it is generated, opened so far (see `ClientEvent::Streaming`).
+    Streaming {
+        /// Conversation.
+        conversation_id: String,
+        /// The run.
+        run_id: String,
+        /// The agent.
+        agent_id: String,
+        /// The answer so far, in plaintext.
+        text: String,
+        /// Whether it travelled encrypted (false only from an agent without keys).
+        encrypted: bool,
+    },
     /// Anything else the client said.
     Other(ClientEvent),
 }
@@ -224,15 +84,10 @@ pub enum EncryptedEvent {
 /// The WebSocket client with end-to-end encryption (see the module doc).
 pub struct EncryptedClient {
     client: Client,
-    directory: KeyDirectory,
-    device: CryptoDevice,
-    /// Where the device's state is kept between runs, and its key.
-    persist: Option<(PathBuf, [u8; 32])>,
+    keyring: Keyring,
     ready: VecDeque<EncryptedEvent>,
     /// Per conversation, messages waiting (in order) for a session key, with when they came.
     held: BTreeMap<String, VecDeque<(Instant, DeliveredMessage)>>,
-    /// Published devices per user (dropped on `device_list`).
-    devices: HashMap<String, Vec<DeviceKeys>>,
     /// `to_device` message ids the server said it stored.
     stored: BTreeSet<String>,
     /// Kinds of the conversations seen (a kind never changes): plaintext is shown only in a
@@ -240,9 +95,8 @@ pub struct EncryptedClient {
     kinds: HashMap<String, ConversationKind>,
     /// Conversations whose kind is needed to classify a message that is not ciphertext.
     to_classify: BTreeSet<String>,
-    /// When this device's keys were published (this device's clock, milliseconds): nothing
-    /// stored well before that was sealed for it.
-    published_at: i64,
+    /// Streamed answers opened so far, per run: the ciphertext opened and its plaintext.
+    streams: HashMap<(String, String), (usize, String)>,
 }
 
 impl EncryptedClient {
@@ -258,109 +112,34 @@ impl EncryptedClient {
             .device_id
             .clone()
             .unwrap_or_else(|| crate::identity::DEFAULT_DEVICE.to_string());
-        let device = match &persist {
-            Some((path, key)) if path.exists() => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ClientError::Connection(format!("device state {}: {e}", path.display()))
-                })?;
-                CryptoDevice::from_pickle(&text, key).map_err(|e| {
-                    ClientError::Connection(format!("device state {}: {e}", path.display()))
-                })?
-            }
-            _ => CryptoDevice::new(user_id, device_id),
-        };
+        let mut keyring = Keyring::load(directory, user_id, &device_id, persist, true)?;
         let client = Client::connect(config).await?;
-        let mut this = Self {
+        keyring.publish_if_needed(OnConflict::Refuse).await?;
+        Ok(Self {
             client,
-            directory,
-            device,
-            persist,
+            keyring,
             ready: VecDeque::new(),
             held: BTreeMap::new(),
-            devices: HashMap::new(),
             stored: BTreeSet::new(),
             kinds: HashMap::new(),
             to_classify: BTreeSet::new(),
-            published_at: 0,
-        };
-        this.publish_if_needed().await?;
-        Ok(this)
+            streams: HashMap::new(),
+        })
     }
 
     /// The device's keys and sessions.
     pub fn device(&self) -> &CryptoDevice {
-        &self.device
+        self.keyring.device()
     }
 
     /// The device's keys and sessions, to open content that did not come through this client.
     pub fn device_mut(&mut self) -> &mut CryptoDevice {
-        &mut self.device
+        self.keyring.device_mut()
     }
 
     /// The underlying client (reads, typing, presence, cancel).
     pub fn client(&self) -> &Client {
         &self.client
-    }
-
-    async fn publish_if_needed(&mut self) -> Result<(), ClientError> {
-        let mine = self.device.device_keys();
-        let listed = self.directory.devices_of(&mine.user_id).await?;
-        if listed.iter().any(|d| d == &mine) {
-            return Ok(());
-        }
-        self.published_at = crate::clock::now_ms();
-        let one_time = self.device.new_one_time_keys(ONE_TIME_KEYS);
-        let fallback = self.device.new_fallback_key();
-        self.directory
-            .publish(&mine, &one_time, Some(&fallback))
-            .await
-            .map_err(|e| match e {
-                // This device id published other keys (its state was lost, or another device
-                // uses the id): say what to do.
-                ClientError::Server {
-                    code: crate::ErrorCode::Conflict,
-                    ..
-                } => ClientError::Server {
-                    code: crate::ErrorCode::Conflict,
-                    message: format!(
-                        "device {} already published other keys: use another device id, or delete them (DELETE /v1/keys/{}) if this device was reset",
-                        mine.device_id, mine.device_id
-                    ),
-                },
-                other => other,
-            })?;
-        self.save();
-        Ok(())
-    }
-
-    /// Saves the device's state (when it has a file): written beside it and renamed over it, so
-    /// a crash leaves the old state or the new, never half of one. False when it failed.
-    fn save(&self) -> bool {
-        let Some((path, key)) = &self.persist else {
-            return true;
-        };
-        let temporary = path.with_extension("tmp");
-        let written = std::fs::write(&temporary, self.device.pickle(key))
-            .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
-            .and_then(|()| std::fs::rename(&temporary, path));
-        if let Err(e) = &written {
-            tracing::warn!(path = %path.display(), error = %e, "device state not saved");
-        }
-        written.is_ok()
-    }
-
-    async fn devices_of(&mut self, user_id: &str) -> Result<Vec<DeviceKeys>, ClientError> {
-        if let Some(known) = self.devices.get(user_id) {
-            return Ok(known.clone());
-        }
-        let listed = self.directory.devices_of(user_id).await?;
-        // Only keys that verify: the directory could be wrong, the device cannot.
-        let listed: Vec<DeviceKeys> = listed
-            .into_iter()
-            .filter(|d| d.user_id == user_id && d.verify().is_ok())
-            .collect();
-        self.devices.insert(user_id.to_string(), listed.clone());
-        Ok(listed)
     }
 
     /// Sends `body` to a conversation: its members' devices get this device's session key first
@@ -370,44 +149,89 @@ impl EncryptedClient {
         conversation_id: &str,
         body: MessageBody,
     ) -> Result<MessageAckPayload, ClientError> {
+        self.send_sealed(conversation_id, body, None).await
+    }
+
+    /// Sends `bytes` as an attachment (`message_type` image, voice, document, ...) with a
+    /// `caption`: sealed on this device with a fresh key, uploaded as ciphertext, and the key
+    /// sent inside the sealed message. Not to an agent without keys (nothing would be sealed).
+    pub async fn send_attachment(
+        &mut self,
+        conversation_id: &str,
+        message_type: MessageType,
+        caption: &str,
+        bytes: &[u8],
+        content_type: &str,
+        name: Option<&str>,
+    ) -> Result<(MessageAckPayload, Attachment), ClientError> {
+        let attachment = self
+            .keyring
+            .directory()
+            .attachments()
+            .upload(conversation_id, message_type, bytes, content_type, name)
+            .await?;
+        let body = MessageBody {
+            message_type,
+            media_url: Some(attachment.media_id.clone()),
+            ..MessageBody::text(caption)
+        };
+        let ack = self
+            .send_sealed(conversation_id, body, Some(&attachment))
+            .await?;
+        Ok((ack, attachment))
+    }
+
+    /// Downloads and opens an attachment of a received message.
+    pub async fn fetch_attachment(&self, attachment: &Attachment) -> Result<Vec<u8>, ClientError> {
+        Ok(self
+            .keyring
+            .directory()
+            .attachments()
+            .download(attachment)
+            .await?)
+    }
+
+    async fn send_sealed(
+        &mut self,
+        conversation_id: &str,
+        body: MessageBody,
+        attachment: Option<&Attachment>,
+    ) -> Result<MessageAckPayload, ClientError> {
         // Members are read for every send, never cached: a member removed a moment ago must not
         // get the next session key (a cache would wait for the removal's `system` message).
-        let info = self.directory.conversation(conversation_id).await?;
+        let info = self
+            .keyring
+            .directory()
+            .conversation(conversation_id)
+            .await?;
         self.kinds.insert(conversation_id.to_string(), info.kind);
-        let (participants, agent) = (info.participants, info.agent_id);
         // What has arrived meanwhile first: a `device_list` among it changes who gets the key.
         self.drain().await;
-        let mut devices = Vec::new();
-        let mut members = BTreeSet::new();
-        for participant in &participants {
-            let listed = self.devices_of(participant).await?;
-            if listed.is_empty() && agent.as_deref() == Some(participant.as_str()) {
-                continue; // an agent without keys: see below
-            }
-            members.insert(participant.clone());
-            devices.extend(listed);
-        }
-        // Plaintext only to an agent that holds no keys (or one chosen per message by
-        // capability, which no key can be shared with ahead); between people never.
-        let plaintext_agent = info.kind == ConversationKind::Agent
-            && agent.as_ref().is_none_or(|a| !members.contains(a));
+        let recipients = self.keyring.recipients(&info).await?;
         let mut body = body;
-        if !plaintext_agent {
-            self.share_key(conversation_id, &members, &devices).await?;
-            let sealed = Plaintext {
-                conversation_id: conversation_id.to_string(),
-                content: std::mem::take(&mut body.content),
-                extra: body
-                    .location
-                    .take()
-                    .map(|l| json!({"location": l}))
-                    .unwrap_or(Value::Null),
+        if recipients.plaintext && attachment.is_some() {
+            return Err(ClientError::Server {
+                code: crate::ErrorCode::InvalidRequest,
+                message: "an agent without keys cannot get a sealed attachment".into(),
+            });
+        }
+        if !recipients.plaintext {
+            self.share_key(conversation_id, &recipients).await?;
+            let mut extra = serde_json::Map::new();
+            if let Some(location) = body.location.take() {
+                extra.insert("location".into(), json!(location));
+            }
+            if let Some(attachment) = attachment {
+                extra.insert("attachment".into(), json!(attachment));
+            }
+            let extra = if extra.is_empty() {
+                Value::Null
+            } else {
+                Value::Object(extra)
             };
-            body.content = self
-                .device
-                .encrypt(&sealed)
-                .map_err(|e| ClientError::Connection(format!("encrypt: {e}")))?;
-            self.save();
+            body.content =
+                self.keyring
+                    .seal(conversation_id, std::mem::take(&mut body.content), extra)?;
         }
         self.client
             .send_message(OutgoingMessage {
@@ -430,59 +254,15 @@ impl EncryptedClient {
     async fn share_key(
         &mut self,
         conversation_id: &str,
-        members: &BTreeSet<String>,
-        devices: &[DeviceKeys],
+        recipients: &Recipients,
     ) -> Result<(), ClientError> {
-        let share =
-            self.device
-                .room_key_for(conversation_id, members, devices, crate::clock::now_ms());
-        if share.missing.is_empty() {
-            return Ok(());
+        let shares = self.keyring.key_shares(conversation_id, recipients).await?;
+        for batch in shares.chunks(crate::to_device::MAX_TO_DEVICE_MESSAGES) {
+            self.send_to_device(batch.iter().map(|(m, _)| m.clone()).collect())
+                .await?;
+            let devices: Vec<DeviceKeys> = batch.iter().map(|(_, d)| d.clone()).collect();
+            self.keyring.shared(conversation_id, &devices);
         }
-        let unsessioned: Vec<&DeviceKeys> = share
-            .missing
-            .iter()
-            .filter(|d| !self.device.has_session_with(d))
-            .collect();
-        let claimed = if unsessioned.is_empty() {
-            Vec::new()
-        } else {
-            self.directory.claim(&unsessioned).await?
-        };
-        let mut messages = Vec::new();
-        let mut reached = Vec::new();
-        for device in &share.missing {
-            let key = claimed
-                .iter()
-                .find(|(u, d, ..)| *u == device.user_id && *d == device.device_id)
-                .map(|(_, _, key, kind)| (key, *kind));
-            let message = self
-                .device
-                .room_key_message(conversation_id, &share, device);
-            match self.device.encrypt_to_device(device, key, &message) {
-                Ok(content) => {
-                    messages.push(OutgoingToDevice {
-                        message_id: uuid::Uuid::new_v4().to_string(),
-                        user_id: device.user_id.clone(),
-                        device_id: device.device_id.clone(),
-                        content,
-                    });
-                    reached.push(device.clone());
-                }
-                // A device with no key left to claim, or one whose key does not verify: it
-                // cannot read this session (it gets the next one once it publishes keys).
-                Err(e) => {
-                    tracing::warn!(user = device.user_id, device = device.device_id, error = %e, "room key not shared")
-                }
-            }
-        }
-        for batch in messages.chunks(100) {
-            self.send_to_device(batch.to_vec()).await?;
-        }
-        for device in &reached {
-            self.device.shared_with(conversation_id, device);
-        }
-        self.save();
         Ok(())
     }
 
@@ -513,7 +293,7 @@ impl EncryptedClient {
                     {
                         if code == crate::ErrorCode::NotFound {
                             // A device that is gone: the next send reads the devices again.
-                            self.devices.clear();
+                            self.keyring.forget_devices(None);
                         }
                         return Err(ClientError::Server { code, message });
                     }
@@ -535,7 +315,7 @@ impl EncryptedClient {
             // Kinds needed to classify plaintext: looked up before anything else is read (the
             // conversation stays in `to_classify` until its kind is known).
             if let Some(conversation) = self.to_classify.first().cloned() {
-                match self.directory.conversation(&conversation).await {
+                match self.keyring.directory().conversation(&conversation).await {
                     Ok(info) => {
                         self.kinds.insert(conversation.clone(), info.kind);
                         self.to_classify.remove(&conversation);
@@ -589,95 +369,85 @@ impl EncryptedClient {
             ClientEvent::ToDevice(payload) => self.on_to_device(payload).await,
             ClientEvent::ToDeviceSent(ids) => self.stored.extend(ids),
             ClientEvent::DeviceList(payload) => {
-                self.devices.remove(&payload.user_id);
+                self.keyring.forget_devices(Some(&payload.user_id));
             }
             ClientEvent::KeysLow(_) => {
-                let one_time = self.device.new_one_time_keys(ONE_TIME_KEYS / 2);
-                let keys = self.device.device_keys();
-                match self.directory.publish(&keys, &one_time, None).await {
-                    Ok(_) => {
-                        self.save();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "one-time keys not topped up"),
+                if let Err(e) = self.keyring.top_up(ONE_TIME_KEYS / 2).await {
+                    tracing::warn!(error = %e, "one-time keys not topped up");
                 }
             }
+            ClientEvent::Streaming {
+                conversation_id,
+                run_id,
+                agent_id,
+                text,
+            } => self.on_streaming(conversation_id, run_id, agent_id, text),
             ClientEvent::Message(message) => self.on_message(*message),
             other => self.ready.push_back(EncryptedEvent::Other(other)),
         }
     }
 
     async fn on_to_device(&mut self, payload: ToDevicePayload) {
-        // The network first: each sender's published devices (read again when the sending
-        // device is not listed yet). From the first decryption to the ack nothing awaits, so a
-        // future dropped meanwhile never loses a key Olm has already opened.
-        let mut listed: HashMap<String, Option<Vec<DeviceKeys>>> = HashMap::new();
-        for item in &payload.messages {
-            if listed.contains_key(&item.sender_id) {
-                continue;
-            }
-            let mut devices = self.devices_of(&item.sender_id).await.ok();
-            if devices
-                .as_ref()
-                .is_some_and(|d| !d.iter().any(|d| d.device_id == item.sender_device_id))
-            {
-                self.devices.remove(&item.sender_id);
-                devices = self.devices_of(&item.sender_id).await.ok();
-            }
-            listed.insert(item.sender_id.clone(), devices);
-        }
-        let mut sequences = Vec::new();
-        for item in payload.messages {
-            let Some(Some(devices)) = listed.get(&item.sender_id) else {
-                // The directory did not answer: not acknowledged, so it comes again.
-                tracing::warn!(
-                    sender = item.sender_id,
-                    "sender's keys unavailable: to_device kept"
-                );
-                continue;
-            };
-            sequences.push(item.sequence);
-            // Olm proves which Curve25519 key sent it; the directory says whose key that is.
-            let Some(sender) = devices
-                .iter()
-                .find(|d| d.device_id == item.sender_device_id)
-            else {
-                tracing::warn!(
-                    sender = item.sender_id,
-                    "to_device from a device the directory does not list: refused"
-                );
-                continue;
-            };
-            let opened = match self.device.decrypt_to_device(
-                &item.sender_id,
-                &item.sender_device_id,
-                &item.content,
-            ) {
-                Ok(opened) => opened,
-                Err(e) => {
-                    tracing::warn!(sender = item.sender_id, error = %e, "to_device message refused");
-                    continue;
-                }
-            };
-            if sender.identity.curve25519 != opened.sender_key {
-                tracing::warn!(
-                    sender = item.sender_id,
-                    "to_device sealed by another key than the sender's: refused"
-                );
-                continue;
-            }
-            match opened.message {
-                DeviceMessage::RoomKey(key) => {
-                    if let Err(e) = self.device.accept_room_key(&key, &opened.sender_key) {
-                        tracing::warn!(error = %e, "room key refused");
-                    }
-                }
-            }
-        }
         // Acknowledged only once kept: the server deletes what is acknowledged.
-        if self.save() && !sequences.is_empty() {
+        let sequences = self.keyring.open_to_device(&payload.messages).await;
+        if !sequences.is_empty() {
             let _ = self.client.ack_to_device(sequences);
         }
         self.retry_held();
+    }
+
+    /// Opens an encrypted agent's streamed answer so far (each piece is its own envelope; only
+    /// what was not opened before is opened now). Plaintext passes only from an agent without
+    /// keys; a piece that does not open ends what is shown at the last piece that did.
+    fn on_streaming(
+        &mut self,
+        conversation_id: String,
+        run_id: String,
+        agent_id: String,
+        text: String,
+    ) {
+        let key = (conversation_id.clone(), run_id.clone());
+        let (mut opened_len, mut plaintext) = self
+            .streams
+            .get(&key)
+            .filter(|(len, _)| text.len() >= *len)
+            .cloned()
+            .unwrap_or_default();
+        if opened_len == 0 && Envelope::parse_first(&text).is_none() {
+            // Not ciphertext: an agent without keys streams plaintext.
+            self.ready.push_back(EncryptedEvent::Streaming {
+                conversation_id,
+                run_id,
+                agent_id,
+                text,
+                encrypted: false,
+            });
+            return;
+        }
+        let stream_id = format!("stream/{run_id}");
+        while let Some((envelope, used)) = Envelope::parse_first(&text[opened_len..]) {
+            match self
+                .keyring
+                .open(&conversation_id, &agent_id, &stream_id, envelope)
+            {
+                Ok(piece) => {
+                    plaintext.push_str(&piece.content);
+                    opened_len += used;
+                }
+                Err(e) => {
+                    tracing::debug!(run = run_id, error = %e, "streamed piece not opened yet");
+                    break;
+                }
+            }
+        }
+        self.streams.insert(key, (opened_len, plaintext.clone()));
+        self.ready.push_back(EncryptedEvent::Streaming {
+            conversation_id,
+            run_id,
+            agent_id,
+            text: plaintext,
+            encrypted: true,
+        });
     }
 
     fn on_message(&mut self, message: DeliveredMessage) {
@@ -712,6 +482,7 @@ impl EncryptedClient {
                 self.ready.push_back(EncryptedEvent::Message {
                     message: Box::new(message),
                     encrypted: false,
+                    attachment: None,
                 });
             } else {
                 self.ready.push_back(EncryptedEvent::Undecryptable {
@@ -724,7 +495,7 @@ impl EncryptedClient {
             return None;
         }
         let sender = message.sender_id.clone().unwrap_or_default();
-        match self.device.decrypt(
+        match self.keyring.open(
             &conversation,
             &sender,
             &message.message_id,
@@ -735,15 +506,23 @@ impl EncryptedClient {
                 if let Some(location) = plaintext.extra.get("location") {
                     message.body.location = serde_json::from_value(location.clone()).ok();
                 }
+                // An attachment counts only as the media the message names.
+                let attachment = plaintext
+                    .extra
+                    .get("attachment")
+                    .and_then(|a| serde_json::from_value::<Attachment>(a.clone()).ok())
+                    .filter(|a| message.body.media_url.as_deref() == Some(a.media_id.as_str()));
                 self.ready.push_back(EncryptedEvent::Message {
                     message: Box::new(message),
                     encrypted: true,
+                    attachment,
                 });
                 None
             }
             // Stored well before this device existed: its key was never meant for it.
             Err(CryptoError::UnknownSession(session))
-                if message.timestamp < self.published_at - CLOCK_SKEW.as_millis() as i64 =>
+                if message.timestamp
+                    < self.keyring.published_at() - CLOCK_SKEW.as_millis() as i64 =>
             {
                 self.ready.push_back(EncryptedEvent::Undecryptable {
                     message: Box::new(message),

@@ -77,6 +77,19 @@ impl Envelope {
         serde_json::to_string(self).expect("envelopes always serialize")
     }
 
+    /// The first envelope of `text` (envelopes written one after another: an encrypted agent's
+    /// streamed answer, one envelope per piece) as its own text, and how many bytes of `text`
+    /// it spans; `None` when `text` does not start with a well-formed envelope.
+    pub fn parse_first(text: &str) -> Option<(&str, usize)> {
+        let mut values =
+            serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
+        values.next()?.ok()?;
+        let used = values.byte_offset();
+        let first = &text[..used];
+        Self::parse(first).ok()?;
+        Some((first, used))
+    }
+
     /// A well-formed envelope no key opens, whose ciphertext bytes are `marker`: for tools that
     /// test the transport and cannot encrypt (load generators, transport tests). Between real
     /// clients, only [`crate::e2ee::CryptoDevice::encrypt`] makes envelopes.

@@ -13,19 +13,31 @@
 //! - [`device`]: a device's keys and sessions ([`device::CryptoDevice`], `vodozemac`): Olm
 //!   sessions carry Megolm session keys to every member device; Megolm encrypts content once for
 //!   the whole conversation.
-//! - `client` (feature `client`): the WebSocket client with all of the above, for apps, agents
-//!   and tests: publishes keys, shares session keys, seals and opens messages.
+//! - [`attachment`]: media sealed on the device (AES-256-GCM), the key inside the sealed
+//!   message.
+//! - [`key_directory`]: the directory's HTTP routes as a device's user calls them;
+//!   [`keyring`]: a device with its saved state and its directory, what every encrypting
+//!   party shares (publishes keys, shares session keys, seals and opens).
+//! - `client` (feature `client`): the WebSocket client with all of the above, for apps and
+//!   tests; the agent SDK (`crate::agent`) does the same for agents over HTTP and CloudEvents.
 //!
 //! References: the Olm and Megolm specifications (matrix-org/olm `docs/olm.md`,
 //! `docs/megolm.md`), implemented by `vodozemac`; the Signal X3DH and Double Ratchet papers
 //! they follow.
 
+pub mod agent_device;
+pub mod attachment;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod device;
 pub mod directory;
 pub mod envelope;
+pub mod key_directory;
+pub mod keyring;
 
+pub use agent_device::AgentDevice;
 pub use device::{CryptoDevice, CryptoError, Plaintext, RoomKey};
 pub use directory::{DeviceKeys, IdentityKeys, KeyKind, SignedKey};
 pub use envelope::{Algorithm, Envelope, OlmEnvelope};
+pub use key_directory::{ConversationInfo, KeyDirectory};
+pub use keyring::{Keyring, OnConflict, Recipients};

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use e2e::{RawWs, WAIT, conversation, stack, token, user};
 use local_stack::stack::RunningStack;
-use messaging::e2ee::client::{EncryptedClient, EncryptedEvent, KeyDirectory};
+use messaging::e2ee::KeyDirectory;
+use messaging::e2ee::client::{EncryptedClient, EncryptedEvent};
 use messaging::e2ee::device::{DeviceMessage, Plaintext};
 use messaging::e2ee::{CryptoDevice, CryptoError, DeviceKeys, Envelope, KeyKind, SignedKey};
 use messaging::model::ConversationKind;
@@ -590,7 +591,9 @@ async fn opened(
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match client.next_event_within(left).await {
-            Some(EncryptedEvent::Message { message, encrypted }) => {
+            Some(EncryptedEvent::Message {
+                message, encrypted, ..
+            }) => {
                 if message.conversation_id.as_deref() != Some(conversation)
                     || message.body.message_type == MessageType::System
                     || message.sender_id.as_deref() != Some(sender)
@@ -606,7 +609,7 @@ async fn opened(
                     client.device().device_id()
                 )
             }
-            Some(EncryptedEvent::Other(_)) => continue,
+            Some(EncryptedEvent::Other(_) | EncryptedEvent::Streaming { .. }) => continue,
             None => panic!(
                 "{}/{}: no message within {WAIT:?}",
                 client.device().user_id(),
@@ -731,9 +734,9 @@ async fn a_group_of_five_on_several_devices_reads_everything_and_a_removed_membe
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match ben_tablet.next_event_within(left).await {
-            Some(EncryptedEvent::Message { message, encrypted })
-                if message.message_id == later_ack.message_id =>
-            {
+            Some(EncryptedEvent::Message {
+                message, encrypted, ..
+            }) if message.message_id == later_ack.message_id => {
                 assert!(encrypted);
                 assert_eq!(message.body.content, later);
                 break;
@@ -835,7 +838,7 @@ async fn a_tampered_ciphertext_or_planted_plaintext_is_caught_by_the_receiving_c
             Some(EncryptedEvent::Message { message, .. }) => {
                 panic!("a tampered message was shown: {message:?}")
             }
-            Some(EncryptedEvent::Other(_)) => continue,
+            Some(EncryptedEvent::Other(_) | EncryptedEvent::Streaming { .. }) => continue,
             None => panic!("the tampered message never surfaced"),
         }
     }
@@ -875,10 +878,368 @@ async fn a_tampered_ciphertext_or_planted_plaintext_is_caught_by_the_receiving_c
     }
 }
 
+/// The agent's answer at `client`: the streamed text as last shown and the final message, each
+/// with whether it travelled encrypted.
+async fn answer(
+    client: &mut EncryptedClient,
+    conversation: &str,
+    agent: &str,
+) -> ((String, bool), (String, bool)) {
+    let mut streamed = (String::new(), false);
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event_within(left).await {
+            Some(EncryptedEvent::Streaming {
+                conversation_id,
+                text,
+                encrypted,
+                ..
+            }) if conversation_id == conversation => streamed = (text, encrypted),
+            Some(EncryptedEvent::Message {
+                message, encrypted, ..
+            }) if message.sender_id.as_deref() == Some(agent)
+                && message.conversation_id.as_deref() == Some(conversation) =>
+            {
+                return (streamed, (message.body.content, encrypted));
+            }
+            Some(EncryptedEvent::Undecryptable { message, reason }) => {
+                panic!("undecryptable {message:?}: {reason}")
+            }
+            Some(_) => continue,
+            None => panic!("{agent} did not answer within {:?}", WAIT * 2),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_agent_reads_and_answers_sealed_and_the_server_keeps_no_plaintext() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let chat = conversation(
+        &stack,
+        ConversationKind::Agent,
+        &[&alice, "demo"],
+        Some("demo"),
+    )
+    .await;
+    let mut phone = encrypted(&stack, &alice, "phone").await;
+    let mut laptop = encrypted(&stack, &alice, "laptop").await;
+
+    // The agent published a device; the conversation says it is encrypted.
+    let (status, keys) = api(&stack, &alice, "GET", "/v1/users/demo/keys", None).await;
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(keys["devices"][0]["device_id"], "demo-agent", "{keys}");
+    let (_, view) = api(
+        &stack,
+        &alice,
+        "GET",
+        &format!("/v1/conversations/{chat}"),
+        None,
+    )
+    .await;
+    assert_eq!(view["end_to_end_encrypted"], true, "{view}");
+
+    // A short message: streamed word by word and stored, sealed both ways, on both devices.
+    phone
+        .send(
+            &chat,
+            MessageBody::text("hello agent, the password is tangerine-42"),
+        )
+        .await
+        .unwrap();
+    let expected = "Demo agent here. You said: hello agent, the password is tangerine-42";
+    let ((streamed, stream_sealed), (stored, stored_sealed)) =
+        answer(&mut phone, &chat, "demo").await;
+    assert!(stream_sealed && stored_sealed, "the answer travels sealed");
+    assert_eq!(stored, expected);
+    assert!(
+        expected.starts_with(&streamed) && !streamed.is_empty(),
+        "{streamed}"
+    );
+    let (_, (on_laptop, laptop_sealed)) = answer(&mut laptop, &chat, "demo").await;
+    assert!(laptop_sealed);
+    assert_eq!(
+        on_laptop, expected,
+        "every device of the user reads the answer"
+    );
+
+    // A word longer than a sealed piece: streamed in several sealed pieces, read whole.
+    let long_word = "marmalade".repeat(600);
+    phone
+        .send(&chat, MessageBody::text(format!("{long_word} end")))
+        .await
+        .unwrap();
+    let ((streamed, _), (stored, _)) = answer(&mut phone, &chat, "demo").await;
+    assert_eq!(
+        stored,
+        format!("Demo agent here. You said: {long_word} end")
+    );
+    assert!(
+        streamed.contains(&long_word),
+        "the long piece streamed whole"
+    );
+
+    // Plaintext to the encrypted agent: the run fails with a reason, nothing is answered.
+    let mut raw = e2e::RawWs::connect(&stack, Some(&token(&stack, &alice)), "tool").await;
+    send(&mut raw, &chat, "plain words").await;
+    loop {
+        let run = raw.expect("agent_run").await;
+        if run["payload"]["state"] == "failed" {
+            let reason = run["payload"]["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("encrypted messages only"), "{run}");
+            break;
+        }
+    }
+
+    // The agent without keys: plaintext both ways, and said so.
+    let plain = conversation(
+        &stack,
+        ConversationKind::Agent,
+        &[&alice, "demo-plain"],
+        Some("demo-plain"),
+    )
+    .await;
+    phone
+        .send(&plain, MessageBody::text("hi plain"))
+        .await
+        .unwrap();
+    let (_, (stored, sealed)) = answer(&mut phone, &plain, "demo-plain").await;
+    assert!(
+        !sealed,
+        "an agent without keys answers in plaintext, marked so"
+    );
+    assert_eq!(stored, "Demo agent here. You said: hi plain");
+
+    // Neither MongoDB nor Redis nor the agent's saved state holds the encrypted chat's words.
+    let stored = everything_stored(&stack).await;
+    let cached = everything_in_redis(&stack).await;
+    let state = std::fs::read_to_string(stack.config.data_dir.join("devices/agent-demo.olm"))
+        .expect("the agent's state is saved");
+    for secret in [
+        "tangerine-42",
+        "marmalade",
+        "Demo agent here. You said: hello",
+    ] {
+        assert!(!stored.contains(secret), "MongoDB holds {secret}");
+        assert!(!cached.contains(secret), "Redis holds {secret}");
+        assert!(!state.contains(secret), "the agent's state holds {secret}");
+    }
+}
+
 fn vodozemac_bytes(text: &str) -> Vec<u8> {
     vodozemac::base64_decode(text).unwrap()
 }
 
 fn messaging_base64(bytes: &[u8]) -> String {
     vodozemac::base64_encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_makes_an_agent_without_crypto_code_end_to_end_encrypted() {
+    use messaging::e2ee::AgentDevice;
+    // The sidecar's two sides, and the plain agent behind it (the demo agent's code with no
+    // keys: it reads and writes plaintext, to the sidecar only).
+    let agent_id = "sidecar-echo";
+    let inbound = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let outbound = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let behind = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_url = format!("http://{}/", inbound.local_addr().unwrap());
+    let outbound_url = format!("http://{}/", outbound.local_addr().unwrap());
+    let agent_url = format!("http://{}/", behind.local_addr().unwrap());
+    let triggers = std::env::temp_dir().join(testkit::unique_name("sidecar-triggers"));
+    std::fs::write(
+        &triggers,
+        format!(
+            "[[trigger]]\nname = \"sidecar\"\nsubscriber = \"{inbound_url}\"\n\
+             filter.attributes = {{ type = \"messaging.message.received\", agentid = \"{agent_id}\" }}\n\
+             delivery = {{ retry = 5, backoff_policy = \"exponential\", backoff_delay_ms = 100 }}\n"
+        ),
+    )
+    .unwrap();
+    let stack = e2e::stack_with(|c| c.extra_triggers.push(triggers.clone())).await;
+    let mut entry = local_stack::agent::DemoAgent::registry_entry(agent_id);
+    entry.agent_id = agent_id.into();
+    stack.ctx.store.upsert_agent(&entry).await.unwrap();
+    let device = AgentDevice::start(
+        &stack.api_url,
+        &token(&stack, agent_id),
+        agent_id,
+        "sidecar",
+        None,
+    )
+    .await
+    .expect("the sidecar publishes the agent's keys");
+    let publisher = std::sync::Arc::new(messaging::events::HttpBroker::new(&stack.broker_url));
+    let sidecar = e2ee_sidecar::Sidecar::new(agent_id, device, &agent_url, publisher);
+    let plain_agent = local_stack::agent::DemoAgent::router(
+        agent_id,
+        &outbound_url,
+        None,
+        std::time::Duration::from_millis(50),
+    );
+    for (listener, router) in [
+        (inbound, sidecar.inbound_router()),
+        (outbound, sidecar.outbound_router()),
+        (behind, plain_agent),
+    ] {
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+
+    let alice = user(&stack, "alice").await;
+    let chat = conversation(
+        &stack,
+        ConversationKind::Agent,
+        &[&alice, agent_id],
+        Some(agent_id),
+    )
+    .await;
+    let mut phone = encrypted(&stack, &alice, "phone").await;
+    phone
+        .send(&chat, MessageBody::text("hello sidecar, the plum is ripe"))
+        .await
+        .unwrap();
+    let ((streamed, stream_sealed), (stored, stored_sealed)) =
+        answer(&mut phone, &chat, agent_id).await;
+    assert!(
+        stream_sealed && stored_sealed,
+        "sealed by the sidecar both ways"
+    );
+    assert_eq!(
+        stored,
+        "Demo agent here. You said: hello sidecar, the plum is ripe"
+    );
+    assert!(stored.starts_with(&streamed), "{streamed}");
+
+    // Plaintext never reaches the agent: its run fails with the reason.
+    let mut raw = e2e::RawWs::connect(&stack, Some(&token(&stack, &alice)), "tool").await;
+    send(&mut raw, &chat, "plain words").await;
+    loop {
+        let run = raw.expect("agent_run").await;
+        if run["payload"]["state"] == "failed" {
+            assert!(
+                run["payload"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("encrypted messages only"),
+                "{run}"
+            );
+            break;
+        }
+    }
+    let stored = everything_stored(&stack).await;
+    assert!(
+        !stored.contains("plum is ripe"),
+        "MongoDB holds the plaintext"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attachment_is_sealed_on_the_device_and_only_ciphertext_is_stored() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let chat = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut alice_phone = encrypted(&stack, &alice, "phone").await;
+    let mut bob_phone = encrypted(&stack, &bob, "phone").await;
+    let photo: Vec<u8> = b"PRETEND-PNG the secret whiteboard says 7-3-1 "
+        .iter()
+        .cycle()
+        .take(50_000)
+        .copied()
+        .collect();
+    let (_, sent) = alice_phone
+        .send_attachment(
+            &chat,
+            MessageType::Image,
+            "the whiteboard",
+            &photo,
+            "image/png",
+            Some("board.png"),
+        )
+        .await
+        .expect("the sealed photo is sent");
+    assert_eq!(sent.content_type, "image/png");
+
+    // Bob's phone gets the caption and the key inside the sealed message, and opens the bytes.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (message, attachment) = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bob_phone.next_event_within(left).await {
+            Some(EncryptedEvent::Message {
+                message,
+                encrypted,
+                attachment,
+            }) if message.sender_id.as_deref() == Some(alice.as_str()) => {
+                assert!(encrypted);
+                break (message, attachment.expect("the attachment's key arrived"));
+            }
+            Some(EncryptedEvent::Undecryptable { reason, .. }) => panic!("{reason}"),
+            Some(_) => continue,
+            None => panic!("no photo"),
+        }
+    };
+    assert_eq!(message.body.content, "the whiteboard");
+    assert_eq!(message.body.message_type, MessageType::Image);
+    assert_eq!(
+        message.body.media_url.as_deref(),
+        Some(sent.media_id.as_str())
+    );
+    assert_eq!(attachment.name.as_deref(), Some("board.png"));
+    let opened = bob_phone.fetch_attachment(&attachment).await.unwrap();
+    assert_eq!(opened, photo, "bob reads the photo alice sent");
+
+    // The server holds octets it cannot open: the stored object is ciphertext, the media record
+    // and the message say nothing of the key or the words.
+    let media = stack
+        .ctx
+        .store
+        .media(&sent.media_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(media.encrypted);
+    assert_eq!(media.content_type, "application/octet-stream");
+    let objects = everything_in_s3(&stack);
+    assert!(!objects.is_empty(), "the upload reached S3");
+    assert!(
+        !objects.windows(14).any(|w| w == b"secret whitebo"),
+        "S3 holds the photo's plaintext"
+    );
+    let stored = everything_stored(&stack).await;
+    for secret in [
+        "the whiteboard",
+        "secret whiteboard",
+        attachment.key.as_str(),
+    ] {
+        assert!(!stored.contains(secret), "MongoDB holds {secret}");
+    }
+    // Someone outside the conversation gets no download at all.
+    let eve = user(&stack, "eve").await;
+    let (status, _) = api(
+        &stack,
+        &eve,
+        "GET",
+        &format!("/v1/media/{}", sent.media_id),
+        None,
+    )
+    .await;
+    assert!(status == 403 || status == 404, "a stranger got {status}");
+}
+
+/// Every byte of every object the stack's S3 keeps.
+fn everything_in_s3(stack: &RunningStack) -> Vec<u8> {
+    fn walk(dir: &std::path::Path, all: &mut Vec<u8>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, all);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                all.extend(bytes);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(&stack.config.data_dir.join("s3"), &mut all);
+    all
 }

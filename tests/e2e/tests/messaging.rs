@@ -462,8 +462,8 @@ async fn the_demo_agent_answers_with_progress_and_a_silent_agent_leads_to_a_time
     let conv = conversation(
         &stack,
         ConversationKind::Agent,
-        &[&alice, local_stack::agent::DEMO_AGENT_ID],
-        Some(local_stack::agent::DEMO_AGENT_ID),
+        &[&alice, local_stack::agent::PLAIN_DEMO_AGENT_ID],
+        Some(local_stack::agent::PLAIN_DEMO_AGENT_ID),
     )
     .await;
     let mut phone = client(&stack, &alice, "phone").await;
@@ -479,11 +479,14 @@ async fn the_demo_agent_answers_with_progress_and_a_silent_agent_leads_to_a_time
             None => panic!("typing {typing:?}, messages {got:?}"),
         }
     }
-    assert_eq!(typing.unwrap().user_id, local_stack::agent::DEMO_AGENT_ID);
+    assert_eq!(
+        typing.unwrap().user_id,
+        local_stack::agent::PLAIN_DEMO_AGENT_ID
+    );
     assert_eq!(got[0].body.content, "hello agent");
     assert_eq!(
         got[1].sender_id.as_deref(),
-        Some(local_stack::agent::DEMO_AGENT_ID)
+        Some(local_stack::agent::PLAIN_DEMO_AGENT_ID)
     );
     assert_eq!(
         got[1].body.content,
@@ -1028,11 +1031,12 @@ async fn capability_routing_and_unavailable_agents() {
     let got = messages(&mut phone, &routed.conversation_id, 2).await;
     assert_eq!(
         got[1].sender_id.as_deref(),
-        Some(local_stack::agent::DEMO_AGENT_ID)
+        Some(local_stack::agent::PLAIN_DEMO_AGENT_ID)
     );
 
     // An agent that never sent a heartbeat is unavailable: the user is told at once.
-    let mut ghost = local_stack::agent::DemoAgent::registry_entry();
+    let mut ghost =
+        local_stack::agent::DemoAgent::registry_entry(local_stack::agent::PLAIN_DEMO_AGENT_ID);
     ghost.agent_id = "ghost".into();
     ghost.name = "Ghost".into();
     ghost.last_heartbeat_at = None;
@@ -1062,7 +1066,7 @@ async fn a_newcomer_with_a_local_token_opens_a_chat_with_the_demo_agent_over_the
     let opened: serde_json::Value = http
         .post(format!("{}/v1/conversations", stack.api_url))
         .bearer_auth(&token)
-        .json(&serde_json::json!({"agent_id": "demo"}))
+        .json(&serde_json::json!({"agent_id": "demo-plain"}))
         .send()
         .await
         .unwrap()
@@ -1220,15 +1224,15 @@ async fn a_redelivered_agent_response_is_stored_once() {
     let conv = conversation(
         &stack,
         ConversationKind::Agent,
-        &[&alice, local_stack::agent::DEMO_AGENT_ID],
-        Some(local_stack::agent::DEMO_AGENT_ID),
+        &[&alice, local_stack::agent::PLAIN_DEMO_AGENT_ID],
+        Some(local_stack::agent::PLAIN_DEMO_AGENT_ID),
     )
     .await;
     let response = messaging::model::AgentResponse {
         idempotency_key: "answer-1".into(),
         conversation_id: conv.clone(),
         user_id: alice.clone(),
-        agent_id: local_stack::agent::DEMO_AGENT_ID.into(),
+        agent_id: local_stack::agent::PLAIN_DEMO_AGENT_ID.into(),
         response: "the answer".into(),
         run_id: None,
         in_reply_to: None,
@@ -1238,7 +1242,7 @@ async fn a_redelivered_agent_response_is_stored_once() {
     for _ in 0..3 {
         let event = messaging::events::new_event(
             messaging::model::event_types::AGENT_RESPONSE,
-            "/agents/demo",
+            "/agents/demo-plain",
             &response,
             &[],
         )

@@ -80,7 +80,7 @@ async fn documents_are_never_rate_limited() {
 async fn an_agent_that_answers_stops_typing() {
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
-    let demo = local_stack::agent::DEMO_AGENT_ID;
+    let demo = local_stack::agent::PLAIN_DEMO_AGENT_ID;
     let conv = conversation(&stack, ConversationKind::Agent, &[&alice, demo], Some(demo)).await;
     let mut phone = client(&stack, &alice, "phone").await;
     phone.send_text(&conv, "hello").await.unwrap();

@@ -536,7 +536,7 @@ async fn main() -> anyhow::Result<()> {
             for i in 0..args.senders {
                 let sender = format!("sender-{i}");
                 let (receiver, agent) = match args.scenario {
-                    Scenario::Agent => ("demo".to_string(), Some("demo")),
+                    Scenario::Agent => ("demo-plain".to_string(), Some("demo-plain")),
                     _ => (format!("receiver-{i}"), None),
                 };
                 let kind = if agent.is_some() {
@@ -620,7 +620,7 @@ async fn main() -> anyhow::Result<()> {
                 };
                 if let ClientEvent::Message(m) = event {
                     let sender = m.sender_id.clone().unwrap_or_default();
-                    if expect_agent != (sender == "demo") {
+                    if expect_agent != (sender == "demo-plain") {
                         continue;
                     }
                     let content = if expect_agent {
@@ -1340,7 +1340,8 @@ fn payload(to_agent: bool, text: String) -> String {
 /// The e2ee scenario (see [`Scenario::E2ee`]).
 mod e2ee {
     use super::*;
-    use messaging::e2ee::client::{EncryptedClient, KeyDirectory};
+    use messaging::e2ee::KeyDirectory;
+    use messaging::e2ee::client::EncryptedClient;
     use messaging::protocol::{MessageBody, OutgoingMessage};
     use serde_json::json;
 

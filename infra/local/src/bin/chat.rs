@@ -25,8 +25,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use local_stack::instance::{self, Endpoints};
 use messaging::client::{Client, ClientConfig, ClientEvent};
-use messaging::e2ee::client::{EncryptedClient, EncryptedEvent, KeyDirectory};
-use messaging::protocol::MessageBody;
+use messaging::e2ee::KeyDirectory;
+use messaging::e2ee::client::{EncryptedClient, EncryptedEvent};
+use messaging::protocol::{MessageBody, MessageType};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Chat from a terminal.
@@ -122,7 +123,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
     println!(
-        "conversation {conversation_id}; type and press enter (/cancel stops an agent's answer, ctrl-d quits)"
+        "conversation {conversation_id}; type and press enter (/file PATH sends a file sealed, /cancel stops an agent's answer, ctrl-d quits)"
     );
     describe_encryption(&directory, &client, &args.user, &conversation_id).await;
     let mut view = View::default();
@@ -146,6 +147,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     continue;
                 }
+                if let Some(rest) = line.strip_prefix("/file ") {
+                    send_file(&mut client, &conversation_id, rest).await;
+                    continue;
+                }
                 match client.send(&conversation_id, MessageBody::text(line)).await {
                     Ok(ack) => println!("  ✓ sent #{}", ack.sequence_number),
                     Err(e) => println!("  ✗ {e}"),
@@ -154,9 +159,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             event = client.next_event() => {
                 let Some(event) = event else { break };
                 let event = match event {
-                    EncryptedEvent::Message { mut message, encrypted } => {
+                    EncryptedEvent::Message { mut message, encrypted, attachment } => {
                         if !encrypted && message.body.message_type != messaging::protocol::MessageType::System {
                             message.body.content = format!("[not encrypted] {}", message.body.content);
+                        }
+                        if let Some(attachment) = attachment
+                            && message.sender_id.as_deref() != Some(args.user.as_str())
+                        {
+                            message.body.content = format!(
+                                "{} {}",
+                                message.body.content,
+                                save_attachment(&client, &args.data_dir, &attachment).await
+                            );
                         }
                         ClientEvent::Message(message)
                     }
@@ -167,6 +181,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         }
                         continue;
                     }
+                    // Opened (or plaintext from an agent without keys): the final message says which.
+                    EncryptedEvent::Streaming { conversation_id, run_id, agent_id, text, .. } => {
+                        ClientEvent::Streaming { conversation_id, run_id, agent_id, text }
+                    }
                     EncryptedEvent::Other(event) => event,
                 };
                 view.show(client.client(), &args.user, &conversation_id, event);
@@ -176,6 +194,86 @@ async fn run(args: Args) -> anyhow::Result<()> {
     client.client().close();
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// `/file PATH [caption]`: sends a file as a sealed attachment (an image for .png, .jpg and
+/// .webp, else a document).
+async fn send_file(client: &mut EncryptedClient, conversation_id: &str, rest: &str) {
+    let (path, caption) = rest.split_once(' ').unwrap_or((rest, ""));
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => return println!("  ✗ {path}: {e}"),
+    };
+    let extension = std::path::Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let (message_type, content_type) = match extension.as_str() {
+        "png" => (MessageType::Image, "image/png"),
+        "jpg" | "jpeg" => (MessageType::Image, "image/jpeg"),
+        "webp" => (MessageType::Image, "image/webp"),
+        "pdf" => (MessageType::Document, "application/pdf"),
+        _ => (MessageType::Document, "application/octet-stream"),
+    };
+    let name = std::path::Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str());
+    match client
+        .send_attachment(
+            conversation_id,
+            message_type,
+            caption,
+            &bytes,
+            content_type,
+            name,
+        )
+        .await
+    {
+        Ok((ack, _)) => println!(
+            "  ✓ sent #{} (📎 {} bytes, sealed)",
+            ack.sequence_number,
+            bytes.len()
+        ),
+        Err(e) => println!("  ✗ {e}"),
+    }
+}
+
+/// Fetches and opens a received attachment into `{data_dir}/downloads/`; says where it went.
+async fn save_attachment(
+    client: &EncryptedClient,
+    data_dir: &std::path::Path,
+    attachment: &messaging::e2ee::attachment::Attachment,
+) -> String {
+    let bytes = match client.fetch_attachment(attachment).await {
+        Ok(bytes) => bytes,
+        Err(e) => return format!("(📎 attachment not opened: {e})"),
+    };
+    let dir = data_dir.join("downloads");
+    // The sender names the file: only its last component, never a path.
+    let name: String = attachment
+        .name
+        .as_deref()
+        .unwrap_or("attachment")
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{}-{name}", attachment.media_id));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &bytes)) {
+        Ok(()) => format!(
+            "(📎 {} bytes, {}: {})",
+            bytes.len(),
+            attachment.content_type,
+            path.display()
+        ),
+        Err(e) => format!("(📎 attachment not saved: {e})"),
+    }
 }
 
 /// What the terminal shows of runs: the answers being streamed, and the runs still going.
