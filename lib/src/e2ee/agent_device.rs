@@ -8,7 +8,10 @@
 //! E2EE sidecar (`e2ee-sidecar`), which runs the SDK in front of them.
 //!
 //! One process is one device (its state in one file, replaced atomically); a state that was lost
-//! publishes new keys in place of the old ones, and peers share their sessions again.
+//! publishes new keys in place of the old ones, and peers share their sessions again. An agent
+//! pins the identities it sees like any device, but follows a change (logging it): nobody is
+//! there to compare safety codes. Run one process per device id (several Lambda instances
+//! sharing one id would replace each other's keys): give each its own `AGENT_DEVICE_ID`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,6 +58,8 @@ impl AgentDevice {
         let directory = KeyDirectory::new(api_url, token);
         // Not cached: an agent is told of no device change, so it reads devices for each run.
         let mut keyring = Keyring::load(directory, agent_id, device_id, persist, false)?;
+        // Nobody can compare safety codes with an agent: it follows key changes, logging each.
+        keyring.follow_identity_changes();
         keyring.publish_if_needed(OnConflict::Replace).await?;
         Ok(Self {
             device_id: device_id.to_string(),

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::client::{Client, ClientConfig, ClientError, ClientEvent};
 use crate::e2ee::attachment::Attachment;
-use crate::e2ee::device::CryptoError;
+use crate::e2ee::device::{CryptoError, Trust};
 use crate::e2ee::directory::DeviceKeys;
 use crate::e2ee::keyring::{ONE_TIME_KEYS, OnConflict, Recipients};
 use crate::e2ee::{CryptoDevice, Envelope, KeyDirectory, Keyring};
@@ -76,6 +76,15 @@ pub enum EncryptedEvent {
         text: String,
         /// Whether it travelled encrypted (false only from an agent without keys).
         encrypted: bool,
+    },
+    /// A contact's device seen for the first time (now pinned), or listed with other keys than
+    /// the ones pinned (left out, nothing shared with it or accepted from it, until
+    /// [`EncryptedClient::trust`] after its person compared safety codes).
+    Identity {
+        /// The device as the directory lists it now.
+        device: DeviceKeys,
+        /// `New` or `Changed`.
+        trust: Trust,
     },
     /// Anything else the client said.
     Other(ClientEvent),
@@ -179,6 +188,16 @@ impl EncryptedClient {
             .send_sealed(conversation_id, body, Some(&attachment))
             .await?;
         Ok((ack, attachment))
+    }
+
+    /// Trusts `user_id`'s device `device_id` with the keys the directory lists now (after
+    /// comparing its safety code with its person's screen).
+    pub async fn trust(
+        &mut self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<DeviceKeys, ClientError> {
+        Ok(self.keyring.trust(user_id, device_id).await?)
     }
 
     /// Downloads and opens an attachment of a received message.
@@ -309,6 +328,10 @@ impl EncryptedClient {
     /// The next event, or `None` once the client is closed for good.
     pub async fn next_event(&mut self) -> Option<EncryptedEvent> {
         loop {
+            for (device, trust) in self.keyring.take_identity_changes() {
+                self.ready
+                    .push_back(EncryptedEvent::Identity { device, trust });
+            }
             if let Some(event) = self.ready.pop_front() {
                 return Some(event);
             }

@@ -145,6 +145,24 @@ pub struct CryptoDevice {
     outbound: HashMap<String, Outbound>,
     /// Megolm sessions received, by session id.
     inbound: HashMap<String, Inbound>,
+    /// The Ed25519 key first seen for each other device (`{user}\n{device}`): trust on first
+    /// use, so a directory that later lists other keys under the same device is noticed.
+    pins: BTreeMap<String, String>,
+}
+
+/// What this device makes of another device's published identity (trust on first use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// First seen: pinned now.
+    New,
+    /// The identity pinned before.
+    Known,
+    /// Other keys than the ones pinned: not used until the person says to trust them
+    /// ([`CryptoDevice::trust`], after comparing safety codes).
+    Changed {
+        /// The Ed25519 key pinned before.
+        pinned: String,
+    },
 }
 
 /// What [`CryptoDevice::room_key_for`] says about sending to a conversation.
@@ -168,6 +186,7 @@ impl CryptoDevice {
             olm: HashMap::new(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
+            pins: BTreeMap::new(),
         }
     }
 
@@ -245,6 +264,29 @@ impl CryptoDevice {
             key: key.to_string(),
             signature,
         }
+    }
+
+    /// Checks `device`'s identity against the one pinned for it, pinning it when it is new.
+    pub fn check_identity(&mut self, device: &DeviceKeys) -> Trust {
+        let key = format!("{}\n{}", device.user_id, device.device_id);
+        match self.pins.get(&key) {
+            None => {
+                self.pins.insert(key, device.identity.ed25519.clone());
+                Trust::New
+            }
+            Some(pinned) if *pinned == device.identity.ed25519 => Trust::Known,
+            Some(pinned) => Trust::Changed {
+                pinned: pinned.clone(),
+            },
+        }
+    }
+
+    /// Pins `device`'s identity as it is now (its person compared safety codes).
+    pub fn trust(&mut self, device: &DeviceKeys) {
+        self.pins.insert(
+            format!("{}\n{}", device.user_id, device.device_id),
+            device.identity.ed25519.clone(),
+        );
     }
 
     /// Whether this device has an Olm session with the device whose keys are `device`.
@@ -616,6 +658,7 @@ impl CryptoDevice {
                     )
                 })
                 .collect(),
+            pins: self.pins.clone(),
         };
         serde_json::to_string(&state).expect("pickles serialize")
     }
@@ -672,6 +715,7 @@ impl CryptoDevice {
             olm,
             outbound,
             inbound,
+            pins: state.pins,
         })
     }
 }
@@ -688,6 +732,9 @@ struct Pickle {
     olm: HashMap<String, Vec<String>>,
     outbound: HashMap<String, OutboundPickle>,
     inbound: HashMap<String, InboundPickle>,
+    /// Pinned identities (absent in states saved before pinning existed).
+    #[serde(default)]
+    pins: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -977,5 +1024,25 @@ mod tests {
             carol.decrypt("g", "alice", "m1", &content).unwrap().content,
             "from alice"
         );
+    }
+
+    #[test]
+    fn identities_are_pinned_on_first_use_and_the_pins_survive_a_pickle() {
+        let mut alice = CryptoDevice::new("alice", "phone");
+        let bob = CryptoDevice::new("bob", "phone");
+        let impostor = CryptoDevice::new("bob", "phone");
+        assert_eq!(alice.check_identity(&bob.device_keys()), Trust::New);
+        assert_eq!(alice.check_identity(&bob.device_keys()), Trust::Known);
+        let key = [7u8; 32];
+        let mut alice = CryptoDevice::from_pickle(&alice.pickle(&key), &key).unwrap();
+        assert_eq!(
+            alice.check_identity(&impostor.device_keys()),
+            Trust::Changed {
+                pinned: bob.device_keys().identity.ed25519
+            },
+            "other keys under a pinned device are noticed, after a restart too"
+        );
+        alice.trust(&impostor.device_keys());
+        assert_eq!(alice.check_identity(&impostor.device_keys()), Trust::Known);
     }
 }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use crate::e2ee::device::{CryptoError, DeviceMessage, Plaintext};
+use crate::e2ee::device::{CryptoError, DeviceMessage, Plaintext, Trust};
 use crate::e2ee::directory::DeviceKeys;
 use crate::e2ee::key_directory::{ConversationInfo, KeyDirectory};
 use crate::e2ee::{CryptoDevice, OlmEnvelope};
@@ -52,9 +52,13 @@ pub struct Keyring {
     /// Where the state is kept between runs, and its key.
     persist: Option<(PathBuf, [u8; 32])>,
     /// Published devices per user, when cached (a client told of changes by `device_list`).
-    devices: Option<HashMap<String, Vec<DeviceKeys>>>,
+    devices: Option<HashMap<String, (Vec<DeviceKeys>, bool)>>,
     /// When this device's keys were published (this device's clock, milliseconds).
     published_at: i64,
+    /// Devices seen for the first time, or with other keys than pinned, not yet told.
+    identity_changes: Vec<(DeviceKeys, Trust)>,
+    /// Changed identities are trusted at once (logged): for a device nobody can ask (an agent).
+    follow_changes: bool,
 }
 
 impl Keyring {
@@ -86,7 +90,15 @@ impl Keyring {
             persist,
             devices: cache_devices.then(HashMap::new),
             published_at: 0,
+            identity_changes: Vec::new(),
+            follow_changes: false,
         })
+    }
+
+    /// Trusts changed identities at once (each logged) instead of leaving their devices out:
+    /// for a device with nobody to compare safety codes (an agent).
+    pub fn follow_identity_changes(&mut self) {
+        self.follow_changes = true;
     }
 
     /// The device's keys and sessions.
@@ -175,22 +187,93 @@ impl Keyring {
     }
 
     /// A user's published devices whose signatures verify (the directory could be wrong, the
-    /// device cannot).
+    /// device cannot) and whose identity is the one pinned (trust on first use: a device seen
+    /// for the first time is pinned; one listed with other keys than pinned is left out until
+    /// [`Keyring::trust`]). Both are told by [`Keyring::take_identity_changes`].
     pub async fn devices_of(&mut self, user_id: &str) -> Result<Vec<DeviceKeys>> {
+        Ok(self.listed(user_id).await?.0)
+    }
+
+    /// The trusted devices of `user_id`, and whether the directory lists any device at all.
+    async fn listed(&mut self, user_id: &str) -> Result<(Vec<DeviceKeys>, bool)> {
         if let Some(known) = self.devices.as_ref().and_then(|c| c.get(user_id)) {
             return Ok(known.clone());
         }
-        let listed: Vec<DeviceKeys> = self
+        let verified: Vec<DeviceKeys> = self
             .directory
             .devices_of(user_id)
             .await?
             .into_iter()
             .filter(|d| d.user_id == user_id && d.verify().is_ok())
             .collect();
-        if let Some(cache) = &mut self.devices {
-            cache.insert(user_id.to_string(), listed.clone());
+        let any = !verified.is_empty();
+        let mut trusted = Vec::new();
+        let own = (
+            self.device.user_id().to_string(),
+            self.device.device_id().to_string(),
+        );
+        for device in verified {
+            if (device.user_id.as_str(), device.device_id.as_str())
+                == (own.0.as_str(), own.1.as_str())
+            {
+                trusted.push(device);
+                continue;
+            }
+            match self.device.check_identity(&device) {
+                Trust::Known => trusted.push(device),
+                Trust::New => {
+                    self.identity_changes.push((device.clone(), Trust::New));
+                    trusted.push(device);
+                }
+                changed @ Trust::Changed { .. } if self.follow_changes => {
+                    tracing::warn!(
+                        user = device.user_id,
+                        device = device.device_id,
+                        "identity keys changed: followed (nobody here can compare safety codes)"
+                    );
+                    self.device.trust(&device);
+                    self.identity_changes.push((device.clone(), changed));
+                    trusted.push(device);
+                }
+                changed @ Trust::Changed { .. } => {
+                    tracing::warn!(
+                        user = device.user_id,
+                        device = device.device_id,
+                        "identity keys changed: device not used until trusted"
+                    );
+                    if !self.identity_changes.iter().any(|(d, _)| d == &device) {
+                        self.identity_changes.push((device, changed));
+                    }
+                }
+            }
         }
-        Ok(listed)
+        if let Some(cache) = &mut self.devices {
+            cache.insert(user_id.to_string(), (trusted.clone(), any));
+        }
+        self.save();
+        Ok((trusted, any))
+    }
+
+    /// Devices seen for the first time, and devices listed with other keys than pinned, since
+    /// the last call.
+    pub fn take_identity_changes(&mut self) -> Vec<(DeviceKeys, Trust)> {
+        std::mem::take(&mut self.identity_changes)
+    }
+
+    /// Trusts `user_id`'s device `device_id` with the keys the directory lists now (after its
+    /// person compared safety codes); returns them.
+    pub async fn trust(&mut self, user_id: &str, device_id: &str) -> Result<DeviceKeys> {
+        let device = self
+            .directory
+            .devices_of(user_id)
+            .await?
+            .into_iter()
+            .find(|d| d.user_id == user_id && d.device_id == device_id && d.verify().is_ok())
+            .ok_or_else(|| Error::not_found(format!("{user_id} has no device {device_id}")))?;
+        self.device.trust(&device);
+        self.forget_devices(Some(user_id));
+        self.save();
+        Ok(device)
     }
 
     /// Forgets the cached devices of `user_id` (of everyone with `None`).
@@ -211,9 +294,11 @@ impl Keyring {
         let mut devices = Vec::new();
         let mut members = BTreeSet::new();
         for participant in &info.participants {
-            let listed = self.devices_of(participant).await?;
-            if listed.is_empty() && info.agent_id.as_deref() == Some(participant.as_str()) {
-                continue; // an agent without keys: see below
+            let (listed, any) = self.listed(participant).await?;
+            // An agent without keys (not one whose keys changed: that is no reason to send
+            // plaintext; it gets nothing it can open until its new keys are trusted).
+            if !any && info.agent_id.as_deref() == Some(participant.as_str()) {
+                continue;
             }
             members.insert(participant.clone());
             devices.extend(listed);

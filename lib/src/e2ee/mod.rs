@@ -36,7 +36,7 @@ pub mod key_directory;
 pub mod keyring;
 
 pub use agent_device::AgentDevice;
-pub use device::{CryptoDevice, CryptoError, Plaintext, RoomKey};
+pub use device::{CryptoDevice, CryptoError, Plaintext, RoomKey, Trust};
 pub use directory::{DeviceKeys, IdentityKeys, KeyKind, SignedKey};
 pub use envelope::{Algorithm, Envelope, OlmEnvelope};
 pub use key_directory::{ConversationInfo, KeyDirectory};

@@ -609,7 +609,11 @@ async fn opened(
                     client.device().device_id()
                 )
             }
-            Some(EncryptedEvent::Other(_) | EncryptedEvent::Streaming { .. }) => continue,
+            Some(
+                EncryptedEvent::Other(_)
+                | EncryptedEvent::Streaming { .. }
+                | EncryptedEvent::Identity { .. },
+            ) => continue,
             None => panic!(
                 "{}/{}: no message within {WAIT:?}",
                 client.device().user_id(),
@@ -838,7 +842,11 @@ async fn a_tampered_ciphertext_or_planted_plaintext_is_caught_by_the_receiving_c
             Some(EncryptedEvent::Message { message, .. }) => {
                 panic!("a tampered message was shown: {message:?}")
             }
-            Some(EncryptedEvent::Other(_) | EncryptedEvent::Streaming { .. }) => continue,
+            Some(
+                EncryptedEvent::Other(_)
+                | EncryptedEvent::Streaming { .. }
+                | EncryptedEvent::Identity { .. },
+            ) => continue,
             None => panic!("the tampered message never surfaced"),
         }
     }
@@ -1242,4 +1250,83 @@ fn everything_in_s3(stack: &RunningStack) -> Vec<u8> {
     let mut all = Vec::new();
     walk(&stack.config.data_dir.join("s3"), &mut all);
     all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_listed_with_other_keys_gets_nothing_until_it_is_trusted() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let chat = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut alice_phone = encrypted(&stack, &alice, "phone").await;
+    let bob_phone = encrypted(&stack, &bob, "phone").await;
+    alice_phone
+        .send(&chat, MessageBody::text("first"))
+        .await
+        .unwrap();
+    drop(bob_phone);
+
+    // Bob's phone now lists other keys under the same id (a reset phone, or a directory lying).
+    let (status, _) = api(&stack, &bob, "DELETE", "/v1/keys/phone", None).await;
+    assert_eq!(status, 204);
+    let mut new_phone = encrypted(&stack, &bob, "phone").await;
+    alice_phone
+        .send(&chat, MessageBody::text("not for unverified keys"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match alice_phone.next_event_within(left).await {
+            // (Bob's phone was first seen, and pinned, when alice sent "first".)
+            Some(EncryptedEvent::Identity { device, trust })
+                if device.user_id == bob && trust != messaging::e2ee::Trust::New =>
+            {
+                assert!(
+                    matches!(trust, messaging::e2ee::Trust::Changed { .. }),
+                    "{trust:?}"
+                );
+                assert_eq!(device.device_id, "phone");
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("alice was not told bob's phone changed keys"),
+        }
+    }
+    // Nothing was shared with the changed device: it cannot open what was sent meanwhile.
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match new_phone.next_event_within(left).await {
+            // #1 was sent before the new phone existed; #2 after, but only to trusted keys.
+            Some(EncryptedEvent::Undecryptable { message, .. }) if message.sequence_number == 2 => {
+                break;
+            }
+            Some(EncryptedEvent::Message { message, .. })
+                if message.sender_id.as_deref() == Some(alice.as_str()) =>
+            {
+                panic!(
+                    "a device with unverified keys read {:?}",
+                    message.body.content
+                )
+            }
+            Some(_) => continue,
+            None => panic!("the message never reached bob's new phone"),
+        }
+    }
+
+    // Alice compares safety codes with bob and trusts the new keys: the next message opens.
+    let trusted = alice_phone.trust(&bob, "phone").await.unwrap();
+    assert_eq!(
+        trusted.identity.ed25519,
+        new_phone.device().device_keys().identity.ed25519
+    );
+    alice_phone
+        .send(&chat, MessageBody::text("verified now"))
+        .await
+        .unwrap();
+    assert_eq!(
+        opened(&mut new_phone, &chat, &alice).await.1,
+        "verified now"
+    );
 }

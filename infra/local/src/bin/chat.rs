@@ -147,6 +147,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     continue;
                 }
+                if let Some(rest) = line.strip_prefix("/trust ") {
+                    let (user, device) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+                    match client.trust(user, device.trim()).await {
+                        Ok(keys) => println!("  🔒 {user}/{} trusted (safety code {})", keys.device_id, keys.safety_code()),
+                        Err(e) => println!("  ✗ {e}"),
+                    }
+                    continue;
+                }
                 if let Some(rest) = line.strip_prefix("/file ") {
                     send_file(&mut client, &conversation_id, rest).await;
                     continue;
@@ -184,6 +192,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     // Opened (or plaintext from an agent without keys): the final message says which.
                     EncryptedEvent::Streaming { conversation_id, run_id, agent_id, text, .. } => {
                         ClientEvent::Streaming { conversation_id, run_id, agent_id, text }
+                    }
+                    EncryptedEvent::Identity { device, trust } => {
+                        let code = device.safety_code();
+                        match trust {
+                            messaging::e2ee::Trust::Changed { .. } => println!(
+                                "  ⚠ {}/{} now has other keys (safety code {code}); nothing goes to it until you compare codes with them and type /trust {} {}",
+                                device.user_id, device.device_id, device.user_id, device.device_id
+                            ),
+                            _ if device.user_id == args.user => {}
+                            _ => println!("  🔑 new device {}/{} (safety code {code})", device.user_id, device.device_id),
+                        }
+                        continue;
                     }
                     EncryptedEvent::Other(event) => event,
                 };
