@@ -283,6 +283,31 @@ async fn everything_in_redis(stack: &RunningStack) -> String {
     all
 }
 
+/// Asserts that none of `plaintexts` is readable anywhere the server keeps or writes things:
+/// MongoDB, every Redis value under the stack's prefix, the S3 objects, and the logs captured
+/// so far (from the first `captured_logs()` of any test in this process).
+async fn assert_nowhere(stack: &RunningStack, plaintexts: &[&str]) {
+    let stored = everything_stored(stack).await;
+    let cached = everything_in_redis(stack).await;
+    let objects = String::from_utf8_lossy(&everything_in_s3(stack)).to_string();
+    let logged = String::from_utf8_lossy(&captured_logs().lock().unwrap()).to_string();
+    for plaintext in plaintexts {
+        assert!(
+            !stored.contains(plaintext),
+            "{plaintext:?} is readable in MongoDB"
+        );
+        assert!(
+            !cached.contains(plaintext),
+            "{plaintext:?} is readable in Redis"
+        );
+        assert!(
+            !objects.contains(plaintext),
+            "{plaintext:?} is readable in S3"
+        );
+        assert!(!logged.contains(plaintext), "{plaintext:?} is in the logs");
+    }
+}
+
 /// Every document of every collection, as text.
 async fn everything_stored(stack: &RunningStack) -> String {
     let db = stack.mongo.database();
@@ -477,17 +502,8 @@ async fn a_direct_chat_is_readable_on_every_device_and_nowhere_else() {
         logged.contains("message stored"),
         "the log capture sees the stack's logs"
     );
-    for plaintext in [secret, reply, "eagle", "roger"] {
-        assert!(
-            !stored.contains(plaintext),
-            "{plaintext:?} is readable in MongoDB"
-        );
-        assert!(
-            !cached.contains(plaintext),
-            "{plaintext:?} is readable in Redis"
-        );
-        assert!(!logged.contains(plaintext), "{plaintext:?} is in the logs");
-    }
+    assert!(!stored.is_empty());
+    assert_nowhere(&stack, &[secret, reply, "eagle", "roger"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,6 +641,7 @@ async fn opened(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_five_on_several_devices_reads_everything_and_a_removed_member_nothing_after() {
+    captured_logs();
     let stack = stack().await;
     let names = ["ana", "ben", "cy", "dee", "eli"];
     let mut ids = Vec::new();
@@ -779,14 +796,12 @@ async fn a_group_of_five_on_several_devices_reads_everything_and_a_removed_membe
         );
     }
 
-    // Nothing the server stored reads as any of it.
-    let everything = everything_stored(&stack).await;
-    for plaintext in [hello, reply, secret, later, "harbour", "lighthouse"] {
-        assert!(
-            !everything.contains(plaintext),
-            "{plaintext:?} is readable in MongoDB"
-        );
-    }
+    // Nothing the server stored or logged reads as any of it.
+    assert_nowhere(
+        &stack,
+        &[hello, reply, secret, later, "harbour", "lighthouse"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -922,6 +937,7 @@ async fn answer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_agent_reads_and_answers_sealed_and_the_server_keeps_no_plaintext() {
+    captured_logs();
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
     let chat = conversation(
@@ -1045,6 +1061,7 @@ fn messaging_base64(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_makes_an_agent_without_crypto_code_end_to_end_encrypted() {
+    captured_logs();
     use messaging::e2ee::AgentDevice;
     // The sidecar's two sides, and the plain agent behind it (the demo agent's code with no
     // keys: it reads and writes plaintext, to the sidecar only).
