@@ -207,6 +207,9 @@ struct Shared {
     this: Mutex<std::sync::Weak<Shared>>,
     /// Streamed answers being received, by (conversation, run).
     streams: Mutex<HashMap<(String, String), Stream>>,
+    /// Per run, the `updated_at` of the newest `agent_run` shown: frames of a run's states can
+    /// be posted out of order, and an older one must not undo a newer.
+    run_states: Mutex<HashMap<(String, String), i64>>,
     /// Where (re)connections go: the configured URL, or where the last `migration` sent us.
     endpoint: Mutex<String>,
     /// The latest `migration` frame received.
@@ -307,6 +310,7 @@ impl Client {
             awaiting_auth: std::sync::atomic::AtomicBool::new(false),
             this: Mutex::new(std::sync::Weak::new()),
             streams: Mutex::new(HashMap::new()),
+            run_states: Mutex::new(HashMap::new()),
         });
         *shared.this.lock().expect("self lock") = Arc::downgrade(&shared);
         let task = tokio::spawn(run(shared.clone(), socket));
@@ -957,6 +961,20 @@ impl Shared {
             ServerFrame::Typing { payload } => self.emit(ClientEvent::Typing(payload)),
             ServerFrame::Presence { payload } => self.emit(ClientEvent::Presence(payload)),
             ServerFrame::AgentRun { payload } => {
+                {
+                    let mut seen = self.run_states.lock().expect("run states lock");
+                    let key = (payload.conversation_id.clone(), payload.run_id.clone());
+                    if seen
+                        .get(&key)
+                        .is_some_and(|newest| payload.updated_at < *newest)
+                    {
+                        return; // older than the state shown
+                    }
+                    if seen.len() >= 10_000 {
+                        seen.clear();
+                    }
+                    seen.insert(key, payload.updated_at);
+                }
                 if payload.state.is_final() {
                     self.streams
                         .lock()

@@ -1,4 +1,5 @@
-//! Conversation lookups on the hot path, cached in Redis, and the one membership check.
+//! Conversation lookups on the hot path, cached in Redis, the one membership check, and the
+//! one contact rule ([`is_contact`]).
 //!
 //! Every frame that names a conversation needs its participants (membership checks, fan-out,
 //! agent routing). Reading them from MongoDB each time would cost a round trip per message; the
@@ -118,6 +119,13 @@ pub async fn membership_for_receipts(
     let conversation = membership(ctx, user_id, conversation_id).await?;
     ctx.routing_memo.put(&conversation);
     Ok(conversation)
+}
+
+/// Whether `me` may see `other`'s profile, presence and keys, and send their devices key
+/// material: `other` is `me`, or shares a conversation with `me` (a person or an agent). The one
+/// rule for all four; each caller answers a stranger with its own error.
+pub async fn is_contact(ctx: &Context, me: &str, other: &str) -> Result<bool> {
+    Ok(me == other || ctx.store.share_conversation(me, other).await?)
 }
 
 /// Call after changing a conversation's participants, admins, agent or kind (or deleting it).

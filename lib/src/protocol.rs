@@ -417,7 +417,8 @@ pub struct AgentRunPayload {
     /// Its sequence number (`completed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence_number: Option<u64>,
-    /// Server time of this state, milliseconds.
+    /// Server time of this state, milliseconds. Frames of one run may arrive out of order: a
+    /// device ignores one older than the state it shows.
     pub updated_at: i64,
 }
 

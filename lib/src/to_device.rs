@@ -60,7 +60,7 @@ pub async fn send(
     // Key material goes only to contacts (or one's own devices): not a way to reach strangers.
     let users: BTreeSet<&str> = messages.iter().map(|m| m.user_id.as_str()).collect();
     for user in users {
-        if user != sender_id && !ctx.store.share_conversation(sender_id, user).await? {
+        if !crate::conversations::is_contact(ctx, sender_id, user).await? {
             return Err(Error::not_found(format!(
                 "user {user} shares no conversation with you"
             )));

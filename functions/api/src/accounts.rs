@@ -813,7 +813,7 @@ pub(crate) async fn get_user(
     let me = caller.user_id()?;
     let other = user_id.as_str();
     let not_found = || Error::not_found(format!("user {other} not found"));
-    if other != me && !api.ctx.store.share_conversation(me, other).await? {
+    if !messaging::conversations::is_contact(&api.ctx, me, other).await? {
         return Err(not_found());
     }
     let user = api.ctx.store.user(other).await?.ok_or_else(not_found)?;

@@ -320,7 +320,7 @@ fn own_device(caller: &Caller, device_id: &str) -> Result<()> {
 
 /// `me` may see `user`'s keys: themselves, or someone they share a conversation with.
 async fn visible(api: &Api, me: &str, user: &str) -> Result<()> {
-    if user != me && !api.ctx.store.share_conversation(me, user).await? {
+    if !messaging::conversations::is_contact(&api.ctx, me, user).await? {
         return Err(Error::not_found(format!("user {user} not found")));
     }
     Ok(())

@@ -26,12 +26,7 @@ pub async fn presence(
     let mut frames = Vec::with_capacity(user_ids.len());
     for user_id in user_ids {
         // Presence is visible only to people one shares a conversation with.
-        if user_id != caller.user_id
-            && !ctx
-                .store
-                .share_conversation(&caller.user_id, &user_id)
-                .await?
-        {
+        if !messaging::conversations::is_contact(ctx, &caller.user_id, &user_id).await? {
             return Err(Error::forbidden(format!(
                 "you share no conversation with {user_id}"
             )));

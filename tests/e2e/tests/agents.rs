@@ -468,6 +468,9 @@ async fn a_run_waiting_for_the_user_is_neither_stalled_nor_timed_out_nor_reopene
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     agent.progress(RunState::Working, None, None).await;
+    // Seen before the question is asked: two events published back to back may be handled
+    // side by side, and the frame of the first posted after the second's.
+    run_state(&mut phone, |r| r.state == RunState::Working).await;
     agent.progress(RunState::InputRequired, None, None).await;
     let asked = run_state(&mut phone, |r| r.state == RunState::InputRequired).await;
     assert!(!asked.stalled);
@@ -504,4 +507,49 @@ async fn a_run_waiting_for_the_user_is_neither_stalled_nor_timed_out_nor_reopene
     // The user's answer is a new message; the agent answers the run.
     agent.respond("done").await;
     run_state(&mut phone, |r| r.state == RunState::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_state_posted_after_a_newer_one_is_ignored_by_the_client() {
+    let stack = e2e::stack().await;
+    let alice = user(&stack, "alice").await;
+    let mut phone = client(&stack, &alice, "phone").await;
+    let state = |state: RunState, updated_at: i64| messaging::protocol::ServerFrame::AgentRun {
+        payload: AgentRunPayload {
+            conversation_id: "c-1".into(),
+            run_id: "r-1".into(),
+            agent_id: "streamer".into(),
+            state,
+            detail: Default::default(),
+            stalled: false,
+            message_id: None,
+            sequence_number: None,
+            updated_at,
+        },
+    };
+    // Posted out of order, as two events handled side by side may post them.
+    for frame in [
+        state(RunState::InputRequired, 2_000),
+        state(RunState::Working, 1_000),
+        state(RunState::Completed, 3_000),
+    ] {
+        for connection in stack.ctx.realtime.user_connections(&alice).await.unwrap() {
+            messaging::fanout::post(&stack.ctx, &connection, &frame)
+                .await
+                .unwrap();
+        }
+    }
+    let mut shown = Vec::new();
+    while shown.last() != Some(&RunState::Completed) {
+        match phone.next_event_within(WAIT).await {
+            Some(ClientEvent::Run(run)) => shown.push(run.state),
+            Some(_) => continue,
+            None => panic!("states shown: {shown:?}"),
+        }
+    }
+    assert_eq!(
+        shown,
+        [RunState::InputRequired, RunState::Completed],
+        "the older state never undoes the newer"
+    );
 }
