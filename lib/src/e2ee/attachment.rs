@@ -17,7 +17,7 @@ use sha2::Digest as _;
 
 use crate::e2ee::device::CryptoError;
 use crate::protocol::MessageType;
-use crate::{Error, ErrorCode, Result};
+use crate::{Error, Result};
 
 /// Deadline of one call (uploads and downloads of up to tens of MB included).
 const CALL_DEADLINE: Duration = Duration::from_secs(120);
@@ -132,29 +132,15 @@ impl AttachmentStore {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value> {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| Error::dependency("media API", e))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let code = body
-                .pointer("/error/code")
-                .cloned()
-                .and_then(|c| serde_json::from_value(c).ok())
-                .unwrap_or(ErrorCode::Internal);
-            let message = body
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("HTTP error");
-            return Err(Error::client(code, message));
-        }
-        Ok(body)
+        crate::e2ee::key_directory::call_api(
+            &self.http,
+            &self.base,
+            &self.token,
+            method,
+            path,
+            Some(body),
+        )
+        .await
     }
 
     /// Seals `bytes`, uploads the ciphertext for a `message_type` message of the conversation
@@ -220,23 +206,15 @@ impl AttachmentStore {
 
     /// Downloads an attachment and opens it (its hash and tag verified).
     pub async fn download(&self, attachment: &Attachment) -> Result<Vec<u8>> {
-        let granted = self
-            .http
-            .get(format!("{}/v1/media/{}", self.base, attachment.media_id))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| Error::dependency("media API", e))?;
-        if !granted.status().is_success() {
-            return Err(Error::client(
-                ErrorCode::NotFound,
-                format!("media {} is not available", attachment.media_id),
-            ));
-        }
-        let granted: Value = granted
-            .json()
-            .await
-            .map_err(|e| Error::dependency("media API", e))?;
+        let granted = crate::e2ee::key_directory::call_api(
+            &self.http,
+            &self.base,
+            &self.token,
+            reqwest::Method::GET,
+            &format!("/v1/media/{}", attachment.media_id),
+            None,
+        )
+        .await?;
         let url = granted["download"]["url"].as_str().unwrap_or_default();
         let ciphertext = self
             .http

@@ -50,6 +50,45 @@ pub struct ClaimedKey {
     pub kind: KeyKind,
 }
 
+/// One call of the HTTP API as the token's user: the JSON answer, or the server's refusal as a
+/// [`crate::Error`] with its code (a network failure is `unavailable`). Shared by the key
+/// directory and the attachment store.
+pub(crate) async fn call_api(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value> {
+    let mut request = http
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| Error::dependency("HTTP API", e))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let code = body
+            .pointer("/error/code")
+            .cloned()
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or(ErrorCode::Internal);
+        let message = body
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("HTTP error")
+            .to_string();
+        return Err(Error::client(code, message));
+    }
+    Ok(body)
+}
+
 impl KeyDirectory {
     /// The HTTP API at `base` (e.g. `http://127.0.0.1:8084`) with an access token.
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
@@ -69,33 +108,7 @@ impl KeyDirectory {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Error::dependency("key directory", e))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let code = body
-                .pointer("/error/code")
-                .cloned()
-                .and_then(|c| serde_json::from_value(c).ok())
-                .unwrap_or(ErrorCode::Internal);
-            let message = body
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("HTTP error")
-                .to_string();
-            return Err(Error::client(code, message));
-        }
-        Ok(body)
+        call_api(&self.http, &self.base, &self.token, method, path, body).await
     }
 
     fn parse<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Result<T> {
