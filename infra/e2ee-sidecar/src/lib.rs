@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cloudevents::{AttributesReader, AttributesWriter, Event};
+use cloudevents::{AttributesReader, Event};
 use messaging::agent::{AgentHost, Reading};
 use messaging::e2ee::AgentDevice;
 use messaging::events::{EventPublisher, HttpBroker, event_data};
@@ -175,7 +175,6 @@ impl Sidecar {
 /// `event` with `data` in place of its data (id, source, type and extensions kept).
 fn with_data(mut event: Event, data: &impl serde::Serialize) -> Result<Event> {
     let json = serde_json::to_value(data).map_err(|e| Error::invalid(e.to_string()))?;
-    event.set_datacontenttype(Some("application/json"));
     event.set_data("application/json", json);
     Ok(event)
 }

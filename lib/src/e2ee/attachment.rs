@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::Digest as _;
 
 use crate::e2ee::device::CryptoError;
+use crate::e2ee::key_directory::ApiSession;
 use crate::protocol::MessageType;
 use crate::{Error, Result};
 
@@ -113,34 +114,15 @@ pub fn open(ciphertext: &[u8], attachment: &Attachment) -> Result<Vec<u8>, Crypt
 /// The presign API (`/v1/media`) as one device's user calls it, for sealed attachments.
 #[derive(Clone)]
 pub struct AttachmentStore {
-    base: String,
-    token: String,
-    http: reqwest::Client,
+    api: ApiSession,
 }
 
 impl AttachmentStore {
     /// The HTTP API at `base` with an access token.
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
-            base: base.into().trim_end_matches('/').to_string(),
-            token: token.into(),
-            http: reqwest::Client::builder()
-                .timeout(CALL_DEADLINE)
-                .build()
-                .unwrap_or_default(),
+            api: ApiSession::new(&base.into(), &token.into(), CALL_DEADLINE),
         }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value> {
-        crate::e2ee::key_directory::call_api(
-            &self.http,
-            &self.base,
-            &self.token,
-            method,
-            path,
-            Some(body),
-        )
-        .await
     }
 
     /// Seals `bytes`, uploads the ciphertext for a `message_type` message of the conversation
@@ -156,17 +138,18 @@ impl AttachmentStore {
         let (ciphertext, mut attachment) = seal(bytes, content_type, name);
         let checksum = standard_base64(&sha2::Sha256::digest(&ciphertext));
         let granted = self
+            .api
             .call(
                 reqwest::Method::POST,
                 "/v1/media",
-                json!({
+                Some(json!({
                     "conversation_id": conversation_id,
                     "message_type": message_type,
                     "content_type": SEALED_CONTENT_TYPE,
                     "size_bytes": ciphertext.len(),
                     "checksum_sha256": checksum,
                     "encrypted": true,
-                }),
+                })),
             )
             .await?;
         let media_id = granted["media_id"]
@@ -174,7 +157,7 @@ impl AttachmentStore {
             .ok_or_else(|| Error::dependency("media API", "no media_id"))?
             .to_string();
         let url = granted["upload"]["url"].as_str().unwrap_or_default();
-        let mut put = self.http.put(url).body(ciphertext);
+        let mut put = self.api.http().put(url).body(ciphertext);
         for (name, value) in granted["upload"]["headers"]
             .as_object()
             .cloned()
@@ -194,30 +177,31 @@ impl AttachmentStore {
                 format!("upload refused with {}", stored.status()),
             ));
         }
-        self.call(
-            reqwest::Method::POST,
-            &format!("/v1/media/{media_id}/complete"),
-            json!({}),
-        )
-        .await?;
+        self.api
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/media/{media_id}/complete"),
+                Some(json!({})),
+            )
+            .await?;
         attachment.media_id = media_id;
         Ok(attachment)
     }
 
     /// Downloads an attachment and opens it (its hash and tag verified).
     pub async fn download(&self, attachment: &Attachment) -> Result<Vec<u8>> {
-        let granted = crate::e2ee::key_directory::call_api(
-            &self.http,
-            &self.base,
-            &self.token,
-            reqwest::Method::GET,
-            &format!("/v1/media/{}", attachment.media_id),
-            None,
-        )
-        .await?;
+        let granted = self
+            .api
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/media/{}", attachment.media_id),
+                None,
+            )
+            .await?;
         let url = granted["download"]["url"].as_str().unwrap_or_default();
         let ciphertext = self
-            .http
+            .api
+            .http()
             .get(url)
             .send()
             .await

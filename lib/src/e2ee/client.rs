@@ -406,6 +406,14 @@ impl EncryptedClient {
                 text,
             } => self.on_streaming(conversation_id, run_id, agent_id, text),
             ClientEvent::Message(message) => self.on_message(*message),
+            // A run that ended streams no more: what was opened of it is forgotten (as the
+            // client forgets the ciphertext).
+            ClientEvent::Run(run) if run.state.is_final() => {
+                self.streams
+                    .remove(&(run.conversation_id.clone(), run.run_id.clone()));
+                self.ready
+                    .push_back(EncryptedEvent::Other(ClientEvent::Run(run)));
+            }
             other => self.ready.push_back(EncryptedEvent::Other(other)),
         }
     }

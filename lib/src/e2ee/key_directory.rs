@@ -20,6 +20,13 @@ const CALL_DEADLINE: Duration = Duration::from_secs(10);
 /// The key directory and conversation lookups of the HTTP API, as one device's user.
 #[derive(Clone)]
 pub struct KeyDirectory {
+    api: ApiSession,
+}
+
+/// The HTTP API at one address with one access token, each call under one deadline: what the
+/// key directory and the attachment store both call through.
+#[derive(Clone)]
+pub(crate) struct ApiSession {
     base: String,
     token: String,
     http: reqwest::Client,
@@ -50,55 +57,67 @@ pub struct ClaimedKey {
     pub kind: KeyKind,
 }
 
-/// One call of the HTTP API as the token's user: the JSON answer, or the server's refusal as a
-/// [`crate::Error`] with its code (a network failure is `unavailable`). Shared by the key
-/// directory and the attachment store.
-pub(crate) async fn call_api(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value> {
-    let mut request = http
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
+impl ApiSession {
+    /// The API at `base` (a trailing `/` is dropped) with `token`, calls bounded by `deadline`.
+    pub(crate) fn new(base: &str, token: &str, deadline: Duration) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http: reqwest::Client::builder()
+                .timeout(deadline)
+                .build()
+                .unwrap_or_default(),
+        }
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| Error::dependency("HTTP API", e))?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let code = body
-            .pointer("/error/code")
-            .cloned()
-            .and_then(|c| serde_json::from_value(c).ok())
-            .unwrap_or(ErrorCode::Internal);
-        let message = body
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("HTTP error")
-            .to_string();
-        return Err(Error::client(code, message));
+
+    /// The HTTP client (for presigned URLs, which carry their own authorisation).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
     }
-    Ok(body)
+
+    /// One call as the token's user: the JSON answer, or the server's refusal as a
+    /// [`crate::Error`] with its code (a network failure is `unavailable`).
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Error::dependency("HTTP API", e))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let code = body
+                .pointer("/error/code")
+                .cloned()
+                .and_then(|c| serde_json::from_value(c).ok())
+                .unwrap_or(ErrorCode::Internal);
+            let message = body
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("HTTP error")
+                .to_string();
+            return Err(Error::client(code, message));
+        }
+        Ok(body)
+    }
 }
 
 impl KeyDirectory {
     /// The HTTP API at `base` (e.g. `http://127.0.0.1:8084`) with an access token.
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
-            base: base.into().trim_end_matches('/').to_string(),
-            token: token.into(),
-            http: reqwest::Client::builder()
-                .timeout(CALL_DEADLINE)
-                .build()
-                .unwrap_or_default(),
+            api: ApiSession::new(&base.into(), &token.into(), CALL_DEADLINE),
         }
     }
 
@@ -108,7 +127,7 @@ impl KeyDirectory {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        call_api(&self.http, &self.base, &self.token, method, path, body).await
+        self.api.call(method, path, body).await
     }
 
     fn parse<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Result<T> {
@@ -152,7 +171,7 @@ impl KeyDirectory {
 
     /// The presign API with the same endpoint and token, for sealed attachments.
     pub fn attachments(&self) -> crate::e2ee::attachment::AttachmentStore {
-        crate::e2ee::attachment::AttachmentStore::new(&self.base, &self.token)
+        crate::e2ee::attachment::AttachmentStore::new(&self.api.base, &self.api.token)
     }
 
     /// A user's published devices.

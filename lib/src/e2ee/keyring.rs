@@ -208,6 +208,8 @@ impl Keyring {
             .collect();
         let any = !verified.is_empty();
         let mut trusted = Vec::new();
+        // Pins are saved with the device's state, only when one was added or replaced.
+        let mut pinned = false;
         let own = (
             self.device.user_id().to_string(),
             self.device.device_id().to_string(),
@@ -222,6 +224,7 @@ impl Keyring {
             match self.device.check_identity(&device) {
                 Trust::Known => trusted.push(device),
                 Trust::New => {
+                    pinned = true;
                     self.identity_changes.push((device.clone(), Trust::New));
                     trusted.push(device);
                 }
@@ -232,6 +235,7 @@ impl Keyring {
                         "identity keys changed: followed (nobody here can compare safety codes)"
                     );
                     self.device.trust(&device);
+                    pinned = true;
                     self.identity_changes.push((device.clone(), changed));
                     trusted.push(device);
                 }
@@ -250,7 +254,9 @@ impl Keyring {
         if let Some(cache) = &mut self.devices {
             cache.insert(user_id.to_string(), (trusted.clone(), any));
         }
-        self.save();
+        if pinned {
+            self.save();
+        }
         Ok((trusted, any))
     }
 
