@@ -581,6 +581,12 @@ impl Shared {
         let seq = m.sequence_number;
         let last = match order.last.get(&conversation) {
             Some(l) => *l,
+            // Numbers start at 1: nothing lower can come, so a new conversation starts here
+            // without the wait below (a first message shown 300 ms late).
+            None if seq == 1 => {
+                order.last.insert(conversation.clone(), 0);
+                0
+            }
             // A conversation this client knows nothing about: hold what comes for a moment,
             // then start at the lowest number seen.
             None => {

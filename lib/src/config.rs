@@ -243,13 +243,19 @@ impl JwtConfig {
 pub struct GatewayConfig {
     /// `WEBSOCKET_MANAGEMENT_ENDPOINT`, e.g. `https://ID.execute-api.REGION.amazonaws.com/STAGE`.
     pub endpoint: String,
+    /// `GATEWAY_TIMEOUT_MS`: the deadline of each management-API call, retries included.
+    pub timeout: Duration,
 }
 
+/// Default of [`GatewayConfig::timeout`].
+pub const DEFAULT_GATEWAY_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl GatewayConfig {
-    /// Reads `WEBSOCKET_MANAGEMENT_ENDPOINT`.
+    /// Reads `WEBSOCKET_MANAGEMENT_ENDPOINT` and `GATEWAY_TIMEOUT_MS` (default 3000).
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
             endpoint: url(src, "WEBSOCKET_MANAGEMENT_ENDPOINT", &["http", "https"])?,
+            timeout: millis(src, "GATEWAY_TIMEOUT_MS", DEFAULT_GATEWAY_TIMEOUT)?,
         })
     }
 }

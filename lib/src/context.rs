@@ -198,7 +198,11 @@ impl Context {
         Ok(Self {
             realtime: Arc::new(realtime),
             store: Arc::new(store),
-            gateway: Arc::new(ApiGatewayManagement::new(&aws, &gateway.endpoint)),
+            gateway: Arc::new(ApiGatewayManagement::new(
+                &aws,
+                &gateway.endpoint,
+                gateway.timeout,
+            )),
             // EventBridge when EVENT_BUS_NAME is set (AWS), else the broker at BROKER_URL.
             events: crate::eventbridge::publisher_with(src, &aws)?,
             jwt: JwtVerifier::new(&jwt)?,

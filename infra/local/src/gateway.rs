@@ -36,7 +36,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -858,11 +858,12 @@ async fn on_message(
 async fn manage_staged(
     State(api): State<Arc<WebSocketApi>>,
     Path((_stage, id)): Path<(String, String)>,
+    uri: OriginalUri,
     method: axum::http::Method,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    manage(State(api), Path(id), method, headers, body).await
+    manage(State(api), Path(id), uri, method, headers, body).await
 }
 
 /// An error answer of the management API, as AWS shapes it (`x-amzn-errortype` and a JSON
@@ -888,10 +889,22 @@ fn iso8601(ms: i64) -> String {
 async fn manage(
     State(api): State<Arc<WebSocketApi>>,
     Path(id): Path<String>,
+    OriginalUri(uri): OriginalUri,
     method: axum::http::Method,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // The first replica a call reaches checks its signature (a forwarded call was checked);
+    // a body over the limit is refused as too large whatever its signature.
+    if let Ok(body) = &body
+        && body.len() <= MAX_FRAME_BYTES
+        && !headers.contains_key(crate::replicas::FORWARDED_HEADER)
+    {
+        let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        if let Err(reason) = crate::sigv4::verify(method.as_str(), target, &headers, body) {
+            return aws_error(StatusCode::FORBIDDEN, "ForbiddenException", &reason);
+        }
+    }
     let Some(connection) = api.connection(&id) else {
         return manage_elsewhere(&api, &id, method, &headers, body).await;
     };

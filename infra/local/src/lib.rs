@@ -2,6 +2,7 @@
 //!
 //! - [`gateway`]: a managed WebSocket API (API Gateway semantics: routes, events, limits) and
 //!   its `@connections` management API;
+//! - [`sigv4`]: the management API's check of SigV4-signed calls;
 //! - [`authorizer`]: the WebSocket API's Lambda REQUEST authorizer on `$connect`, run as API
 //!   Gateway runs it;
 //! - [`broker`]: a CloudEvents broker with Knative Broker/Trigger semantics;
@@ -28,6 +29,7 @@ pub mod journal;
 pub mod remote;
 pub mod replicas;
 pub mod s3;
+pub mod sigv4;
 pub mod stack;
 
 /// An error and its causes, `a: b: c` (reqwest's Display alone hides the cause), for logs and

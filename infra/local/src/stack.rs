@@ -1,7 +1,7 @@
 //! Wires the real functions to the emulated endpoints and starts everything.
 //!
 //! The functions get exactly the adapters they get on AWS, pointed elsewhere: the gateway adapter
-//! (`aws-sdk-apigatewaymanagement`) talks to the emulated management API over HTTP, the events
+//! (SigV4-signed `@connections` calls) talks to the emulated management API over HTTP, the events
 //! adapter posts CloudEvents to the broker's ingress over HTTP, Redis and MongoDB are real
 //! servers. The broker calls the store and agent-response functions in-process and the demo
 //! agent over HTTP, the way Knative would.
@@ -278,7 +278,11 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let ctx = Context {
         realtime: Arc::new(realtime),
         store: Arc::new(store),
-        gateway: Arc::new(ApiGatewayManagement::new(&aws, &management_url)),
+        gateway: Arc::new(ApiGatewayManagement::new(
+            &aws,
+            &management_url,
+            messaging::config::DEFAULT_GATEWAY_TIMEOUT,
+        )),
         events: Arc::new(HttpBroker::new(broker_url.clone())),
         jwt: JwtVerifier::new(&jwt)?,
         settings: Settings {

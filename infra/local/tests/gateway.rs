@@ -1024,7 +1024,8 @@ async fn management_api_through_the_aws_sdk() {
         );
 
         // messaging's adapter over the same endpoint.
-        let gateway = ApiGatewayManagement::new(&cfg, &base);
+        let gateway =
+            ApiGatewayManagement::new(&cfg, &base, messaging::config::DEFAULT_GATEWAY_TIMEOUT);
         assert_eq!(gateway.post(&id, b"late").await, Err(GatewayError::Gone));
         assert_eq!(gateway.close(&id).await, Err(GatewayError::Gone));
         let (mut ws, id) = connect_and_id(&server, &recorder, "/").await;
@@ -1043,6 +1044,122 @@ async fn management_api_through_the_aws_sdk() {
         assert_eq!(gateway.post(&id, b"gone").await, Err(GatewayError::Gone));
     }
     server.wait_count(0).await;
+}
+
+/// The management API checks signed calls as API Gateway does: the SDK's and the adapter's
+/// signatures pass (above); a wrong secret, a changed body or a stale date is refused with 403
+/// and nothing reaches the client.
+#[tokio::test]
+async fn management_calls_with_a_bad_signature_are_refused() {
+    let recorder = Recorder::default();
+    let server = Server::start(ApiSettings::default(), basic_routes(&recorder)).await;
+    let (mut ws, id) = connect_and_id(&server, &recorder, "/").await;
+    let wrong = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            local_stack::s3::ACCESS_KEY,
+            "not-the-secret",
+            None,
+            None,
+            "test",
+        ))
+        .load()
+        .await;
+
+    let sdk = aws_sdk_apigatewaymanagement::Client::from_conf(
+        aws_sdk_apigatewaymanagement::config::Builder::from(&wrong)
+            .endpoint_url(server.base())
+            .build(),
+    );
+    let err = sdk
+        .post_to_connection()
+        .connection_id(&id)
+        .data(Blob::new("forged"))
+        .send()
+        .await
+        .expect_err("a wrong secret is refused");
+    assert_eq!(
+        err.raw_response().map(|r| r.status().as_u16()),
+        Some(403),
+        "{err:?}"
+    );
+    let adapter = ApiGatewayManagement::new(
+        &wrong,
+        &server.base(),
+        messaging::config::DEFAULT_GATEWAY_TIMEOUT,
+    );
+    match adapter.post(&id, b"forged").await {
+        Err(GatewayError::Other(reason)) => {
+            assert!(reason.contains("ForbiddenException"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // A correctly signed request whose body was changed afterwards.
+    use aws_credential_types::provider::ProvideCredentials;
+    let url = format!("{}/@connections/{id}", server.base());
+    let good = local_stack::stack::local_aws_config().await;
+    let credentials: aws_smithy_runtime_api::client::identity::Identity = good
+        .credentials_provider()
+        .expect("credentials")
+        .provide_credentials()
+        .await
+        .expect("credentials")
+        .into();
+    let signed_headers = |time: std::time::SystemTime| {
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&credentials)
+            .region("us-east-1")
+            .name("execute-api")
+            .time(time)
+            .settings(aws_sigv4::http_request::SigningSettings::default())
+            .build()
+            .expect("params")
+            .into();
+        let signable = aws_sigv4::http_request::SignableRequest::new(
+            "POST",
+            url.as_str(),
+            std::iter::empty(),
+            aws_sigv4::http_request::SignableBody::Bytes(b"signed body"),
+        )
+        .expect("signable");
+        let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)
+            .expect("signed")
+            .into_parts();
+        let mut request = http::Request::new(());
+        instructions.apply_to_request_http1x(&mut request);
+        request.headers().clone()
+    };
+    let http = reqwest::Client::new();
+    let now = std::time::SystemTime::now();
+    let res = http
+        .post(&url)
+        .headers(signed_headers(now))
+        .body("another body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(res.headers()["x-amzn-errortype"], "ForbiddenException");
+    let stale = now - Duration::from_secs(20 * 60);
+    let res = http
+        .post(&url)
+        .headers(signed_headers(stale))
+        .body("signed body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // The same request, signed now and unchanged, passes.
+    let res = http
+        .post(&url)
+        .headers(signed_headers(now))
+        .body("signed body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(next_text(&mut ws).await, "signed body");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1086,6 +1203,7 @@ async fn twenty_concurrent_clients() {
     let gateway = ApiGatewayManagement::new(
         &local_stack::stack::local_aws_config().await,
         &server.base(),
+        messaging::config::DEFAULT_GATEWAY_TIMEOUT,
     );
     let gateway = &gateway;
     let id_of = &id_of;
@@ -1331,13 +1449,17 @@ async fn every_replica_answers_for_every_connection_with_the_owners_semantics() 
     assert_eq!(res.status(), 200);
     let info: Value = res.json().await.unwrap();
     assert_eq!(info["identity"]["userAgent"], "gateway-test/1.0");
-    // The staged path too, and through the AWS SDK.
-    let sdk = ApiGatewayManagement::new(
+    // The staged path too, through the functions' SigV4 adapter.
+    let adapter = ApiGatewayManagement::new(
         &local_stack::stack::local_aws_config().await,
         &format!("{}/local", b.base()),
+        messaging::config::DEFAULT_GATEWAY_TIMEOUT,
     );
-    sdk.post(&id, b"via the sdk").await.expect("posted via b");
-    assert_eq!(next_text(&mut ws).await, "via the sdk");
+    adapter
+        .post(&id, b"via the adapter")
+        .await
+        .expect("posted via b");
+    assert_eq!(next_text(&mut ws).await, "via the adapter");
     // 413 is the owner's answer, relayed with its error type.
     let res = http
         .post(&via_b)
