@@ -2,8 +2,9 @@
 //!
 //! Both move the device's watermark in MongoDB (what `auth` and `sync` deliver from) and tell
 //! the senders' devices. In direct and agent conversations the receipt is recorded on the
-//! messages (`delivered_to`, `read_by`, and the aggregate status once every recipient has it)
-//! and told at once (`delivery_ack`, `read_receipt` frames); in groups it is coalesced into one
+//! messages (`delivered_to`, `read_by`, and the status: the receiving user is the only
+//! recipient, so one write does both) and told at once (`delivery_ack`, `read_receipt` frames)
+//! when it moved the status (a second device's acknowledgement tells nobody again); in groups it is coalesced into one
 //! `receipts` frame per interval, which also moves the messages' status from the cursors and
 //! read markers (`messaging::group_receipts`; a `delivery_ack` notes its receipt in the frame's
 //! one Redis round trip). A read receipt also moves the user's read marker (unread counts).
@@ -16,7 +17,7 @@ use messaging::context::Context;
 use messaging::conversations::membership_for_receipts;
 use messaging::fanout::send_to_user;
 use messaging::group_receipts::{ReceiptKind, ReceiptNote, ReceiptTurn};
-use messaging::model::{Conversation, ConversationKind, StoredMessage};
+use messaging::model::{ConversationKind, StoredMessage};
 use messaging::protocol::{DeliveryReceiptPayload, MessageStatus, ReadReceiptPayload, ServerFrame};
 use messaging::realtime::ConnectionInfo;
 use messaging::system_messages::SYSTEM_SENDER;
@@ -90,19 +91,13 @@ pub async fn delivery_ack(
             MessageStatus::Delivered,
         )
         .await?;
-    let by_sender = complete(
+    tell_senders(
         ctx,
         caller,
-        &conversation,
-        &updated,
+        by_sender(caller, &updated),
         MessageStatus::Delivered,
     )
-    .await?;
-    let by_sender = by_sender
-        .into_iter()
-        .map(|(sender, ids)| (sender.to_string(), ids))
-        .collect();
-    tell_senders(ctx, caller, by_sender, MessageStatus::Delivered).await
+    .await
 }
 
 /// Handles `read_receipt` (and `delivery_ack` without its optional fields).
@@ -170,23 +165,8 @@ pub async fn receipts(
                 .await?;
         }
     }
-    let mut updated_in: HashMap<&str, Vec<StoredMessage>> = HashMap::new();
-    for m in &updated {
-        updated_in
-            .entry(m.conversation_id.as_str())
-            .or_default()
-            .push(m.clone());
-    }
     // Only direct and agent conversations' messages were recorded (and are told at once).
-    let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (conversation_id, updated) in &updated_in {
-        let Some(conversation) = conversations.get(*conversation_id) else {
-            continue;
-        };
-        for (sender, ids) in complete(ctx, caller, conversation, updated, status).await? {
-            by_sender.entry(sender.to_string()).or_default().extend(ids);
-        }
-    }
+    let by_sender = by_sender(caller, &updated);
     let kind = match status {
         MessageStatus::Read => ReceiptKind::Read,
         _ => ReceiptKind::Delivered,
@@ -207,18 +187,10 @@ pub async fn receipts(
     tell_senders(ctx, caller, by_sender, status).await
 }
 
-/// Moves the aggregate status of messages every recipient of `conversation` has, and returns
-/// the messages to tell each sender about.
-async fn complete<'a>(
-    ctx: &Context,
-    caller: &ConnectionInfo,
-    conversation: &Conversation,
-    updated: &'a [StoredMessage],
-    status: MessageStatus,
-) -> Result<BTreeMap<&'a str, Vec<String>>> {
-    let recipients = conversation.participants.len().saturating_sub(1).max(1);
-    let mut complete = Vec::new();
-    let mut by_sender: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+/// The messages to tell each sender about (not the caller's own, not system messages; the
+/// status moved with the receipt, see `MessageStore::record_receipts`).
+fn by_sender(caller: &ConnectionInfo, updated: &[StoredMessage]) -> BTreeMap<String, Vec<String>> {
+    let mut by_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut seen = HashSet::new();
     for m in updated {
         if m.sender_id == caller.user_id
@@ -227,23 +199,12 @@ async fn complete<'a>(
         {
             continue;
         }
-        let count = match status {
-            MessageStatus::Read => m.read_by.len(),
-            _ => m.delivered_to.len(),
-        };
-        if count >= recipients && m.status < status {
-            complete.push(m.message_id.clone());
-        }
         by_sender
-            .entry(m.sender_id.as_str())
+            .entry(m.sender_id.clone())
             .or_default()
             .push(m.message_id.clone());
     }
-    if !complete.is_empty() {
-        // Moving to `read` also passes `delivered`: one update.
-        ctx.store.advance_status(&complete, status).await?;
-    }
-    Ok(by_sender)
+    by_sender
 }
 
 /// Tells each sender's devices at once (direct and agent conversations).

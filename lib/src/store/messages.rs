@@ -100,9 +100,13 @@ pub trait MessageStore: Send + Sync {
     async fn messages_by_ids(&self, message_ids: &[String]) -> Result<Vec<StoredMessage>>;
     /// Moves messages' status forward (never backwards); returns how many changed.
     async fn advance_status(&self, message_ids: &[String], status: MessageStatus) -> Result<u64>;
-    /// Records that `user_id` received (or read) messages; returns the messages as updated.
-    /// The sender's own messages are ignored, and with `conversation_id` so are messages of any
-    /// other conversation.
+    /// Records that `user_id` received (or read) messages of direct and agent conversations,
+    /// where that user is the only recipient, so the message's status moves with the receipt
+    /// in the same write (never backwards). Returns the messages as updated: with one id, only
+    /// if this receipt moved it (a repeated receipt, or a late `delivered` after `read`, returns
+    /// nothing to tell); with several, all of them. The sender's own messages are ignored, and
+    /// with `conversation_id` so are messages of any other conversation. (Group messages keep
+    /// no per-member lists: see `crate::group_receipts`.)
     async fn record_receipts(
         &self,
         message_ids: &[String],
@@ -322,16 +326,27 @@ impl MessageStore for MongoStore {
             if message_ids.is_empty() || status == MessageStatus::Sent {
                 return Ok(Vec::new());
             }
-            // Reading implies receiving.
-            let update = match status {
-                MessageStatus::Read => {
-                    doc! {"$addToSet": {"delivered_to": user_id, "read_by": user_id}}
-                }
-                _ => doc! {"$addToSet": {"delivered_to": user_id}},
+            // Reading implies receiving; the only recipient's receipt is the message's status.
+            let (update, earlier) = match status {
+                MessageStatus::Read => (
+                    doc! {
+                        "$addToSet": {"delivered_to": user_id, "read_by": user_id},
+                        "$set": {"status": "read"},
+                    },
+                    vec!["sent", "delivered"],
+                ),
+                _ => (
+                    doc! {"$addToSet": {"delivered_to": user_id}, "$set": {"status": "delivered"}},
+                    vec!["sent"],
+                ),
             };
             if let [message_id] = message_ids {
                 // The common case (one delivery ack): update and read back in one round trip.
-                let mut filter = doc! {"message_id": message_id, "sender_id": {"$ne": user_id}};
+                let mut filter = doc! {
+                    "message_id": message_id,
+                    "sender_id": {"$ne": user_id},
+                    "status": {"$in": earlier},
+                };
                 if let Some(conversation_id) = conversation_id {
                     filter.insert("conversation_id", conversation_id);
                 }
@@ -342,8 +357,11 @@ impl MessageStore for MongoStore {
                     .await?;
                 return Ok(updated.into_iter().collect());
             }
-            let mut filter =
-                doc! {"message_id": {"$in": message_ids}, "sender_id": {"$ne": user_id}};
+            let mut filter = doc! {
+                "message_id": {"$in": message_ids},
+                "sender_id": {"$ne": user_id},
+                "status": {"$in": earlier},
+            };
             if let Some(conversation_id) = conversation_id {
                 filter.insert("conversation_id", conversation_id);
             }
