@@ -615,8 +615,9 @@ async fn upgrade(
     let failed_id = connection_id.clone();
     ws.max_message_size(MAX_FRAME_BYTES + 1)
         .max_frame_size(MAX_FRAME_BYTES + 1)
-        // Small buffers: an idle connection should cost kilobytes, not the 128 KiB defaults.
-        .read_buffer_size(8 * 1024)
+        // Small buffers: an idle connection should cost kilobytes, not the 128 KiB defaults
+        // (frames are mostly a few hundred bytes; a bigger one is read in several chunks).
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_failed_upgrade(move |error| {
             tracing::info!(connection_id = %failed_id, %error, "upgrade failed after $connect");
