@@ -37,7 +37,7 @@
 //! answered within the invocation and a cancel reaching another instance is not seen by the
 //! run: the platform still drops everything the run sends after it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -105,8 +105,36 @@ pub struct AgentHost {
     device: Option<Arc<AgentDevice>>,
     /// Runs going on, by run id: the sender of their cancellation.
     runs: Mutex<HashMap<String, watch::Sender<bool>>>,
-    /// Message ids answered lately (oldest first), to ignore redeliveries.
-    answered: Mutex<VecDeque<String>>,
+    /// Message ids answered lately, to ignore redeliveries.
+    answered: Mutex<Remembered>,
+}
+
+/// The last [`REMEMBERED`] message ids: a set to look them up, a queue to forget the oldest.
+#[derive(Default)]
+struct Remembered {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl Remembered {
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Remembers `id`; false when it already was.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() >= REMEMBERED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+        self.order.push_back(id.to_string());
+        self.ids.insert(id.to_string());
+        true
+    }
 }
 
 impl AgentHost {
@@ -137,7 +165,7 @@ impl AgentHost {
             publisher,
             device,
             runs: Mutex::new(HashMap::new()),
-            answered: Mutex::new(VecDeque::new()),
+            answered: Mutex::default(),
         })
     }
 
@@ -264,20 +292,14 @@ impl AgentHost {
         self.answered
             .lock()
             .expect("answered lock")
-            .iter()
-            .any(|m| m == message_id)
+            .contains(message_id)
     }
 
     fn first_time(&self, message_id: &str) -> bool {
-        let mut answered = self.answered.lock().expect("answered lock");
-        if answered.iter().any(|m| m == message_id) {
-            return false;
-        }
-        if answered.len() >= REMEMBERED {
-            answered.pop_front();
-        }
-        answered.push_back(message_id.to_string());
-        true
+        self.answered
+            .lock()
+            .expect("answered lock")
+            .insert(message_id)
     }
 
     fn start(
@@ -592,4 +614,25 @@ pub fn router(host: Arc<AgentHost>, agent: Arc<dyn Agent>) -> axum::Router {
             Ok(None)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_the_last_ids_and_forgets_the_oldest() {
+        let mut remembered = Remembered::default();
+        assert!(remembered.insert("m0"));
+        assert!(!remembered.insert("m0"), "a redelivery is seen");
+        for i in 1..REMEMBERED {
+            assert!(remembered.insert(&format!("m{i}")));
+        }
+        assert!(remembered.contains("m0"));
+        assert!(remembered.insert("one more"));
+        assert!(!remembered.contains("m0"), "the oldest is forgotten");
+        assert!(remembered.contains("m1"));
+        assert_eq!(remembered.ids.len(), REMEMBERED);
+        assert_eq!(remembered.order.len(), REMEMBERED);
+    }
 }

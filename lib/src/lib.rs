@@ -28,7 +28,8 @@
 //! **Running a function** — [`context`]: the ports and settings a function is given;
 //! [`config`]: configuration from the environment; [`runtime`]: Lambda or an HTTP server;
 //! [`websocket`]: the WebSocket route events; [`http`]: the HTTP functions' routers, extractors,
-//! gates and replies; [`telemetry`]: logging; [`metrics`]: per-stage counters; [`clock`]: time.
+//! gates and replies; [`telemetry`]: logging; [`metrics`]: per-stage counters; [`clock`]: time;
+//! and the allocator of every binary (mimalloc, feature `mimalloc`, on by default).
 //!
 //! **For the other side** — `client` (feature `client`): the WebSocket client library for apps,
 //! agents and tests; [`agent`]: the agent SDK.

@@ -1097,7 +1097,9 @@ async fn management_calls_with_a_bad_signature_are_refused() {
 
     // A correctly signed request whose body was changed afterwards.
     use aws_credential_types::provider::ProvideCredentials;
-    let url = format!("{}/@connections/{id}", server.base());
+    // Ids are base64 (`/`, `+`, `=`): percent-encoded in the path, as the SDK does.
+    let encoded: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+    let url = format!("{}/@connections/{encoded}", server.base());
     let good = local_stack::stack::local_aws_config().await;
     let credentials: aws_smithy_runtime_api::client::identity::Identity = good
         .credentials_provider()
