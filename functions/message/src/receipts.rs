@@ -4,10 +4,10 @@
 //! the senders' devices. In direct and agent conversations the receipt is recorded on the
 //! messages (`delivered_to`, `read_by`, and the status: the receiving user is the only
 //! recipient, so one write does both) and told at once (`delivery_ack`, `read_receipt` frames)
-//! when it moved the status (a second device's acknowledgement tells nobody again); in groups it is coalesced into one
-//! `receipts` frame per interval, which also moves the messages' status from the cursors and
-//! read markers (`messaging::group_receipts`; a `delivery_ack` notes its receipt in the frame's
-//! one Redis round trip). A read receipt also moves the user's read marker (unread counts).
+//! when it moved the status (a second device's acknowledgement tells nobody again); in groups
+//! it is coalesced into one `receipts` frame per interval, which also moves the messages'
+//! status from the cursors and read markers (`messaging::group_receipts`; a `delivery_ack`
+//! notes its receipt in the frame's one Redis round trip). A read receipt also moves the user's read marker (unread counts).
 //! Acknowledging one's own message (echoed from another device) only moves the watermark. Only
 //! participants may acknowledge a conversation's messages.
 

@@ -132,6 +132,16 @@ pub trait MessageStore: Send + Sync {
     async fn fanout_done(&self, message_id: &str) -> Result<()>;
 }
 
+/// A move of messages' status to `status` (not `Sent`): the stored value, and the values it
+/// may replace (strictly earlier ones: a status never goes backwards).
+fn status_move(status: MessageStatus) -> (&'static str, &'static [&'static str]) {
+    match status {
+        MessageStatus::Sent => ("sent", &[]),
+        MessageStatus::Delivered => ("delivered", &["sent"]),
+        MessageStatus::Read => ("read", &["sent", "delivered"]),
+    }
+}
+
 #[async_trait]
 impl MessageStore for MongoStore {
     async fn insert_message(&self, new: NewMessage) -> Result<Inserted> {
@@ -293,21 +303,12 @@ impl MessageStore for MongoStore {
             if message_ids.is_empty() || status == MessageStatus::Sent {
                 return Ok(0);
             }
-            // Only statuses strictly before the new one may change: never backwards.
-            let earlier: Vec<&str> = match status {
-                MessageStatus::Delivered => vec!["sent"],
-                MessageStatus::Read => vec!["sent", "delivered"],
-                MessageStatus::Sent => vec![],
-            };
-            let status_str = match status {
-                MessageStatus::Delivered => "delivered",
-                _ => "read",
-            };
+            let (status, earlier) = status_move(status);
             let result = self
                 .messages()
                 .update_many(
                     doc! {"message_id": {"$in": message_ids}, "status": {"$in": earlier}},
-                    doc! {"$set": {"status": status_str}},
+                    doc! {"$set": {"status": status}},
                 )
                 .await?;
             Ok(result.modified_count)
@@ -327,19 +328,12 @@ impl MessageStore for MongoStore {
                 return Ok(Vec::new());
             }
             // Reading implies receiving; the only recipient's receipt is the message's status.
-            let (update, earlier) = match status {
-                MessageStatus::Read => (
-                    doc! {
-                        "$addToSet": {"delivered_to": user_id, "read_by": user_id},
-                        "$set": {"status": "read"},
-                    },
-                    vec!["sent", "delivered"],
-                ),
-                _ => (
-                    doc! {"$addToSet": {"delivered_to": user_id}, "$set": {"status": "delivered"}},
-                    vec!["sent"],
-                ),
+            let receipt = match status {
+                MessageStatus::Read => doc! {"delivered_to": user_id, "read_by": user_id},
+                _ => doc! {"delivered_to": user_id},
             };
+            let (new_status, earlier) = status_move(status);
+            let update = doc! {"$addToSet": receipt, "$set": {"status": new_status}};
             if let [message_id] = message_ids {
                 // The common case (one delivery ack): update and read back in one round trip.
                 let mut filter = doc! {

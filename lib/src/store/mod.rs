@@ -198,6 +198,13 @@ impl MongoStore {
                             crate::metrics::record(crate::metrics::Stage::Mongo, since.elapsed());
                         }
                     }
+                    // A connection that failed while checked out is closed, not checked in.
+                    CmapEvent::ConnectionClosed(e) => {
+                        checked_out
+                            .lock()
+                            .expect("never poisoned")
+                            .remove(&(e.address, e.connection_id));
+                    }
                     _ => {}
                 }
             },
