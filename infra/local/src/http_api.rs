@@ -84,9 +84,37 @@ pub fn redacted(path: &str) -> String {
         .join("/")
 }
 
-/// A router sending every request to `function`, with a REPORT log line per invocation.
+/// A router sending every request to `function`, with a REPORT log line per invocation, and
+/// answering CORS as the SAM template's `CorsConfiguration` makes API Gateway answer (preflights
+/// never reach the function): a web client served from another origin calls it from a browser.
 pub fn router(name: &'static str, function: Arc<dyn HttpFunction>) -> Router {
-    Router::new().fallback(invoke).with_state((name, function))
+    Router::new()
+        .fallback(invoke)
+        .with_state((name, function))
+        .layer(cors())
+}
+
+/// `AllowOrigins` `*` (the template's default `CorsAllowedOrigins`), its methods and headers,
+/// `MaxAge` 3600.
+fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            HeaderName::from_static("authorization"),
+            HeaderName::from_static("content-type"),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([HeaderName::from_static("retry-after")])
+        .max_age(std::time::Duration::from_secs(3600))
 }
 
 async fn invoke(

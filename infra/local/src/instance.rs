@@ -41,6 +41,9 @@ pub struct Endpoints {
     pub agent_url: Option<String>,
     /// HTTP API.
     pub api_url: String,
+    /// The web client, when served.
+    #[serde(default)]
+    pub web_url: Option<String>,
 }
 
 impl Endpoints {
@@ -207,6 +210,7 @@ mod tests {
             s3_url: "http://127.0.0.1:3".into(),
             agent_url: None,
             api_url: "http://127.0.0.1:4".into(),
+            web_url: None,
         };
         endpoints.write(&dir).unwrap();
         assert_eq!(Endpoints::of_running(&dir), Some(endpoints.clone()));

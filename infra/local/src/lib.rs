@@ -14,7 +14,9 @@
 //! - [`agent`]: a demo agent, subscribed through the broker like a real one;
 //! - [`instance`]: what a running stack leaves in its data directory (signing key, endpoints),
 //!   so `token` and `chat` talk to that stack;
-//! - [`http_api`]: an HTTP API (API Gateway HTTP API semantics) in front of `lambda_http` functions;
+//! - [`http_api`]: an HTTP API (API Gateway HTTP API semantics, CORS included) in front of
+//!   `lambda_http` functions;
+//! - [`web`]: the web client's origin (its static files, `config.json`, the local code outbox);
 //! - [`stack`]: wires the real functions to these endpoints and to Redis and MongoDB.
 
 #![warn(missing_docs)]
@@ -31,6 +33,7 @@ pub mod replicas;
 pub mod s3;
 pub mod sigv4;
 pub mod stack;
+pub mod web;
 
 /// An error and its causes, `a: b: c` (reqwest's Display alone hides the cause), for logs and
 /// error bodies.

@@ -216,6 +216,12 @@ struct RunArgs {
     /// front of this stack (README, "Several gateway replicas").
     #[arg(long)]
     functions_port: Option<u16>,
+    /// The web client (a browser chat; `scripts/build-web` builds it into --web-root).
+    #[arg(long, default_value_t = 8085)]
+    web_port: u16,
+    /// Where the built web client is.
+    #[arg(long, env = "WEB_ROOT", default_value = local_stack::web::DEFAULT_ROOT)]
+    web_root: PathBuf,
     /// Operator key for agent registry writes (header X-Operator-Key).
     #[arg(long, env = "OPERATOR_KEY", default_value = "local-operator-key")]
     operator_key: String,
@@ -323,6 +329,8 @@ fn main() -> anyhow::Result<()> {
     config.agent_port = args.agent_port;
     config.api_port = args.api_port;
     config.functions_port = args.functions_port;
+    config.web_port = Some(args.web_port);
+    config.web_root = args.web_root.clone();
     config.operator_key = Some(args.operator_key.clone());
     config.extra_triggers = args.triggers;
     config.api.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
@@ -343,6 +351,7 @@ fn main() -> anyhow::Result<()> {
             s3_url: running.s3_url.clone(),
             agent_url: running.agent_url.clone(),
             api_url: running.api_url.clone(),
+            web_url: running.web_url.clone(),
         }
         .write(&run_dir)?;
         print_banner(&running, &run_dir);
@@ -364,6 +373,7 @@ fn print_banner(running: &stack::RunningStack, data_dir: &std::path::Path) {
     let dir = instance::data_dir_flag(data_dir);
     eprintln!(
         "\nlocal stack is up
+  web client        {web}   (open it in a browser: sign up, chat with the demo agent)
   WebSocket API     {ws}/?token=JWT
   @connections API  {mgmt}/@connections/{{id}}   (also under /local/@connections/{{id}})
   broker ingress    {broker}   (GET {broker}dead-letters)
@@ -394,5 +404,6 @@ stop: ctrl-c
             ))
             .unwrap_or_default(),
         data = instance::shown(data_dir),
+        web = running.web_url.as_deref().unwrap_or("(not served)"),
     );
 }

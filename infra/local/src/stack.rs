@@ -52,6 +52,11 @@ pub struct StackConfig {
     /// /integrations/{route}`), so `local-stack gateway` replicas can run in front of this
     /// stack's functions (see [`crate::replicas`]). `None`: not served.
     pub functions_port: Option<u16>,
+    /// Serve the web client (see [`crate::web`]) on this port, from [`StackConfig::web_root`].
+    /// `None`: not served.
+    pub web_port: Option<u16>,
+    /// Where the built web client is (`scripts/build-web`).
+    pub web_root: PathBuf,
     /// Operator key of the agent registry (`X-Operator-Key`).
     pub operator_key: Option<String>,
     /// Redis.
@@ -102,6 +107,8 @@ impl StackConfig {
             agent_port: 8083,
             api_port: 8084,
             functions_port: None,
+            web_port: None,
+            web_root: PathBuf::from(crate::web::DEFAULT_ROOT),
             operator_key: Some("local-operator-key".into()),
             redis_url,
             redis_prefix: "msg:".into(),
@@ -138,6 +145,8 @@ pub struct RunningStack {
     pub api_url: String,
     /// The route integrations over HTTP (`{url}/integrations/{route}`), when served.
     pub functions_url: Option<String>,
+    /// The web client, when served.
+    pub web_url: Option<String>,
     /// The functions' context (tests use its store and realtime state).
     pub ctx: Context,
     /// The emulated WebSocket API.
@@ -539,6 +548,23 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         functions_url = Some(format!("http://{}", listener.local_addr()?));
         tasks.push(serve(listener, api.clone().integrations_router()).await);
     }
+    let mut web_url = None;
+    if let Some(port) = config.web_port {
+        let listener = TcpListener::bind((config.host, port)).await?;
+        web_url = Some(format!("http://{}", listener.local_addr()?));
+        let client_config = serde_json::json!({
+            "api_url": api_url,
+            "ws_url": format!("ws://{ws_addr}"),
+            "local": true,
+        });
+        tasks.push(
+            serve(
+                listener,
+                crate::web::router(&config.web_root, client_config, mongo.database().clone()),
+            )
+            .await,
+        );
+    }
     for (agent_id, listener) in agent_listeners {
         ctx.store
             .upsert_agent(&DemoAgent::registry_entry(agent_id))
@@ -600,6 +626,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         broker,
         api_url,
         functions_url,
+        web_url,
         issuer,
         config,
         mongo,
