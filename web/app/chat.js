@@ -5,6 +5,7 @@
 import { Connection } from "./connection.js";
 import { Keyring } from "./e2ee.js";
 import { History } from "./history.js";
+import * as media from "./media.js";
 
 /** How long a typing indicator lasts without a new `typing` frame. */
 const TYPING_SHOWN_MS = 6_000;
@@ -46,6 +47,8 @@ export class Chat extends EventTarget {
     this.storage = storage;
     this.prefix = prefix;
     this.lastTyping = new Map();
+    this.names = new Map(); // user id -> display name (or the promise of it)
+    this.readyUrls = new Map(); // media id -> object URL of its opened bytes
     this.wire();
   }
 
@@ -117,6 +120,8 @@ export class Chat extends EventTarget {
     const q = query.trim().toLowerCase();
     return [...this.conversations.values()]
       .filter((c) => c.archived === archived)
+      // An empty 1:1 (started, or made to find someone for a group) shows once it has messages.
+      .filter((c) => c.kind !== "direct" || c.last_sequence_number > 0 || c.conversation_id === this.showing)
       .filter(
         (c) =>
           !q ||
@@ -215,21 +220,79 @@ export class Chat extends EventTarget {
     return view;
   }
 
+  /** A participant's display name: known at once when fetched before, else the id until then. */
+  nameOf(userId) {
+    if (userId === this.me.user_id) return this.me.name || "You";
+    const known = this.names.get(userId);
+    if (typeof known === "string") return known;
+    if (!known) {
+      const agent = [...this.conversations.values()].find((c) => c.agent_id === userId);
+      if (agent) return agent.title;
+      this.names.set(
+        userId,
+        this.api
+          .call("GET", `/v1/users/${enc(userId)}`)
+          .then((profile) => {
+            this.names.set(userId, profile.name);
+            this.changed("names");
+          })
+          .catch(() => this.names.set(userId, userId)),
+      );
+    }
+    return userId;
+  }
+
   // ---- messages -----------------------------------------------------------------------------
 
   /** Sends text (sealed when the connection takes it; queued while offline). */
-  send(conversationId, text, { replyTo = null, forwardedFrom = null, extra = null, type = "text" } = {}) {
+  send(conversationId, text, { replyTo = null, forwardedFrom = null, extra = null, type = "text", mediaUrl = null } = {}) {
     const id = this.connection.enqueue({
       conversation_id: conversationId,
       text,
       type,
       extra,
+      media_url: mediaUrl ?? undefined,
       reply_to_message_id: replyTo ?? undefined,
       forwarded_from: forwardedFrom ?? undefined,
     });
     this.typingStop(conversationId);
     this.changed("messages", conversationId);
     return id;
+  }
+
+  /**
+   * Seals and uploads a file, then sends it (with `caption` as its text). Needs the network:
+   * the upload is not queued.
+   */
+  async sendFile(conversationId, file, caption = "", type = media.messageTypeOf(file)) {
+    const view = await this.conversation(conversationId);
+    if (view.kind === "agent" && !view.end_to_end_encrypted) {
+      throw new Error("this agent holds no keys: attachments are sent only end-to-end encrypted");
+    }
+    const extra = { attachment: await media.upload(this.api, conversationId, type, file) };
+    if (type === "image") extra.thumbnail = await media.thumbnail(file);
+    return this.send(conversationId, caption, { type, extra, mediaUrl: extra.attachment.media_id });
+  }
+
+  /** Sends where the user is (inside the sealed message, as every location between people). */
+  sendLocation(conversationId, { latitude, longitude }) {
+    return this.send(conversationId, "📍 Location", { type: "location", extra: { location: { latitude, longitude } } });
+  }
+
+  /** An attachment's content as an object URL (fetched and opened once per page). */
+  async attachmentUrl(attachment) {
+    this.attachmentUrls ??= new Map();
+    let url = this.attachmentUrls.get(attachment.media_id);
+    if (!url) {
+      url = media.download(this.api, attachment).then((blob) => {
+        const objectUrl = URL.createObjectURL(blob);
+        this.readyUrls.set(attachment.media_id, objectUrl);
+        return objectUrl;
+      });
+      this.attachmentUrls.set(attachment.media_id, url);
+      url.catch(() => this.attachmentUrls.delete(attachment.media_id));
+    }
+    return url;
   }
 
   /** What the page shows of a send still waiting for its ack. */
@@ -241,6 +304,9 @@ export class Chat extends EventTarget {
       text: item.text,
       type: item.type,
       reply_to_message_id: item.reply_to_message_id,
+      media_url: item.media_url,
+      extra: item.extra ?? null,
+      attachment: item.extra?.attachment ?? null,
       timestamp: item.queued_at,
       status: "pending",
       encrypted: true,
@@ -265,6 +331,9 @@ export class Chat extends EventTarget {
       text: item.text,
       type: item.type,
       reply_to_message_id: item.reply_to_message_id,
+      media_url: item.media_url,
+      extra: item.extra ?? null,
+      attachment: item.extra?.attachment ?? null,
       timestamp: ack.timestamp,
       status: existing?.status ?? "sent",
       encrypted: true,
@@ -291,6 +360,9 @@ export class Chat extends EventTarget {
       status: m.sender_id === this.me.user_id ? (known?.status ?? m.status ?? "sent") : undefined,
       text: opened.text,
       extra: opened.extra,
+      // An attachment counts only as the media the message names.
+      attachment:
+        m.media_url && opened.extra?.attachment?.media_id === m.media_url ? opened.extra.attachment : null,
       encrypted: opened.encrypted,
       error: opened.error,
     });

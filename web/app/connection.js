@@ -9,11 +9,14 @@
 //   held and the gap asked for with `retransmit`; numbers the server says will never exist
 //   (`missing`) are skipped; every message is acknowledged (`delivery_ack`);
 // - reconnects back off (0.5 s doubling to 10 s, with jitter) and resume with `sync` from the
-//   last number seen per conversation; the browser's `online` event reconnects at once;
+//   last number seen per conversation; while the browser says it is offline nothing is tried,
+//   and its `online` event reconnects at once;
 // - told `migration`, it opens the new connection first, syncs there, and only then closes the
 //   old one (make before break): the user sees no disconnect.
 
 const HEARTBEAT_MS = 30_000;
+/** A connection not open and synced within this is given up and tried again. */
+const CONNECT_TIMEOUT_MS = 10_000;
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 10_000;
 /** A message number not filled by `retransmit` within this is asked for again. */
@@ -93,15 +96,18 @@ export class Connection extends EventTarget {
   }
 
   async open(endpoint, { migrating = null } = {}) {
+    // The latest attempt wins: one started while this one awaited its token replaces it.
+    const attempt = migrating ? null : (this.attempt = {});
     if (!migrating) this.setStatus(Status.CONNECTING);
     let token;
     try {
       token = await this.token();
     } catch (e) {
       this.emit("auth_failed", String(e.message ?? e));
-      this.scheduleReconnect();
+      if (!attempt || this.attempt === attempt) this.scheduleReconnect();
       return;
     }
+    if (attempt && this.attempt !== attempt) return;
     const url = `${endpoint.replace(/\/$/, "")}/?token=${encodeURIComponent(token)}`;
     let socket;
     try {
@@ -113,6 +119,10 @@ export class Connection extends EventTarget {
     socket.onopen = () => {
       socket.send(JSON.stringify({ type: "sync", since: this.last }));
     };
+    // A socket can hang while connecting (a network that drops packets): it is not waited for.
+    setTimeout(() => {
+      if (socket.readyState !== WebSocket.CLOSED && !socket.synced) socket.close();
+    }, CONNECT_TIMEOUT_MS);
     socket.onmessage = (event) => this.onFrame(socket, event.data, migrating);
     socket.onclose = () => {
       if (socket !== this.socket) return; // a retired connection
@@ -128,6 +138,8 @@ export class Connection extends EventTarget {
 
   scheduleReconnect() {
     if (this.closed || this.reconnectTimer) return;
+    // The browser knows it has no network: wait for its `online` event instead of failing.
+    if (globalThis.navigator?.onLine === false) return;
     const delay = this.backoff * (0.5 + Math.random() / 2);
     this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);
     this.reconnectTimer = setTimeout(() => {
@@ -137,7 +149,14 @@ export class Connection extends EventTarget {
   }
 
   reconnectNow() {
-    if (this.socket || this.closed) return;
+    if (this.closed || this.socket?.synced) return;
+    // A connection attempt made while the network was gone may never finish: start afresh.
+    if (this.socket) {
+      const stale = this.socket;
+      this.socket = null;
+      stale.onclose = null;
+      stale.close();
+    }
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     this.backoff = MIN_BACKOFF_MS;
@@ -298,6 +317,7 @@ export class Connection extends EventTarget {
   }
 
   onReady(socket, payload, migrating) {
+    socket.synced = true;
     if (migrating) {
       // The new connection has synced: it takes over, then the old one goes.
       const old = this.socket;

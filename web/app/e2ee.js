@@ -206,6 +206,12 @@ export class Keyring extends EventTarget {
     if (item.forwarded_from) payload.forwarded_from = item.forwarded_from;
     if (item.media_url) payload.media_url = item.media_url;
     if (recipients.plaintext) {
+      if (item.extra?.attachment) {
+        throw Object.assign(new Error("an agent without keys cannot get a sealed attachment"), {
+          retryable: false,
+          code: "invalid_request",
+        });
+      }
       payload.content = item.text;
       if (item.extra?.location) payload.location = item.extra.location;
       return payload;

@@ -86,6 +86,14 @@ export class Ui {
       this.typingIdle = setTimeout(() => this.open && this.chat.typingStop(this.open), 4000);
     });
     $("reply-cancel").addEventListener("click", () => this.setReply(null));
+    $("attach-button").addEventListener("click", () => $("file-input").click());
+    $("file-input").addEventListener("change", () => {
+      const file = $("file-input").files[0];
+      $("file-input").value = "";
+      if (file) this.sendFile(file);
+    });
+    $("voice-button").addEventListener("click", () => this.toggleRecording());
+    $("location-button").addEventListener("click", () => this.sendLocation());
     for (const tab of ["agents", "person", "group"]) {
       $(`tab-${tab}`).addEventListener("click", () => this.selectTab(tab));
     }
@@ -105,6 +113,7 @@ export class Ui {
   onChange({ what, conversationId }) {
     if (what === "status") this.renderStatus();
     if (what === "conversations" || what === "messages") this.renderList();
+    if (what === "names" && this.open) this.renderMessages();
     if (this.open && (conversationId === this.open || what === "presence")) {
       if (what === "messages") this.renderMessages();
       if (what === "runs") this.renderRuns();
@@ -148,8 +157,13 @@ export class Ui {
       ...items.map((c) => {
         const last = this.chat.messages(c.conversation_id).filter((m) => m.type !== "reaction").at(-1);
         const unread = this.chat.unread(c);
-        const preview = last
-          ? `${last.sender_id === this.chat.me.user_id ? "You: " : ""}${last.text ?? (last.error ? "🔒 message not readable here" : "")}`
+        const preview = !last
+          ? null
+          : last.type === "system"
+            ? systemText(last.text, (u) => this.chat.nameOf(u))
+            : `${last.sender_id === this.chat.me.user_id ? "You: " : ""}${last.text ?? (last.error ? "🔒 message not readable here" : "")}`;
+        const shown = last
+          ? preview
           : c.kind === "agent"
             ? "Agent"
             : "";
@@ -167,7 +181,7 @@ export class Ui {
           },
           h("span", { class: "title" }, c.pinned ? "📌 " : "", c.title),
           h("span", { class: "time" }, time(last?.timestamp ?? c.last_activity_at)),
-          h("span", { class: "preview" }, preview),
+          h("span", { class: "preview" }, shown),
           unread ? h("span", { class: "badge", "aria-hidden": "true" }, unread) : h("span"),
         );
       }),
@@ -179,6 +193,7 @@ export class Ui {
 
   async openConversation(conversationId, { push = true } = {}) {
     this.open = conversationId;
+    this.chat.showing = conversationId;
     this.setReply(null);
     $("main").classList.add("chat-open");
     $("chat").hidden = false;
@@ -197,6 +212,7 @@ export class Ui {
 
   close({ push = true } = {}) {
     this.open = null;
+    this.chat.showing = null;
     $("main").classList.remove("chat-open");
     $("chat").hidden = true;
     if (push) history.pushState(null, "", location.pathname);
@@ -208,7 +224,10 @@ export class Ui {
     if (!view) return;
     const typing = this.chat.typingIn(this.open);
     let text = "";
-    if (typing.length) text = `${typing.join(", ")} ${typing.length > 1 ? "are" : "is"} typing…`;
+    if (typing.length) {
+      const names = typing.map((u) => this.chat.nameOf(u));
+      text = `${names.join(", ")} ${names.length > 1 ? "are" : "is"} typing…`;
+    }
     else if (view.kind === "direct") {
       const other = view.participants.find((p) => p !== this.chat.me.user_id);
       const presence = this.chat.presence.get(other);
@@ -249,7 +268,7 @@ export class Ui {
   renderMessage(m, byId, reactions) {
     const mine = m.sender_id === this.chat.me.user_id;
     if (m.type === "system") {
-      return h("li", { class: "message system" }, systemText(m.text));
+      return h("li", { class: "message system" }, systemText(m.text, (u) => this.chat.nameOf(u)));
     }
     const view = this.chat.conversations.get(this.open);
     const quoted = m.reply_to_message_id ? byId.get(m.reply_to_message_id) : null;
@@ -258,9 +277,10 @@ export class Ui {
     return h(
       "li",
       { class: classes.join(" "), tabindex: "0", "data-message": m.message_id, "data-status": m.status ?? "" },
-      !mine && view?.kind === "group" ? h("div", { class: "sender" }, m.sender_id) : null,
+      !mine && view?.kind === "group" ? h("div", { class: "sender" }, this.chat.nameOf(m.sender_id)) : null,
       m.forwarded_from ? h("div", { class: "hint" }, "Forwarded") : null,
       quoted ? h("div", { class: "quote" }, quoted.text ?? "…") : null,
+      m.attachment ? this.renderAttachment(m) : null,
       h("div", { class: "text" }, m.error ? `🔒 This message cannot be read here (${m.error}).` : m.text),
       m.extra?.location
         ? h("div", { class: "hint" }, `📍 ${m.extra.location.latitude}, ${m.extra.location.longitude}`)
@@ -323,6 +343,91 @@ export class Ui {
     this.renderMessages();
   }
 
+  async sendFile(file, type = undefined) {
+    const conversationId = this.open;
+    const caption = $("composer-text").value.trim();
+    $("composer-error").textContent = "";
+    $("composer").setAttribute("aria-busy", "true");
+    try {
+      await this.chat.sendFile(conversationId, file, caption, type);
+      $("composer-text").value = "";
+    } catch (e) {
+      $("composer-error").textContent = `Not sent: ${e.message}`;
+    } finally {
+      $("composer").removeAttribute("aria-busy");
+    }
+  }
+
+  /** Starts or stops a voice note (the microphone, through MediaRecorder). */
+  async toggleRecording() {
+    const button = $("voice-button");
+    if (this.recorder) {
+      this.recorder.stop();
+      return;
+    }
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      const recorder = new MediaRecorder(stream);
+      const chunks = [];
+      recorder.ondataavailable = (e) => chunks.push(e.data);
+      recorder.onstop = () => {
+        stream.getTracks().forEach((t) => t.stop());
+        this.recorder = null;
+        button.setAttribute("aria-pressed", "false");
+        button.setAttribute("aria-label", "Record a voice note");
+        const type = (recorder.mimeType || "audio/webm").split(";")[0];
+        const file = new File(chunks, `voice-note.${type.split("/")[1] ?? "webm"}`, { type });
+        if (file.size > 0) this.sendFile(file, "voice");
+      };
+      recorder.start();
+      this.recorder = recorder;
+      button.setAttribute("aria-pressed", "true");
+      button.setAttribute("aria-label", "Stop recording and send");
+    } catch (e) {
+      $("composer-error").textContent = `No microphone: ${e.message}`;
+    }
+  }
+
+  sendLocation() {
+    const conversationId = this.open;
+    if (!navigator.geolocation) {
+      $("composer-error").textContent = "This browser cannot tell where you are.";
+      return;
+    }
+    navigator.geolocation.getCurrentPosition(
+      (position) => this.chat.sendLocation(conversationId, position.coords),
+      (e) => ($("composer-error").textContent = `No location: ${e.message}`),
+      { timeout: 10_000 },
+    );
+  }
+
+  /** The attachment of a message, shown as its kind is: a picture, a player, a download. */
+  renderAttachment(m) {
+    const attachment = m.attachment;
+    const ready = this.chat.readyUrls.get(attachment.media_id);
+    const size = `${Math.max(1, Math.round(attachment.size_bytes / 1024))} KB`;
+    const load = () =>
+      this.chat.attachmentUrl(attachment).then(
+        () => this.renderMessages(),
+        (e) => ($("composer-error").textContent = `Could not open the attachment: ${e.message}`),
+      );
+    if (m.type === "image") {
+      if (!ready) load();
+      const source = ready ?? m.extra?.thumbnail;
+      return source
+        ? h("img", { class: "image", src: source, alt: m.text || "Photo", "data-loaded": ready ? "true" : "false" })
+        : h("span", { class: "hint" }, `Photo (${size})…`);
+    }
+    if (["voice", "audio", "video"].includes(m.type)) {
+      if (ready) return h(m.type === "video" ? "video" : "audio", { controls: true, src: ready, "aria-label": m.type === "voice" ? "Voice note" : attachment.name ?? m.type });
+      return h("button", { type: "button", class: "file", onclick: load }, `▶ ${m.type === "voice" ? "Voice note" : attachment.name ?? m.type} (${size})`);
+    }
+    if (ready) {
+      return h("a", { href: ready, download: attachment.name ?? "file" }, `⬇ ${attachment.name ?? "file"} (${size})`);
+    }
+    return h("button", { type: "button", class: "file", onclick: load }, `📄 ${attachment.name ?? "Document"} (${size})`);
+  }
+
   react(message, emoji) {
     this.chat.send(this.open, emoji, { replyTo: message.message_id, type: "reaction" });
   }
@@ -378,7 +483,8 @@ export class Ui {
         h(
           "li",
           {},
-          h("strong", {}, participant === me ? `${participant} (you)` : participant),
+          h("strong", {}, participant === me ? `${this.chat.nameOf(participant)} (you)` : this.chat.nameOf(participant)),
+          h("span", { class: "hint" }, ` ${participant}`),
           view.admins?.includes(participant) ? h("span", { class: "hint" }, "admin") : null,
           ...devices.trusted.map((d) =>
             h("span", { class: "hint" }, ` ${d.device_id}: `, h("code", { class: "safety" }, this.chat.keyring.safetyCode(d))),
@@ -547,13 +653,36 @@ function runLabel(run) {
   return parts.join(" · ");
 }
 
-/** A server `system` message (JSON metadata) as a line of text. */
-function systemText(text) {
+/**
+ * A server `system` message as a line of text: group events are JSON naming users by id
+ * (`{"event", "actor", "user" | "users"}`), other notices are text already.
+ */
+function systemText(text, nameOf) {
+  let event;
   try {
-    const event = JSON.parse(text);
-    const who = event.user_ids?.join(", ") ?? event.user_id ?? "";
-    return `${event.by ? `${event.by}: ` : ""}${(event.event ?? event.type ?? "update").replace(/_/g, " ")} ${who}`.trim();
+    event = JSON.parse(text);
   } catch {
     return text;
+  }
+  const actor = event.actor && event.actor !== "system" ? nameOf(event.actor) : null;
+  const users = (event.users ?? (event.user ? [event.user] : [])).map(nameOf).join(", ");
+  const by = actor ? `${actor} ` : "";
+  switch (event.event) {
+    case "group_created":
+      return `${by}created the group`;
+    case "group_updated":
+      return `${by}changed the group's details`;
+    case "participants_added":
+      return `${by}added ${users}`;
+    case "participant_removed":
+      return `${by}removed ${users}`;
+    case "participant_left":
+      return `${users} left`;
+    case "admin_promoted":
+      return `${users} ${users.includes(",") ? "are" : "is"} now admin`;
+    case "admin_demoted":
+      return `${users} ${users.includes(",") ? "are" : "is"} no longer admin`;
+    default:
+      return (event.event ?? "update").replace(/_/g, " ");
   }
 }

@@ -222,6 +222,10 @@ struct RunArgs {
     /// Where the built web client is.
     #[arg(long, env = "WEB_ROOT", default_value = local_stack::web::DEFAULT_ROOT)]
     web_root: PathBuf,
+    /// The WebSocket address the web client is told to use (default: this stack's), e.g. a
+    /// `local-stack gateway` replica in front of it.
+    #[arg(long, env = "WEB_WS_URL")]
+    web_ws_url: Option<String>,
     /// Operator key for agent registry writes (header X-Operator-Key).
     #[arg(long, env = "OPERATOR_KEY", default_value = "local-operator-key")]
     operator_key: String,
@@ -331,6 +335,7 @@ fn main() -> anyhow::Result<()> {
     config.functions_port = args.functions_port;
     config.web_port = Some(args.web_port);
     config.web_root = args.web_root.clone();
+    config.web_ws_url = args.web_ws_url.clone();
     config.operator_key = Some(args.operator_key.clone());
     config.extra_triggers = args.triggers;
     config.api.idle_timeout = Duration::from_secs(args.idle_timeout_secs);

@@ -28,7 +28,23 @@ pub fn router(root: &Path, buckets: &[&str]) -> anyhow::Result<Router> {
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
     let service = builder.build();
-    Ok(Router::new().fallback(serve).with_state(service))
+    Ok(Router::new()
+        .fallback(serve)
+        .with_state(service)
+        .layer(cors()))
+}
+
+/// The media buckets' CORS rule in the SAM template (`AllowedMethods` GET, PUT, HEAD, every
+/// header, `ETag` exposed, `MaxAge` 3600): the web client uploads to and downloads from
+/// presigned URLs from another origin.
+fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::PUT, Method::HEAD])
+        .allow_headers(tower_http::cors::Any)
+        .expose_headers([HeaderName::from_static("etag")])
+        .max_age(std::time::Duration::from_secs(3600))
 }
 
 async fn serve(State(mut service): State<S3Service>, request: Request) -> Response {

@@ -57,6 +57,9 @@ pub struct StackConfig {
     pub web_port: Option<u16>,
     /// Where the built web client is (`scripts/build-web`).
     pub web_root: PathBuf,
+    /// The WebSocket address the web client is told to use, when not this stack's own (gateway
+    /// replicas in front of it, a load balancer).
+    pub web_ws_url: Option<String>,
     /// Operator key of the agent registry (`X-Operator-Key`).
     pub operator_key: Option<String>,
     /// Redis.
@@ -109,6 +112,7 @@ impl StackConfig {
             functions_port: None,
             web_port: None,
             web_root: PathBuf::from(crate::web::DEFAULT_ROOT),
+            web_ws_url: None,
             operator_key: Some("local-operator-key".into()),
             redis_url,
             redis_prefix: "msg:".into(),
@@ -554,7 +558,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         web_url = Some(format!("http://{}", listener.local_addr()?));
         let client_config = serde_json::json!({
             "api_url": api_url,
-            "ws_url": format!("ws://{ws_addr}"),
+            "ws_url": config.web_ws_url.clone().unwrap_or_else(|| format!("ws://{ws_addr}")),
             "local": true,
         });
         tasks.push(

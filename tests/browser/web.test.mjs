@@ -1,0 +1,288 @@
+// The web client in a real browser (headless Chromium), as people use it: every step through
+// the page's own controls, found by their accessible names. Two and three browser profiles
+// talk through the local stack behind gateway replicas. The steps build on each other (one
+// conversation history), so they run in order.
+//
+// Run by scripts/browser (which installs Chromium and playwright-core and builds the client).
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { createRequire } from "node:module";
+import { MongoClient } from "mongodb";
+
+import {
+  goOffline,
+  goOnline,
+  launchBrowser,
+  message,
+  openChat,
+  send,
+  shot,
+  signUp,
+  startStack,
+} from "./harness.mjs";
+
+const require = createRequire(import.meta.url);
+const WAIT = { timeout: 20_000 };
+/** Every text sent in this suite carries this, so MongoDB can be searched for it afterwards. */
+const MARK = `plaintext-${Date.now().toString(36)}`;
+const said = (text) => `${text} ${MARK}`;
+
+let stack;
+let browser;
+let alice;
+let bob;
+let carol;
+
+before(async () => {
+  stack = await startStack();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  stack?.stop();
+});
+
+test("sign up in three browsers (the code comes from the local code outbox)", async () => {
+  alice = await signUp(browser, stack.webUrl, "Alice");
+  bob = await signUp(browser, stack.webUrl, "Bob");
+  carol = await signUp(browser, stack.webUrl, "Carol", { viewport: { width: 390, height: 800 } });
+  await shot(alice.page, "alice-signed-in");
+  await shot(carol.page, "carol-signed-in-phone-width");
+});
+
+test("a 1:1 chat: delivered, then read ticks", async () => {
+  await alice.page.getByRole("button", { name: "New chat" }).click();
+  await alice.page.getByRole("tab", { name: "Person" }).click();
+  await alice.page.getByLabel("Their e-mail address or user id").fill(bob.email);
+  await alice.page.getByRole("button", { name: "Start chat" }).click();
+  await alice.page.locator("#chat-title", { hasText: "Bob" }).waitFor(WAIT);
+  const first = said("Hi Bob, it is Alice");
+  await send(alice.page, first);
+  // Bob's device receives it (delivered) before he opens the chat...
+  await message(alice.page, first).and(alice.page.locator('[data-status="delivered"]')).waitFor(WAIT);
+  await shot(alice.page, "alice-delivered-tick");
+  // ...and reads it when he opens it.
+  await bob.page.locator("#conversation-list li", { hasText: "Alice" }).waitFor(WAIT);
+  await openChat(bob.page, "Alice");
+  await message(bob.page, first).waitFor(WAIT);
+  await message(alice.page, first).and(alice.page.locator('[data-status="read"]')).waitFor(WAIT);
+  const reply = said("Hello Alice");
+  await send(bob.page, reply);
+  await message(alice.page, reply).waitFor(WAIT);
+  await shot(bob.page, "bob-reads-and-replies");
+  await shot(alice.page, "alice-read-tick-and-reply");
+});
+
+test("a group of three: created, messages to all, read by all", async () => {
+  await alice.page.getByRole("button", { name: "New chat" }).click();
+  await alice.page.getByRole("tab", { name: "Group" }).click();
+  await alice.page.getByLabel("Group name").fill("Trio");
+  await alice.page.getByLabel(/Members/).fill(`${bob.email}, ${carol.email}`);
+  await alice.page.getByRole("button", { name: "Create group" }).click();
+  await alice.page.locator("#chat-title", { hasText: "Trio" }).waitFor(WAIT);
+  const hello = said("Welcome to the group");
+  await send(alice.page, hello);
+  for (const member of [bob, carol]) {
+    await member.page.locator("#conversation-list li", { hasText: "Trio" }).waitFor(WAIT);
+    await openChat(member.page, "Trio");
+    await message(member.page, hello).waitFor(WAIT);
+  }
+  // Coalesced group receipts: read once both members read it.
+  await message(alice.page, hello).and(alice.page.locator('[data-status="read"]')).waitFor(WAIT).catch(async (e) => {
+    console.log("DEBUG", await alice.page.evaluate(() => { const c = window.messaging.chat; const id = [...c.conversations.values()].find(v => v.title === "Trio").conversation_id; return JSON.stringify({ marks: [...(c.marks.get(id)?.read ?? [])], delivered: [...(c.marks.get(id)?.delivered ?? [])], parts: c.conversations.get(id).participants, msgs: c.history.messages(id).map(m => [m.sequence_number, m.sender_id, m.status]) }); }));
+    for (const p of [bob, carol]) console.log("DEBUG", p.name, await p.page.evaluate(() => JSON.stringify({ read: window.messaging.chat.readUpTo, hidden: document.hidden, status: window.messaging.chat.connection.status })));
+    throw e;
+  });
+  const answer = said("Thanks for adding me");
+  await send(carol.page, answer);
+  await message(alice.page, answer).waitFor(WAIT);
+  await message(bob.page, answer).waitFor(WAIT);
+  await shot(carol.page, "carol-in-the-group-phone-width");
+  await shot(alice.page, "alice-group-read");
+});
+
+test("an agent streams its answer, and a run can be stopped", async () => {
+  const page = alice.page;
+  await page.getByRole("button", { name: "New chat" }).click();
+  await page.getByRole("button", { name: "Chat with Demo Agent", exact: true }).click();
+  await page.locator("#chat-title", { hasText: "Demo Agent" }).waitFor(WAIT);
+  await send(page, "/long");
+  // Part of the answer is on screen while the agent is still writing it.
+  const run = page.locator("#runs .run");
+  await run.waitFor(WAIT);
+  await page.waitForFunction(() => {
+    const text = document.querySelector("#runs .run .text")?.textContent ?? "";
+    return text.length > 20 && text !== "…";
+  }, null, WAIT);
+  await shot(page, "agent-streaming");
+  const partial = await run.locator(".text").textContent();
+  // Then the stored answer replaces the stream.
+  await run.waitFor({ state: "detached", ...WAIT });
+  const answers = page.locator("#messages li.message:not(.mine) .text");
+  await page.waitForFunction(
+    (start) => [...document.querySelectorAll("#messages li.message:not(.mine) .text")].some((e) => e.textContent.startsWith(start)),
+    partial.slice(0, 20),
+    WAIT,
+  );
+  const before = await answers.count();
+
+  await send(page, "/slow");
+  await page.locator("#runs .run .run-state", { hasText: /working/ }).waitFor(WAIT);
+  await shot(page, "agent-working");
+  await page.getByRole("button", { name: "Stop" }).click();
+  await page.locator("#messages li.system", { hasText: "cancelled" }).waitFor(WAIT);
+  // Nothing of the cancelled run is stored: no answer comes (the slow run would take 3 s).
+  await page.waitForTimeout(4_000);
+  assert.equal(await answers.count(), before, "a cancelled run's answer arrived");
+  await shot(page, "agent-cancelled");
+});
+
+test("a photo, a voice note, a document and a location arrive sealed and open on the other side", async () => {
+  await openChat(alice.page, "Bob");
+  await openChat(bob.page, "Alice");
+  const caption = said("Look at this");
+  await alice.page.getByLabel("Message", { exact: true }).fill(caption);
+  await alice.page.setInputFiles("#file-input", { name: "red.png", mimeType: "image/png", buffer: redSquarePng() });
+  // Bob sees the picture itself (fetched, its hash and tag checked, opened on his device).
+  await message(bob.page, caption).locator('img.image[data-loaded="true"]').waitFor(WAIT);
+  const size = await message(bob.page, caption).locator("img.image").evaluate((img) => [img.naturalWidth, img.naturalHeight]);
+  assert.deepEqual(size, [48, 48], "the photo Bob sees is not the one Alice sent");
+  await shot(bob.page, "bob-sees-the-photo");
+
+  // A voice note from Chromium's fake microphone.
+  await alice.page.getByRole("button", { name: "Record a voice note" }).click();
+  await alice.page.waitForTimeout(1_200);
+  await alice.page.getByRole("button", { name: "Stop recording and send" }).click();
+  const voice = bob.page.locator("#messages li.message button.file", { hasText: "Voice note" }).last();
+  await voice.waitFor(WAIT);
+  await voice.click();
+  await bob.page.locator('#messages audio[aria-label="Voice note"]').last().waitFor(WAIT);
+
+  // A document, downloaded by Bob exactly as it was.
+  const text = said("minutes of the meeting");
+  await alice.page.setInputFiles("#file-input", { name: "minutes.txt", mimeType: "text/plain", buffer: Buffer.from(text) });
+  const file = bob.page.locator("#messages li.message button.file", { hasText: "minutes.txt" });
+  await file.waitFor(WAIT);
+  await file.click();
+  const link = bob.page.locator("#messages a", { hasText: "minutes.txt" });
+  await link.waitFor(WAIT);
+  const [download] = await Promise.all([bob.page.waitForEvent("download"), link.click()]);
+  const saved = await download.path();
+  assert.equal((await import("node:fs")).readFileSync(saved, "utf8"), text);
+
+  // A location (the browser's, granted), sealed like the rest.
+  await alice.page.getByRole("button", { name: "Send your location" }).click();
+  await bob.page.locator("#messages .hint", { hasText: "📍 52.52, 13.405" }).waitFor(WAIT);
+  await shot(bob.page, "bob-got-voice-document-location");
+});
+
+test("offline and back: what was sent meanwhile arrives in order, both ways", async () => {
+  await openChat(alice.page, "Bob");
+  await openChat(bob.page, "Alice");
+  await goOffline(bob);
+  const whileAway = [1, 2, 3].map((n) => said(`While you were away ${n}`));
+  for (const text of whileAway) await send(alice.page, text);
+  await message(alice.page, whileAway[2]).and(alice.page.locator('[data-status="sent"]')).waitFor(WAIT);
+  await shot(bob.page, "bob-offline");
+  await goOnline(bob);
+  for (const text of whileAway) await message(bob.page, text).waitFor(WAIT);
+  assert.deepEqual(await texts(bob.page, whileAway), whileAway, "out of order after reconnecting");
+
+  // Sending while offline: queued on the device (a clock), sent when back, in order.
+  await goOffline(alice);
+  const queued = [1, 2].map((n) => said(`Written offline ${n}`));
+  for (const text of queued) await send(alice.page, text);
+  await message(alice.page, queued[1]).and(alice.page.locator('[data-status="pending"]')).waitFor(WAIT);
+  await shot(alice.page, "alice-offline-queued");
+  await goOnline(alice);
+  for (const text of queued) await message(bob.page, text).waitFor(WAIT);
+  assert.deepEqual(await texts(bob.page, queued), queued);
+  await shot(bob.page, "bob-got-the-queued-messages");
+});
+
+test("a gateway replica restarts and nobody notices", async () => {
+  for (const person of [alice, bob]) await person.page.evaluate(() => (window.__statuses = []));
+  const migrations = () => alice.page.evaluate(() => window.messaging.chat.connection.migrations);
+  const before = await migrations();
+  await stack.restartGateway("A");
+  assert.ok((await migrations()) > before, "Alice's page was not migrated");
+  const afterRestart = said("Still here after the restart");
+  await send(alice.page, afterRestart);
+  await message(bob.page, afterRestart).waitFor(WAIT);
+  const back = said("Did not notice a thing");
+  await send(bob.page, back);
+  await message(alice.page, back).waitFor(WAIT);
+  for (const person of [alice, bob]) {
+    const statuses = await person.page.evaluate(() => window.__statuses);
+    assert.deepEqual(statuses, [], `${person.name}'s connection was seen to drop: ${statuses}`);
+    assert.ok(await person.page.locator("#status-banner").isHidden(), `${person.name} saw a banner`);
+  }
+  await shot(alice.page, "after-gateway-restart");
+});
+
+test("no plaintext of these messages in MongoDB", async () => {
+  const client = new MongoClient(stack.mongoUri);
+  try {
+    const db = client.db("messaging");
+    let scanned = 0;
+    for (const { name } of await db.listCollections().toArray()) {
+      for await (const doc of db.collection(name).find({})) {
+        scanned += 1;
+        assert.ok(!JSON.stringify(doc).includes(MARK), `plaintext in ${name}: ${JSON.stringify(doc).slice(0, 300)}`);
+      }
+    }
+    assert.ok(scanned > 0, "nothing scanned");
+  } finally {
+    await client.close();
+  }
+});
+
+test("no errors in any page", () => {
+  for (const person of [alice, bob, carol]) {
+    assert.deepEqual(person.errors, [], `${person.name}'s page reported errors`);
+  }
+});
+
+/** A 48x48 red PNG. */
+function redSquarePng() {
+  const zlib = require("node:zlib");
+  const crc = (bytes) => {
+    let c = ~0;
+    for (const b of bytes) {
+      c ^= b;
+      for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
+    }
+    return ~c >>> 0;
+  };
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type), data]);
+    const out = Buffer.alloc(8 + data.length + 4);
+    out.writeUInt32BE(data.length, 0);
+    body.copy(out, 4);
+    out.writeUInt32BE(crc(body), 8 + data.length);
+    return out;
+  };
+  const side = 48;
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(side, 0);
+  header.writeUInt32BE(side, 4);
+  header.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
+  const rows = Buffer.alloc(side * (1 + side * 3));
+  for (let y = 0; y < side; y++) {
+    for (let x = 0; x < side; x++) rows.set([220, 30, 30], y * (1 + side * 3) + 1 + x * 3);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", header),
+    chunk("IDAT", zlib.deflateSync(rows)),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+/** The texts of `wanted` in the order the open chat shows them. */
+async function texts(page, wanted) {
+  const all = await page.locator("#messages li.message .text").allTextContents();
+  return all.filter((t) => wanted.includes(t));
+}
