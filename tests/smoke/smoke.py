@@ -14,7 +14,11 @@ What a person does after cloning, checked by tools this project did not write:
    commands, driven through stdin: the second user's chat is open (its device has published
    its keys: nobody can encrypt for a device that does not exist yet), the first writes and
    exits, the second reads the plaintext;
-5. stops the stack with SIGINT (ctrl-c) and checks that it exits within seconds and leaves no
+5. opens the banner's web client URL: the page, its config.json (the banner's own endpoints)
+   and its crypto module are served; then a newcomer in headless Chromium signs up with the code
+   the page shows, starts a chat with the demo agent and reads its encrypted answer within a
+   minute (tests/browser/newcomer.mjs);
+6. stops the stack with SIGINT (ctrl-c) and checks that it exits within seconds and leaves no
    redis-server or MongoDB-wire server behind.
 
 A README example that changes must change this test with it: the commands are read from
@@ -300,6 +304,32 @@ def chat_between_new_users():
     step("the second user received the first user's message")
 
 
+def web_client(banner):
+    url = banner_value(banner, "web client").rstrip("/")
+    step(f"the banner's web client: {url}")
+    with urllib.request.urlopen(url + "/", timeout=10) as response:
+        if b"<title>Messaging</title>" not in response.read():
+            fail("the web client URL does not serve the page")
+    config = json.loads(urllib.request.urlopen(url + "/config.json", timeout=10).read())
+    api = banner_value(banner, "HTTP API").split("/v1/")[0]
+    ws = banner_value(banner, "WebSocket API").split("/?")[0]
+    if config.get("api_url") != api or config.get("ws_url") != ws:
+        fail(f"config.json {config} does not point at the banner's HTTP API {api} and WebSocket API {ws}")
+    with urllib.request.urlopen(url + "/crypto.wasm", timeout=10) as response:
+        if not response.read(4) == b"\0asm":
+            fail("the web client's crypto module is not WebAssembly")
+    step("the page, its config.json and its crypto module are served")
+    newcomer = subprocess.run(
+        ["node", os.path.join(ROOT, ".tools", "node-browser", "tests", "newcomer.mjs"), url,
+         os.path.join(ROOT, "target", "smoke-web.png")],
+        cwd=ROOT, env={**os.environ, "BROWSER_TESTS_ROOT": ROOT},
+        capture_output=True, text=True, timeout=120,
+    )
+    if newcomer.returncode != 0:
+        fail(f"the newcomer's browser session failed:\n{newcomer.stdout}{newcomer.stderr}")
+    step(newcomer.stdout.strip())
+
+
 def stop_stack(stack):
     pgid = stack.pid
     helpers = [m for m in process_group_members(pgid) if m[0] != stack.pid]
@@ -325,6 +355,7 @@ def main():
         talk_to_the_demo_agent(banner)
         chat_with_the_demo_agent()
         chat_between_new_users()
+        web_client(banner)
     except SystemExit:
         os.killpg(stack.pid, signal.SIGKILL)
         raise

@@ -52,7 +52,7 @@ pub mod error {
 
 pub use error::{Error, ErrorCode};
 
-/// What a user or device id may be (`lib/src/ids.rs`).
+// What a user or device id may be: lib/src/ids.rs, documented there.
 #[path = "../../../lib/src/ids.rs"]
 pub mod ids;
 
