@@ -190,6 +190,9 @@ export function message(page, text) {
 
 /** Opens the conversation titled `title` from the list. */
 export async function openChat(page, title) {
+  if (await page.locator("#chat-title", { hasText: title }).isVisible()) return;
+  // At phone width the open chat covers the list: back to it first.
+  if (await page.locator("#back-button").isVisible()) await page.locator("#back-button").click();
   await page.locator("#conversation-list li", { hasText: title }).first().click();
   await page.locator("#chat-title", { hasText: title }).waitFor();
 }

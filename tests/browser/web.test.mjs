@@ -178,6 +178,127 @@ test("a photo, a voice note, a document and a location arrive sealed and open on
   await shot(bob.page, "bob-got-voice-document-location");
 });
 
+test("typing, presence, replies, reactions and forwards", async () => {
+  await openChat(alice.page, "Bob");
+  await openChat(bob.page, "Alice");
+  await alice.page.locator("#chat-subtitle", { hasText: "online" }).waitFor(WAIT);
+  await bob.page.getByLabel("Message", { exact: true }).pressSequentially("typing something", { delay: 20 });
+  await alice.page.locator("#chat-subtitle", { hasText: "Bob is typing" }).waitFor(WAIT);
+  await shot(alice.page, "bob-is-typing");
+  await bob.page.getByLabel("Message", { exact: true }).fill("");
+
+  // Bob answers one of Alice's messages: Alice sees what it answers.
+  const original = said("Hi Bob, it is Alice");
+  await message(bob.page, original).hover();
+  await message(bob.page, original).getByRole("button", { name: "Reply" }).click();
+  const reply = said("Answering that");
+  await send(bob.page, reply);
+  await message(alice.page, reply).locator(".quote", { hasText: "Hi Bob, it is Alice" }).waitFor(WAIT);
+
+  // Alice reacts to it; Bob sees the reaction under his message.
+  await message(alice.page, reply).hover();
+  await message(alice.page, reply).getByRole("button", { name: "React 👍" }).click();
+  await message(bob.page, reply).locator(".reactions", { hasText: "👍" }).waitFor(WAIT);
+
+  // Alice forwards it to the group: Carol sees it, marked forwarded.
+  await message(alice.page, reply).hover();
+  await message(alice.page, reply).getByRole("button", { name: "Forward" }).click();
+  await alice.page.locator("#info li", { hasText: "Trio" }).getByRole("button", { name: "Send" }).click();
+  await openChat(carol.page, "Trio");
+  await message(carol.page, reply).locator(".hint", { hasText: "Forwarded" }).waitFor(WAIT);
+  await shot(bob.page, "reply-and-reaction");
+});
+
+test("group admin: remove, make admin, add back", async () => {
+  await openChat(alice.page, "Trio");
+  await alice.page.getByRole("button", { name: "Info" }).click();
+  await alice.page.locator("#info .members li", { hasText: "Carol" }).getByRole("button", { name: "Remove" }).click();
+  await alice.page.locator("#messages li.system", { hasText: "Alice removed Carol" }).waitFor(WAIT);
+  // The dialog stays open, showing the members as they are now.
+  await alice.page.locator("#info .members li", { hasText: "Bob" }).getByRole("button", { name: "Make admin" }).click();
+  await alice.page.locator("#messages li.system", { hasText: "Bob is now admin" }).waitFor(WAIT);
+  await alice.page.getByLabel(/Add members/).fill(carol.email);
+  await alice.page.getByRole("button", { name: "Add", exact: true }).click();
+  await alice.page.locator("#messages li.system", { hasText: "Alice added Carol" }).waitFor(WAIT);
+  await alice.page.locator("#info .members li", { hasText: "Carol" }).waitFor(WAIT);
+  await alice.page.keyboard.press("Escape");
+  await alice.page.locator("#info").waitFor({ state: "hidden", ...WAIT });
+  // Carol, back in, reads what is sent from now on (a new session key, shared with her again).
+  const welcomeBack = said("Welcome back Carol");
+  await send(alice.page, welcomeBack);
+  await message(carol.page, welcomeBack).waitFor(WAIT);
+  await shot(alice.page, "group-admin");
+});
+
+test("the conversation list: search, pin, archive, delete; agents by search and category", async () => {
+  const page = alice.page;
+  const titles = () => page.locator("#conversation-list li .title").allTextContents();
+  await page.getByLabel("Search conversations").fill("Trio");
+  assert.deepEqual((await titles()).map((t) => t.replace("📌 ", "")), ["Trio"]);
+  // Search finds words inside messages too (opened on this device only).
+  await page.getByLabel("Search conversations").fill("Answering that");
+  assert.ok((await titles()).some((t) => t.includes("Bob")), "message text not searched");
+  await page.getByLabel("Search conversations").fill("");
+
+  await openChat(page, "Bob");
+  await page.getByRole("button", { name: "Info" }).click();
+  await page.locator("#info").getByRole("button", { name: "Pin" }).click();
+  await page.waitForFunction(() => document.querySelector("#conversation-list li .title")?.textContent.includes("📌"));
+  assert.match((await titles())[0], /📌 Bob/);
+
+  await openChat(page, "Trio");
+  await page.getByRole("button", { name: "Info" }).click();
+  await page.locator("#info").getByRole("button", { name: "Archive" }).click();
+  await page.waitForFunction(() => ![...document.querySelectorAll("#conversation-list li .title")].some((e) => e.textContent.includes("Trio")));
+  await page.getByRole("button", { name: "Archived" }).click();
+  assert.ok((await titles()).some((t) => t.includes("Trio")), "Trio is not under Archived");
+  await page.getByRole("button", { name: "Archived" }).click();
+
+  await openChat(page, "Demo Agent");
+  await page.getByRole("button", { name: "Info" }).click();
+  await page.locator("#info").getByRole("button", { name: "Delete chat" }).click();
+  await page.waitForFunction(() => ![...document.querySelectorAll("#conversation-list li .title")].some((e) => e.textContent.includes("Demo Agent")));
+  await shot(page, "list-pinned-archived-deleted");
+
+  await page.getByRole("button", { name: "New chat" }).click();
+  await page.getByLabel("Search agents").fill("echo");
+  await page.getByRole("button", { name: "Chat with Demo Agent", exact: true }).waitFor(WAIT);
+  await page.getByLabel("Search agents").fill("");
+  const category = page.locator("#agent-categories button").first();
+  await category.waitFor(WAIT);
+  await category.click();
+  await page.waitForFunction(() => document.querySelector("#agent-categories button[aria-pressed=true]"));
+  assert.ok((await page.locator("#agent-list li").count()) >= 1, "no agent in the chosen category");
+  await shot(page, "agent-discovery");
+  await page.keyboard.press("Escape");
+  await page.locator("#new-chat").waitFor({ state: "hidden", ...WAIT });
+});
+
+test("accessible: no serious or critical axe-core findings on any screen", async () => {
+  const axe = require.resolve("axe-core/axe.min.js");
+  const check = async (page, what) => {
+    await page.addScriptTag({ path: axe });
+    const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+    const serious = result.violations.filter((v) => ["serious", "critical"].includes(v.impact));
+    assert.deepEqual(
+      serious.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`),
+      [],
+      `${what}: accessibility violations`,
+    );
+  };
+  await check(alice.page, "a chat (desktop width)");
+  await check(carol.page, "a chat (phone width)");
+  await alice.page.getByRole("button", { name: "New chat" }).click();
+  await check(alice.page, "the new-chat dialog");
+  await alice.page.keyboard.press("Escape");
+  await alice.page.locator("#new-chat").waitFor({ state: "hidden", ...WAIT });
+  const fresh = await browser.newPage();
+  await fresh.goto(stack.webUrl);
+  await fresh.getByRole("button", { name: "Send code" }).waitFor(WAIT);
+  await check(fresh, "the sign-in screen");
+  await fresh.close();
+});
+
 test("offline and back: what was sent meanwhile arrives in order, both ways", async () => {
   await openChat(alice.page, "Bob");
   await openChat(bob.page, "Alice");

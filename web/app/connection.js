@@ -15,6 +15,8 @@
 //   old one (make before break): the user sees no disconnect.
 
 const HEARTBEAT_MS = 30_000;
+/** A heartbeat not answered within this (after the next one is due) means the link is dead. */
+const HEARTBEAT_ACK_MS = 10_000;
 /** A connection not open and synced within this is given up and tried again. */
 const CONNECT_TIMEOUT_MS = 10_000;
 const MIN_BACKOFF_MS = 500;
@@ -63,7 +65,9 @@ export class Connection extends EventTarget {
     this.requested = new Map();
     this.heartbeat = null;
     this.onlineListener = () => this.reconnectNow();
+    this.offlineListener = () => this.drop();
     globalThis.addEventListener?.("online", this.onlineListener);
+    globalThis.addEventListener?.("offline", this.offlineListener);
   }
 
   load(name, fallback) {
@@ -123,7 +127,10 @@ export class Connection extends EventTarget {
     setTimeout(() => {
       if (socket.readyState !== WebSocket.CLOSED && !socket.synced) socket.close();
     }, CONNECT_TIMEOUT_MS);
-    socket.onmessage = (event) => this.onFrame(socket, event.data, migrating);
+    socket.onmessage = (event) => {
+      socket.lastFrameAt = Date.now();
+      this.onFrame(socket, event.data, migrating);
+    };
     socket.onclose = () => {
       if (socket !== this.socket) return; // a retired connection
       this.socket = null;
@@ -169,14 +176,29 @@ export class Connection extends EventTarget {
     clearTimeout(this.reconnectTimer);
     clearInterval(this.heartbeat);
     globalThis.removeEventListener?.("online", this.onlineListener);
+    globalThis.removeEventListener?.("offline", this.offlineListener);
     this.socket?.close();
     this.socket = null;
     this.setStatus(Status.OFFLINE);
   }
 
-  /** Drops the connection as a network failure would (tests, the "go offline" switch). */
+  /**
+   * Gives the connection up as lost (the browser went offline, heartbeats go unanswered): the
+   * page shows it at once and reconnects, without waiting for a close handshake that a dead
+   * network never completes.
+   */
   drop() {
-    this.socket?.close();
+    const socket = this.socket;
+    if (!socket) return;
+    this.socket = null;
+    socket.onclose = null;
+    socket.onmessage = null;
+    socket.close();
+    clearInterval(this.heartbeat);
+    if (!this.closed) {
+      this.setStatus(Status.OFFLINE);
+      this.scheduleReconnect();
+    }
   }
 
   send(frame) {
@@ -331,10 +353,15 @@ export class Connection extends EventTarget {
     this.backoff = MIN_BACKOFF_MS;
     this.setStatus(Status.ONLINE);
     clearInterval(this.heartbeat);
-    this.heartbeat = setInterval(
-      () => this.send({ type: "heartbeat", timestamp: Date.now() }),
-      HEARTBEAT_MS,
-    );
+    socket.lastFrameAt = Date.now();
+    this.heartbeat = setInterval(() => {
+      // Nothing heard since the last heartbeat, not even its ack: the connection is dead.
+      if (Date.now() - this.socket?.lastFrameAt > HEARTBEAT_MS + HEARTBEAT_ACK_MS) {
+        this.drop();
+        return;
+      }
+      this.send({ type: "heartbeat", timestamp: Date.now() });
+    }, HEARTBEAT_MS);
     this.emit("ready", payload);
     for (const conversation of Object.keys(this.queues)) {
       const head = this.queues[conversation][0];

@@ -169,20 +169,22 @@ export class Ui {
             : "";
         return h(
           "li",
-          {
-            class: "conversation",
-            tabindex: "0",
-            role: "button",
-            "aria-current": c.conversation_id === this.open ? "true" : "false",
-            "aria-label": `${c.title}${unread ? `, ${unread} unread` : ""}`,
-            "data-conversation": c.conversation_id,
-            onclick: () => this.openConversation(c.conversation_id),
-            onkeydown: (e) => (e.key === "Enter" || e.key === " ") && this.openConversation(c.conversation_id),
-          },
-          h("span", { class: "title" }, c.pinned ? "📌 " : "", c.title),
-          h("span", { class: "time" }, time(last?.timestamp ?? c.last_activity_at)),
-          h("span", { class: "preview" }, shown),
-          unread ? h("span", { class: "badge", "aria-hidden": "true" }, unread) : h("span"),
+          { "data-conversation": c.conversation_id },
+          h(
+            "button",
+            {
+              type: "button",
+              class: "conversation",
+              "aria-current": c.conversation_id === this.open ? "true" : "false",
+              onclick: () => this.openConversation(c.conversation_id),
+            },
+            h("span", { class: "title" }, c.pinned ? "📌 " : "", c.title),
+            h("span", { class: "time" }, time(last?.timestamp ?? c.last_activity_at)),
+            h("span", { class: "preview" }, shown),
+            unread
+              ? h("span", { class: "badge" }, String(unread), h("span", { class: "visually-hidden" }, " unread"))
+              : h("span"),
+          ),
         );
       }),
     );
@@ -465,14 +467,16 @@ export class Ui {
 
   // ---- dialogs ------------------------------------------------------------------------------
 
-  showDialog(title, body) {
+  /** Shows `body` in the info dialog; with `refresh`, only if it is still open (never reopens). */
+  showDialog(title, body, { refresh = false } = {}) {
+    if (refresh && !$("info").open) return;
     $("info-title").textContent = title;
     $("info-body").replaceChildren(body);
     $("info-error").textContent = "";
     if (!$("info").open) $("info").showModal();
   }
 
-  async showConversationInfo() {
+  async showConversationInfo({ refresh = false } = {}) {
     const view = await this.chat.conversation(this.open);
     const me = this.chat.me.user_id;
     const isAdmin = view.admins?.includes(me);
@@ -538,14 +542,15 @@ export class Ui {
           }, "Delete chat"),
         ),
       ),
+      { refresh },
     );
   }
 
   async groupAction(action) {
     try {
       await action();
-      $("info").close();
-      this.showConversationInfo();
+      // The same dialog, with the members as they are now (unless it was closed meanwhile).
+      await this.showConversationInfo({ refresh: true });
     } catch (e) {
       $("info-error").textContent = e.message;
     }
