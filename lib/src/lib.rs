@@ -23,7 +23,8 @@
 //! connections; [`group_receipts`]: members' receipts coalesced into one frame per interval; [`pending`]: what a device is owed, from MongoDB; [`to_device`]: key material between
 //! devices, stored then delivered; [`outbox`]: every
 //! acknowledged message fanned out and notified; [`agent_routing`]: which agent answers;
-//! [`system_messages`]: messages the server writes itself.
+//! [`system_messages`]: messages the server writes itself; [`web_push`]: a browser's Web Push
+//! subscription (its push token).
 //!
 //! **Running a function** — [`context`]: the ports and settings a function is given;
 //! [`config`]: configuration from the environment; [`runtime`]: Lambda or an HTTP server;
@@ -100,6 +101,7 @@ pub mod store;
 pub mod system_messages;
 pub mod telemetry;
 pub mod to_device;
+pub mod web_push;
 pub mod websocket;
 
 pub use error::{Error, ErrorCode, Result};

@@ -698,6 +698,9 @@ pub enum PushPlatform {
     Fcm,
     /// Apple Push Notification service.
     Apns,
+    /// Web Push (RFC 8030): the token is the browser's subscription
+    /// ([`crate::web_push::Subscription`], as JSON).
+    Web,
 }
 
 /// A device's push token (collection `devices`): one per (user, device); a token belongs to one
@@ -710,7 +713,7 @@ pub struct DeviceToken {
     pub device_id: String,
     /// Push service.
     pub platform: PushPlatform,
-    /// The FCM registration token or APNs device token.
+    /// The FCM registration token, APNs device token, or Web Push subscription (JSON).
     pub token: String,
     /// First registration.
     pub created_at: DateTime,

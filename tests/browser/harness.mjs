@@ -125,21 +125,37 @@ export async function startStack() {
   };
 }
 
+/**
+ * A browser profile on disk (not incognito, as `launchBrowser`'s contexts are): the only kind in
+ * which Chromium offers the Push API.
+ */
+export async function launchProfile(name) {
+  const dir = path.join(OUT, `profile-${name}`);
+  return chromium.launchPersistentContext(dir, {
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1100, height: 760 },
+    permissions: ["notifications"],
+  });
+}
+
+const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  // A microphone for voice notes: Chromium's fake one, allowed without a prompt.
+  "--use-fake-device-for-media-stream",
+  "--use-fake-ui-for-media-stream",
+];
+
 export async function launchBrowser() {
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      // A microphone for voice notes: Chromium's fake one, allowed without a prompt.
-      "--use-fake-device-for-media-stream",
-      "--use-fake-ui-for-media-stream",
-    ],
+    args: CHROMIUM_ARGS,
   });
 }
 
@@ -156,14 +172,14 @@ export async function shot(page, name) {
  * A person in their own browser profile: signed up through the page (name, e-mail, the code
  * from the local code outbox). Their connection's states are recorded in `window.__statuses`.
  */
-export async function signUp(browser, webUrl, name, { viewport = { width: 1100, height: 760 } } = {}) {
-  const context = await browser.newContext({
+export async function signUp(browser, webUrl, name, { viewport = { width: 1100, height: 760 }, context = null } = {}) {
+  context ??= await browser.newContext({
     viewport,
     acceptDownloads: true,
-    permissions: ["geolocation", "microphone"],
+    permissions: ["geolocation", "microphone", "notifications"],
     geolocation: { latitude: 52.52, longitude: 13.405 },
   });
-  const page = await context.newPage();
+  const page = context.pages()[0] ?? (await context.newPage());
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   page.on("console", (m) => m.type() === "error" && errors.push(m.text()));

@@ -53,7 +53,7 @@ async function startChat(config, api) {
     name: session.user.name,
   };
   const chat = new Chat({ config, api, crypto, me, storage: localStorage });
-  const ui = new Ui(chat, () => signOut(chat, api));
+  const ui = new Ui(chat, () => signOut(chat, api), config);
   window.messaging = { chat, ui }; // for the browser's console
   try {
     await chat.start();
@@ -75,7 +75,9 @@ async function signOut(chat, api) {
   const session = sessions.get();
   chat.stop();
   try {
-    // This browser stops being a device: its keys go, so nobody encrypts for it any more.
+    // This browser stops being a device: no more pushes, and its keys go, so nobody encrypts
+    // for it any more.
+    await chat.disablePush().catch(() => {});
     await api.call("DELETE", `/v1/keys/${encodeURIComponent(session.device_id)}`);
     await api.call("POST", "/v1/auth/logout", { refresh_token: session.refresh_token });
   } catch {

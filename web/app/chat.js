@@ -7,6 +7,8 @@ import { Keyring } from "./e2ee.js";
 import { History } from "./history.js";
 import * as media from "./media.js";
 
+/** How long the browser's push service may take to subscribe this browser. */
+const PUSH_SUBSCRIBE_TIMEOUT_MS = 10_000;
 /** How long a typing indicator lasts without a new `typing` frame. */
 const TYPING_SHOWN_MS = 6_000;
 /** A `typing start` is repeated at most this often while the user types. */
@@ -466,6 +468,59 @@ export class Chat extends EventTarget {
     if (userIds.length) this.connection.send({ type: "presence", user_ids: userIds.slice(0, 100) });
   }
 
+  // ---- push ---------------------------------------------------------------------------------
+
+  /**
+   * Subscribes this browser to Web Push with the deployment's VAPID key and registers the
+   * subscription as this device's push token; notifications then arrive while the page is
+   * closed (the service worker shows them). Throws a reason people can read when the browser
+   * cannot (no push service, permission refused).
+   */
+  async enablePush(vapidPublicKey) {
+    if (!vapidPublicKey) throw new Error("this deployment sends no web push");
+    if (!("serviceWorker" in navigator) || !("PushManager" in window)) {
+      throw new Error("this browser cannot receive push notifications");
+    }
+    if ((await Notification.requestPermission()) !== "granted") {
+      throw new Error("notifications are not allowed for this site (see the browser's site settings)");
+    }
+    const registration = await navigator.serviceWorker.ready;
+    let subscription;
+    try {
+      // The browser asks its vendor's push service, which may be out of reach: not waited
+      // for forever.
+      subscription = await Promise.race([
+        registration.pushManager.subscribe({
+          userVisibleOnly: true,
+          applicationServerKey: fromBase64url(vapidPublicKey),
+        }),
+        new Promise((_, reject) =>
+          setTimeout(() => reject(new Error("no answer within 10 s")), PUSH_SUBSCRIBE_TIMEOUT_MS),
+        ),
+      ]);
+    } catch (e) {
+      throw new Error(`the browser's push service refused: ${e.message}`);
+    }
+    await this.api.call("PUT", `/v1/devices/${enc(this.me.device_id)}`, {
+      platform: "web",
+      token: JSON.stringify(subscription),
+    });
+  }
+
+  /** Stops push to this browser (its subscription and its registration). */
+  async disablePush() {
+    const registration = await navigator.serviceWorker?.ready;
+    await (await registration?.pushManager.getSubscription())?.unsubscribe();
+    await this.api.call("DELETE", `/v1/devices/${enc(this.me.device_id)}`).catch(() => {});
+  }
+
+  /** Whether this browser is subscribed now. */
+  async pushEnabled() {
+    if (!("serviceWorker" in navigator) || !("PushManager" in window)) return false;
+    const registration = await navigator.serviceWorker.getRegistration();
+    return Boolean(await registration?.pushManager.getSubscription());
+  }
+
   // ---- agent runs ---------------------------------------------------------------------------
 
   onRun(run) {
@@ -550,6 +605,11 @@ export class Chat extends EventTarget {
   cancel(conversationId, runId) {
     this.connection.send({ type: "cancel", conversation_id: conversationId, run_id: runId });
   }
+}
+
+function fromBase64url(text) {
+  const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
+  return Uint8Array.from(atob(base64 + "=".repeat((4 - (base64.length % 4)) % 4)), (c) => c.charCodeAt(0));
 }
 
 function enc(value) {

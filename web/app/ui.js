@@ -40,10 +40,15 @@ const TICKS = {
 const REACTIONS = ["👍", "❤️", "😂"];
 
 export class Ui {
-  /** @param {import("./chat.js").Chat} chat @param {() => void} signOut */
-  constructor(chat, signOut) {
+  /**
+   * @param {import("./chat.js").Chat} chat
+   * @param {() => void} signOut
+   * @param {object} config `config.json` (`web_push_public_key`)
+   */
+  constructor(chat, signOut, config = {}) {
     this.chat = chat;
     this.signOut = signOut;
+    this.config = config;
     this.open = null; // the open conversation's id
     this.archived = false;
     this.replyTo = null;
@@ -556,8 +561,28 @@ export class Ui {
     }
   }
 
-  showMe() {
+  async showMe() {
     const me = this.chat.me;
+    const pushOn = await this.chat.pushEnabled().catch(() => false);
+    const pushButton = h(
+      "button",
+      {
+        type: "button",
+        class: "secondary",
+        "aria-pressed": String(pushOn),
+        onclick: async () => {
+          $("info-error").textContent = "";
+          try {
+            if (pushOn) await this.chat.disablePush();
+            else await this.chat.enablePush(this.config.web_push_public_key);
+            this.showMe();
+          } catch (e) {
+            $("info-error").textContent = `Notifications: ${e.message}`;
+          }
+        },
+      },
+      pushOn ? "Turn notifications off" : "Turn notifications on",
+    );
     this.showDialog(
       "You",
       h(
@@ -567,6 +592,7 @@ export class Ui {
         h("p", {}, "User id: ", h("code", { id: "my-user-id" }, me.user_id), h("span", { class: "hint" }, " (others can start a chat with it)")),
         h("p", {}, "This device: ", me.device_id),
         h("p", {}, "Safety code: ", h("code", { class: "safety" }, this.chat.keyring.safetyCode())),
+        h("p", {}, pushButton, h("span", { class: "hint" }, " messages while this page is closed")),
         h("button", { type: "button", class: "secondary", onclick: () => this.signOut() }, "Sign out"),
       ),
     );

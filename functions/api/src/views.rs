@@ -866,6 +866,8 @@ pub enum Platform {
     Fcm,
     /// Apple Push Notification service.
     Apns,
+    /// Web Push: the token is the browser's `PushSubscription` as JSON.
+    Web,
 }
 
 impl From<Platform> for PushPlatform {
@@ -873,6 +875,7 @@ impl From<Platform> for PushPlatform {
         match p {
             Platform::Fcm => Self::Fcm,
             Platform::Apns => Self::Apns,
+            Platform::Web => Self::Web,
         }
     }
 }
@@ -880,9 +883,10 @@ impl From<Platform> for PushPlatform {
 /// A device's push token.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DeviceRequest {
-    /// `fcm` or `apns`.
+    /// `fcm`, `apns` or `web`.
     pub platform: Platform,
-    /// The FCM registration token or APNs device token.
+    /// The FCM registration token, the APNs device token, or (`web`) the browser's
+    /// `PushSubscription` as JSON (`{"endpoint", "keys": {"p256dh", "auth"}}`, no spaces).
     #[schema(min_length = 1, max_length = 4096, pattern = r"^\S+$")]
     pub token: String,
 }
@@ -892,7 +896,7 @@ pub struct DeviceRequest {
 pub struct DeviceView {
     /// Device id.
     pub device_id: String,
-    /// `fcm` or `apns`.
+    /// `fcm`, `apns` or `web`.
     pub platform: String,
     /// The push token.
     pub token: String,

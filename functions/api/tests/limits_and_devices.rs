@@ -161,3 +161,50 @@ async fn device_tokens_register_move_and_unregister() {
     assert_eq!(r.status, 400);
     assert_eq!(env.call("GET", "/v1/devices", None, None).await.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_registers_its_web_push_subscription_and_nothing_else() {
+    let env = env().await;
+    let (alice, alice_t) = env.quick_user("Alice").await;
+    let keys = json!({
+        "p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+        "auth": "BTBZMqHH6r4Tts7J_aSIgg",
+    });
+    let subscription =
+        json!({"endpoint": "https://push.example.com/send/abc", "keys": keys}).to_string();
+    let r = env
+        .call(
+            "PUT",
+            "/v1/devices/web-1",
+            Some(&alice_t),
+            Some(json!({"platform": "web", "token": subscription})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["platform"], "web");
+    let stored = env.store.devices_of(&alice).await.unwrap();
+    assert_eq!(stored[0].token, subscription);
+    for (token, why) in [
+        ("fcm-token".to_string(), "PushSubscription"),
+        (
+            json!({"endpoint": "http://push.example.com/x", "keys": keys}).to_string(),
+            "https",
+        ),
+        (
+            json!({"endpoint": "https://push.example.com/x", "keys": {"p256dh": "AAAA", "auth": "BTBZMqHH6r4Tts7J_aSIgg"}}).to_string(),
+            "p256dh",
+        ),
+    ] {
+        let r = env
+            .call(
+                "PUT",
+                "/v1/devices/web-2",
+                Some(&alice_t),
+                Some(json!({"platform": "web", "token": token})),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{token}: {r:?}");
+        assert_eq!(r.body["error"]["code"], "invalid_request");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains(why), "{r:?}");
+    }
+}

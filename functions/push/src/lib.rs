@@ -1,5 +1,6 @@
 //! `messaging.notification`: push notifications to a user's devices for messages no live
-//! connection took (FCM HTTP v1, APNs over HTTP/2, and a generic signed webhook).
+//! connection took (FCM HTTP v1, APNs over HTTP/2, Web Push to browsers, and a generic signed
+//! webhook).
 //!
 //! For one event, in order:
 //!
@@ -14,7 +15,7 @@
 //!    message ids, the message kind, and the badge (the user's total unread); with
 //!    [`PushOptions::silent`], background notifications that only wake the app to sync.
 //! 3. **Send.** To every registered device of the user ([`messaging::store::DeviceStore::devices_of`])
-//!    through its platform's provider ([`fcm`], [`apns`]), and once to the [`webhook`] when one
+//!    through its platform's provider ([`fcm`], [`apns`], [`webpush`]), and once to the [`webhook`] when one
 //!    is configured, concurrently. Each delivery is retried with exponential backoff on 408, 429
 //!    and 5xx and on network errors, honouring `Retry-After` ([`retry`]). A device whose
 //!    provider is not configured is skipped with a warning.
@@ -36,6 +37,7 @@ pub mod fcm;
 pub mod payload;
 pub mod retry;
 pub mod webhook;
+pub mod webpush;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +58,7 @@ pub use fcm::FcmOptions;
 pub use payload::Payload;
 pub use retry::RetryPolicy;
 pub use webhook::WebhookOptions;
+pub use webpush::WebPushOptions;
 
 use retry::{Final, with_retries};
 
@@ -74,6 +77,8 @@ pub struct PushOptions {
     pub apns: Option<ApnsOptions>,
     /// The generic signed webhook.
     pub webhook: Option<WebhookOptions>,
+    /// Web Push (browsers).
+    pub web_push: Option<WebPushOptions>,
     /// Retries of each delivery.
     pub retry: RetryPolicy,
     /// Send background (silent) notifications that only make the app sync, instead of alerts.
@@ -99,6 +104,7 @@ impl Default for PushOptions {
             fcm: None,
             apns: None,
             webhook: None,
+            web_push: None,
             retry: RetryPolicy::default(),
             silent: false,
             request_timeout: Duration::from_secs(10),
@@ -150,6 +156,8 @@ impl PushOptions {
     ///   key), `APNS_TOPIC` (bundle id), `APNS_ENDPOINT` (`https://api.push.apple.com`),
     ///   `APNS_HTTP2_PRIOR_KNOWLEDGE` (false; h2c for local servers).
     /// - Webhook (enabled by `PUSH_WEBHOOK_URL`): `PUSH_WEBHOOK_SECRET` (at least 16 bytes).
+    /// - Web Push (enabled by `WEB_PUSH_VAPID_PRIVATE_KEY`, a P-256 private key in PEM):
+    ///   `WEB_PUSH_SUBJECT` (`mailto:` or `https:` contact for push services).
     /// - `PUSH_SILENT` (false), `PUSH_MAX_ATTEMPTS` (4), `PUSH_INITIAL_BACKOFF_MS` (500),
     ///   `PUSH_MAX_BACKOFF_MS` (8000), `PUSH_MAX_RETRY_AFTER_SECS` (30),
     ///   `PUSH_REQUEST_TIMEOUT_SECS` (10).
@@ -254,6 +262,28 @@ impl PushOptions {
             }
         };
 
+        let web_push = match src.get("WEB_PUSH_VAPID_PRIVATE_KEY") {
+            None => None,
+            Some(key) => {
+                let key = pem(key);
+                webpush::public_key(&key).map_err(|reason| ConfigError::Invalid {
+                    var: "WEB_PUSH_VAPID_PRIVATE_KEY",
+                    reason,
+                })?;
+                let subject = required("WEB_PUSH_SUBJECT")?;
+                if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
+                    return Err(ConfigError::Invalid {
+                        var: "WEB_PUSH_SUBJECT",
+                        reason: "a mailto: or https: contact".into(),
+                    });
+                }
+                Some(WebPushOptions {
+                    vapid_private_key_pem: key,
+                    subject,
+                })
+            }
+        };
+
         let max_attempts = num("PUSH_MAX_ATTEMPTS", d.retry.max_attempts.into())?;
         if !(1..=20).contains(&max_attempts) {
             return Err(ConfigError::Invalid {
@@ -266,6 +296,7 @@ impl PushOptions {
             fcm,
             apns,
             webhook,
+            web_push,
             retry: RetryPolicy {
                 max_attempts: max_attempts as u32,
                 initial_backoff: Duration::from_millis(num(
@@ -295,6 +326,7 @@ struct Inner {
     http: reqwest::Client,
     fcm: Option<fcm::Fcm>,
     apns: Option<apns::Apns>,
+    web_push: Option<webpush::WebPush>,
 }
 
 /// The push function: its context, providers and their cached credentials (the FCM access
@@ -327,6 +359,11 @@ impl Push {
             .apns
             .clone()
             .map(|o| apns::Apns::new(o, options.request_timeout));
+        let web_push = options.web_push.clone().and_then(|o| {
+            webpush::WebPush::new(o, http.clone())
+                .inspect_err(|e| tracing::error!(error = %e, "web push: VAPID key unusable"))
+                .ok()
+        });
         Self {
             inner: Arc::new(Inner {
                 ctx,
@@ -334,6 +371,7 @@ impl Push {
                 http,
                 fcm,
                 apns,
+                web_push,
             }),
         }
     }
@@ -390,6 +428,13 @@ async fn deliver(push: &Push, target: Target, payload: &Payload) -> Option<Deliv
                     return None;
                 };
                 with_retries(policy, |_| apns.send(&device.token, payload)).await
+            }
+            PushPlatform::Web => {
+                let Some(web) = &inner.web_push else {
+                    tracing::warn!(device = %device.device_id, "Web Push is not configured: device skipped");
+                    return None;
+                };
+                with_retries(policy, |_| web.send(&device.token, payload)).await
             }
         },
         Target::Webhook => {

@@ -524,3 +524,120 @@ async fn events_of_other_types_or_without_data_are_refused() {
         400
     );
 }
+
+/// A browser's subscription to the local push service, and the browser's private key.
+fn browser_subscription(
+    env: &support::Env,
+    name: &str,
+) -> (String, aws_lc_rs::agreement::PrivateKey, [u8; 16]) {
+    let browser =
+        aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256).unwrap();
+    let auth = [name.len() as u8; 16];
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = json!({
+        "endpoint": format!("{}/{name}", env.push_base),
+        "keys": {
+            "p256dh": b64.encode(browser.compute_public_key().unwrap().as_ref()),
+            "auth": b64.encode(auth),
+        },
+    })
+    .to_string();
+    (token, browser, auth)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_push_is_encrypted_to_the_browser_and_signed_with_vapid() {
+    let env = env().await;
+    let alice = env.user("Alice").await;
+    let bob = env.user("Bob").await;
+    let (token, browser, auth) = browser_subscription(&env, "bob-browser");
+    env.device(&bob, "web-1", PushPlatform::Web, &token).await;
+
+    let sent = note(&bob, &alice, MessageType::Voice, 2);
+    fn_push::handle(&env.push, notification_event(&event_id(), &sent))
+        .await
+        .unwrap();
+
+    let pushes = env.web_push();
+    assert_eq!(pushes.len(), 1);
+    let push = &pushes[0];
+    assert_eq!(push.path, "/push/bob-browser");
+    assert_eq!(push.header("content-encoding"), "aes128gcm");
+    assert_eq!(push.header("urgency"), "high");
+    assert!(push.header("ttl").parse::<u64>().unwrap() > 0);
+    // VAPID (RFC 8292): a JWT for this push service's origin, signed by the key it names.
+    let authorization = push.header("authorization");
+    let (jwt, key) = authorization
+        .strip_prefix("vapid t=")
+        .and_then(|rest| rest.split_once(", k="))
+        .expect("authorization: vapid t=<JWT>, k=<key>");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    assert_eq!(
+        key,
+        fn_push::webpush::public_key(&keys().ec_private).unwrap()
+    );
+    let point = b64.decode(key).unwrap();
+    assert_eq!(point.len(), 65);
+    let decoding = DecodingKey::from_ec_pem(keys().ec_public.as_bytes()).unwrap();
+    let mut validation = Validation::new(Algorithm::ES256);
+    let origin = env.push_base.trim_end_matches("/push").to_string();
+    validation.set_audience(&[origin.as_str()]);
+    let claims = jsonwebtoken::decode::<Value>(jwt, &decoding, &validation)
+        .expect("VAPID token signed by the configured key")
+        .claims;
+    assert_eq!(claims["sub"], support::VAPID_SUBJECT);
+    let lifetime = claims["exp"].as_i64().unwrap() - messaging::clock::now_ms() / 1000;
+    assert!(lifetime > 0 && lifetime <= 24 * 3600, "{lifetime}");
+    // RFC 8291: only the browser opens it; it says who and what, never the content.
+    assert!(
+        !push.raw.windows(5).any(|w| w == b"Alice"),
+        "readable on the way"
+    );
+    let opened = fn_push::webpush::decrypt(&push.raw, &browser, &auth).unwrap();
+    let body: Value = serde_json::from_slice(&opened).unwrap();
+    assert_eq!(body["title"], "Alice");
+    assert_eq!(body["body"], "Voice message");
+    assert_eq!(body["badge"], 2);
+    assert_eq!(
+        body["notification"]["conversation_id"],
+        sent.conversation_id
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_web_subscription_is_removed_and_a_busy_one_retried() {
+    let env = env().await;
+    let alice = env.user("Alice").await;
+    let bob = env.user("Bob").await;
+    let (gone, _, _) = browser_subscription(&env, "gone");
+    let (busy, _, _) = browser_subscription(&env, "busy");
+    env.device(&bob, "web-old", PushPlatform::Web, &gone).await;
+    env.device(&bob, "web-new", PushPlatform::Web, &busy).await;
+    env.script("gone", vec![Answer::new(410, Value::Null)]);
+    env.script(
+        "busy",
+        vec![Answer::new(429, Value::Null).with_header("retry-after", "1")],
+    );
+    fn_push::handle(
+        &env.push,
+        notification_event(&event_id(), &note(&bob, &alice, MessageType::Text, 1)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.tokens_of(&bob).await, vec![busy]);
+    let pushes = env.web_push();
+    assert_eq!(
+        pushes.iter().filter(|p| p.path.ends_with("/gone")).count(),
+        1
+    );
+    let retried: Vec<_> = pushes
+        .iter()
+        .filter(|p| p.path.ends_with("/busy"))
+        .collect();
+    assert_eq!(retried.len(), 2, "429 is retried");
+    assert!(
+        retried[1].at - retried[0].at >= Duration::from_millis(900),
+        "Retry-After honoured"
+    );
+    assert!(env.dead_letters().await.is_empty());
+}

@@ -50,6 +50,9 @@ enum Command {
         #[arg(long, env = "LOCAL_STACK_DATA", default_value = instance::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Print a new VAPID key (PEM) for WEB_PUSH_VAPID_PRIVATE_KEY, and its public key (what
+    /// the web client's config.json names as `web_push_public_key`) on standard error.
+    VapidKey,
 }
 
 #[derive(clap::Args, Debug)]
@@ -253,6 +256,15 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::VapidKey) = &cli.command {
+        let pem = fn_push::webpush::generate_key();
+        print!("{pem}");
+        eprintln!(
+            "public key (config.json web_push_public_key): {}",
+            fn_push::webpush::public_key(&pem).map_err(anyhow::Error::msg)?
+        );
+        return Ok(());
+    }
     if let Some(Command::Token {
         user_id,
         device,

@@ -401,12 +401,29 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             async move { fn_agent_response::handle(&c, e).await }
         })),
     );
-    // Push notifications: providers come from the environment (FCM_*, APNS_*, PUSH_WEBHOOK_*);
-    // devices of unconfigured providers are skipped with a warning.
-    let push = fn_push::Push::new(
-        ctx.clone(),
-        fn_push::PushOptions::from_source(&messaging::config::Env)?,
-    );
+    // Push notifications: providers come from the environment (FCM_*, APNS_*, PUSH_WEBHOOK_*,
+    // WEB_PUSH_*); devices of unconfigured providers are skipped with a warning. Web Push works
+    // without configuration: the stack keeps a VAPID key in its data directory, and the web
+    // client gets its public key in config.json (browsers then push through their own push
+    // services, when the machine reaches them).
+    let mut push_options = fn_push::PushOptions::from_source(&messaging::config::Env)?;
+    let web_push = match &push_options.web_push {
+        Some(options) => options.clone(),
+        None => {
+            let path = config.data_dir.join("vapid.pem");
+            if !path.exists() {
+                std::fs::write(&path, fn_push::webpush::generate_key())?;
+            }
+            fn_push::WebPushOptions {
+                vapid_private_key_pem: std::fs::read_to_string(&path)?,
+                subject: "mailto:developer@localhost.localdomain".into(),
+            }
+        }
+    };
+    let web_push_public_key = fn_push::webpush::public_key(&web_push.vapid_private_key_pem)
+        .map_err(|e| anyhow::anyhow!("VAPID key: {e}"))?;
+    push_options.web_push = Some(web_push);
+    let push = fn_push::Push::new(ctx.clone(), push_options);
     functions.insert(
         "push".into(),
         Arc::new(Function(move |e| {
@@ -560,6 +577,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
             "api_url": api_url,
             "ws_url": config.web_ws_url.clone().unwrap_or_else(|| format!("ws://{ws_addr}")),
             "local": true,
+            "web_push_public_key": web_push_public_key,
         });
         tasks.push(
             serve(

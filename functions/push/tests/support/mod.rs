@@ -27,7 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
-use fn_push::{ApnsOptions, FcmOptions, Push, PushOptions, RetryPolicy, WebhookOptions};
+use fn_push::{
+    ApnsOptions, FcmOptions, Push, PushOptions, RetryPolicy, WebPushOptions, WebhookOptions,
+};
 use http_body_util::{BodyExt, Full};
 use messaging::context::Context;
 use messaging::model::{DeviceToken, Notification, PushPlatform, User};
@@ -42,6 +44,7 @@ pub const TEAM_ID: &str = "TEAM123456";
 pub const KEY_ID: &str = "KEY1234567";
 pub const TOPIC: &str = "com.example.messaging";
 pub const WEBHOOK_SECRET: &str = "webhook-secret-0123456789";
+pub const VAPID_SUBJECT: &str = "mailto:ops@example.com";
 
 /// Test keys: PEM private keys for the function, PEM public keys for the checks.
 pub struct Keys {
@@ -150,6 +153,8 @@ pub struct Recorder {
     pub fcm: Vec<Received>,
     pub apns: Vec<Received>,
     pub webhook: Vec<Received>,
+    /// Web Push requests (a browser's push service).
+    pub web_push: Vec<Received>,
     /// Answers by device token, `"webhook"` or `"token"`, used first to last; then success.
     pub script: HashMap<String, VecDeque<Answer>>,
 }
@@ -235,6 +240,27 @@ async fn webhook(
     }
 }
 
+async fn web_push(
+    State(r): State<Shared>,
+    version: Version,
+    uri: Uri,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    let request = received(version, &uri, headers, raw);
+    let subscription = request
+        .path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    r.lock().unwrap().web_push.push(request);
+    match next_answer(&r, &subscription) {
+        Some(answer) => answer.into_response(),
+        None => StatusCode::CREATED.into_response(),
+    }
+}
+
 async fn apns(
     r: Shared,
     request: hyper::Request<hyper::body::Incoming>,
@@ -292,6 +318,8 @@ pub struct Env {
     pub recorder: Shared,
     pub token_uri: String,
     pub options: PushOptions,
+    /// Where the local push service takes subscriptions (`{push_base}/{subscription}`).
+    pub push_base: String,
 }
 
 /// An environment with every provider pointed at the local servers and fast retries,
@@ -302,6 +330,7 @@ pub async fn env_with(adjust: impl FnOnce(&mut PushOptions)) -> Env {
     let app = Router::new()
         .route("/token", post(token_endpoint))
         .route("/hook", post(webhook))
+        .route("/push/{subscription}", post(web_push))
         .fallback(fcm_send)
         .with_state(recorder.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -352,6 +381,10 @@ pub async fn env_with(adjust: impl FnOnce(&mut PushOptions)) -> Env {
             http2_prior_knowledge: true,
         }),
         webhook: None,
+        web_push: Some(WebPushOptions {
+            vapid_private_key_pem: keys().ec_private.clone(),
+            subject: VAPID_SUBJECT.into(),
+        }),
         retry: RetryPolicy {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(20),
@@ -371,6 +404,7 @@ pub async fn env_with(adjust: impl FnOnce(&mut PushOptions)) -> Env {
         recorder,
         token_uri,
         options,
+        push_base: format!("http://{http_addr}/push"),
     }
 }
 
@@ -444,6 +478,10 @@ impl Env {
 
     pub fn apns(&self) -> Vec<Received> {
         self.recorder.lock().unwrap().apns.clone()
+    }
+
+    pub fn web_push(&self) -> Vec<Received> {
+        self.recorder.lock().unwrap().web_push.clone()
     }
 
     pub fn webhook(&self) -> Vec<Received> {
