@@ -80,7 +80,7 @@ export class Chat extends EventTarget {
     on("ack", ({ item, ack }) => this.onAck(item, ack));
     on("send_failed", ({ item, code, message }) => {
       this.history.put(item.conversation_id, {
-        ...this.pendingView(item),
+        ...this.ownView(item),
         status: "failed",
         failure: `${code}: ${message}`,
         message_id: item.client_message_id,
@@ -297,27 +297,29 @@ export class Chat extends EventTarget {
     return url;
   }
 
-  /** What the page shows of a send still waiting for its ack. */
-  pendingView(item) {
+  /** What the page shows of one of its own sends: waiting (`pending`), or `acked`. */
+  ownView(item, ack = null) {
     return {
-      message_id: item.client_message_id,
+      message_id: ack?.message_id ?? item.client_message_id,
+      sequence_number: ack?.sequence_number,
       conversation_id: item.conversation_id,
       sender_id: this.me.user_id,
       text: item.text,
       type: item.type,
       reply_to_message_id: item.reply_to_message_id,
+      forwarded_from: item.forwarded_from,
       media_url: item.media_url,
       extra: item.extra ?? null,
       attachment: item.extra?.attachment ?? null,
-      timestamp: item.queued_at,
-      status: "pending",
+      timestamp: ack?.timestamp ?? item.queued_at,
+      status: ack ? "sent" : "pending",
       encrypted: true,
     };
   }
 
   /** The conversation as shown: what arrived, then what is still being sent. */
   messages(conversationId) {
-    const pending = this.connection.pending(conversationId).map((i) => this.pendingView(i));
+    const pending = this.connection.pending(conversationId).map((i) => this.ownView(i));
     return [...this.history.messages(conversationId), ...pending];
   }
 
@@ -326,19 +328,8 @@ export class Chat extends EventTarget {
     // acked text stands in, with its number and status.
     const existing = this.history.messages(item.conversation_id).find((m) => m.message_id === ack.message_id);
     this.history.put(item.conversation_id, {
-      message_id: ack.message_id,
-      sequence_number: ack.sequence_number,
-      conversation_id: item.conversation_id,
-      sender_id: this.me.user_id,
-      text: item.text,
-      type: item.type,
-      reply_to_message_id: item.reply_to_message_id,
-      media_url: item.media_url,
-      extra: item.extra ?? null,
-      attachment: item.extra?.attachment ?? null,
-      timestamp: ack.timestamp,
+      ...this.ownView(item, ack),
       status: existing?.status ?? "sent",
-      encrypted: true,
     });
     this.changed("messages", item.conversation_id);
   }

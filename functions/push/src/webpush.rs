@@ -99,6 +99,22 @@ fn hkdf(salt: &[u8], ikm: &[u8], info: &[&[u8]], len: usize) -> Vec<u8> {
     out
 }
 
+/// The content key and nonce of the record (RFC 8291 section 3.4, RFC 8188 section 2.2): the
+/// ECDH secret mixed with the browser's auth secret and both public keys, then with the salt.
+fn record_keys(
+    shared: &[u8],
+    auth_secret: &[u8],
+    browser_key: &[u8],
+    server_key: &[u8],
+    salt: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let ikm = hkdf(auth_secret, shared, &[b"WebPush: info\0", browser_key, server_key], 32);
+    (
+        hkdf(salt, &ikm, &[b"Content-Encoding: aes128gcm\0"], 16),
+        hkdf(salt, &ikm, &[b"Content-Encoding: nonce\0"], 12),
+    )
+}
+
 /// Encrypts `plaintext` for a browser (RFC 8291): an ephemeral P-256 key agreed with the
 /// browser's key, mixed with its auth secret, makes the content key of one `aes128gcm` record.
 /// Returns the whole body (salt, record size, this key, ciphertext).
@@ -118,17 +134,9 @@ pub fn encrypt(
         |secret| Ok(secret.to_vec()),
     )
     .map_err(|e: &str| e.to_string())?;
-    // RFC 8291 section 3.4: the input keying material, from the shared secret and auth secret.
-    let ikm = hkdf(
-        auth_secret,
-        &shared,
-        &[b"WebPush: info\0", browser_key, &server_key],
-        32,
-    );
     let mut salt = [0u8; 16];
     aws_lc_rs::rand::fill(&mut salt).map_err(|e| e.to_string())?;
-    let content_key = hkdf(&salt, &ikm, &[b"Content-Encoding: aes128gcm\0"], 16);
-    let nonce = hkdf(&salt, &ikm, &[b"Content-Encoding: nonce\0"], 12);
+    let (content_key, nonce) = record_keys(&shared, auth_secret, browser_key, &server_key, &salt);
     let key =
         LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &content_key).map_err(|e| e.to_string())?);
     // One record, the last: the content then the delimiter 0x02 (no padding).
@@ -170,14 +178,8 @@ pub fn decrypt(
         |secret| Ok(secret.to_vec()),
     )
     .map_err(|e: &str| e.to_string())?;
-    let ikm = hkdf(
-        auth_secret,
-        &shared,
-        &[b"WebPush: info\0", browser_key.as_ref(), server_key],
-        32,
-    );
-    let content_key = hkdf(salt, &ikm, &[b"Content-Encoding: aes128gcm\0"], 16);
-    let nonce = hkdf(salt, &ikm, &[b"Content-Encoding: nonce\0"], 12);
+    let (content_key, nonce) =
+        record_keys(&shared, auth_secret, browser_key.as_ref(), server_key, salt);
     let key =
         LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &content_key).map_err(|e| e.to_string())?);
     let mut record = body[21 + key_len..].to_vec();
