@@ -366,6 +366,36 @@ test("notifications: Web Push subscribed (or refused with the reason), shown by 
   }
 });
 
+test("a lost message frame is noticed by the next one's number and fetched again", async () => {
+  await openChat(alice.page, "Bob");
+  await openChat(bob.page, "Alice");
+  // Bob's page loses the next `message` frame, as a post lost between gateway and browser.
+  await bob.page.evaluate(() => {
+    const connection = window.messaging.chat.connection;
+    const onFrame = connection.onFrame.bind(connection);
+    let dropped = false;
+    connection.onFrame = (socket, text, migrating) => {
+      if (!dropped && JSON.parse(text).type === "message") {
+        dropped = true;
+        window.__dropped = JSON.parse(text).payload.sequence_number;
+        return;
+      }
+      onFrame(socket, text, migrating);
+    };
+  });
+  const lost = said("This frame is lost on the way");
+  const next = said("And this one shows the gap");
+  await send(alice.page, lost);
+  await message(alice.page, lost).and(alice.page.locator('[data-status="delivered"], [data-status="read"], [data-status="sent"]')).waitFor(WAIT);
+  await bob.page.waitForFunction(() => window.__dropped > 0);
+  await send(alice.page, next);
+  // The next message's number shows the gap: Bob's page asks for it (`retransmit`) and shows
+  // both, in order.
+  await message(bob.page, next).waitFor(WAIT);
+  await message(bob.page, lost).waitFor(WAIT);
+  assert.deepEqual(await texts(bob.page, [lost, next]), [lost, next]);
+});
+
 test("offline and back: what was sent meanwhile arrives in order, both ways", async () => {
   await openChat(alice.page, "Bob");
   await openChat(bob.page, "Alice");

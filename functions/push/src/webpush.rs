@@ -108,7 +108,12 @@ fn record_keys(
     server_key: &[u8],
     salt: &[u8],
 ) -> (Vec<u8>, Vec<u8>) {
-    let ikm = hkdf(auth_secret, shared, &[b"WebPush: info\0", browser_key, server_key], 32);
+    let ikm = hkdf(
+        auth_secret,
+        shared,
+        &[b"WebPush: info\0", browser_key, server_key],
+        32,
+    );
     (
         hkdf(salt, &ikm, &[b"Content-Encoding: aes128gcm\0"], 16),
         hkdf(salt, &ikm, &[b"Content-Encoding: nonce\0"], 12),

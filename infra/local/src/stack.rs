@@ -412,6 +412,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         None => {
             let path = config.data_dir.join("vapid.pem");
             if !path.exists() {
+                std::fs::create_dir_all(&config.data_dir)?;
                 std::fs::write(&path, fn_push::webpush::generate_key())?;
             }
             fn_push::WebPushOptions {
