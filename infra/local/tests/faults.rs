@@ -143,6 +143,9 @@ impl Stack {
             "--api-port",
             &self.ports.api.to_string(),
             "--no-demo-agent",
+            // Stacks of this suite run side by side: the web client on any free port.
+            "--web-port",
+            "0",
             "--data-dir",
         ])
         .arg(&self.data_dir)

@@ -211,6 +211,9 @@ fn start_stack(
             &ports[4].to_string(),
             "--functions-port",
             &ports[5].to_string(),
+            // Not measured: the web client on any free port.
+            "--web-port",
+            "0",
             "--data-dir",
         ])
         .arg(data)
