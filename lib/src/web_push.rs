@@ -1,8 +1,8 @@
 //! A browser's Web Push subscription (the W3C Push API's `PushSubscription`, as `toJSON()` gives
 //! it): where its push service accepts messages for it, and the keys a message is encrypted to
 //! (RFC 8291). A web device registers it as its push token (`PUT /v1/devices/{id}`, platform
-//! `web`); the api function checks it with [`Subscription::parse`], the push function sends to
-//! it.
+//! `web`; opaque there, as FCM and APNs tokens are); the push function reads it with
+//! [`Subscription::parse`] and removes a token that is no subscription.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};

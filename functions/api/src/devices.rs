@@ -69,11 +69,6 @@ pub(crate) async fn put(
             "token must be 1 to 4096 characters without spaces",
         ));
     }
-    if matches!(request.platform, crate::views::Platform::Web) {
-        // Checked now, not at the first notification: a browser that sent something else hears
-        // it at once.
-        messaging::web_push::Subscription::parse(token)?;
-    }
     require_account(api, user_id).await?;
     let now = DateTime::now();
     api.ctx

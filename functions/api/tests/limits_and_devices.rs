@@ -163,7 +163,7 @@ async fn device_tokens_register_move_and_unregister() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_registers_its_web_push_subscription_and_nothing_else() {
+async fn a_browser_registers_its_web_push_subscription() {
     let env = env().await;
     let (alice, alice_t) = env.quick_user("Alice").await;
     let keys = json!({
@@ -184,27 +184,7 @@ async fn a_browser_registers_its_web_push_subscription_and_nothing_else() {
     assert_eq!(r.body["platform"], "web");
     let stored = env.store.devices_of(&alice).await.unwrap();
     assert_eq!(stored[0].token, subscription);
-    for (token, why) in [
-        ("fcm-token".to_string(), "PushSubscription"),
-        (
-            json!({"endpoint": "http://push.example.com/x", "keys": keys}).to_string(),
-            "https",
-        ),
-        (
-            json!({"endpoint": "https://push.example.com/x", "keys": {"p256dh": "AAAA", "auth": "BTBZMqHH6r4Tts7J_aSIgg"}}).to_string(),
-            "p256dh",
-        ),
-    ] {
-        let r = env
-            .call(
-                "PUT",
-                "/v1/devices/web-2",
-                Some(&alice_t),
-                Some(json!({"platform": "web", "token": token})),
-            )
-            .await;
-        assert_eq!(r.status, 400, "{token}: {r:?}");
-        assert_eq!(r.body["error"]["code"], "invalid_request");
-        assert!(r.body["error"]["message"].as_str().unwrap().contains(why), "{r:?}");
-    }
+    // Like FCM and APNs tokens, a subscription is the provider's to judge: one that is no
+    // subscription is accepted here (the schema allows any token) and removed by the push
+    // function at its first notification (fn-push's tests).
 }

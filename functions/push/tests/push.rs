@@ -605,7 +605,7 @@ async fn web_push_is_encrypted_to_the_browser_and_signed_with_vapid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gone_web_subscription_is_removed_and_a_busy_one_retried() {
+async fn gone_and_unusable_web_subscriptions_are_removed_and_a_busy_one_retried() {
     let env = env().await;
     let alice = env.user("Alice").await;
     let bob = env.user("Bob").await;
@@ -613,6 +613,8 @@ async fn a_gone_web_subscription_is_removed_and_a_busy_one_retried() {
     let (busy, _, _) = browser_subscription(&env, "busy");
     env.device(&bob, "web-old", PushPlatform::Web, &gone).await;
     env.device(&bob, "web-new", PushPlatform::Web, &busy).await;
+    env.device(&bob, "web-odd", PushPlatform::Web, "not-a-subscription")
+        .await;
     env.script("gone", vec![Answer::new(410, Value::Null)]);
     env.script(
         "busy",
