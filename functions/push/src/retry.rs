@@ -147,6 +147,26 @@ pub fn retryable_status(status: u16) -> bool {
     status == 408 || status == 429 || status >= 500
 }
 
+/// The outcome of a provider's answer when its status says it all (the webhook, Web Push): 2xx
+/// is delivered, a status in `gone` means the token is no longer valid, 408/429/5xx are retried
+/// (after `Retry-After` when given), anything else is permanent.
+pub fn by_status(provider: &str, status: u16, headers: &HeaderMap, gone: &[u16]) -> Outcome {
+    if (200..300).contains(&status) {
+        return Outcome::Delivered;
+    }
+    let reason = format!("{provider}: {status}");
+    if gone.contains(&status) {
+        Outcome::InvalidToken(reason)
+    } else if retryable_status(status) {
+        Outcome::Retry {
+            reason,
+            retry_after: retry_after(headers),
+        }
+    } else {
+        Outcome::Permanent(reason)
+    }
+}
+
 /// The outcome of a transport error (no response): always worth a retry.
 pub fn transport_error(provider: &str, e: &reqwest::Error) -> Outcome {
     let kind = if e.is_timeout() {

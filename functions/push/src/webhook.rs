@@ -12,7 +12,7 @@ use base64::Engine;
 use serde_json::json;
 
 use crate::payload::Payload;
-use crate::retry::{Outcome, retry_after, retryable_status, transport_error};
+use crate::retry::{Outcome, by_status, transport_error};
 
 /// Webhook settings.
 #[derive(Clone, PartialEq, Eq)]
@@ -82,19 +82,12 @@ pub(crate) async fn send(
         Ok(r) => r,
         Err(e) => return transport_error("webhook", &e),
     };
-    let status = response.status().as_u16();
-    if (200..300).contains(&status) {
-        return Outcome::Delivered;
-    }
-    let reason = format!("webhook: {status}");
-    if retryable_status(status) {
-        Outcome::Retry {
-            reason,
-            retry_after: retry_after(response.headers()),
-        }
-    } else {
-        Outcome::Permanent(reason)
-    }
+    by_status(
+        "webhook",
+        response.status().as_u16(),
+        response.headers(),
+        &[],
+    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use messaging::web_push::Subscription;
 use serde_json::json;
 
 use crate::payload::Payload;
-use crate::retry::{Outcome, retry_after, retryable_status, transport_error};
+use crate::retry::{Outcome, by_status, transport_error};
 
 /// Record size announced in the `aes128gcm` header (the whole message is one record).
 const RECORD_SIZE: u32 = 4096;
@@ -277,19 +277,13 @@ impl WebPush {
             Ok(r) => r,
             Err(e) => return transport_error("web push", &e),
         };
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            return Outcome::Delivered;
-        }
-        let reason = format!("web push: {status}");
-        match status {
-            404 | 410 => Outcome::InvalidToken(reason),
-            s if retryable_status(s) => Outcome::Retry {
-                reason,
-                retry_after: retry_after(response.headers()),
-            },
-            _ => Outcome::Permanent(reason),
-        }
+        // A subscription the push service no longer knows is gone (RFC 8030 section 7.3).
+        by_status(
+            "web push",
+            response.status().as_u16(),
+            response.headers(),
+            &[404, 410],
+        )
     }
 }
 

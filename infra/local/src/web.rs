@@ -6,7 +6,7 @@
 //! Everything is served from the build (no CDN at run time). The HTTP API is another origin:
 //! it answers CORS as API Gateway does (see `http_api`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -33,7 +33,10 @@ struct Web {
 pub fn router(root: &Path, config: Value, outbox: mongodb::Database) -> axum::Router {
     let files = tower_http::services::ServeDir::new(root)
         .append_index_html_on_directories(true)
-        .fallback(tower_http::services::ServeFile::new(missing_page(root)));
+        // An unknown path is the page (it routes by itself, `#conversation`).
+        .fallback(tower_http::services::ServeFile::new(
+            root.join("index.html"),
+        ));
     axum::Router::new()
         .route("/config.json", get(client_config))
         .route("/local/code", get(local_code))
@@ -42,12 +45,6 @@ pub fn router(root: &Path, config: Value, outbox: mongodb::Database) -> axum::Ro
         // The page, its scripts and the crypto module change with every build: the service
         // worker keeps the offline copy, the browser asks again each time.
         .layer(axum::middleware::map_response(no_cache))
-}
-
-/// The page shown when the client was not built (an unknown path inside a built client gets
-/// `index.html`: the page routes by itself).
-fn missing_page(root: &Path) -> PathBuf {
-    root.join("index.html")
 }
 
 async fn no_cache(mut response: Response) -> Response {
