@@ -17,6 +17,7 @@
 //! - [`http_api`]: an HTTP API (API Gateway HTTP API semantics, CORS included) in front of
 //!   `lambda_http` functions;
 //! - [`web`]: the web client's origin (its static files, `config.json`, the local code outbox);
+//! - [`functions`]: the functions' own runtime, so their CPU time is told from the emulators';
 //! - [`stack`]: wires the real functions to these endpoints and to Redis and MongoDB.
 
 #![warn(missing_docs)]
@@ -24,6 +25,7 @@
 pub mod agent;
 pub mod authorizer;
 pub mod broker;
+pub mod functions;
 pub mod gateway;
 pub mod http_api;
 pub mod instance;

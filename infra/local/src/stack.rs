@@ -28,10 +28,14 @@ use crate::agent::{DEMO_AGENT_DEVICE, DEMO_AGENT_ID, DemoAgent, PLAIN_DEMO_AGENT
 use crate::broker::{
     BackoffPolicy, Broker, BrokerConfig, DeliverySpec, EventHandler, Filter, HandlerError, Trigger,
 };
+use crate::functions::{FunctionsRuntime, invoke};
 use crate::gateway::{ApiSettings, Route, WebSocketApi};
 use messaging::e2ee::AgentDevice;
 
 pub use crate::instance::{JWT_AUDIENCE, JWT_ISSUER};
+
+/// Worker threads of the functions' runtime (the machine this was measured on has two cores).
+const FUNCTION_WORKERS: usize = 2;
 
 /// Everything the stack needs to start.
 #[derive(Debug, Clone)]
@@ -164,6 +168,8 @@ pub struct RunningStack {
     /// The MongoDB adapter the functions use (tests read the outbox through it).
     pub mongo: MongoStore,
     tasks: Vec<JoinHandle<()>>,
+    /// Declared last: shut down after the tasks that invoke it are aborted.
+    _functions: FunctionsRuntime,
 }
 
 impl RunningStack {
@@ -268,14 +274,26 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let broker_url = format!("http://{broker_addr}/");
     let s3_url = format!("http://{s3_addr}");
 
-    let realtime = RedisState::connect_with_timeout(
-        &config.redis_url,
-        &config.redis_prefix,
+    // The functions' clients are opened on their runtime, so their connection tasks run there.
+    let functions = FunctionsRuntime::new(FUNCTION_WORKERS)?;
+    let on_functions = functions.handle();
+    let (redis_url, redis_prefix, redis_timeout) = (
+        config.redis_url.clone(),
+        config.redis_prefix.clone(),
         config.redis_timeout,
-    )
+    );
+    let (mongodb_uri, database, store_options) = (
+        config.mongodb_uri.clone(),
+        config.database.clone(),
+        config.store.clone(),
+    );
+    let (realtime, store) = invoke(on_functions.clone(), async move {
+        let realtime =
+            RedisState::connect_with_timeout(&redis_url, &redis_prefix, redis_timeout).await?;
+        let store = MongoStore::connect(&mongodb_uri, &database, store_options).await?;
+        anyhow::Ok((realtime, store))
+    })
     .await?;
-    let store =
-        MongoStore::connect(&config.mongodb_uri, &config.database, config.store.clone()).await?;
     // The local stack is its own deploy step: it migrates the database as it starts.
     store.migrate().await?;
     let database = store.database().clone();
@@ -319,32 +337,32 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         handler,
         route_response: false,
     };
-    let c = ctx.clone();
+    let (c, f) = (ctx.clone(), on_functions.clone());
     routes.insert(
         "$connect".to_string(),
         route(
             "connect",
             Arc::new(move |e| {
                 let c = c.clone();
-                async move { fn_connect::handle(&c, e).await }
+                invoke(f.clone(), async move { fn_connect::handle(&c, e).await })
             }),
         ),
     );
-    let c = ctx.clone();
+    let (c, f) = (ctx.clone(), on_functions.clone());
     routes.insert(
         "$disconnect".to_string(),
         route(
             "disconnect",
             Arc::new(move |e| {
                 let c = c.clone();
-                async move { fn_disconnect::handle(&c, e).await }
+                invoke(f.clone(), async move { fn_disconnect::handle(&c, e).await })
             }),
         ),
     );
-    let c = ctx.clone();
+    let (c, f) = (ctx.clone(), on_functions.clone());
     let message: Arc<dyn crate::gateway::RouteHandler> = Arc::new(move |e| {
         let c = c.clone();
-        async move { fn_message::handle(&c, e).await }
+        invoke(f.clone(), async move { fn_message::handle(&c, e).await })
     });
     // Two-way routes, as infra/aws/template.yaml configures them: the function's answer frame
     // (`message_ack`, `heartbeat_ack`, an `error`) is its response body.
@@ -358,17 +376,17 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         );
     }
     // The `$connect` authorizer, as on AWS: its context rides on every event of the connection.
-    let jwt = ctx.jwt.clone();
+    let (jwt, f) = (ctx.jwt.clone(), on_functions.clone());
     let authorizer: crate::authorizer::SharedAuthorizer =
         Arc::new(move |event: serde_json::Value| {
             let jwt = jwt.clone();
-            async move {
+            invoke(f.clone(), async move {
                 let request: messaging::identity::AuthorizerRequest =
                     serde_json::from_value(event).map_err(|e| e.to_string())?;
                 fn_connect::authorizer::handle(&jwt, &request)
                     .map(|policy| serde_json::to_value(policy).unwrap_or_default())
                     .map_err(|refusal| refusal.to_string())
-            }
+            })
         });
     let api = WebSocketApi::with_authorizer(config.api.clone(), routes, Some(authorizer));
     api.set_domain(ws_addr.to_string());
@@ -384,21 +402,26 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     .await?;
 
     // The broker: built-in triggers, then the operator's.
-    let mut functions: HashMap<String, Arc<dyn EventHandler>> = HashMap::new();
-    let c = ctx.clone();
-    functions.insert(
+    let mut subscribers: HashMap<String, Arc<dyn EventHandler>> = HashMap::new();
+    let (c, f) = (ctx.clone(), on_functions.clone());
+    subscribers.insert(
         "store".into(),
         Arc::new(Function(move |e| {
             let c = c.clone();
-            async move { fn_store::handle(&c, e).await.map(|_| ()) }
+            invoke(f.clone(), async move {
+                fn_store::handle(&c, e).await.map(|_| ())
+            })
         })),
     );
-    let c = ctx.clone();
-    functions.insert(
+    let (c, f) = (ctx.clone(), on_functions.clone());
+    subscribers.insert(
         "agent-response".into(),
         Arc::new(Function(move |e| {
             let c = c.clone();
-            async move { fn_agent_response::handle(&c, e).await }
+            invoke(
+                f.clone(),
+                async move { fn_agent_response::handle(&c, e).await },
+            )
         })),
     );
     // Push notifications: providers come from the environment (FCM_*, APNS_*, PUSH_WEBHOOK_*,
@@ -425,11 +448,12 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         .map_err(|e| anyhow::anyhow!("VAPID key: {e}"))?;
     push_options.web_push = Some(web_push);
     let push = fn_push::Push::new(ctx.clone(), push_options);
-    functions.insert(
+    let f = on_functions.clone();
+    subscribers.insert(
         "push".into(),
         Arc::new(Function(move |e| {
             let push = push.clone();
-            async move { fn_push::handle(&push, e).await }
+            invoke(f.clone(), async move { fn_push::handle(&push, e).await })
         })),
     );
     let delay = config.retry_delay;
@@ -503,7 +527,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     broker_config.validate()?;
     // Accepted events survive a restart: delivered again when the stack comes back.
     let journal = crate::journal::Journal::open(&config.data_dir.join("broker"))?;
-    let broker = Broker::with_journal(broker_config, functions, journal);
+    let broker = Broker::with_journal(broker_config, subscribers, journal);
 
     // The HTTP API: verification codes are printed and kept in MongoDB (`code_outbox`).
     let issuer = JwtIssuer::hs256(config.jwt_secret.as_bytes(), JWT_ISSUER, JWT_AUDIENCE);
@@ -526,13 +550,13 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     ));
     // One HTTP API, two functions, split by route as API Gateway would: `/v1/media...` to
     // presign, the rest to api.
-    let provision_ctx = ctx.clone();
+    let (provision_ctx, f) = (ctx.clone(), on_functions.clone());
     let api_function: Arc<dyn crate::http_api::HttpFunction> =
         Arc::new(move |request: lambda_http::Request| {
             let http_api = http_api.clone();
             let presign = presign.clone();
             let ctx = provision_ctx.clone();
-            async move {
+            invoke(f.clone(), async move {
                 provision_local_user(&ctx, &request).await;
                 let path = request.uri().path();
                 if path == "/v1/media" || path.starts_with("/v1/media/") {
@@ -540,7 +564,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
                 } else {
                     fn_api::handle(&http_api, request).await
                 }
-            }
+            })
         });
 
     let mut tasks = vec![
@@ -619,7 +643,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     // and connections nearing their lifetime (AWS: EventBridge schedules to store).
     let c = ctx.clone();
     let every = config.sweep_interval;
-    tasks.push(tokio::spawn(async move {
+    tasks.push(on_functions.spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
@@ -654,6 +678,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         config,
         mongo,
         tasks,
+        _functions: functions,
     })
 }
 

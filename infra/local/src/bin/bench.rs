@@ -256,19 +256,51 @@ impl StackProcess {
     fn cpu_seconds(&self) -> f64 {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces) are space-separated;
-        // utime and stime are fields 14 and 15 of the whole line.
-        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
+        local_stack::functions::stat_cpu_seconds(&stat)
+    }
+
+    /// The stack's CPU time so far, split into the functions' threads and the rest (the
+    /// emulated gateway, broker, S3, the demo agent).
+    fn cpu_by_role(&self) -> CpuReading {
+        let (functions, emulators) =
+            local_stack::functions::cpu_seconds_by_role(&self.child.id().to_string());
+        CpuReading {
+            functions,
+            emulators,
+        }
+    }
+}
+
+/// The stack's CPU time (seconds) by role at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuReading {
+    /// The functions' runtime (what Lambda would bill).
+    functions: f64,
+    /// Everything else in the process (what AWS runs for us: the gateway, the broker, S3).
+    emulators: f64,
+}
+
+impl CpuReading {
+    /// Milliseconds per unit spent between `self` and `later`, above `idle` cores of each role
+    /// over `seconds`: (functions, emulators).
+    fn per_unit_above_idle(
+        &self,
+        later: &CpuReading,
+        idle: &CpuReading,
+        seconds: f64,
+        units: u64,
+    ) -> (f64, f64) {
+        let per = |used: f64, idle: f64| {
+            if units == 0 {
+                f64::NAN
+            } else {
+                (used - idle * seconds).max(0.0) * 1000.0 / units as f64
+            }
         };
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        (ticks(11) + ticks(12)) / per_second
+        (
+            per(later.functions - self.functions, idle.functions),
+            per(later.emulators - self.emulators, idle.emulators),
+        )
     }
 }
 
@@ -351,12 +383,12 @@ fn conversation(
 }
 
 /// Round trips on the path from a `message` frame to its `message_ack` (the e2e test
-/// `the_path_from_message_to_ack_takes_three_mongodb_and_three_redis_round_trips` pins them):
-/// Redis: connection lookup, rate-limit budgets, conversation routing; MongoDB: claim the
-/// idempotency key, allocate the sequence number, insert.
-const ACK_PATH_REDIS: f64 = 3.0;
+/// `the_path_from_message_to_ack_takes_one_mongodb_and_two_redis_round_trips` pins them):
+/// Redis: the rate-limit budgets with the registration check, the conversation's routing
+/// fields; MongoDB: the insert (the process knows the conversation's last number).
+const ACK_PATH_REDIS: f64 = 2.0;
 /// See [`ACK_PATH_REDIS`].
-const ACK_PATH_MONGO: f64 = 3.0;
+const ACK_PATH_MONGO: f64 = 1.0;
 
 /// The floor: what the servers alone cost, measured directly in the same run — the ack path's
 /// round trips issued back to back, and everything one message costs (all functions, receipts
@@ -592,10 +624,17 @@ async fn main() -> anyhow::Result<()> {
     // The stack's own background work (sweeps, timers, idle connections' heartbeats) over
     // 3 s without messages: subtracted, so the figure is what messages cost.
     let idle_before = stack.cpu_seconds();
+    let idle_roles_before = stack.cpu_by_role();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_cores = (stack.cpu_seconds() - idle_before) / 3.0;
+    let idle_roles_after = stack.cpu_by_role();
+    let idle_roles = CpuReading {
+        functions: (idle_roles_after.functions - idle_roles_before.functions) / 3.0,
+        emulators: (idle_roles_after.emulators - idle_roles_before.emulators) / 3.0,
+    };
     let before = metrics(&stack.metrics_url).await?;
     let cpu_before = stack.cpu_seconds();
+    let roles_before = stack.cpu_by_role();
     let latencies = Arc::new(std::sync::Mutex::new(Latencies::default()));
     let sent = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -701,6 +740,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let after = metrics(&stack.metrics_url).await?;
     let cpu_after = stack.cpu_seconds();
+    let roles_after = stack.cpu_by_role();
     let whole_secs = started.elapsed().as_secs_f64();
     let sent_n = sent.load(Ordering::Relaxed);
     let delivered_n = delivered.load(Ordering::Relaxed);
@@ -730,6 +770,14 @@ async fn main() -> anyhow::Result<()> {
         (cpu_after - cpu_before - background).max(0.0) * 1000.0 / sent_n as f64
     };
     println!("stack CPU above its idle {idle_cores:.3} cores: {above_idle_ms:.3} ms per message");
+    // What Lambda would bill (the functions' threads) and what AWS runs for us (the emulated
+    // gateway, broker and S3), each above its own idle.
+    let (functions_ms, emulators_ms) =
+        roles_before.per_unit_above_idle(&roles_after, &idle_roles, whole_secs, sent_n);
+    println!(
+        "  of which the functions: {functions_ms:.3} ms per message (idle {:.3} cores); the emulated services: {emulators_ms:.3} ms (idle {:.3} cores)",
+        idle_roles.functions, idle_roles.emulators
+    );
     let mut l = std::mem::take(&mut *latencies.lock().expect("latencies"));
     let ack = summary("ack latency", &mut l.ack);
     let delivery = summary("delivery latency", &mut l.delivery);
@@ -774,6 +822,8 @@ async fn main() -> anyhow::Result<()> {
         "stack_cpu": cpu,
         "stack_idle_cores": idle_cores,
         "stack_cpu_ms_per_message_above_idle": above_idle_ms,
+        "functions_cpu_ms_per_message_above_idle": functions_ms,
+        "emulators_cpu_ms_per_message_above_idle": emulators_ms,
     });
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
