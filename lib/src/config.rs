@@ -318,14 +318,3 @@ impl S3Config {
         })
     }
 }
-
-/// Loads the AWS SDK configuration (credentials, region) from the environment, as every AWS SDK
-/// does; the region defaults to `us-east-1` so the local stack needs no AWS setup.
-pub async fn aws_sdk_config() -> aws_config::SdkConfig {
-    let region =
-        aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(region)
-        .load()
-        .await
-}

@@ -163,9 +163,10 @@ pub struct Context {
 }
 
 impl Context {
-    /// Builds the context from the environment: connects to Redis and MongoDB, checks (one read)
-    /// that the database has been migrated for this build, and points the gateway and events
-    /// adapters at their endpoints.
+    /// Builds the context from the environment: connects to Redis and MongoDB, starts checking
+    /// (one read, in the background: [`MongoStore::check_schema_at_start`]) that the database
+    /// has been migrated for this build, and points the gateway and events adapters at their
+    /// endpoints.
     pub async fn from_env() -> anyhow::Result<Self> {
         Self::from_source(&Env).await
     }
@@ -189,11 +190,10 @@ impl Context {
             async {
                 let store = MongoStore::connect(&mongo.uri, &mongo.database, mongo.options).await?;
                 // Indexes are a deploy-time step (`migrate`): a cold start pays one read, not
-                // one round trip per collection.
-                store.check_schema().await?;
-                anyhow::Ok(store)
+                // one round trip per collection, and does not wait for it either.
+                anyhow::Ok(store.check_schema_at_start())
             },
-            async { anyhow::Ok(crate::config::aws_sdk_config().await) },
+            async { anyhow::Ok(crate::aws_sdk::sdk_config().await) },
         )?;
         Ok(Self {
             realtime: Arc::new(realtime),

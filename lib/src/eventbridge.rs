@@ -199,7 +199,7 @@ impl EventPublisher for EventBridgePublisher {
 pub async fn publisher_from_source(src: &impl Source) -> anyhow::Result<Arc<dyn EventPublisher>> {
     Ok(match events_target(src)? {
         EventsTarget::EventBridge(bus) => {
-            let aws = crate::config::aws_sdk_config().await;
+            let aws = crate::aws_sdk::sdk_config().await;
             Arc::new(EventBridgePublisher::new(&aws, bus))
         }
         EventsTarget::Http(url) => Arc::new(HttpBroker::new(url)),

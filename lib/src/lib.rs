@@ -27,7 +27,8 @@
 //! subscription (its push token).
 //!
 //! **Running a function** — [`context`]: the ports and settings a function is given;
-//! [`config`]: configuration from the environment; [`runtime`]: Lambda or an HTTP server;
+//! [`config`]: configuration from the environment; [`aws_sdk`]: the AWS SDK's configuration,
+//! from the environment alone inside Lambda (a fast cold start); [`runtime`]: Lambda or an HTTP server;
 //! [`websocket`]: the WebSocket route events; [`http`]: the HTTP functions' routers, extractors,
 //! gates and replies; [`telemetry`]: logging; [`metrics`]: per-stage counters; [`clock`]: time;
 //! and the allocator of every binary (mimalloc, feature `mimalloc`, on by default).
@@ -68,6 +69,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod agent;
 pub mod agent_routing;
 pub mod auth;
+pub mod aws_sdk;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod clock;

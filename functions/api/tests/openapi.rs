@@ -127,7 +127,7 @@ fn the_document_is_valid_openapi_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_is_served() {
     let env = support::env().await;
-    let aws = messaging::config::aws_sdk_config().await;
+    let aws = messaging::aws_sdk::sdk_config().await;
     let presign = fn_presign::router(fn_presign::Presign::new(
         env.api.context().clone(),
         std::sync::Arc::new(messaging::objects::S3Objects::new(

@@ -227,7 +227,7 @@ impl Presign {
         let ctx = Context::from_env().await?;
         let s3 = S3Config::from_source(&Env)?;
         let options = PresignOptions::from_source(&Env)?;
-        let aws = messaging::config::aws_sdk_config().await;
+        let aws = messaging::aws_sdk::sdk_config().await;
         let objects = S3Objects::new(&aws, s3.endpoint.as_deref(), s3.path_style);
         Ok(Self::new(ctx, Arc::new(objects), options))
     }

@@ -156,12 +156,15 @@ pub struct MongoStore {
     options: StoreOptions,
     round_trips: Arc<AtomicU64>,
     senders: Arc<messages::SendQueues>,
+    /// Set by [`MongoStore::check_schema_at_start`]: every operation waits for the schema
+    /// check to have passed once.
+    schema_gate: Option<Arc<tokio::sync::OnceCell<()>>>,
 }
 
 impl MongoStore {
     /// Connects to `uri` and uses database `db_name`. Does not create indexes: that is
     /// [`MongoStore::migrate`], a deploy-time step; a function calls
-    /// [`MongoStore::check_schema`] at start.
+    /// [`MongoStore::check_schema_at_start`].
     pub async fn connect(uri: &str, db_name: &str, options: StoreOptions) -> Result<Self> {
         let mut client_options = mongodb::options::ClientOptions::parse(uri).await?;
         // A server that cannot be reached is found out within the operation deadline.
@@ -215,7 +218,40 @@ impl MongoStore {
             options,
             round_trips,
             senders: Arc::default(),
+            schema_gate: None,
         })
+    }
+
+    /// What a function does as it starts: the schema check ([`MongoStore::check_schema`], one
+    /// read) starts now, in the background, and every operation of the returned store waits
+    /// until it has passed. A start does not wait for MongoDB's handshakes (most of a cold
+    /// start against a local server, tens of milliseconds against a remote one): the first
+    /// event that needs MongoDB waits for them instead, and one that does not (a heartbeat)
+    /// does not. On a database not migrated for this build every operation fails with the
+    /// check's reason (what to run), and passes once the migration has run; the failure is
+    /// also logged at once. Must be called within a tokio runtime.
+    pub fn check_schema_at_start(mut self) -> Self {
+        self.schema_gate = Some(Arc::default());
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.schema_checked().await {
+                tracing::error!(error = %e, "the database cannot be used yet");
+            }
+        });
+        self
+    }
+
+    /// Waits for the schema check to have passed (at once when it has, or without a gate).
+    async fn schema_checked(&self) -> Result<()> {
+        match &self.schema_gate {
+            // Only a pass is kept: a failure (not migrated yet, unreachable) is checked again
+            // by the next operation.
+            Some(gate) => gate
+                .get_or_try_init(|| self.check_schema())
+                .await
+                .map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// The database handle, for tests and diagnostics.
@@ -230,12 +266,20 @@ impl MongoStore {
 
     /// Runs one operation within [`StoreOptions::operation_timeout`]; past it, `unavailable`.
     async fn deadline<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
-        within(self.options.operation_timeout, operation).await
+        within(self.options.operation_timeout, async {
+            self.schema_checked().await?;
+            operation.await
+        })
+        .await
     }
 
     /// [`MongoStore::deadline`] for bulk operations on one user's data (export, erasure).
     async fn deadline_long<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
-        within(self.options.operation_timeout * 10, operation).await
+        within(self.options.operation_timeout * 10, async {
+            self.schema_checked().await?;
+            operation.await
+        })
+        .await
     }
 
     fn messages(&self) -> Collection<StoredMessage> {

@@ -4,9 +4,10 @@
 //! them (safe to run again and concurrently; it changes the message retention, a TTL index, in
 //! place) and records [`SCHEMA_VERSION`] in the `meta` collection. It runs as the `migrate`
 //! function (a CloudFormation custom resource on AWS, a Job on Kubernetes) and when the local
-//! stack starts. A function checks at start, with one read, that the database is at least at
-//! the version it was built for ([`MongoStore::check_schema`]) and refuses to start otherwise,
-//! saying what to run.
+//! stack starts. A function checks as it starts, with one read, that the database is at least
+//! at the version it was built for ([`MongoStore::check_schema`]); the check runs beside the
+//! start, and until it has passed no operation reaches MongoDB: on a database not migrated each
+//! fails saying what to run ([`MongoStore::check_schema_at_start`]).
 
 use super::*;
 
@@ -90,15 +91,15 @@ impl MongoStore {
     /// The one check at a function's start (one read): the database has been migrated to at
     /// least [`SCHEMA_VERSION`]. The error says what to run.
     pub async fn check_schema(&self) -> Result<()> {
-        let record = self
-            .deadline(async {
-                Ok(self
-                    .db
-                    .collection::<Document>(collections::META)
-                    .find_one(doc! {"_id": "schema"})
-                    .await?)
-            })
-            .await?;
+        // Not `deadline`: that waits for this check.
+        let record = within(self.options.operation_timeout, async {
+            Ok(self
+                .db
+                .collection::<Document>(collections::META)
+                .find_one(doc! {"_id": "schema"})
+                .await?)
+        })
+        .await?;
         let found = record.as_ref().and_then(|d| d.get_i64("version").ok());
         match found {
             Some(version) if version >= SCHEMA_VERSION => Ok(()),
