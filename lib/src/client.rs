@@ -14,7 +14,7 @@
 //! synced, then closes the old one. Nothing is lost, repeated or reordered, and the application
 //! sees no `Disconnected`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -197,6 +197,9 @@ struct Shared {
     /// numbered in the order they were typed, while conversations proceed independently.
     queues: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     order: Mutex<Ordering>,
+    /// Messages this client sent and had acknowledged whose echo has not come yet: the echo
+    /// is not acknowledged (see [`Shared::accept`]).
+    sent: Mutex<HashSet<String>>,
     events: mpsc::UnboundedSender<ClientEvent>,
     closed: std::sync::atomic::AtomicBool,
     /// When `auth` was last sent (milliseconds), to re-authenticate at most once a second.
@@ -304,6 +307,7 @@ impl Client {
                 last: since,
                 ..Ordering::default()
             }),
+            sent: Mutex::new(HashSet::new()),
             events: events_tx,
             closed: std::sync::atomic::AtomicBool::new(false),
             last_auth_ms: Mutex::new(0),
@@ -538,6 +542,9 @@ impl ClientHandle {
     }
 }
 
+/// Most sent message ids remembered while their echoes are awaited.
+const MAX_SENT_AWAITING_ECHO: usize = 1024;
+
 const CLOSE_SENTINEL: &str = "\u{0}close";
 const DROP_SENTINEL: &str = "\u{0}drop";
 
@@ -564,9 +571,13 @@ impl Shared {
             self.emit(ClientEvent::Message(Box::new(m)));
             return;
         };
-        // Every message is acknowledged, our own echoes too: the server records what this
-        // device has (it sends receipts only for other people's messages).
-        if self.config.auto_delivery_ack {
+        // Every message is acknowledged (the server records what this device has), except the
+        // echo of one this client sent: its `message_ack` said so already, and acknowledging it
+        // would cost the server an invocation and two writes to learn nothing. The device's
+        // floor passes it with the next message acknowledged; a `sync` before that brings it
+        // again, and it is a repeat below.
+        let own_echo = self.sent.lock().expect("sent lock").remove(&m.message_id);
+        if self.config.auto_delivery_ack && !own_echo {
             let _ = self.send(
                 serde_json::to_string(&ClientFrame::DeliveryAck {
                     message_id: m.message_id.clone(),
@@ -925,6 +936,13 @@ impl Shared {
                 client_message_id,
                 payload,
             } => {
+                {
+                    let mut sent = self.sent.lock().expect("sent lock");
+                    if sent.len() >= MAX_SENT_AWAITING_ECHO {
+                        sent.clear(); // echoes that never came (the sender has no connection)
+                    }
+                    sent.insert(payload.message_id.clone());
+                }
                 if let Some(id) = client_message_id
                     && let Some(mut pending) = self.answered(&id)
                     && let Some(reply) = pending.reply.take()

@@ -62,7 +62,6 @@ pub async fn handle(
         (_, true) | (None, _) => "",
         (Some(body), false) => body.as_str(),
     };
-    let client_message_id = peek_client_message_id(body);
     let limit = ctx.settings.frame_timeout;
     let outcome =
         match tokio::time::timeout(limit, on_frame(ctx, &event, &connection_id, body)).await {
@@ -77,7 +76,8 @@ pub async fn handle(
             } else {
                 tracing::info!(connection_id, code = ?e.code(), "frame refused");
             }
-            Some(e.to_frame(client_message_id))
+            // Only an error needs it: a frame is parsed a second time only when refused.
+            Some(e.to_frame(peek_client_message_id(body)))
         }
     };
     let mut response = ok();

@@ -151,10 +151,15 @@ impl MessageStore for MongoStore {
         self.deadline(async move {
             // Sends to one conversation from this process go one at a time: they would only
             // race each other for the same number. Across processes the unique index decides.
-            let _turn = self.senders.turn(&new.conversation_id).await;
+            let mut turn = self.senders.turn(&new.conversation_id).await;
             let mut attempt: u32 = 0;
             loop {
-                let last = self.last_sequence(&new.conversation_id).await?;
+                // The number this process stored last is the next one's floor, unless another
+                // process stored since (the insert then collides and the floor is read).
+                let last = match turn.take() {
+                    Some(last) => last,
+                    None => self.last_sequence(&new.conversation_id).await?,
+                };
                 let now = DateTime::now();
                 let message = StoredMessage {
                     message_id: message_id.clone(),
@@ -175,6 +180,7 @@ impl MessageStore for MongoStore {
                 };
                 match self.messages().insert_one(&message).await {
                     Ok(_) => {
+                        *turn = Some(message.sequence_number);
                         return Ok(Inserted {
                             message,
                             duplicate: false,
@@ -487,35 +493,31 @@ impl MongoStore {
 }
 
 /// One queue per conversation of the sends this process is making (see
-/// [`MessageStore::insert_message`]).
+/// [`MessageStore::insert_message`]), holding the number this process stored there last: the
+/// next send's floor without reading it (a hint: a send that collides reads the real one).
 #[derive(Default)]
 pub struct SendQueues {
-    queues: std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    queues: std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<Option<u64>>>>>,
 }
+
+/// Most conversations whose last number [`SendQueues`] remembers; past it, the idle ones are
+/// forgotten (their next send reads the number).
+const SEND_QUEUES_REMEMBERED: usize = 1024;
 
 impl SendQueues {
     /// Waits for this process's turn to send to `conversation_id`; the turn ends when the
-    /// returned guard is dropped.
-    pub async fn turn(&self, conversation_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    /// returned guard is dropped. The guard holds the last number this process stored there
+    /// (`None`: unknown); set it to what the turn stored.
+    pub async fn turn(&self, conversation_id: &str) -> tokio::sync::OwnedMutexGuard<Option<u64>> {
         let queue = {
             let mut queues = self.queues.lock().expect("send queues");
-            if queues.len() > 1024 {
-                queues.retain(|_, q| q.strong_count() > 0);
+            if queues.len() >= SEND_QUEUES_REMEMBERED && !queues.contains_key(conversation_id) {
+                queues.retain(|_, q| std::sync::Arc::strong_count(q) > 1);
             }
-            match queues
-                .get(conversation_id)
-                .and_then(std::sync::Weak::upgrade)
-            {
-                Some(queue) => queue,
-                None => {
-                    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-                    queues.insert(
-                        conversation_id.to_string(),
-                        std::sync::Arc::downgrade(&queue),
-                    );
-                    queue
-                }
-            }
+            queues
+                .entry(conversation_id.to_string())
+                .or_default()
+                .clone()
         };
         queue.lock_owned().await
     }

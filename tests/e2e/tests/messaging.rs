@@ -1432,7 +1432,7 @@ fn authorized_frame(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trips() {
+async fn the_path_from_message_to_ack_takes_one_mongodb_and_two_redis_round_trips() {
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
     let bob = user(&stack, "bob").await;
@@ -1457,7 +1457,8 @@ async fn the_path_from_message_to_ack_takes_two_mongodb_and_two_redis_round_trip
     fn_message::handle(&ctx, event("measured")).await;
     let redis = realtime.round_trips() - redis_before;
     let mongo = store.round_trips() - mongo_before;
-    assert_eq!(mongo, 2, "read the last number, insert");
+    // The warm-up's number is this process's floor for the next: no read before the insert.
+    assert_eq!(mongo, 1, "the insert");
     assert_eq!(
         redis, 2,
         "rate limits with the registration check, conversation routing"
