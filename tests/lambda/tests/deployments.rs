@@ -414,7 +414,7 @@ async fn the_http_functions_answer_http_api_payload_2_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_start_is_reported_to_the_runtime_api_and_exits_cleanly() {
+async fn a_failed_start_is_reported_and_exits_cleanly_and_an_unreachable_mongodb_is_an_answer() {
     let deployment = Deployment::new().await;
     let template = SamTemplate::load(&root().join("infra/aws/template.yaml"));
     for (missing, expected) in [
@@ -438,23 +438,40 @@ async fn a_failed_start_is_reported_to_the_runtime_api_and_exits_cleanly() {
             process.output()
         );
     }
-    // An unreachable MongoDB: `unavailable`, still without a panic.
+    // An unreachable MongoDB does not fail the start (the schema check runs beside it): the
+    // first event that needs MongoDB gets a typed `unavailable` within the deadline, without a
+    // panic, and the function keeps serving.
     let runtime = RuntimeApi::start().await;
-    let mut env = deployment.lambda_env(&template, "ConnectFunction", &runtime);
+    let mut env = deployment.lambda_env(&template, "StoreFunction", &runtime);
     env.insert(
         "MONGODB_URI".into(),
         "mongodb://127.0.0.1:9/?directConnection=true".into(),
     );
     env.insert("MONGODB_TIMEOUT_MS".into(), "500".into());
-    let mut process = Function::start("connect", &env, &deployment.logs);
-    process.wait_exit(WAIT).await.expect("it exits");
-    let error = runtime.init_error().expect("reported");
-    assert_eq!(error.error_type, "unavailable", "{error:?}");
+    let process = Function::start("store", &env, &deployment.logs);
+    let outcome = invoke(&runtime, outbox_sweep("sweep-unreachable")).await;
+    let Outcome::Error { body, .. } = outcome else {
+        panic!(
+            "unreachable MongoDB is an error: {outcome:?}\n{}",
+            process.output()
+        );
+    };
+    assert!(body.to_string().contains("mongodb"), "{body}");
+    assert!(runtime.init_error().is_none());
     assert!(
         !process.output().contains("panicked"),
         "{}",
         process.output()
     );
+}
+
+/// The scheduled `messaging.outbox.sweep` event, as EventBridge Scheduler delivers it.
+fn outbox_sweep(id: &str) -> Value {
+    json!({"version": "0", "id": id, "detail-type": "messaging.outbox.sweep",
+        "source": "aws.scheduler", "account": "123456789012", "time": "2026-11-27T00:00:00Z",
+        "region": "us-east-1", "resources": [],
+        "detail": {"specversion": "1.0", "id": id, "type": "messaging.outbox.sweep",
+                   "source": "/aws/scheduler", "data": {}}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,12 +703,7 @@ async fn a_function_on_a_database_never_migrated_refuses_every_operation_saying_
     let process = Function::start("store", &env, &deployment.logs);
     // The schema check runs beside the start (a cold start does not wait for MongoDB's
     // handshakes); the first event that needs MongoDB gets its answer.
-    let sweep = json!({"version": "0", "id": "sweep-1", "detail-type": "messaging.outbox.sweep",
-        "source": "aws.scheduler", "account": "123456789012", "time": "2026-11-27T00:00:00Z",
-        "region": "us-east-1", "resources": [],
-        "detail": {"specversion": "1.0", "id": "sweep-1", "type": "messaging.outbox.sweep",
-                   "source": "/aws/scheduler", "data": {}}});
-    let outcome = invoke(&runtime, sweep.clone()).await;
+    let outcome = invoke(&runtime, outbox_sweep("sweep-1")).await;
     let Outcome::Error { body, .. } = outcome else {
         panic!(
             "an unmigrated database is refused: {outcome:?}\n{}",
@@ -714,6 +726,6 @@ async fn a_function_on_a_database_never_migrated_refuses_every_operation_saying_
     .await
     .unwrap();
     store.migrate().await.unwrap();
-    let outcome = invoke(&runtime, sweep).await;
+    let outcome = invoke(&runtime, outbox_sweep("sweep-2")).await;
     assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}");
 }
