@@ -204,7 +204,14 @@ async fn an_offline_recipient_gets_500_messages_in_order_on_reconnect() {
     // Delivery acks move his phone's watermark in MongoDB to the end.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let cursors = stack.ctx.store.cursors(&bob, "phone").await.unwrap();
+        // A read queued behind the 500 acknowledgements' writes may time out on a loaded
+        // machine: that is "not yet", not a failure (the deadline below is).
+        let cursors = stack
+            .ctx
+            .store
+            .cursors(&bob, "phone")
+            .await
+            .unwrap_or_default();
         if cursors.get(&conv) == Some(&500) {
             break;
         }
