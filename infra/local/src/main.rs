@@ -354,6 +354,7 @@ fn main() -> anyhow::Result<()> {
     config.api.max_lifetime = Duration::from_secs(args.max_lifetime_secs);
     config.settings.agent_timeout = Duration::from_secs(args.agent_timeout_secs);
     config.demo_agent = !args.no_demo_agent;
+    config.functions_runtime = true;
 
     let runtime = tokio::runtime::Runtime::new()?;
     let data_dir = args.data_dir.clone();

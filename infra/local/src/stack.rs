@@ -88,6 +88,10 @@ pub struct StackConfig {
     pub settings: Settings,
     /// More triggers (e.g. external agents), from TOML files.
     pub extra_triggers: Vec<PathBuf>,
+    /// Run the functions on a runtime of their own ([`crate::functions`]), so their CPU time is
+    /// told from the emulators' (the `local-stack` binary, which `bench` measures). Off, they
+    /// run on the caller's runtime (tests: fewer threads on a loaded machine).
+    pub functions_runtime: bool,
     /// Run the demo agent.
     pub demo_agent: bool,
     /// How long the demo agent thinks before answering.
@@ -129,6 +133,7 @@ impl StackConfig {
             api: ApiSettings::default(),
             settings: Settings::default(),
             extra_triggers: Vec::new(),
+            functions_runtime: false,
             demo_agent: true,
             agent_think: Duration::from_millis(300),
             sweep_interval: Duration::from_secs(1),
@@ -169,7 +174,7 @@ pub struct RunningStack {
     pub mongo: MongoStore,
     tasks: Vec<JoinHandle<()>>,
     /// Declared last: shut down after the tasks that invoke it are aborted.
-    _functions: FunctionsRuntime,
+    _functions: Option<FunctionsRuntime>,
 }
 
 impl RunningStack {
@@ -275,8 +280,14 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let s3_url = format!("http://{s3_addr}");
 
     // The functions' clients are opened on their runtime, so their connection tasks run there.
-    let functions = FunctionsRuntime::new(FUNCTION_WORKERS)?;
-    let on_functions = functions.handle();
+    let functions = if config.functions_runtime {
+        Some(FunctionsRuntime::new(FUNCTION_WORKERS)?)
+    } else {
+        None
+    };
+    let on_functions = functions
+        .as_ref()
+        .map_or_else(tokio::runtime::Handle::current, FunctionsRuntime::handle);
     let (redis_url, redis_prefix, redis_timeout) = (
         config.redis_url.clone(),
         config.redis_prefix.clone(),
