@@ -156,9 +156,11 @@ impl MessageStore for MongoStore {
             loop {
                 // The number this process stored last is the next one's floor, unless another
                 // process stored since (the insert then collides and the floor is read).
+                // Only a recent one: retention may since have removed messages above it, and an
+                // insert above an expired number would not collide.
                 let last = match turn.take() {
-                    Some(last) => last,
-                    None => self.last_sequence(&new.conversation_id).await?,
+                    Some((last, at)) if at.elapsed() < FLOOR_TRUSTED_FOR => last,
+                    _ => self.last_sequence(&new.conversation_id).await?,
                 };
                 let now = DateTime::now();
                 let message = StoredMessage {
@@ -180,7 +182,7 @@ impl MessageStore for MongoStore {
                 };
                 match self.messages().insert_one(&message).await {
                     Ok(_) => {
-                        *turn = Some(message.sequence_number);
+                        *turn = Some((message.sequence_number, std::time::Instant::now()));
                         return Ok(Inserted {
                             message,
                             duplicate: false,
@@ -497,8 +499,15 @@ impl MongoStore {
 /// next send's floor without reading it (a hint: a send that collides reads the real one).
 #[derive(Default)]
 pub struct SendQueues {
-    queues: std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<Option<u64>>>>>,
+    queues: std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<RememberedFloor>>>>,
 }
+
+/// The number a process stored last in a conversation, and when.
+pub type RememberedFloor = Option<(u64, std::time::Instant)>;
+
+/// How long a remembered number is used without reading: far below any message retention
+/// (a day at least), so no message above it can have expired meanwhile.
+const FLOOR_TRUSTED_FOR: Duration = Duration::from_secs(60);
 
 /// Most conversations whose last number [`SendQueues`] remembers; past it, the idle ones are
 /// forgotten (their next send reads the number).
@@ -507,8 +516,11 @@ const SEND_QUEUES_REMEMBERED: usize = 1024;
 impl SendQueues {
     /// Waits for this process's turn to send to `conversation_id`; the turn ends when the
     /// returned guard is dropped. The guard holds the last number this process stored there
-    /// (`None`: unknown); set it to what the turn stored.
-    pub async fn turn(&self, conversation_id: &str) -> tokio::sync::OwnedMutexGuard<Option<u64>> {
+    /// and when (`None`: unknown); set it to what the turn stored.
+    pub async fn turn(
+        &self,
+        conversation_id: &str,
+    ) -> tokio::sync::OwnedMutexGuard<RememberedFloor> {
         let queue = {
             let mut queues = self.queues.lock().expect("send queues");
             if queues.len() >= SEND_QUEUES_REMEMBERED && !queues.contains_key(conversation_id) {
