@@ -266,16 +266,23 @@ impl MongoStore {
 
     /// Runs one operation within [`StoreOptions::operation_timeout`]; past it, `unavailable`.
     async fn deadline<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
-        within(self.options.operation_timeout, async {
-            self.schema_checked().await?;
-            operation.await
-        })
-        .await
+        self.checked_within(self.options.operation_timeout, operation)
+            .await
     }
 
     /// [`MongoStore::deadline`] for bulk operations on one user's data (export, erasure).
     async fn deadline_long<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
-        within(self.options.operation_timeout * 10, async {
+        self.checked_within(self.options.operation_timeout * 10, operation)
+            .await
+    }
+
+    /// Runs `operation` once the schema check has passed, both within `limit`.
+    async fn checked_within<T>(
+        &self,
+        limit: Duration,
+        operation: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        within(limit, async {
             self.schema_checked().await?;
             operation.await
         })

@@ -465,6 +465,14 @@ async fn a_failed_start_is_reported_and_exits_cleanly_and_an_unreachable_mongodb
     );
 }
 
+/// The MongoDB adapter on database `name` of the deployment's server (not migrated by this).
+async fn store_of(deployment: &Deployment, name: &str) -> messaging::store::MongoStore {
+    let uri = deployment.values.secrets["MONGODB_URI"].replace(&deployment.database, name);
+    messaging::store::MongoStore::connect(&uri, name, messaging::store::StoreOptions::default())
+        .await
+        .unwrap()
+}
+
 /// The scheduled `messaging.outbox.sweep` event, as EventBridge Scheduler delivers it.
 fn outbox_sweep(id: &str) -> Value {
     json!({"version": "0", "id": id, "detail-type": "messaging.outbox.sweep",
@@ -629,14 +637,7 @@ async fn the_schema_migration_answers_cloudformation_as_a_custom_resource() {
 
     // A database nobody migrated yet: the functions refuse it, the migration makes it usable.
     let fresh = testkit::unique_name("deploy-fresh");
-    let uri = deployment.values.secrets["MONGODB_URI"].replace(&deployment.database, &fresh);
-    let store = messaging::store::MongoStore::connect(
-        &uri,
-        &fresh,
-        messaging::store::StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = store_of(&deployment, &fresh).await;
     assert!(store.check_schema().await.is_err());
     let runtime = RuntimeApi::start().await;
     let mut env = deployment.lambda_env(&template, "MigrateFunction", &runtime);
@@ -717,14 +718,7 @@ async fn a_function_on_a_database_never_migrated_refuses_every_operation_saying_
         "the start itself did not fail"
     );
     // Once the migration has run, the same process works: a failed check is not kept.
-    let uri = deployment.values.secrets["MONGODB_URI"].replace(&deployment.database, &fresh);
-    let store = messaging::store::MongoStore::connect(
-        &uri,
-        &fresh,
-        messaging::store::StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = store_of(&deployment, &fresh).await;
     store.migrate().await.unwrap();
     let outcome = invoke(&runtime, outbox_sweep("sweep-2")).await;
     assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}");
