@@ -39,13 +39,36 @@ struct Replica {
     child: Option<Child>,
     ws_port: u16,
     management_port: u16,
+    /// Its place in the balancer's backends (updated when it moves to fresh ports).
+    slot: usize,
+    backends: Backends,
     env: Vec<(String, String)>,
     /// Its stderr lines (the drain report).
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Replica {
+    /// Starts the process on its ports. A port another process took meanwhile (the ports are
+    /// picked free, then released until the replica binds them) moves the replica to fresh ports,
+    /// which the balancer then uses for its slot.
     fn start(&mut self) {
+        for _attempt in 0..5 {
+            match self.try_start() {
+                Ok(()) => return,
+                Err(lines) if lines.iter().any(|l| l.contains("in use")) => {
+                    self.ws_port = testkit::free_port();
+                    self.management_port = testkit::free_port();
+                    self.backends.lock().unwrap()[self.slot] =
+                        SocketAddr::from(([127, 0, 0, 1], self.ws_port));
+                }
+                Err(lines) => panic!("replica did not come up: {lines:?}"),
+            }
+        }
+        panic!("replica found no free ports in five attempts");
+    }
+
+    /// One start on the current ports; the process's lines when it did not come up.
+    fn try_start(&mut self) -> Result<(), Vec<String>> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_local-stack"));
         cmd.arg("gateway")
             .env("GATEWAY_HOST", "127.0.0.1")
@@ -65,15 +88,24 @@ impl Replica {
                 .map_while(Result::ok)
             {
                 if line.contains("gateway: WebSocket on") {
-                    let _ = up_tx.send(());
+                    let _ = up_tx.send(true);
                 }
                 lines.lock().unwrap().push(line);
             }
+            // Its stderr closed: the process ended.
+            let _ = up_tx.send(false);
         });
-        up_rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("replica did not come up: {:?}", self.lines));
-        self.child = Some(child);
+        match up_rx.recv_timeout(WAIT) {
+            Ok(true) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(std::mem::take(&mut *self.lines.lock().unwrap()))
+            }
+        }
     }
 
     /// SIGTERM, then waits for the process to end; returns its drain report line.
@@ -124,8 +156,11 @@ impl Drop for Replica {
     }
 }
 
+/// The replicas' WebSocket addresses, one slot per replica, as the balancer sees them now.
+type Backends = Arc<Mutex<Vec<SocketAddr>>>;
+
 /// A TCP load balancer: each connection goes to the next backend that accepts it.
-async fn balancer(backends: Vec<SocketAddr>) -> String {
+async fn balancer(backends: Backends) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -136,7 +171,7 @@ async fn balancer(backends: Vec<SocketAddr>) -> String {
             };
             let start = next;
             next += 1;
-            let backends = backends.clone();
+            let backends = backends.lock().unwrap().clone();
             tokio::spawn(async move {
                 for i in 0..backends.len() {
                     let backend = backends[(start + i) % backends.len()];
@@ -197,13 +232,13 @@ impl Edge {
         });
 
         let ws_ports: Vec<u16> = (0..3).map(|_| testkit::free_port()).collect();
-        let url = balancer(
+        let backends: Backends = Arc::new(Mutex::new(
             ws_ports
                 .iter()
                 .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
                 .collect(),
-        )
-        .await;
+        ));
+        let url = balancer(backends.clone()).await;
         let mut env = vec![
             ("REDIS_URL", servers.redis_url.clone()),
             ("REDIS_KEY_PREFIX", prefix),
@@ -224,10 +259,13 @@ impl Edge {
         let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.into(), v)).collect();
         let mut replicas: Vec<Replica> = ws_ports
             .iter()
-            .map(|ws_port| Replica {
+            .enumerate()
+            .map(|(slot, ws_port)| Replica {
                 child: None,
                 ws_port: *ws_port,
                 management_port: testkit::free_port(),
+                slot,
+                backends: backends.clone(),
                 env: env.clone(),
                 lines: Arc::new(Mutex::new(Vec::new())),
             })
