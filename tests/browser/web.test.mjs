@@ -214,10 +214,16 @@ test("group admin: remove, make admin, add back", async () => {
   // The dialog stays open, showing the members as they are now.
   await alice.page.locator("#info .members li", { hasText: "Bob" }).getByRole("button", { name: "Make admin" }).click();
   await alice.page.locator("#messages li.system", { hasText: "Bob is now admin" }).waitFor(WAIT);
+  // Nobody to add: said on the page, nothing sent.
+  await alice.page.locator("#info .members li", { hasText: "Bob" }).locator(".hint", { hasText: "admin" }).waitFor(WAIT);
+  await alice.page.getByRole("button", { name: "Add", exact: true }).click();
+  await alice.page.locator("#info-error", { hasText: "Enter an e-mail address" }).waitFor(WAIT);
+  // Typed while the dialog may still be refreshing after an action: what was typed stays.
   await alice.page.getByLabel(/Add members/).fill(carol.email);
   await alice.page.getByRole("button", { name: "Add", exact: true }).click();
   await alice.page.locator("#messages li.system", { hasText: "Alice added Carol" }).waitFor(WAIT);
   await alice.page.locator("#info .members li", { hasText: "Carol" }).waitFor(WAIT);
+  assert.equal(await alice.page.getByLabel(/Add members/).inputValue(), "");
   await alice.page.keyboard.press("Escape");
   await alice.page.locator("#info").waitFor({ state: "hidden", ...WAIT });
   // Carol, back in, reads what is sent from now on (a new session key, shared with her again).

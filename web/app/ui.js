@@ -475,8 +475,18 @@ export class Ui {
   /** Shows `body` in the info dialog; with `refresh`, only if it is still open (never reopens). */
   showDialog(title, body, { refresh = false } = {}) {
     if (refresh && !$("info").open) return;
+    // A refresh (after an action, with what the server says now) keeps what the user has typed
+    // meanwhile: the new fields start empty, and an "Add" pressed after the refresh would
+    // otherwise send nothing.
+    const typed = refresh
+      ? [...$("info-body").querySelectorAll("input[id]")].filter((i) => i.value).map((i) => [i.id, i.value])
+      : [];
     $("info-title").textContent = title;
     $("info-body").replaceChildren(body);
+    for (const [id, value] of typed) {
+      const field = body.querySelector(`#${CSS.escape(id)}`);
+      if (field && !field.value) field.value = value;
+    }
     $("info-error").textContent = "";
     if (!$("info").open) $("info").showModal();
   }
@@ -518,7 +528,17 @@ export class Ui {
             h("input", { id: "add-people" }),
             h("button", {
               type: "button",
-              onclick: () => this.groupAction(() => this.chat.addToGroup(view.conversation_id, splitPeople($("add-people").value))),
+              onclick: () => {
+                const people = splitPeople($("add-people").value);
+                if (!people.length) {
+                  $("info-error").textContent = "Enter an e-mail address or user id to add.";
+                  return;
+                }
+                this.groupAction(async () => {
+                  await this.chat.addToGroup(view.conversation_id, people);
+                  $("add-people").value = ""; // added: the refreshed dialog starts empty
+                });
+              },
             }, "Add"),
           )
         : null;
