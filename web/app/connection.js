@@ -9,7 +9,8 @@
 //   held and the gap asked for with `retransmit`; numbers the server says will never exist
 //   (`missing`) are skipped; every message is acknowledged (`delivery_ack`) except the echo of
 //   one this page sent (its `message_ack` told us already: an acknowledgement would cost the
-//   server an invocation and two writes for nothing);
+//   server an invocation and two writes for nothing); a conversation first met mid-way waits
+//   a moment for lower numbers and starts at the lowest that came;
 // - reconnects back off (0.5 s doubling to 10 s, with jitter) and resume with `sync` from the
 //   last number seen per conversation; while the browser says it is offline nothing is tried,
 //   and its `online` event reconnects at once;
@@ -17,6 +18,12 @@
 //   old one (make before break): the user sees no disconnect.
 
 const HEARTBEAT_MS = 30_000;
+/**
+ * How long the first live messages of a conversation this page knows nothing about wait for
+ * lower numbers before it starts at the lowest it has (as the Rust client's
+ * `FIRST_MESSAGE_WAIT`).
+ */
+const FIRST_MESSAGE_WAIT_MS = 300;
 /** Most sent message ids remembered while their echoes are awaited. */
 const MAX_SENT_IDS = 1024;
 /** A heartbeat not answered within this (after the next one is due) means the link is dead. */
@@ -396,14 +403,31 @@ export class Connection extends EventTarget {
       conversation_id: conversation,
       sequence_number: m.sequence_number,
     });
-    if (!(conversation in this.last)) {
-      // Numbers start at 1; a conversation met first mid-way starts at what arrives (the
-      // server delivers from this device's floor).
-      this.last[conversation] = m.sequence_number - 1;
-    }
-    if (m.sequence_number <= this.last[conversation]) return; // a repeat
     let held = this.held.get(conversation);
     if (!held) this.held.set(conversation, (held = new Map()));
+    if (!(conversation in this.last)) {
+      if (m.sequence_number === 1) {
+        // Numbers start at 1: nothing lower can come, so the conversation starts here.
+        this.last[conversation] = 0;
+      } else {
+        // A conversation this page knows nothing about, met mid-way: two of its messages can
+        // reach this connection out of order (concurrent fan-outs), and starting at whichever
+        // came first would drop the other as a repeat. Hold what comes for a moment, then start
+        // at the lowest number seen (unless a `messages` batch started it meanwhile).
+        const first = held.size === 0;
+        held.set(m.sequence_number, m);
+        if (first) {
+          setTimeout(() => {
+            const waiting = this.held.get(conversation);
+            if (conversation in this.last || !waiting?.size) return;
+            this.last[conversation] = Math.min(...waiting.keys()) - 1;
+            this.release(conversation);
+          }, FIRST_MESSAGE_WAIT_MS);
+        }
+        return;
+      }
+    }
+    if (m.sequence_number <= this.last[conversation]) return; // a repeat
     held.set(m.sequence_number, m);
     this.release(conversation);
   }
