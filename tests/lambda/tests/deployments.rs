@@ -54,6 +54,15 @@ fn response(outcome: Outcome) -> Value {
     }
 }
 
+/// Invokes `event` and expects an invocation error (`what` it is, for the panic otherwise,
+/// with the function's output); returns the error's body.
+async fn expect_error(runtime: &RuntimeApi, event: Value, process: &Function, what: &str) -> Value {
+    match invoke(runtime, event).await {
+        Outcome::Error { body, .. } => body,
+        outcome => panic!("{what} is an error: {outcome:?}\n{}", process.output()),
+    }
+}
+
 fn context(
     route: &str,
     event_type: &str,
@@ -449,13 +458,13 @@ async fn a_failed_start_is_reported_and_exits_cleanly_and_an_unreachable_mongodb
     );
     env.insert("MONGODB_TIMEOUT_MS".into(), "500".into());
     let process = Function::start("store", &env, &deployment.logs);
-    let outcome = invoke(&runtime, outbox_sweep("sweep-unreachable")).await;
-    let Outcome::Error { body, .. } = outcome else {
-        panic!(
-            "unreachable MongoDB is an error: {outcome:?}\n{}",
-            process.output()
-        );
-    };
+    let body = expect_error(
+        &runtime,
+        outbox_sweep("sweep-unreachable"),
+        &process,
+        "unreachable MongoDB",
+    )
+    .await;
     assert!(body.to_string().contains("mongodb"), "{body}");
     assert!(runtime.init_error().is_none());
     assert!(
@@ -704,13 +713,13 @@ async fn a_function_on_a_database_never_migrated_refuses_every_operation_saying_
     let process = Function::start("store", &env, &deployment.logs);
     // The schema check runs beside the start (a cold start does not wait for MongoDB's
     // handshakes); the first event that needs MongoDB gets its answer.
-    let outcome = invoke(&runtime, outbox_sweep("sweep-1")).await;
-    let Outcome::Error { body, .. } = outcome else {
-        panic!(
-            "an unmigrated database is refused: {outcome:?}\n{}",
-            process.output()
-        );
-    };
+    let body = expect_error(
+        &runtime,
+        outbox_sweep("sweep-1"),
+        &process,
+        "an unmigrated database",
+    )
+    .await;
     let text = body.to_string();
     assert!(text.contains(&fresh) && text.contains("migrat"), "{text}");
     assert!(
