@@ -6,7 +6,8 @@
 //! reconnects back off exponentially with jitter and resume with `sync` from the last sequence
 //! number seen per conversation; messages reach the caller in sequence order per conversation,
 //! with gaps detected and filled by `retransmit`; received messages are acknowledged with
-//! `delivery_ack` automatically.
+//! `delivery_ack` automatically. A message it sent takes its place in that order from its
+//! `message_ack` (the server posts it to the user's other connections, not back to this one).
 //!
 //! Told to `migration` (its gateway replica is shutting down, or the connection nears its
 //! lifetime limit), it moves make-before-break: it opens the new connection, sends `sync` and
@@ -14,7 +15,7 @@
 //! synced, then closes the old one. Nothing is lost, repeated or reordered, and the application
 //! sees no `Disconnected`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -168,6 +169,9 @@ type AckSender = oneshot::Sender<Result<MessageAckPayload, ClientError>>;
 
 struct Pending {
     frame: String,
+    /// What it says: its `message_ack` stands for the message on this connection (the server
+    /// does not post it back), so the client shows it from this and the ack.
+    message: OutgoingMessage,
     reply: Option<AckSender>,
     /// The conversation it is queued in.
     conversation: String,
@@ -197,9 +201,6 @@ struct Shared {
     /// numbered in the order they were typed, while conversations proceed independently.
     queues: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     order: Mutex<Ordering>,
-    /// Messages this client sent and had acknowledged whose echo has not come yet: the echo
-    /// is not acknowledged (see [`Shared::accept`]).
-    sent: Mutex<HashSet<String>>,
     events: mpsc::UnboundedSender<ClientEvent>,
     closed: std::sync::atomic::AtomicBool,
     /// When `auth` was last sent (milliseconds), to re-authenticate at most once a second.
@@ -307,7 +308,6 @@ impl Client {
                 last: since,
                 ..Ordering::default()
             }),
-            sent: Mutex::new(HashSet::new()),
             events: events_tx,
             closed: std::sync::atomic::AtomicBool::new(false),
             last_auth_ms: Mutex::new(0),
@@ -442,6 +442,7 @@ impl ClientHandle {
     ) -> impl Future<Output = Result<MessageAckPayload, ClientError>> + Send + use<> {
         let client_message_id = uuid::Uuid::new_v4().to_string();
         let conversation = payload.conversation_id.clone();
+        let message = payload.clone();
         let frame = serde_json::to_string(&ClientFrame::Message {
             client_message_id: Some(client_message_id.clone()),
             idempotency_key: idempotency_key.into(),
@@ -455,6 +456,7 @@ impl ClientHandle {
                 client_message_id.clone(),
                 Pending {
                     frame,
+                    message,
                     reply: Some(tx),
                     conversation: conversation.clone(),
                     sent_at: sent_at.clone(),
@@ -542,9 +544,6 @@ impl ClientHandle {
     }
 }
 
-/// Most sent message ids remembered while their echoes are awaited.
-const MAX_SENT_AWAITING_ECHO: usize = 1024;
-
 const CLOSE_SENTINEL: &str = "\u{0}close";
 const DROP_SENTINEL: &str = "\u{0}drop";
 
@@ -565,19 +564,16 @@ impl Shared {
     }
 
     /// Takes a message through the ordering: emits what is in order, holds what is ahead of a
-    /// gap and asks for the gap.
-    fn accept(&self, m: DeliveredMessage) {
+    /// gap and asks for the gap. A message that arrived is acknowledged (the server records what
+    /// this device has); one this client sent comes from its `message_ack` (`arrived` false),
+    /// which told the server already: the device's floor passes it with the next message
+    /// acknowledged, and a `sync` before that brings it again as a repeat.
+    fn accept(&self, m: DeliveredMessage, arrived: bool) {
         let Some(conversation) = m.conversation_id.clone() else {
             self.emit(ClientEvent::Message(Box::new(m)));
             return;
         };
-        // Every message is acknowledged (the server records what this device has), except the
-        // echo of one this client sent: its `message_ack` said so already, and acknowledging it
-        // would cost the server an invocation and two writes to learn nothing. The device's
-        // floor passes it with the next message acknowledged; a `sync` before that brings it
-        // again, and it is a repeat below.
-        let own_echo = self.sent.lock().expect("sent lock").remove(&m.message_id);
-        if self.config.auto_delivery_ack && !own_echo {
+        if self.config.auto_delivery_ack && arrived {
             let _ = self.send(
                 serde_json::to_string(&ClientFrame::DeliveryAck {
                     message_id: m.message_id.clone(),
@@ -917,7 +913,7 @@ impl Shared {
                 code: code.unwrap_or(ErrorCode::Unauthenticated),
                 message: error,
             }),
-            ServerFrame::Message { payload } => self.accept(payload),
+            ServerFrame::Message { payload } => self.accept(payload, true),
             ServerFrame::Messages { payload } => {
                 if let Some(first) = payload.messages.iter().map(|m| m.sequence_number).min() {
                     self.start_at_batch(&payload.conversation_id, first);
@@ -926,7 +922,7 @@ impl Shared {
                     let mut m = m;
                     m.conversation_id
                         .get_or_insert(payload.conversation_id.clone());
-                    self.accept(m);
+                    self.accept(m, true);
                 }
                 if !payload.missing.is_empty() {
                     self.skip(&payload.conversation_id, &payload.missing);
@@ -936,18 +932,28 @@ impl Shared {
                 client_message_id,
                 payload,
             } => {
-                {
-                    let mut sent = self.sent.lock().expect("sent lock");
-                    if sent.len() >= MAX_SENT_AWAITING_ECHO {
-                        sent.clear(); // echoes that never came (the sender has no connection)
-                    }
-                    sent.insert(payload.message_id.clone());
-                }
                 if let Some(id) = client_message_id
                     && let Some(mut pending) = self.answered(&id)
-                    && let Some(reply) = pending.reply.take()
                 {
-                    let _ = reply.send(Ok(payload));
+                    // The server posts the message to this user's other connections, not back
+                    // here: the ack and what was sent are the message.
+                    let me = self.me.lock().expect("me lock").clone();
+                    self.accept(
+                        DeliveredMessage {
+                            message_id: payload.message_id.clone(),
+                            sequence_number: payload.sequence_number,
+                            sender_id: me,
+                            receiver_id: pending.message.receiver_id.clone(),
+                            conversation_id: Some(pending.message.conversation_id.clone()),
+                            body: pending.message.body.clone(),
+                            timestamp: payload.timestamp,
+                            status: Some(payload.status),
+                        },
+                        false,
+                    );
+                    if let Some(reply) = pending.reply.take() {
+                        let _ = reply.send(Ok(payload));
+                    }
                 }
             }
             ServerFrame::Error {

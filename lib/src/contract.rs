@@ -54,8 +54,8 @@ gets the same `message_ack` and never a second message; the same key with a diff
 is `idempotency_conflict`. Resend unanswered messages with their key after reconnecting, and \
 after `unavailable` once its `retry_after` has passed.
 
-**Receipts.** Send `delivery_ack` for every message you receive, your own echoed messages \
-included (with `conversation_id` and `sequence_number`): it records what this device has, which \
+**Receipts.** Send `delivery_ack` for every message you receive, including your own sent from \
+your other devices (with `conversation_id` and `sequence_number`): it records what this device has, which \
 `sync` resumes from, and tells the sender (`delivery_ack` from the server, with \
 `delivered_to`). `read_receipt` marks messages read (unread counts, and `read_receipt` from the \
 server to the sender). In groups the senders get neither per member: receipts are coalesced \
@@ -64,9 +64,12 @@ quiet interval goes at once) listing each member's highest acknowledged (`delive
 (`read`) sequence number: your message `s` is delivered to every member listed with \
 `up_to >= s`. The server time-stamps receipts itself: client clocks are not trusted.
 
-**Your own messages** come back to every device of yours as `message` frames (so all your \
-devices show the whole conversation); the sending device recognises them by `message_id` or \
-`sender_id`.
+**Your own messages** reach every other connection of yours as `message` frames (so all your \
+devices show the whole conversation). The connection you sent one on gets its `message_ack` \
+instead, not the message: the ack's `message_id`, `sequence_number` and `timestamp` with what \
+you sent are the message, in its place in the conversation's order; it needs no \
+`delivery_ack` (your next one covers it). After a reconnect, `sync` may bring it again: a \
+repeat of a number you have.
 
 **Limits.** Frames are JSON text of at most 128 KB (a larger frame closes the connection with \
 1009, a binary frame with 1003); `content` at most 64 KB by default. API Gateway closes idle \
@@ -118,8 +121,8 @@ purpose: optional fields that have no value are left out rather than sent as `nu
 missing field as `null`); a received message's `status` is its delivery state across all its \
 recipients when it was sent to you (`sent` for a message delivered live); receipts carry the \
 server's time; the receipt the server sends a sender is `delivery_ack` with a `payload` \
-(`message_ids`, `delivered_to`), distinct from the client's `delivery_ack` by its shape; senders \
-receive their own messages (multi-device); pending and retransmitted messages come as \
+(`message_ids`, `delivered_to`), distinct from the client's `delivery_ack` by its shape; senders' \
+other connections receive their own messages (multi-device); pending and retransmitted messages come as \
 `messages` batches in order, each frame under the size limit, `has_more` when more follow.
 
 **CloudEvents.** Agents and the functions exchange CloudEvents 1.0 through a broker (a Knative \

@@ -63,30 +63,34 @@ pub async fn send_to_user(
     Ok(delivered)
 }
 
-/// Sends `frame` to every live connection of each of `user_ids`, concurrently, with one round
-/// trip for all their connections (a group's fan-out). Returns, per user in order, how many
-/// connections took it.
+/// Sends `frame` to every live connection of each of `user_ids` (but those `skip` names, given
+/// the user's index and the connection), concurrently, with one round trip for all their
+/// connections (a group's fan-out). Returns, per user in order, how many connections took it.
 pub async fn send_to_users(
     ctx: &Context,
     user_ids: &[String],
     frame: &ServerFrame,
+    skip: impl Fn(usize, &str) -> bool,
 ) -> Result<Vec<usize>> {
-    send_each(ctx, user_ids, |_| Some(frame)).await
+    send_each(ctx, user_ids, |user, connection| {
+        (!skip(user, connection)).then_some(frame)
+    })
+    .await
 }
 
-/// Sends each of `user_ids` its own frame (`frame_of(i)` for the `i`-th; `None`: nothing) on
-/// every live connection, concurrently, with one round trip for all their connections.
-/// Returns, per user in order, how many connections took it.
+/// Sends each of `user_ids` its own frame on every live connection (`frame_of(i, connection)`
+/// for the `i`-th user's; `None`: nothing), concurrently, with one round trip for all their
+/// connections. Returns, per user in order, how many connections took it.
 pub async fn send_each<'a>(
     ctx: &Context,
     user_ids: &[String],
-    frame_of: impl Fn(usize) -> Option<&'a ServerFrame>,
+    frame_of: impl Fn(usize, &str) -> Option<&'a ServerFrame>,
 ) -> Result<Vec<usize>> {
     let connections = ctx.realtime.connections_of_users(user_ids).await?;
+    let frame_of = &frame_of;
     let posts = connections.iter().enumerate().flat_map(|(user, ids)| {
-        let frame = frame_of(user);
         ids.iter().filter_map(move |connection| {
-            let frame = frame?;
+            let frame = frame_of(user, connection)?;
             Some(async move { (user, post(ctx, connection, frame).await) })
         })
     });

@@ -337,7 +337,7 @@ pub async fn send(ctx: &Context, conversation: &Conversation) -> Result<usize> {
                 .then_some(ServerFrame::Receipts { payload })
         })
         .collect();
-    let taken = send_each(ctx, &senders, |i| frames[i].as_ref()).await?;
+    let taken = send_each(ctx, &senders, |i, _| frames[i].as_ref()).await?;
     Ok(taken.iter().sum())
 }
 

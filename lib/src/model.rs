@@ -423,11 +423,17 @@ pub struct MessageReceived {
     pub body: MessageBody,
     /// Server time of acceptance, milliseconds.
     pub timestamp: i64,
+    /// The connection the message was sent on, as a digest (`telemetry::hashed_id`, never the
+    /// id itself): its `message_ack` carried the message to that connection already, so the
+    /// fan-out does not post it back there. Absent when no connection sent it (system and
+    /// agent messages, the outbox sweep's re-publication): then every connection gets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_on: Option<String>,
 }
 
 impl MessageReceived {
-    /// The event data for a stored message.
-    pub fn from_stored(message: &StoredMessage) -> Self {
+    /// The event data for a stored message, sent on the connection `sent_on` (digest) if any.
+    pub fn from_stored(message: &StoredMessage, sent_on: Option<String>) -> Self {
         Self {
             message_id: message.message_id.clone(),
             idempotency_key: message.idempotency_key.clone(),
@@ -437,6 +443,7 @@ impl MessageReceived {
             sequence_number: message.sequence_number,
             body: message.body.clone(),
             timestamp: message.timestamp.timestamp_millis(),
+            sent_on,
         }
     }
 }

@@ -24,13 +24,15 @@ pub const SWEEP_BATCH: usize = 200;
 
 /// Publishes `messaging.message.received` for a stored message, with the message id as the
 /// event id (consumers dedupe on it) and, when `agent` is given, the `agentid` extension that
-/// Triggers filter on.
+/// Triggers filter on. `sent_on` is the connection that sent it, when one did: the fan-out
+/// skips it (its `message_ack` told it).
 pub async fn publish_received(
     ctx: &Context,
     message: &StoredMessage,
     agent: Option<&str>,
+    sent_on: Option<&str>,
 ) -> Result<()> {
-    let data = MessageReceived::from_stored(message);
+    let data = MessageReceived::from_stored(message, sent_on.map(crate::telemetry::hashed_id));
     let extensions: Vec<(&str, &str)> = match agent {
         Some(a) => vec![(event_types::AGENT_ID_EXTENSION, a)],
         None => vec![],
@@ -65,7 +67,7 @@ pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
                 continue;
             }
         };
-        publish_received(ctx, message, agent.as_deref()).await?;
+        publish_received(ctx, message, agent.as_deref(), None).await?;
         published += 1;
         tracing::warn!(
             message_id = %message.message_id,

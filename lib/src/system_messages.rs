@@ -28,6 +28,6 @@ pub async fn post_system_message(
             client_timestamp: crate::clock::now_ms(),
         })
         .await?;
-    crate::outbox::publish_received(ctx, &inserted.message, None).await?;
+    crate::outbox::publish_received(ctx, &inserted.message, None, None).await?;
     Ok(inserted.message)
 }

@@ -324,8 +324,8 @@ export class Chat extends EventTarget {
   }
 
   onAck(item, ack) {
-    // The echo of this send arrives as a `message` too (other devices get it); until then the
-    // acked text stands in, with its number and status.
+    // The acked text is the message on this device, with its number and status (the server
+    // posts it to this user's other devices, not back here).
     const existing = this.history.messages(item.conversation_id).find((m) => m.message_id === ack.message_id);
     this.history.put(item.conversation_id, {
       ...this.ownView(item, ack),

@@ -7,10 +7,10 @@
 //   head of each queue goes again with the same key;
 // - messages reach the page in sequence order per conversation: a message ahead of a gap is
 //   held and the gap asked for with `retransmit`; numbers the server says will never exist
-//   (`missing`) are skipped; every message is acknowledged (`delivery_ack`) except the echo of
-//   one this page sent (its `message_ack` told us already: an acknowledgement would cost the
-//   server an invocation and two writes for nothing); a conversation first met mid-way waits
-//   a moment for lower numbers and starts at the lowest that came;
+//   (`missing`) are skipped; every message that arrives is acknowledged (`delivery_ack`); one
+//   this page sent takes its place in that order from its `message_ack` (the server posts it to
+//   the user's other connections, not back to this one, and needs no acknowledgement of it); a conversation
+//   first met mid-way waits a moment for lower numbers and starts at the lowest that came;
 // - reconnects back off (0.5 s doubling to 10 s, with jitter) and resume with `sync` from the
 //   last number seen per conversation; while the browser says it is offline nothing is tried,
 //   and its `online` event reconnects at once;
@@ -24,8 +24,6 @@ const HEARTBEAT_MS = 30_000;
  * `FIRST_MESSAGE_WAIT`).
  */
 const FIRST_MESSAGE_WAIT_MS = 300;
-/** Most sent message ids remembered while their echoes are awaited. */
-const MAX_SENT_IDS = 1024;
 /** A heartbeat not answered within this (after the next one is due) means the link is dead. */
 const HEARTBEAT_ACK_MS = 10_000;
 /** A connection not open and synced within this is given up and tried again. */
@@ -70,8 +68,8 @@ export class Connection extends EventTarget {
     this.last = this.load("last", {});
     /** conversation -> Map(sequence -> message) held behind a gap. */
     this.held = new Map();
-    /** Ids of messages this page sent and had acknowledged, whose echo is still to come. */
-    this.sentIds = new Set();
+    /** The signed-in user, from `auth_success` (the sender of what this page sends). */
+    this.userId = null;
     /** conversation -> [send] waiting for `message_ack`, oldest first. */
     this.queues = this.load("queues", {});
     /** conversation -> highest number asked for with `retransmit`, and when. */
@@ -321,9 +319,22 @@ export class Connection extends EventTarget {
       }
       case "message_ack": {
         const item = this.answered(frame.client_message_id);
-        if (this.sentIds.size >= MAX_SENT_IDS) this.sentIds.clear(); // echoes that never came
-        this.sentIds.add(frame.payload.message_id);
-        if (item) this.emit("ack", { item, ack: frame.payload });
+        if (!item) break;
+        this.emit("ack", { item, ack: frame.payload });
+        // The ack and what was sent are the message on this connection.
+        const { message_id, sequence_number, timestamp } = frame.payload;
+        this.accept(
+          {
+            ...item.payload,
+            conversation_id: item.conversation_id,
+            sender_id: this.userId,
+            message_id,
+            sequence_number,
+            timestamp,
+            status: "sent",
+          },
+          { arrived: false },
+        );
         break;
       }
       case "error": {
@@ -355,6 +366,7 @@ export class Connection extends EventTarget {
 
   onReady(socket, payload, migrating) {
     socket.synced = true;
+    this.userId = payload.user_id ?? this.userId;
     if (migrating) {
       // The new connection has synced: it takes over, then the old one goes.
       const old = this.socket;
@@ -391,12 +403,14 @@ export class Connection extends EventTarget {
     this.open(payload.new_endpoint || this.wsUrl, { migrating: oldSocket });
   }
 
-  /** Takes a message through the ordering (see the module comment). */
-  accept(m) {
+  /**
+   * Takes a message through the ordering (see the module comment). One this page sent
+   * (`arrived: false`) needs no acknowledgement: the device's floor moves with the next message.
+   */
+  accept(m, { arrived = true } = {}) {
     const conversation = m.conversation_id;
     if (!conversation) return;
-    // Our own echo needs no acknowledgement; the device's floor moves with the next message.
-    if (!this.sentIds.delete(m.message_id)) this.send({
+    if (arrived) this.send({
       type: "delivery_ack",
       message_id: m.message_id,
       timestamp: Date.now(),

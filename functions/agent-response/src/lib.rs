@@ -162,7 +162,7 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
         .await?;
     }
     // Republished on a duplicate too: the first attempt may have died before publishing.
-    publish_received(ctx, &inserted.message, None).await
+    publish_received(ctx, &inserted.message, None, None).await
 }
 
 async fn progress(ctx: &Context, progress: AgentProgress) -> Result<()> {

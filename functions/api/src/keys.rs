@@ -338,7 +338,7 @@ async fn tell_contacts(api: &Api, user_id: &str) {
     let told = async {
         let mut users = api.ctx.store.contacts_of(user_id).await?;
         users.push(user_id.to_string());
-        messaging::fanout::send_to_users(&api.ctx, &users, &frame).await
+        messaging::fanout::send_to_users(&api.ctx, &users, &frame, |_, _| false).await
     };
     if let Err(e) = told.await {
         tracing::warn!(user_id, error = %e, "device_list not sent");

@@ -93,7 +93,13 @@ pub async fn send(
     };
     // A retry of a message whose fan-out is done needs no second announcement.
     if message.fanout_due_at.is_some()
-        && let Err(e) = messaging::outbox::publish_received(ctx, message, agent.as_deref()).await
+        && let Err(e) = messaging::outbox::publish_received(
+            ctx,
+            message,
+            agent.as_deref(),
+            Some(&caller.connection_id),
+        )
+        .await
     {
         // Stored and acknowledged: the outbox sweeper publishes it later.
         tracing::warn!(message_id = %message.message_id, error = %e, "publish failed; left to the outbox");

@@ -9,8 +9,8 @@
 //!
 //! 1. conversation metadata: highest sequence number, last-message preview (no content), the
 //!    sender's read marker (unread counts are `last_sequence_number - read_up_to[user]`);
-//! 2. live fan-out to every connection of every participant (the sender's other devices too),
-//!    once per message: a Redis claim with a lease stops redeliveries from sending it twice, and
+//! 2. live fan-out to every connection of every participant (the sender's other devices too;
+//!    not the connection it was sent on, whose `message_ack` carried it), once per message: a Redis claim with a lease stops redeliveries from sending it twice, and
 //!    a fan-out that died midway is redone when its lease is over; a 410 prunes only that
 //!    connection;
 //! 3. recipients no connection took it for get a `messaging.notification` (push), with an event
@@ -164,13 +164,18 @@ async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -
         },
     };
     // The sender's devices get it too, so every device of every participant sees the whole
-    // conversation, gap-free (the sending device dedupes it against its ack). One round trip
-    // finds every connection of every one of them.
+    // conversation, gap-free; all but the connection it was sent on, whose `message_ack` carried
+    // it. One round trip finds every connection of every one of them.
     let mut users = recipients.to_vec();
     if data.sender_id != SYSTEM_SENDER {
         users.push(data.sender_id.clone());
     }
-    let delivered = send_to_users(ctx, &users, &frame).await?;
+    let sender = recipients.len();
+    let sent_on = data.sent_on.as_deref();
+    let delivered = send_to_users(ctx, &users, &frame, |user, connection| {
+        user == sender && sent_on.is_some_and(|digest| hashed_id(connection) == digest)
+    })
+    .await?;
     for (recipient, taken) in recipients.iter().zip(delivered) {
         if taken > 0 {
             outcome.delivered.push(recipient.clone());

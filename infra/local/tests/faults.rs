@@ -660,7 +660,7 @@ async fn run(fault: Fault) -> Report {
                 &m.message_id,
                 messaging::model::event_types::MESSAGE_RECEIVED,
                 "/messaging",
-                &messaging::model::MessageReceived::from_stored(m),
+                &messaging::model::MessageReceived::from_stored(m, None),
                 &[],
             )
             .unwrap();

@@ -791,7 +791,7 @@ async fn a_redelivered_event_changes_nothing() {
         &stored.message_id,
         messaging::model::event_types::MESSAGE_RECEIVED,
         "/messaging",
-        &messaging::model::MessageReceived::from_stored(&stored),
+        &messaging::model::MessageReceived::from_stored(&stored, None),
         &[],
     )
     .unwrap();
@@ -1443,7 +1443,8 @@ async fn the_path_from_message_to_ack_takes_one_mongodb_and_two_redis_round_trip
     let alice = user(&stack, "alice").await;
     let bob = user(&stack, "bob").await;
     let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
-    let mut phone = client(&stack, &alice, "phone").await;
+    let _phone = client(&stack, &alice, "phone").await;
+    let mut bobs = client(&stack, &bob, "phone").await;
     let connection_id = stack.ctx.realtime.user_connections(&alice).await.unwrap()[0].clone();
     let (ctx, realtime, store) = counting_context(&stack).await;
     let event = |key: &str| {
@@ -1469,16 +1470,73 @@ async fn the_path_from_message_to_ack_takes_one_mongodb_and_two_redis_round_trip
         redis, 2,
         "rate limits with the registration check, conversation routing"
     );
-    let acks = phone
+    let delivered = bobs
         .wait_for(WAIT, |e| match e {
             ClientEvent::Message(m) if said(&m.body.content) == "x" => Some(m.sequence_number),
             _ => None,
         })
         .await;
-    assert!(
-        acks.is_some(),
-        "the measured send was acknowledged and delivered"
-    );
+    assert!(delivered.is_some(), "the measured send was delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_a_message_was_sent_on_gets_its_ack_and_every_other_the_message() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let mut phone = RawWs::connect(&stack, Some(&token(&stack, &alice)), "phone").await;
+    let mut laptop = client(&stack, &alice, "laptop").await;
+    let mut bobs = client(&stack, &bob, "phone").await;
+    e2e::connections(&stack, &alice, 2, "alice's two devices not registered").await;
+    phone
+        .send(
+            serde_json::json!({"type": "message", "client_message_id": "c1", "idempotency_key": "k1",
+                "payload": {"conversation_id": conv, "content": sealed("hi"), "type": "text", "timestamp": 1}})
+            .to_string(),
+        )
+        .await;
+    let ack = phone.expect("message_ack").await;
+    let message_id = ack["payload"]["message_id"].as_str().unwrap().to_string();
+    for (who, device) in [("bob", &mut bobs), ("alice's laptop", &mut laptop)] {
+        let got = device
+            .wait_for(WAIT, |e| match e {
+                ClientEvent::Message(m) if m.message_id == message_id => Some(m.sequence_number),
+                _ => None,
+            })
+            .await;
+        assert_eq!(got, Some(1), "{who} got the message");
+    }
+    // Once the fan-out is over (the outbox mark cleared), whatever it posted to the phone is
+    // ahead of the heartbeat's answer: nothing but that answer may come.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stack
+        .ctx
+        .store
+        .message(&message_id)
+        .await
+        .unwrap()
+        .is_some_and(|m| m.fanout_due_at.is_some())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fan-out never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    phone
+        .send(serde_json::json!({"type": "heartbeat", "timestamp": 2}).to_string())
+        .await;
+    loop {
+        let frame = phone.next(WAIT).await.expect("an answer to the heartbeat");
+        assert!(
+            frame["type"] != "message" && frame["type"] != "messages",
+            "the sending connection got the message back: {frame}"
+        );
+        if frame["type"] == "heartbeat_ack" {
+            break;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

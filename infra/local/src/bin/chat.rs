@@ -313,7 +313,7 @@ impl View {
             ClientEvent::Message(m) => {
                 let sender = m.sender_id.clone().unwrap_or_default();
                 if sender == me {
-                    return; // our own message, echoed to keep every device in sync
+                    return; // our own message (from its ack, or sent on another device)
                 }
                 if m.conversation_id.as_deref() != Some(conversation_id) {
                     println!(
