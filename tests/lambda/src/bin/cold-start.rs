@@ -1,6 +1,7 @@
 //! `cold-start`: how long each function takes from process start to its first event answered,
-//! against a minimal `lambda_runtime` binary measured in the same run, and how big each
-//! function's deployment zip is.
+//! against two minimal `lambda_runtime` binaries measured in the same run (one that answers
+//! with nothing, one that connects to MongoDB at start and answers with one read: the floor of
+//! a function whose first event needs MongoDB), and how big each function's deployment zip is.
 //!
 //! Each function binary is started the way its deployment starts it: under a Lambda Runtime API
 //! with exactly the environment `infra/aws/template.yaml` gives it (as the deployment suite
@@ -27,6 +28,9 @@ use serde_json::{Value, json};
 /// The minimal binary's stand-in function in the template (its environment is given to it too,
 /// so both processes read the same amount of environment).
 const MINIMAL: &str = "minimal-lambda";
+
+/// The minimal binary that reads MongoDB, run with the store function's environment.
+const MINIMAL_MONGODB: &str = "minimal-mongodb-lambda";
 
 struct Args {
     runs: usize,
@@ -211,16 +215,19 @@ async fn main() -> anyhow::Result<()> {
         .filter(|(_, binary)| binary != "migrate")
         .collect();
     functions.insert(0, ("AuthorizerFunction".into(), MINIMAL.into()));
+    functions.insert(1, ("StoreFunction".into(), MINIMAL_MONGODB.into()));
     println!(
-        "cold starts, {} runs each, binaries in {} (median; the minimal lambda_runtime binary first)\n",
+        "cold starts, {} runs each, binaries in {} (median; the minimal lambda_runtime binaries first: \
+         x minimal is to the one that answers with nothing, x MongoDB to the one that reads MongoDB once)\n",
         args.runs,
         args.dir.display()
     );
     println!(
-        "{:<15} {:>9} {:>12} {:>8} {:>12} {:>10}",
-        "binary", "init ms", "1st answer", "ratio", "HTTP mode", "zip KiB"
+        "{:<22} {:>9} {:>12} {:>10} {:>10} {:>12} {:>10}",
+        "binary", "init ms", "1st answer", "x minimal", "x MongoDB", "HTTP mode", "zip KiB"
     );
     let mut floor = None;
+    let mut mongodb_floor = None;
     let mut report = Vec::new();
     for (function, binary) in functions {
         let path = args.dir.join(&binary);
@@ -239,19 +246,28 @@ async fn main() -> anyhow::Result<()> {
                 lambda_once(&path, &env, &runtime, event(&binary, &deployment)).await?;
             inits.push(init);
             firsts.push(first);
-            if binary != MINIMAL {
+            if binary != MINIMAL && binary != MINIMAL_MONGODB {
                 https.push(http_once(&path, &env, &event(&binary, &deployment)).await?);
             }
         }
         let (init, first) = (median(inits), median(firsts));
         let floor_first = *floor.get_or_insert(first);
+        let mongodb_floor_first = if binary == MINIMAL {
+            None
+        } else {
+            Some(*mongodb_floor.get_or_insert(first))
+        };
+        let to_mongodb = mongodb_floor_first.map(|f| first.as_secs_f64() / f.as_secs_f64());
         let http = (!https.is_empty()).then(|| median(https));
         let zip = zip_size(&path)?;
         println!(
-            "{binary:<15} {:>9.1} {:>12.1} {:>7.2}x {:>12} {:>10.0}",
+            "{binary:<22} {:>9.1} {:>12.1} {:>9.2}x {:>10} {:>12} {:>10.0}",
             ms(init),
             ms(first),
             first.as_secs_f64() / floor_first.as_secs_f64(),
+            to_mongodb
+                .map(|r| format!("{r:.2}x"))
+                .unwrap_or_else(|| "-".into()),
             http.map(|h| format!("{:.1}", ms(h)))
                 .unwrap_or_else(|| "-".into()),
             zip as f64 / 1024.0
@@ -259,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
         report.push(
             json!({"binary": binary, "init_ms": ms(init), "first_answer_ms": ms(first),
             "ratio_to_minimal": first.as_secs_f64() / floor_first.as_secs_f64(),
+            "ratio_to_minimal_mongodb": to_mongodb,
             "http_first_answer_ms": http.map(ms), "zip_bytes": zip}),
         );
     }
