@@ -9,8 +9,9 @@
 //   held and the gap asked for with `retransmit`; numbers the server says will never exist
 //   (`missing`) are skipped; every message that arrives is acknowledged (`delivery_ack`); one
 //   this page sent takes its place in that order from its `message_ack` (the server posts it to
-//   the user's other connections, not back to this one, and needs no acknowledgement of it); a conversation
-//   first met mid-way waits a moment for lower numbers and starts at the lowest that came;
+//   the user's other connections, not back to this one, and needs no acknowledgement of it);
+//   a conversation first met mid-way waits a moment for lower numbers and starts at the lowest
+//   that came;
 // - reconnects back off (0.5 s doubling to 10 s, with jitter) and resume with `sync` from the
 //   last number seen per conversation; while the browser says it is offline nothing is tried,
 //   and its `online` event reconnects at once;
@@ -434,7 +435,7 @@ export class Connection extends EventTarget {
           setTimeout(() => {
             const waiting = this.held.get(conversation);
             if (conversation in this.last || !waiting?.size) return;
-            this.last[conversation] = Math.min(...waiting.keys()) - 1;
+            this.startAt(conversation, Math.min(...waiting.keys()));
             this.release(conversation);
           }, FIRST_MESSAGE_WAIT_MS);
         }
