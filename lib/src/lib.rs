@@ -47,10 +47,11 @@
 //!            store function ◀─ messaging.message.received ─────────┤──▶ agents (agent_routing)
 //!              fanout ──`message`──▶ every device of every member   │      agent.delta ─▶ runs
 //!              messaging.notification for the offline               │      agent.response
-//!              MessageStore::fanout_done (outbox cleared)           └──▶ push (notification)
+//!              RealtimeState::finish_work (fan-out done)            └──▶ push (notification)
 //!
 //! A device that was away gets what it is owed from MongoDB ([`pending`]) on `sync`; the
-//! [`outbox`] sweep redoes the store function's work for any message it never finished.
+//! [`outbox`] sweep clears the marks of finished fan-outs in batches and redoes the store
+//! function's work for any message it never finished.
 //! ```
 //!
 //! Every form of a message (the frame a client sends, the stored document, the event, the frame

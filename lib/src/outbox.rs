@@ -3,13 +3,20 @@
 //!
 //! A message is stored with its pending after-commit work (`fanout_due_at`, in the same write, see
 //! [`crate::store::messages`]) and announced with `messaging.message.received`
-//! ([`publish_received`]). The store function does the work and clears the mark. When the event is
-//! lost (a crash before publishing, a broker that lost it, a consumer that kept failing),
-//! [`sweep`] finds the message overdue and publishes the event again; consumers dedupe on the
-//! event id (the message id), so a message announced twice is fanned out once.
+//! ([`publish_received`]). The store function does the work and records it done in Redis (a
+//! [`FANOUT_SCOPE`] work claim, kept a day). The outbox mark is not cleared message by message:
+//! [`sweep`] takes the marks that are overdue, clears at once those whose fan-out Redis says is
+//! done (one MongoDB write per [`CLEAR_BATCH`] messages instead of one per message), and
+//! publishes the event again for the others: a crash before publishing, a broker that lost the
+//! event, a consumer that kept failing, or a fan-out Redis forgot (it came back empty: the
+//! message is fanned out again, and devices drop what they already have by its number).
+//! Consumers dedupe on the event id (the message id), so a message announced twice is fanned
+//! out once.
 //!
 //! The sweep runs on a schedule: every second in the local stack, an EventBridge schedule on AWS
 //! (`messaging.outbox.sweep` to the store function), a PingSource on Knative.
+
+use std::time::{Duration, Instant};
 
 use mongodb::bson::DateTime;
 
@@ -21,6 +28,15 @@ use crate::model::{MessageReceived, StoredMessage, event_types};
 pub const SWEEP_EVENT: &str = "messaging.outbox.sweep";
 /// Most messages one sweep re-publishes (the next sweep takes the rest).
 pub const SWEEP_BATCH: usize = 200;
+/// Most overdue outbox marks one round of a sweep looks at to clear those whose fan-out is done.
+pub const CLEAR_BATCH: usize = 1000;
+/// How long one sweep keeps taking rounds of [`CLEAR_BATCH`]: a backlog (a minute of messages
+/// between two EventBridge schedules, or an outage) is cleared over several sweeps, not in one
+/// that outlives its function's timeout.
+pub const CLEAR_BUDGET: Duration = Duration::from_secs(5);
+/// Scope of the fan-out work claims in Redis (`RealtimeState::claim_work`): the store function
+/// claims and finishes a message's fan-out there, the sweep reads which are done.
+pub const FANOUT_SCOPE: &str = "fanout";
 
 /// Publishes `messaging.message.received` for a stored message, with the message id as the
 /// event id (consumers dedupe on it) and, when `agent` is given, the `agentid` extension that
@@ -47,15 +63,44 @@ pub async fn publish_received(
     ctx.events.publish(event).await
 }
 
-/// Re-publishes `messaging.message.received` for every message whose fan-out is overdue at
-/// `now_ms` (at most [`SWEEP_BATCH`]); returns how many. Safe to run concurrently: each overdue
-/// message is taken by one sweeper.
-pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
-    let overdue = ctx
-        .store
-        .overdue_fanouts(DateTime::from_millis(now_ms), SWEEP_BATCH)
-        .await?;
-    let mut published = 0;
+/// What one [`sweep`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Outbox marks cleared because their fan-out was done.
+    pub cleared: u64,
+    /// Messages whose `messaging.message.received` was published again.
+    pub republished: usize,
+}
+
+/// Sweeps the outbox at `now_ms`: clears every overdue mark whose fan-out Redis records as done
+/// (rounds of [`CLEAR_BATCH`] for at most [`CLEAR_BUDGET`]) and re-publishes
+/// `messaging.message.received` for the overdue messages that are not done (at most
+/// [`SWEEP_BATCH`]). Safe to run concurrently: each overdue message is taken by one sweeper.
+/// Fails, publishing nothing, while Redis cannot say what is done (the next sweep tries again).
+pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<Swept> {
+    let now = DateTime::from_millis(now_ms);
+    let started = Instant::now();
+    let mut swept = Swept::default();
+    let undone = loop {
+        let overdue = ctx.store.overdue_fanout_ids(now, CLEAR_BATCH).await?;
+        let done_flags = ctx.realtime.work_done(FANOUT_SCOPE, &overdue).await?;
+        let done: Vec<String> = overdue
+            .iter()
+            .zip(done_flags)
+            .filter(|(_, done)| *done)
+            .map(|(id, _)| id.clone())
+            .collect();
+        swept.cleared += ctx.store.fanouts_done(&done).await?;
+        let undone = overdue.len() - done.len();
+        // A short round was the last; a round of nothing done would find the same again.
+        if overdue.len() < CLEAR_BATCH || done.is_empty() || started.elapsed() > CLEAR_BUDGET {
+            break undone;
+        }
+    };
+    if undone == 0 {
+        return Ok(swept);
+    }
+    let overdue = ctx.store.overdue_fanouts(now, SWEEP_BATCH).await?;
     for message in &overdue {
         let agent = match crate::conversations::routing(ctx, &message.conversation_id).await? {
             Some(conversation) => {
@@ -68,14 +113,14 @@ pub async fn sweep(ctx: &Context, now_ms: i64) -> Result<usize> {
             }
         };
         publish_received(ctx, message, agent.as_deref(), None).await?;
-        published += 1;
+        swept.republished += 1;
         tracing::warn!(
             message_id = %message.message_id,
             sequence_number = message.sequence_number,
             "fan-out overdue: event published again"
         );
     }
-    Ok(published)
+    Ok(swept)
 }
 
 /// The event id of a message's `messaging.message.received`: the message id, so every consumer

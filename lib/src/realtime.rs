@@ -179,6 +179,10 @@ pub trait RealtimeState:
     async fn finish_work(&self, scope: &str, id: &str) -> Result<()>;
     /// The claimed work failed: the next delivery may claim it at once.
     async fn release_work(&self, scope: &str, id: &str) -> Result<()>;
+    /// Which of `ids` in `scope` were finished ([`RealtimeState::finish_work`]) within the
+    /// last day, in the order given, in one round trip. Work never claimed, still in progress
+    /// or forgotten (Redis came back empty) is not done.
+    async fn work_done(&self, scope: &str, ids: &[String]) -> Result<Vec<bool>>;
     /// Starts waiting for an agent's answer until `deadline_ms`.
     async fn await_agent(&self, wait: &AgentWait, deadline_ms: i64) -> Result<()>;
     /// The agent showed progress in a conversation: push its deadlines to `deadline_ms`.
@@ -702,6 +706,22 @@ impl RealtimeState for RedisState {
             .exec_async(&mut self.conn())
             .await?;
         Ok(())
+    }
+
+    async fn work_done(&self, scope: &str, ids: &[String]) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A pipeline of GETs, not one MGET: the keys are on different Cluster slots.
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.get(self.keys.once(scope, id));
+        }
+        let states: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(states
+            .into_iter()
+            .map(|state| state.as_deref() == Some("done"))
+            .collect())
     }
 
     async fn forget_user(&self, user_id: &str) -> Result<Vec<String>> {

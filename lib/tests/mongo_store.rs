@@ -297,6 +297,41 @@ async fn a_stored_message_waits_in_the_outbox_until_its_fanout_is_done() {
 }
 
 #[tokio::test]
+async fn done_fanouts_leave_the_outbox_in_one_write() {
+    let store = store().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let m = store
+            .insert_message(new_message(&format!("b{i}"), "conv-batch", "alice", "hi"))
+            .await
+            .unwrap()
+            .message;
+        ids.push(m.message_id);
+        // Due times one apart at least: "oldest first" is then one order.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let now = DateTime::now();
+    assert!(store.overdue_fanout_ids(now, 10).await.unwrap().is_empty());
+    let future = DateTime::from_millis(now.timestamp_millis() + 30_000);
+    // Oldest first, at most the limit, nothing taken (asking again gives the same).
+    assert_eq!(store.overdue_fanout_ids(future, 2).await.unwrap(), ids[..2]);
+    assert_eq!(store.overdue_fanout_ids(future, 10).await.unwrap(), ids);
+    // Two of them (and an unknown id) leave in one write; only what was marked counts.
+    let done = vec![
+        ids[0].clone(),
+        ids[2].clone(),
+        "no-such-message".to_string(),
+    ];
+    assert_eq!(store.fanouts_done(&done).await.unwrap(), 2);
+    assert_eq!(store.fanouts_done(&done).await.unwrap(), 0, "idempotent");
+    assert_eq!(store.fanouts_done(&[]).await.unwrap(), 0);
+    assert_eq!(
+        store.overdue_fanout_ids(future, 10).await.unwrap(),
+        ids[1..2]
+    );
+}
+
+#[tokio::test]
 async fn indexes_exist_with_the_right_options() {
     let store = store().await;
     let indexes = |name: &'static str| {

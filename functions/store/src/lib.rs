@@ -16,7 +16,9 @@
 //! 3. recipients no connection took it for get a `messaging.notification` (push), with an event
 //!    id derived from the message and a hash of the user, so a redelivery is deduped downstream
 //!    and no personal data rides in event ids;
-//! 4. the outbox mark is cleared.
+//! 4. the fan-out is recorded done in Redis (the claim above); the outbox mark stays until the
+//!    sweep clears the done ones in batches (`messaging::outbox::sweep`): one write per
+//!    thousand messages instead of one per message.
 //!
 //! What each device has received is not decided here: devices acknowledge messages, and `auth`
 //! and `sync` deliver from MongoDB whatever a device has not acknowledged. Agents are not
@@ -32,6 +34,7 @@ use messaging::context::Context;
 use messaging::events::event_data;
 use messaging::fanout::send_to_users;
 use messaging::model::{LastMessage, MessageReceived, Notification, event_types};
+use messaging::outbox::FANOUT_SCOPE;
 use messaging::protocol::{DeliveredMessage, MessageStatus, ServerFrame};
 use messaging::realtime::WorkClaim;
 use messaging::system_messages::SYSTEM_SENDER;
@@ -39,8 +42,6 @@ use messaging::telemetry::hashed_id;
 use messaging::{Error, Result};
 use mongodb::bson::DateTime;
 
-/// Scope of the fan-out claims in Redis.
-const FANOUT_SCOPE: &str = "fanout";
 /// How long one fan-out may take before another delivery of its event takes it over (a fan-out
 /// that died midway is redone, never skipped).
 pub const FANOUT_LEASE: Duration = Duration::from_secs(20);
@@ -56,6 +57,8 @@ pub struct FanOut {
     pub duplicate: bool,
     /// Messages a sweep published again (for `messaging.outbox.sweep`).
     pub republished: usize,
+    /// Outbox marks a sweep cleared because their fan-out was done (`messaging.outbox.sweep`).
+    pub cleared: u64,
     /// Connections told to migrate (for `messaging.connections.sweep`).
     pub migrated: usize,
 }
@@ -65,10 +68,14 @@ pub struct FanOut {
 pub async fn handle(ctx: &Context, event: Event) -> Result<FanOut> {
     match event.ty() {
         event_types::MESSAGE_RECEIVED => received(ctx, event_data(&event)?).await,
-        messaging::outbox::SWEEP_EVENT => Ok(FanOut {
-            republished: messaging::outbox::sweep(ctx, messaging::clock::now_ms()).await?,
-            ..FanOut::default()
-        }),
+        messaging::outbox::SWEEP_EVENT => {
+            let swept = messaging::outbox::sweep(ctx, messaging::clock::now_ms()).await?;
+            Ok(FanOut {
+                republished: swept.republished,
+                cleared: swept.cleared,
+                ..FanOut::default()
+            })
+        }
         messaging::migration::SWEEP_EVENT => Ok(FanOut {
             migrated: messaging::migration::sweep(ctx, messaging::clock::now_ms()).await?,
             ..FanOut::default()
@@ -142,10 +149,10 @@ async fn received(ctx: &Context, data: MessageReceived) -> Result<FanOut> {
             return Err(e);
         }
     };
+    // Done: the sweep clears the outbox mark with others once it is overdue.
     ctx.realtime
         .finish_work(FANOUT_SCOPE, &data.message_id)
         .await?;
-    ctx.store.fanout_done(&data.message_id).await?;
     Ok(outcome)
 }
 

@@ -179,19 +179,26 @@ pub struct RunningStack {
 
 impl RunningStack {
     /// Waits until everything acknowledged so far has been fanned out: the broker has nothing in
-    /// flight and the outbox is empty (a message is published after its ack, so the broker alone
-    /// can look idle before the event of the last ack is in).
+    /// flight and every message still in the outbox has its fan-out recorded done (a message is
+    /// published after its ack, so the broker alone can look idle before the event of the last
+    /// ack is in; the outbox marks themselves are cleared later, by the sweep).
     pub async fn settled(&self) {
+        use messaging::store::MessageStore;
         loop {
             self.broker.idle().await;
-            let waiting = self
-                .mongo
-                .database()
-                .collection::<mongodb::bson::Document>(messaging::store::collections::MESSAGES)
-                .count_documents(mongodb::bson::doc! {"fanout_due_at": {"$exists": true}})
-                .await
-                .unwrap_or(0);
-            if waiting == 0 {
+            // Every mark, however far its due time (a century ahead).
+            let everything = mongodb::bson::DateTime::from_millis(
+                messaging::clock::now_ms() + 100 * 365 * 24 * 3600 * 1000,
+            );
+            // A failed read is "not yet", never "settled".
+            if let Ok(marked) = self.mongo.overdue_fanout_ids(everything, 1_000_000).await
+                && let Ok(done) = self
+                    .ctx
+                    .realtime
+                    .work_done(messaging::outbox::FANOUT_SCOPE, &marked)
+                    .await
+                && done.iter().all(|d| *d)
+            {
                 self.broker.idle().await;
                 return;
             }

@@ -128,8 +128,15 @@ pub trait MessageStore: Send + Sync {
     /// first; each is given a new due time (three fan-out graces later) so that concurrent
     /// sweepers and the next sweeps leave it alone while it is being retried.
     async fn overdue_fanouts(&self, now: DateTime, limit: usize) -> Result<Vec<StoredMessage>>;
+    /// The ids of up to `limit` messages still in the outbox whose fan-out was due at or before
+    /// `now`, oldest first, without taking them (the sweep first clears those whose fan-out is
+    /// known to be done, see `crate::outbox`).
+    async fn overdue_fanout_ids(&self, now: DateTime, limit: usize) -> Result<Vec<String>>;
     /// The after-commit work of a message is done: take it out of the outbox (idempotent).
     async fn fanout_done(&self, message_id: &str) -> Result<()>;
+    /// [`MessageStore::fanout_done`] for many messages in one write; returns how many left the
+    /// outbox.
+    async fn fanouts_done(&self, message_ids: &[String]) -> Result<u64>;
 }
 
 /// A move of messages' status to `status` (not `Sent`): the stored value, and the values it
@@ -460,15 +467,46 @@ impl MessageStore for MongoStore {
         .await
     }
 
-    async fn fanout_done(&self, message_id: &str) -> Result<()> {
+    async fn overdue_fanout_ids(&self, now: DateTime, limit: usize) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            message_id: String,
+        }
         self.deadline(async move {
-            self.messages()
-                .update_one(
-                    doc! {"message_id": message_id},
+            let ids: Vec<Id> = self
+                .messages()
+                .clone_with_type::<Id>()
+                .find(doc! {"fanout_due_at": {"$lte": now}})
+                .sort(doc! {"fanout_due_at": 1})
+                .projection(doc! {"message_id": 1, "_id": 0})
+                .limit(limit as i64)
+                .await?
+                .try_collect()
+                .await?;
+            Ok(ids.into_iter().map(|id| id.message_id).collect())
+        })
+        .await
+    }
+
+    async fn fanout_done(&self, message_id: &str) -> Result<()> {
+        self.fanouts_done(std::slice::from_ref(&message_id.to_string()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn fanouts_done(&self, message_ids: &[String]) -> Result<u64> {
+        if message_ids.is_empty() {
+            return Ok(0);
+        }
+        self.deadline(async move {
+            let cleared = self
+                .messages()
+                .update_many(
+                    doc! {"message_id": {"$in": message_ids}, "fanout_due_at": {"$exists": true}},
                     doc! {"$unset": {"fanout_due_at": ""}},
                 )
                 .await?;
-            Ok(())
+            Ok(cleared.modified_count)
         })
         .await
     }

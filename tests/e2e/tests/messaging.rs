@@ -1507,23 +1507,11 @@ async fn the_connection_a_message_was_sent_on_gets_its_ack_and_every_other_the_m
             .await;
         assert_eq!(got, Some(1), "{who} got the message");
     }
-    // Once the fan-out is over (the outbox mark cleared), whatever it posted to the phone is
-    // ahead of the heartbeat's answer: nothing but that answer may come.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while stack
-        .ctx
-        .store
-        .message(&message_id)
+    // Once the fan-out is over (recorded done), whatever it posted to the phone is ahead of the
+    // heartbeat's answer: nothing but that answer may come.
+    tokio::time::timeout(WAIT, stack.settled())
         .await
-        .unwrap()
-        .is_some_and(|m| m.fanout_due_at.is_some())
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fan-out never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .expect("fan-out never finished");
     phone
         .send(serde_json::json!({"type": "heartbeat", "timestamp": 2}).to_string())
         .await;
@@ -1663,4 +1651,72 @@ async fn the_first_messages_of_a_new_conversation_posted_out_of_order_arrive_in_
         got.push(seq);
     }
     assert_eq!(got, vec![1, 2], "in order, neither skipped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_sweep_clears_done_fanouts_in_one_write_and_redoes_what_redis_forgot() {
+    use messaging::outbox::{FANOUT_SCOPE, Swept, sweep};
+    // No background sweep: this test runs it at chosen times.
+    let stack = stack_with(|c| c.sweep_interval = Duration::from_secs(3600)).await;
+    let grace = stack.config.store.fanout_grace.as_millis() as i64;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let phone = client(&stack, &alice, "phone").await;
+    let mut bobs = client(&stack, &bob, "phone").await;
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        let ack = phone
+            .send_text(&conv, &sealed(format!("m{i}")))
+            .await
+            .unwrap();
+        ids.push(ack.message_id);
+    }
+    assert_eq!(messages(&mut bobs, &conv, 3).await.len(), 3);
+    stack.settled().await;
+    // Fanned out, and still in the outbox: the store function wrote nothing to clear it.
+    for id in &ids {
+        assert!(stored(&stack, id).await.fanout_due_at.is_some(), "{id}");
+    }
+    // Before the marks are overdue the sweep leaves them alone.
+    let now = messaging::clock::now_ms();
+    assert_eq!(sweep(&stack.ctx, now).await.unwrap(), Swept::default());
+
+    // Redis forgets the third fan-out (as after a restart with nothing saved).
+    stack
+        .ctx
+        .realtime
+        .release_work(FANOUT_SCOPE, &ids[2])
+        .await
+        .unwrap();
+    let swept = sweep(&stack.ctx, now + grace + 1000).await.unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            cleared: 2,
+            republished: 1
+        }
+    );
+    assert_eq!(stored(&stack, &ids[0]).await.fanout_due_at, None);
+    assert_eq!(stored(&stack, &ids[1]).await.fanout_due_at, None);
+    // Fanned out again; Bob's device keeps what it has (one of each number).
+    stack.settled().await;
+    // The retaken message is due again three graces later: then it is cleared, not resent.
+    let later = now + 4 * grace + 1000;
+    assert_eq!(
+        sweep(&stack.ctx, later).await.unwrap(),
+        Swept {
+            cleared: 1,
+            republished: 0
+        }
+    );
+    assert_eq!(stored(&stack, &ids[2]).await.fanout_due_at, None);
+    assert_eq!(sweep(&stack.ctx, later).await.unwrap(), Swept::default());
+    phone.send_text(&conv, &sealed("m4")).await.unwrap();
+    let after = messages(&mut bobs, &conv, 1).await;
+    assert_eq!(
+        after.iter().map(|m| m.sequence_number).collect::<Vec<_>>(),
+        vec![4],
+        "the re-fanned-out message 3 reached Bob's client as a repeat and was dropped"
+    );
 }
