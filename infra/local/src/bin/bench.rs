@@ -11,6 +11,8 @@
 //!    `message` frame), and counting errors;
 //! 3. measures the floor in the same run: the Redis and MongoDB round trips one message needs,
 //!    issued directly, so latency can be read as a multiple of what the servers themselves cost;
+//!    and the CPU one MongoDB, Redis and HTTP call costs its caller on its own, so the functions'
+//!    CPU per message can be read as a multiple of what the calls it made cost at least;
 //! 4. reads the stack's per-stage counters (`GET /metrics`) to report round trips and time per
 //!    message by stage.
 //!
@@ -389,6 +391,123 @@ fn conversation(
 const ACK_PATH_REDIS: f64 = 2.0;
 /// See [`ACK_PATH_REDIS`].
 const ACK_PATH_MONGO: f64 = 1.0;
+
+/// Calls of each kind timed for [`call_cpu_floor`].
+const CPU_FLOOR_CALLS: u32 = 2000;
+
+/// What one call of each kind the functions make costs the caller's CPU on its own, in ms:
+/// a MongoDB write through [`MongoStore`]'s client (as the functions open it), a Redis write
+/// through a multiplexed connection, an HTTP POST with a small JSON body over a kept-alive
+/// connection (the kind the management-API posts and the broker publishes are).
+#[derive(Debug, Clone, Copy)]
+struct CallCpu {
+    mongodb_ms: f64,
+    redis_ms: f64,
+    http_ms: f64,
+}
+
+/// CPU time (user + system) of the calling thread, in ms.
+fn thread_cpu_ms() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
+/// Measures [`CallCpu`] in the same run as the load: on one thread of its own running a
+/// current-thread runtime that also holds the clients, so every bit of their work (encoding,
+/// connection tasks, waking up) is on that thread and counted, and nothing else is. Calls go
+/// back to back, after a warm-up, [`CPU_FLOOR_CALLS`] of each kind. The HTTP server answering
+/// the posts runs on the caller's runtime (not measured).
+async fn call_cpu_floor(redis_url: &str, mongodb_uri: &str) -> anyhow::Result<CallCpu> {
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let post_url = format!("http://{}/", server.local_addr()?);
+    let app = axum::Router::new().route("/", axum::routing::post(|| async { "{}" }));
+    let serving = tokio::spawn(async move { axum::serve(server, app).await });
+    let (redis_url, mongodb_uri) = (redis_url.to_string(), mongodb_uri.to_string());
+    let measured = tokio::task::spawn_blocking(move || -> anyhow::Result<CallCpu> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let store =
+                MongoStore::connect(&mongodb_uri, "messaging", StoreOptions::default()).await?;
+            let coll = store
+                .database()
+                .collection::<mongodb::bson::Document>("bench_cpu_floor");
+            let redis =
+                redis::aio::ConnectionManager::new(redis::Client::open(redis_url.as_str())?)
+                    .await?;
+            let http = reqwest::Client::new();
+            let body =
+                serde_json::json!({"type": "message", "payload": {"content": "x".repeat(300)}})
+                    .to_string();
+            async fn timed<F: std::future::Future<Output = anyhow::Result<()>>>(
+                mut call: impl FnMut(u32) -> F,
+            ) -> anyhow::Result<f64> {
+                for i in 0..CPU_FLOOR_CALLS / 10 {
+                    call(i).await?;
+                }
+                let before = thread_cpu_ms();
+                for i in 0..CPU_FLOOR_CALLS {
+                    call(i).await?;
+                }
+                Ok((thread_cpu_ms() - before) / CPU_FLOOR_CALLS as f64)
+            }
+            let mongodb_ms = timed(|i| {
+                let coll = coll.clone();
+                async move {
+                    coll.update_one(
+                        mongodb::bson::doc! {"_id": (i % 100) as i64},
+                        mongodb::bson::doc! {"$max": {"n": i as i64}},
+                    )
+                    .upsert(true)
+                    .await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            let redis_ms = timed(|i| {
+                let mut redis = redis.clone();
+                async move {
+                    let () = redis::cmd("SET")
+                        .arg(format!("bench:cpu-floor:{}", i % 100))
+                        .arg(i)
+                        .arg("PX")
+                        .arg(60_000)
+                        .query_async(&mut redis)
+                        .await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            let http_ms = timed(|_| {
+                let (http, url, body) = (http.clone(), post_url.clone(), body.clone());
+                async move {
+                    http.post(url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .bytes()
+                        .await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            Ok(CallCpu {
+                mongodb_ms,
+                redis_ms,
+                http_ms,
+            })
+        })
+    })
+    .await?;
+    serving.abort();
+    measured
+}
 
 /// The floor: what the servers alone cost, measured directly in the same run — the ack path's
 /// round trips issued back to back, and everything one message costs (all functions, receipts
@@ -808,6 +927,19 @@ async fn main() -> anyhow::Result<()> {
     let floor_ms = floor["ack_path_floor_ms"].as_f64().unwrap_or(f64::NAN);
     let ack_p50 = ack["p50_ms"].as_f64().unwrap_or(f64::NAN);
     println!("ack p50 / ack-path floor = {:.1}x", ack_p50 / floor_ms);
+    // The CPU the functions' calls cost their caller at least: each kind measured on its own
+    // in this run, times how many of it a message made. Invocations are left out.
+    let call = call_cpu_floor(&redis_url, &mongodb_uri).await?;
+    let http_rt = per_message("gateway_post").0 + per_message("broker_publish").0;
+    let cpu_floor_ms =
+        mongo_rt * call.mongodb_ms + redis_rt * call.redis_ms + http_rt * call.http_ms;
+    println!(
+        "functions' CPU floor (the calls a message made, each measured alone on one thread):\n  {mongo_rt:.2} MongoDB x {:.3} + {redis_rt:.2} Redis x {:.3} + {http_rt:.2} HTTP posts x {:.3} ms = {cpu_floor_ms:.3} ms per message\nfunctions' CPU / its floor = {:.1}x",
+        call.mongodb_ms,
+        call.redis_ms,
+        call.http_ms,
+        functions_ms / cpu_floor_ms
+    );
 
     let report = serde_json::json!({
         "machine": machine,
@@ -824,6 +956,12 @@ async fn main() -> anyhow::Result<()> {
         "stack_cpu_ms_per_message_above_idle": above_idle_ms,
         "functions_cpu_ms_per_message_above_idle": functions_ms,
         "emulators_cpu_ms_per_message_above_idle": emulators_ms,
+        "functions_cpu_floor": {
+            "cpu_ms_per_call": {"mongodb": call.mongodb_ms, "redis": call.redis_ms, "http_post": call.http_ms},
+            "calls_per_message": {"mongodb": mongo_rt, "redis": redis_rt, "http_post": http_rt},
+            "cpu_ms_per_message": cpu_floor_ms,
+            "ratio": functions_ms / cpu_floor_ms,
+        },
     });
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
