@@ -91,7 +91,9 @@ pub async fn send(
             timestamp: message.timestamp.timestamp_millis(),
         },
     };
-    // A retry of a message whose fan-out is done needs no second announcement.
+    // A retry of a message out of the outbox (its fan-out done and swept) needs no second
+    // announcement; one still marked is announced again, and the store function skips a
+    // fan-out already done.
     if message.fanout_due_at.is_some()
         && let Err(e) = messaging::outbox::publish_received(
             ctx,
