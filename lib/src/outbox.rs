@@ -14,7 +14,8 @@
 //! out once.
 //!
 //! The sweep runs on a schedule: every second in the local stack, an EventBridge schedule on AWS
-//! (`messaging.outbox.sweep` to the store function), a PingSource on Knative.
+//! (`messaging.outbox.sweep` to the store function), a CronJob posting that event to the Broker
+//! on Knative.
 
 use std::time::{Duration, Instant};
 
