@@ -408,13 +408,19 @@ struct CallCpu {
     http_ms: f64,
 }
 
-/// CPU time (user + system) of the calling thread, in ms.
-fn thread_cpu_ms() -> f64 {
+/// CPU time (user + system) used so far by `who` (`libc::RUSAGE_SELF`: this process;
+/// `libc::RUSAGE_THREAD`: the calling thread), in ms.
+fn cpu_ms(who: libc::c_int) -> f64 {
     // SAFETY: getrusage writes into the struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    unsafe { libc::getrusage(who, &mut usage) };
     let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
     ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
+/// CPU time (user + system) of the calling thread, in ms.
+fn thread_cpu_ms() -> f64 {
+    cpu_ms(libc::RUSAGE_THREAD)
 }
 
 /// Measures [`CallCpu`] in the same run as the load: on one thread of its own running a
@@ -1547,11 +1553,7 @@ mod e2ee {
 
     /// CPU time of this process so far (user + system), in seconds.
     fn own_cpu() -> f64 {
-        // SAFETY: getrusage writes into the struct it is given.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+        cpu_ms(libc::RUSAGE_SELF) / 1e3
     }
 
     async fn encrypted(
