@@ -11,6 +11,12 @@
 //! triggers). Medians of `--runs` runs; the zip is the binary as `bootstrap`, deflated (what
 //! `cargo lambda build --output-format zip` uploads).
 //!
+//! After its first answer each Lambda process gets `--warm` more of the same event, one at a
+//! time as Lambda hands them: "warm ms" is the median time from handing an event to its answer
+//! (what Lambda bills, plus this Runtime API's own hop), "warm CPU" the process's CPU time per
+//! event (every thread's, from `/proc/<pid>/task/*/schedstat`), also as a ratio to the minimal
+//! binary's (its runtime API round trip and nothing else) measured in the same run.
+//!
 //! ```sh
 //! cargo build --release --bins && cargo run --release -p lambda-tests --bin cold-start
 //! ```
@@ -18,10 +24,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lambda_tests::deployment::{Deployment, root};
-use lambda_tests::runtime_api::RuntimeApi;
+use lambda_tests::runtime_api::{Outcome, RuntimeApi};
 use lambda_tests::template::SamTemplate;
 use serde_json::{Value, json};
 
@@ -34,19 +41,24 @@ const MINIMAL_MONGODB: &str = "minimal-mongodb-lambda";
 
 struct Args {
     runs: usize,
+    warm: usize,
     dir: PathBuf,
 }
 
 fn args() -> Args {
     let mut runs = 5;
+    let mut warm = 200;
     let mut profile = "release".to_string();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--runs" => runs = it.next().and_then(|n| n.parse().ok()).unwrap_or(runs),
+            "--warm" => warm = it.next().and_then(|n| n.parse().ok()).unwrap_or(warm),
             "--profile" => profile = it.next().unwrap_or(profile),
             other => {
-                eprintln!("usage: cold-start [--runs N] [--profile release|debug] (not {other})");
+                eprintln!(
+                    "usage: cold-start [--runs N] [--warm EVENTS] [--profile release|debug] (not {other})"
+                );
                 std::process::exit(2);
             }
         }
@@ -56,20 +68,31 @@ fn args() -> Args {
         .unwrap_or_else(|| root().join("target"));
     Args {
         runs,
+        warm,
         dir: target.join(profile),
     }
 }
 
 /// One event of the function's own triggers, as its deployment delivers it.
+/// Each HTTP event is a different user's, so that the API's per-user rate limit (kept in Redis
+/// across runs) answers none of them with 429.
 fn event(binary: &str, deployment: &Deployment) -> Value {
-    let token = deployment.token("cold-start-user");
-    let websocket = |route: &str, event_type: &str| {
-        json!({"requestContext": {
+    static USERS: AtomicUsize = AtomicUsize::new(0);
+    let user = USERS.fetch_add(1, Ordering::Relaxed);
+    let token = deployment.token(&format!("cold-start-user-{user}"));
+    // What API Gateway puts in every WebSocket event's `requestContext`.
+    let context = |route: &str, event_type: &str| {
+        json!({
             "routeKey": route, "eventType": event_type, "connectionId": "cold-start-conn",
             "connectedAt": 1_700_000_000_000i64, "requestTimeEpoch": 1_700_000_000_001i64,
             "stage": "prod", "apiId": "test-api", "requestId": "r", "messageDirection": "IN",
-            "identity": {"sourceIp": "127.0.0.1"},
-            "authorizer": {"principalId": "cold-start-user", "user_id": "cold-start-user", "device_id": "phone"}},
+            "identity": {"sourceIp": "127.0.0.1"}})
+    };
+    let websocket = |route: &str, event_type: &str| {
+        let mut context = context(route, event_type);
+        context["authorizer"] = json!({"principalId": "cold-start-user",
+            "user_id": "cold-start-user", "device_id": "phone"});
+        json!({"requestContext": context,
             "body": "{\"type\":\"heartbeat\",\"timestamp\":0}", "isBase64Encoded": false})
     };
     let scheduled = |kind: &str| {
@@ -92,9 +115,8 @@ fn event(binary: &str, deployment: &Deployment) -> Value {
     match binary {
         "authorizer" => json!({"type": "REQUEST",
             "methodArn": "arn:aws:execute-api:us-east-1:123456789012:test-api/prod/$connect",
-            "headers": {}, "queryStringParameters": {"token": token},
-            "requestContext": {"routeKey": "$connect", "eventType": "CONNECT", "connectionId": "c",
-                               "apiId": "test-api", "stage": "prod", "requestId": "r"}}),
+            "headers": {}, "queryStringParameters": {"token": token, "device_id": "phone"},
+            "requestContext": context("$connect", "CONNECT")}),
         "connect" => websocket("$connect", "CONNECT"),
         "message" => websocket("$default", "MESSAGE"),
         "disconnect" => websocket("$disconnect", "DISCONNECT"),
@@ -116,13 +138,29 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Start to first `invocation/next`, and start to the first event's outcome, under Lambda.
+/// What one process under the Lambda Runtime API measured.
+struct LambdaRun {
+    /// Start to the first `invocation/next`.
+    init: Duration,
+    /// Start to the first event's outcome.
+    first: Duration,
+    /// Median time from handing a warm event to its outcome.
+    warm: Duration,
+    /// The process's CPU time per warm event.
+    warm_cpu: Duration,
+    /// What the first event was answered with: `ok`, `status N` (an HTTP or WebSocket
+    /// response), or the error's type.
+    answer: String,
+}
+
+/// Starts `path` under `runtime` and hands it one of `event` cold, then `warm` more.
 async fn lambda_once(
     path: &Path,
     env: &BTreeMap<String, String>,
     runtime: &RuntimeApi,
-    event: Value,
-) -> anyhow::Result<(Duration, Duration)> {
+    event: impl Fn() -> Value,
+    warm: usize,
+) -> anyhow::Result<LambdaRun> {
     let started = Instant::now();
     let mut child = Command::new(path)
         .env_clear()
@@ -140,12 +178,58 @@ async fn lambda_once(
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let init = started.elapsed();
-    let outcome = runtime.invoke(event, Duration::from_secs(30)).await;
+    let outcome = runtime.invoke(event(), Duration::from_secs(30)).await;
     let first = started.elapsed();
+    let measured = async {
+        let answer = match outcome {
+            Some(Outcome::Response(response)) => match response.get("statusCode") {
+                Some(status) => format!("status {status}"),
+                None => "ok".to_string(),
+            },
+            Some(Outcome::Error { error_type, .. }) => error_type,
+            None => anyhow::bail!("{} did not answer", path.display()),
+        };
+        let cpu_before = process_cpu(child.id())?;
+        let mut walls = Vec::with_capacity(warm);
+        for _ in 0..warm {
+            let handed = Instant::now();
+            let outcome = runtime.invoke(event(), Duration::from_secs(30)).await;
+            anyhow::ensure!(outcome.is_some(), "{} did not answer warm", path.display());
+            walls.push(handed.elapsed());
+        }
+        let cpu = process_cpu(child.id())?.saturating_sub(cpu_before);
+        Ok(LambdaRun {
+            init,
+            first,
+            warm: median(walls),
+            warm_cpu: cpu / warm.max(1) as u32,
+            answer,
+        })
+    }
+    .await;
     let _ = child.kill();
     let _ = child.wait();
-    anyhow::ensure!(outcome.is_some(), "{} did not answer", path.display());
-    Ok((init, first))
+    measured
+}
+
+/// The CPU time process `pid` has used so far, over all its threads, from
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds: `/proc/<pid>/stat` counts 10 ms ticks, too
+/// coarse for a fraction of a millisecond per event). A thread that exits takes its time along;
+/// the functions' threads live as long as the process.
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        nanos += stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(nanos))
 }
 
 /// Start to the first answer of `POST /` in HTTP mode (any status is an answer).
@@ -217,17 +301,38 @@ async fn main() -> anyhow::Result<()> {
     functions.insert(0, ("AuthorizerFunction".into(), MINIMAL.into()));
     functions.insert(1, ("StoreFunction".into(), MINIMAL_MONGODB.into()));
     println!(
-        "cold starts, {} runs each, binaries in {} (median; the minimal lambda_runtime binaries first: \
-         x minimal is to the one that answers with nothing, x MongoDB to the one that reads MongoDB once)\n",
+        "cold starts, {} runs each, then {} warm events each, binaries in {} (median; the minimal \
+         lambda_runtime binaries first: x minimal is to the one that answers with nothing, x MongoDB \
+         to the one that reads MongoDB once)\n",
         args.runs,
+        args.warm,
         args.dir.display()
     );
     println!(
-        "{:<22} {:>9} {:>12} {:>10} {:>10} {:>12} {:>10}",
-        "binary", "init ms", "1st answer", "x minimal", "x MongoDB", "HTTP mode", "zip KiB"
+        "{:<22} {:>8} {:>11} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10} {:>8}  answer",
+        "binary",
+        "init ms",
+        "1st answer",
+        "x minimal",
+        "x MongoDB",
+        "HTTP mode",
+        "warm ms",
+        "warm CPU",
+        "x minimal",
+        "zip KiB"
     );
+    // The servers settle first (the first processes' connections, the schema): otherwise the
+    // first binary measured, the floor, pays for it.
+    {
+        let (function, binary) = &functions[0];
+        let runtime = RuntimeApi::start().await;
+        let env = deployment.lambda_env(&template, function, &runtime);
+        let events = || event(binary, &deployment);
+        lambda_once(&args.dir.join(binary), &env, &runtime, events, args.warm).await?;
+    }
     let mut floor = None;
     let mut mongodb_floor = None;
+    let mut cpu_floor = None;
     let mut report = Vec::new();
     for (function, binary) in functions {
         let path = args.dir.join(&binary);
@@ -238,30 +343,45 @@ async fn main() -> anyhow::Result<()> {
         );
         let mut inits = Vec::new();
         let mut firsts = Vec::new();
+        let mut warms = Vec::new();
+        let mut warm_cpus = Vec::new();
         let mut https = Vec::new();
+        let mut answer = String::new();
         for _ in 0..args.runs {
             let runtime = RuntimeApi::start().await;
             let env = deployment.lambda_env(&template, &function, &runtime);
-            let (init, first) =
-                lambda_once(&path, &env, &runtime, event(&binary, &deployment)).await?;
-            inits.push(init);
-            firsts.push(first);
+            let run = lambda_once(
+                &path,
+                &env,
+                &runtime,
+                || event(&binary, &deployment),
+                args.warm,
+            )
+            .await?;
+            inits.push(run.init);
+            firsts.push(run.first);
+            warms.push(run.warm);
+            warm_cpus.push(run.warm_cpu);
+            answer = run.answer;
             if binary != MINIMAL && binary != MINIMAL_MONGODB {
                 https.push(http_once(&path, &env, &event(&binary, &deployment)).await?);
             }
         }
         let (init, first) = (median(inits), median(firsts));
+        let (warm, warm_cpu) = (median(warms), median(warm_cpus));
         let floor_first = *floor.get_or_insert(first);
+        let floor_cpu = *cpu_floor.get_or_insert(warm_cpu);
         let mongodb_floor_first = if binary == MINIMAL {
             None
         } else {
             Some(*mongodb_floor.get_or_insert(first))
         };
         let to_mongodb = mongodb_floor_first.map(|f| first.as_secs_f64() / f.as_secs_f64());
+        let cpu_ratio = warm_cpu.as_secs_f64() / floor_cpu.as_secs_f64().max(1e-9);
         let http = (!https.is_empty()).then(|| median(https));
         let zip = zip_size(&path)?;
         println!(
-            "{binary:<22} {:>9.1} {:>12.1} {:>9.2}x {:>10} {:>12} {:>10.0}",
+            "{binary:<22} {:>8.1} {:>11.1} {:>9.2}x {:>10} {:>10} {:>8.2} {:>6.0} us {:>9.2}x {:>8.0}  {answer}",
             ms(init),
             ms(first),
             first.as_secs_f64() / floor_first.as_secs_f64(),
@@ -270,13 +390,18 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into()),
             http.map(|h| format!("{:.1}", ms(h)))
                 .unwrap_or_else(|| "-".into()),
+            ms(warm),
+            warm_cpu.as_secs_f64() * 1e6,
+            cpu_ratio,
             zip as f64 / 1024.0
         );
         report.push(
             json!({"binary": binary, "init_ms": ms(init), "first_answer_ms": ms(first),
             "ratio_to_minimal": first.as_secs_f64() / floor_first.as_secs_f64(),
             "ratio_to_minimal_mongodb": to_mongodb,
-            "http_first_answer_ms": http.map(ms), "zip_bytes": zip}),
+            "http_first_answer_ms": http.map(ms),
+            "warm_answer_ms": ms(warm), "warm_cpu_us": warm_cpu.as_secs_f64() * 1e6,
+            "warm_cpu_ratio_to_minimal": cpu_ratio, "zip_bytes": zip, "answer": answer}),
         );
     }
     if let Ok(path) = std::env::var("COLD_START_JSON") {

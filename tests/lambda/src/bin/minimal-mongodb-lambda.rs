@@ -3,12 +3,16 @@
 //! one read. `cold-start` measures the functions whose first event needs MongoDB against it as
 //! well as against `minimal-lambda`: what the driver's handshakes and a first round trip cost
 //! against this server, with nothing of ours in it.
+//!
+//! On tokio's current-thread runtime, as the functions run under Lambda
+//! (`messaging::runtime::start`): the cheapest way to serve one event at a time, so the warm
+//! CPU floor is the Runtime API loop's own.
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let uri = std::env::var("MONGODB_URI")?;
     let database = std::env::var("MONGODB_DATABASE").unwrap_or_else(|_| "messaging".into());
