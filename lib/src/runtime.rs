@@ -22,6 +22,9 @@
 //!   message, and an answer is the policy JSON.
 //!
 //! Every HTTP server answers `GET /healthz` (for probes) and stops gracefully on SIGTERM.
+//!
+//! [`start`] gives a binary's `main` the tokio runtime its mode needs: one thread under Lambda
+//! (a sandbox hands its process one event at a time), every core as an HTTP server.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -80,6 +83,33 @@ pub fn mode_from(src: &impl crate::config::Source) -> Result<Mode, crate::config
 /// The mode of this process.
 pub fn mode() -> Result<Mode, crate::config::ConfigError> {
     mode_from(&crate::config::Env)
+}
+
+/// Runs a function binary's `main` to its end on the tokio runtime its mode needs.
+///
+/// Under Lambda a current-thread runtime: the sandbox hands its process one event at a time,
+/// so the Runtime API loop, the handler and the clients' background tasks (connection pools,
+/// the MongoDB monitor) can share one thread, and no reply from Redis, MongoDB or the
+/// management API has to wake a second one (with the multi-thread runtime the loop ran on the
+/// main thread and the clients' tasks on workers: every reply crossed threads, which `cold-start`
+/// measures as CPU per warm event). As an HTTP server (Knative, Kubernetes), which serves
+/// concurrent requests, tokio's multi-thread runtime on every core. A `PORT` that does not parse
+/// is reported by the `run_*` function, as before.
+pub fn start<F: Future>(main: F) -> F::Output {
+    runtime_for(mode().ok()).block_on(main)
+}
+
+/// The tokio runtime of a function running in `mode` (`None`: a mode not understood, which
+/// the `run_*` functions report).
+fn runtime_for(mode: Option<Mode>) -> tokio::runtime::Runtime {
+    let mut builder = match mode {
+        Some(Mode::Lambda) => tokio::runtime::Builder::new_current_thread(),
+        Some(Mode::Http(_)) | None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
 }
 
 /// Builds a function's dependencies (`build`, from the environment). When that fails the
@@ -581,4 +611,45 @@ where
         _ => axum::body::Body::empty(),
     };
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::{Mode, runtime_for};
+
+    #[test]
+    fn one_thread_under_lambda_every_core_as_an_http_server() {
+        let flavor = |mode| runtime_for(mode).handle().runtime_flavor();
+        assert_eq!(flavor(Some(Mode::Lambda)), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(Some(Mode::Http(8080))), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(None), RuntimeFlavor::MultiThread);
+    }
+
+    #[test]
+    fn the_lambda_runtime_has_timers_sockets_and_tasks_beside_main() {
+        // Every outside call has a deadline (timers) over a socket, and the clients' background
+        // tasks run while main waits.
+        let echoed = runtime_for(Some(Mode::Lambda)).block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                tokio::io::AsyncWriteExt::write_all(&mut socket, b"pong")
+                    .await
+                    .unwrap();
+            });
+            let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+            let mut answer = [0u8; 4];
+            let read = tokio::io::AsyncReadExt::read_exact(&mut client, &mut answer);
+            tokio::time::timeout(std::time::Duration::from_secs(5), read)
+                .await
+                .expect("answered within the deadline")
+                .unwrap();
+            server.await.unwrap();
+            answer
+        });
+        assert_eq!(&echoed, b"pong");
+    }
 }

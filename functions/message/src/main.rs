@@ -2,13 +2,14 @@
 //! `AWS_LAMBDA_RUNTIME_API` is not set, as an HTTP server on `$PORT` that the Kubernetes
 //! WebSocket gateway calls with the same event JSON.
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
-    messaging::telemetry::init();
-    let ctx = messaging::runtime::init(messaging::context::Context::from_env()).await;
-    messaging::runtime::run_websocket_function(move |event| {
-        let ctx = ctx.clone();
-        async move { fn_message::handle(&ctx, event).await }
+fn main() -> Result<(), lambda_runtime::Error> {
+    messaging::runtime::start(async {
+        messaging::telemetry::init();
+        let ctx = messaging::runtime::init(messaging::context::Context::from_env()).await;
+        messaging::runtime::run_websocket_function(move |event| {
+            let ctx = ctx.clone();
+            async move { fn_message::handle(&ctx, event).await }
+        })
+        .await
     })
-    .await
 }
