@@ -31,9 +31,11 @@ impl Agent for Reverse {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter("info").init();
-    let agent_id = std::env::var("AGENT_ID").unwrap_or_else(|_| "reverse".into());
-    serve(AgentHost::from_env(agent_id).await?, Reverse).await
+fn main() -> anyhow::Result<()> {
+    // One thread under Lambda (one event at a time), every core as an HTTP server.
+    messaging::runtime::start(async {
+        tracing_subscriber::fmt().with_env_filter("info").init();
+        let agent_id = std::env::var("AGENT_ID").unwrap_or_else(|_| "reverse".into());
+        serve(AgentHost::from_env(agent_id).await?, Reverse).await
+    })
 }
