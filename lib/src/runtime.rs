@@ -95,6 +95,11 @@ pub fn mode() -> Result<Mode, crate::config::ConfigError> {
 /// measures as CPU per warm event). As an HTTP server (Knative, Kubernetes), which serves
 /// concurrent requests, tokio's multi-thread runtime on every core. A `PORT` that does not parse
 /// is reported by the `run_*` function, as before.
+///
+/// So under Lambda a handler must not block its thread: slow work goes to `spawn_blocking`
+/// (password hashing and thumbnails do), and `block_in_place` would panic. Serving several
+/// events at once (`lambda_runtime::run_concurrent`, Lambda Managed Instances) would need the
+/// multi-thread runtime back.
 pub fn start<F: Future>(main: F) -> F::Output {
     runtime_for(mode().ok()).block_on(main)
 }
