@@ -192,8 +192,10 @@ async fn lambda_once(
         let cpu_before = process_cpu(child.id())?;
         let mut walls = Vec::with_capacity(warm);
         for _ in 0..warm {
+            // Built before the clock starts: the function's answer is timed, not this.
+            let event = event();
             let handed = Instant::now();
-            let outcome = runtime.invoke(event(), Duration::from_secs(30)).await;
+            let outcome = runtime.invoke(event, Duration::from_secs(30)).await;
             anyhow::ensure!(outcome.is_some(), "{} did not answer warm", path.display());
             walls.push(handed.elapsed());
         }
