@@ -87,6 +87,16 @@ pub async fn send_each<'a>(
     frame_of: impl Fn(usize, &str) -> Option<&'a ServerFrame>,
 ) -> Result<Vec<usize>> {
     let connections = ctx.realtime.connections_of_users(user_ids).await?;
+    send_to_connections(ctx, &connections, frame_of).await
+}
+
+/// [`send_each`] with the users' connections already read (per user, in order), e.g. in the
+/// round trip that claimed a fan-out (`RealtimeState::claim_work_for_users`).
+pub async fn send_to_connections<'a>(
+    ctx: &Context,
+    connections: &[Vec<String>],
+    frame_of: impl Fn(usize, &str) -> Option<&'a ServerFrame>,
+) -> Result<Vec<usize>> {
     let frame_of = &frame_of;
     let posts = connections.iter().enumerate().flat_map(|(user, ids)| {
         ids.iter().filter_map(move |connection| {
@@ -94,7 +104,7 @@ pub async fn send_each<'a>(
             Some(async move { (user, post(ctx, connection, frame).await) })
         })
     });
-    let mut delivered = vec![0; user_ids.len()];
+    let mut delivered = vec![0; connections.len()];
     for (user, outcome) in join_all(posts).await {
         if outcome? == PostOutcome::Delivered {
             delivered[user] += 1;

@@ -175,6 +175,16 @@ pub trait RealtimeState:
     /// [`WorkClaim::Done`] for a day. A claimer that dies without finishing loses the claim when
     /// the lease runs out, so a redelivery redoes the work instead of skipping it.
     async fn claim_work(&self, scope: &str, id: &str, lease: Duration) -> Result<WorkClaim>;
+    /// [`RealtimeState::claim_work`] and [`RealtimeState::connections_of_users`] in one round
+    /// trip: a fan-out's claim and where it would go (the connections read right after the
+    /// claim, of use only when it is [`WorkClaim::Claimed`]).
+    async fn claim_work_for_users(
+        &self,
+        scope: &str,
+        id: &str,
+        lease: Duration,
+        user_ids: &[String],
+    ) -> Result<(WorkClaim, Vec<Vec<String>>)>;
     /// The claimed work is done: redeliveries skip it for a day.
     async fn finish_work(&self, scope: &str, id: &str) -> Result<()>;
     /// The claimed work failed: the next delivery may claim it at once.
@@ -574,25 +584,35 @@ impl RealtimeState for RedisState {
     }
 
     async fn claim_work(&self, scope: &str, id: &str, lease: Duration) -> Result<WorkClaim> {
-        const SCRIPT: &str = r#"
-            local state = redis.call('GET', KEYS[1])
-            if state == 'done' then return -2 end
-            if state then return math.max(1, redis.call('PTTL', KEYS[1])) end
-            redis.call('SET', KEYS[1], 'working', 'PX', ARGV[1])
-            return 0
-        "#;
-        let state: i64 = redis::Script::new(SCRIPT)
-            .key(self.keys.once(scope, id))
-            .arg(lease.as_millis().max(1) as u64)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(match state {
-            0 => WorkClaim::Claimed,
-            -2 => WorkClaim::Done,
-            left => WorkClaim::InProgress {
-                retry_after: Duration::from_millis(left.max(1) as u64),
-            },
-        })
+        let mut pipe = redis::pipe();
+        self.claim_cmd(&mut pipe, scope, id, lease);
+        let (state,): (i64,) = pipe.query_async(&mut self.conn()).await?;
+        Ok(work_claim(state))
+    }
+
+    async fn claim_work_for_users(
+        &self,
+        scope: &str,
+        id: &str,
+        lease: Duration,
+        user_ids: &[String],
+    ) -> Result<(WorkClaim, Vec<Vec<String>>)> {
+        let mut pipe = redis::pipe();
+        self.claim_cmd(&mut pipe, scope, id, lease);
+        for user_id in user_ids {
+            pipe.cmd("SMEMBERS")
+                .arg(self.keys.user_connections(user_id));
+        }
+        let reply: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
+        let mut reply = reply.into_iter();
+        let claim = work_claim(next_value(&mut reply)?);
+        let mut connections = Vec::with_capacity(user_ids.len());
+        for _ in user_ids {
+            let mut ids: Vec<String> = next_value(&mut reply)?;
+            ids.sort();
+            connections.push(ids);
+        }
+        Ok((claim, connections))
     }
 
     async fn finish_work(&self, scope: &str, id: &str) -> Result<()> {
@@ -880,6 +900,27 @@ pub(crate) fn next_value<T: redis::FromRedisValue>(
     )
 }
 
+/// Takes work that is neither done nor claimed (`SET ... working PX lease`); answers 0 when
+/// taken, -2 when done, else the milliseconds left of the current claim.
+const CLAIM_WORK: &str = r#"
+    local state = redis.call('GET', KEYS[1])
+    if state == 'done' then return -2 end
+    if state then return math.max(1, redis.call('PTTL', KEYS[1])) end
+    redis.call('SET', KEYS[1], 'working', 'PX', ARGV[1])
+    return 0
+"#;
+
+/// What the answer of [`CLAIM_WORK`] means.
+fn work_claim(state: i64) -> WorkClaim {
+    match state {
+        0 => WorkClaim::Claimed,
+        -2 => WorkClaim::Done,
+        left => WorkClaim::InProgress {
+            retry_after: Duration::from_millis(left.max(1) as u64),
+        },
+    }
+}
+
 fn decisions(answer: &[i64], buckets: usize) -> Vec<RateDecision> {
     (0..buckets)
         .map(|i| {
@@ -898,6 +939,17 @@ fn decisions(answer: &[i64], buckets: usize) -> Vec<RateDecision> {
 
 impl RedisState {
     /// Adds the token-bucket script for `limits` of `subject` to `pipe` (one answer: a list).
+    /// The claim of [`RealtimeState::claim_work`], as one command of `pipe` (its answer: see
+    /// [`work_claim`]).
+    fn claim_cmd(&self, pipe: &mut redis::Pipeline, scope: &str, id: &str, lease: Duration) {
+        // EVAL, as the token buckets: a Redis that restarted empty forgot every loaded script.
+        pipe.cmd("EVAL")
+            .arg(CLAIM_WORK)
+            .arg(1)
+            .arg(self.keys.once(scope, id))
+            .arg(lease.as_millis().max(1) as u64);
+    }
+
     fn token_buckets(
         &self,
         pipe: &mut redis::Pipeline,

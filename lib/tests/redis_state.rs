@@ -465,3 +465,67 @@ async fn a_redis_that_does_not_answer_fails_within_the_deadline() {
     assert_eq!(err.code(), messaging::ErrorCode::Unavailable, "{err}");
     drop(listener);
 }
+
+#[tokio::test]
+async fn a_fan_out_is_claimed_with_its_users_connections_in_one_round_trip() {
+    use messaging::realtime::WorkClaim;
+    let s = state().await;
+    for (id, user, device) in [
+        ("f2", "kim", "laptop"),
+        ("f1", "kim", "phone"),
+        ("f3", "lou", "phone"),
+    ] {
+        s.register_connection(&conn(id, user, device))
+            .await
+            .unwrap();
+    }
+    let users = ["kim".to_string(), "nobody".to_string(), "lou".to_string()];
+    let lease = Duration::from_secs(20);
+    let before = s.round_trips();
+    let (claim, connections) = s
+        .claim_work_for_users("fanout", "m1", lease, &users)
+        .await
+        .unwrap();
+    assert_eq!(s.round_trips() - before, 1);
+    assert_eq!(claim, WorkClaim::Claimed);
+    assert_eq!(
+        connections,
+        [
+            vec!["f1".to_string(), "f2".into()],
+            vec![],
+            vec!["f3".into()]
+        ],
+        "per user, in the order given"
+    );
+    // A second delivery while the first works: told to wait for the lease, never claimed twice.
+    let (claim, _) = s
+        .claim_work_for_users("fanout", "m1", lease, &users)
+        .await
+        .unwrap();
+    assert!(
+        matches!(claim, WorkClaim::InProgress { retry_after } if retry_after <= lease && retry_after > Duration::ZERO),
+        "{claim:?}"
+    );
+    assert!(matches!(
+        s.claim_work("fanout", "m1", lease).await.unwrap(),
+        WorkClaim::InProgress { .. }
+    ));
+    s.finish_work("fanout", "m1").await.unwrap();
+    let (claim, _) = s
+        .claim_work_for_users("fanout", "m1", lease, &users)
+        .await
+        .unwrap();
+    assert_eq!(claim, WorkClaim::Done);
+    // Released work (a fan-out that failed) is claimed again at once; no users, no connections.
+    assert_eq!(
+        s.claim_work_for_users("fanout", "m2", lease, &[])
+            .await
+            .unwrap(),
+        (WorkClaim::Claimed, vec![])
+    );
+    s.release_work("fanout", "m2").await.unwrap();
+    assert_eq!(
+        s.claim_work("fanout", "m2", lease).await.unwrap(),
+        WorkClaim::Claimed
+    );
+}

@@ -32,7 +32,7 @@ use std::time::Duration;
 use cloudevents::{AttributesReader, Event};
 use messaging::context::Context;
 use messaging::events::event_data;
-use messaging::fanout::send_to_users;
+use messaging::fanout::send_to_connections;
 use messaging::model::{LastMessage, MessageReceived, Notification, event_types};
 use messaging::outbox::FANOUT_SCOPE;
 use messaging::protocol::{DeliveredMessage, MessageStatus, ServerFrame};
@@ -115,11 +115,18 @@ async fn received(ctx: &Context, data: MessageReceived) -> Result<FanOut> {
         .map(str::to_string)
         .collect();
 
-    match ctx
+    // The sender's devices get it too, so every device of every participant sees the whole
+    // conversation, gap-free. The claim and every connection of every one of them: one round
+    // trip.
+    let mut users = recipients.clone();
+    if data.sender_id != SYSTEM_SENDER {
+        users.push(data.sender_id.clone());
+    }
+    let (claim, connections) = ctx
         .realtime
-        .claim_work(FANOUT_SCOPE, &data.message_id, FANOUT_LEASE)
-        .await?
-    {
+        .claim_work_for_users(FANOUT_SCOPE, &data.message_id, FANOUT_LEASE, &users)
+        .await?;
+    match claim {
         WorkClaim::Claimed => {}
         WorkClaim::Done => {
             tracing::info!(message_id = %data.message_id, "fan-out already done; redelivery ignored");
@@ -139,7 +146,7 @@ async fn received(ctx: &Context, data: MessageReceived) -> Result<FanOut> {
             ));
         }
     }
-    let outcome = match fan_out(ctx, &data, &recipients).await {
+    let outcome = match fan_out(ctx, &data, &recipients, &connections).await {
         Ok(outcome) => outcome,
         Err(e) => {
             // Let the broker's retry (or the outbox sweep) do the fan-out again.
@@ -156,7 +163,14 @@ async fn received(ctx: &Context, data: MessageReceived) -> Result<FanOut> {
     Ok(outcome)
 }
 
-async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -> Result<FanOut> {
+/// Posts the message to `connections` (per user: the recipients', then the sender's unless a
+/// system message) and notifies the recipients none of whose connections took it.
+async fn fan_out(
+    ctx: &Context,
+    data: &MessageReceived,
+    recipients: &[String],
+    connections: &[Vec<String>],
+) -> Result<FanOut> {
     let mut outcome = FanOut::default();
     let frame = ServerFrame::Message {
         payload: DeliveredMessage {
@@ -170,17 +184,12 @@ async fn fan_out(ctx: &Context, data: &MessageReceived, recipients: &[String]) -
             status: Some(MessageStatus::Sent),
         },
     };
-    // The sender's devices get it too, so every device of every participant sees the whole
-    // conversation, gap-free; all but the connection it was sent on, whose `message_ack` carried
-    // it. One round trip finds every connection of every one of them.
-    let mut users = recipients.to_vec();
-    if data.sender_id != SYSTEM_SENDER {
-        users.push(data.sender_id.clone());
-    }
+    // Every connection but the one it was sent on, whose `message_ack` carried it.
     let sender = recipients.len();
     let sent_on = data.sent_on.as_deref();
-    let delivered = send_to_users(ctx, &users, &frame, |user, connection| {
-        user == sender && sent_on.is_some_and(|digest| hashed_id(connection) == digest)
+    let delivered = send_to_connections(ctx, connections, |user, connection| {
+        let skip = user == sender && sent_on.is_some_and(|digest| hashed_id(connection) == digest);
+        (!skip).then_some(&frame)
     })
     .await?;
     for (recipient, taken) in recipients.iter().zip(delivered) {

@@ -252,6 +252,9 @@ struct RunArgs {
     /// Do not run the demo agent.
     #[arg(long)]
     no_demo_agent: bool,
+    /// Threads of the functions' runtime (what `bench` measures as the functions' CPU).
+    #[arg(long, env = "FUNCTION_THREADS", default_value_t = 2)]
+    function_threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -354,7 +357,7 @@ fn main() -> anyhow::Result<()> {
     config.api.max_lifetime = Duration::from_secs(args.max_lifetime_secs);
     config.settings.agent_timeout = Duration::from_secs(args.agent_timeout_secs);
     config.demo_agent = !args.no_demo_agent;
-    config.functions_runtime = true;
+    config.function_threads = Some(args.function_threads);
 
     let runtime = tokio::runtime::Runtime::new()?;
     let data_dir = args.data_dir.clone();

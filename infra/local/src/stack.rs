@@ -34,9 +34,6 @@ use messaging::e2ee::AgentDevice;
 
 pub use crate::instance::{JWT_AUDIENCE, JWT_ISSUER};
 
-/// Worker threads of the functions' runtime (the machine this was measured on has two cores).
-const FUNCTION_WORKERS: usize = 2;
-
 /// Everything the stack needs to start.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
@@ -88,10 +85,11 @@ pub struct StackConfig {
     pub settings: Settings,
     /// More triggers (e.g. external agents), from TOML files.
     pub extra_triggers: Vec<PathBuf>,
-    /// Run the functions on a runtime of their own ([`crate::functions`]), so their CPU time is
-    /// told from the emulators' (the `local-stack` binary, which `bench` measures). Off, they
-    /// run on the caller's runtime (tests: fewer threads on a loaded machine).
-    pub functions_runtime: bool,
+    /// Run the functions on a runtime of their own with this many threads ([`crate::functions`]),
+    /// so their CPU time is told from the emulators' (the `local-stack` binary, which `bench`
+    /// measures). `None`: they run on the caller's runtime (tests: fewer threads on a loaded
+    /// machine).
+    pub function_threads: Option<usize>,
     /// Run the demo agent.
     pub demo_agent: bool,
     /// How long the demo agent thinks before answering.
@@ -133,7 +131,7 @@ impl StackConfig {
             api: ApiSettings::default(),
             settings: Settings::default(),
             extra_triggers: Vec::new(),
-            functions_runtime: false,
+            function_threads: None,
             demo_agent: true,
             agent_think: Duration::from_millis(300),
             sweep_interval: Duration::from_secs(1),
@@ -287,11 +285,10 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let s3_url = format!("http://{s3_addr}");
 
     // The functions' clients are opened on their runtime, so their connection tasks run there.
-    let functions = if config.functions_runtime {
-        Some(FunctionsRuntime::new(FUNCTION_WORKERS)?)
-    } else {
-        None
-    };
+    let functions = config
+        .function_threads
+        .map(FunctionsRuntime::new)
+        .transpose()?;
     let on_functions = functions
         .as_ref()
         .map_or_else(tokio::runtime::Handle::current, FunctionsRuntime::handle);
