@@ -252,7 +252,8 @@ struct RunArgs {
     /// Do not run the demo agent.
     #[arg(long)]
     no_demo_agent: bool,
-    /// Threads of the functions' runtime (what `bench` measures as the functions' CPU).
+    /// Threads of the functions' runtime (what `bench` measures as the functions' CPU; at
+    /// least 1). Lambda runs one per sandbox; BENCHMARKS.md compares 1 and 2.
     #[arg(long, env = "FUNCTION_THREADS", default_value_t = 2)]
     function_threads: usize,
 }
