@@ -19,22 +19,36 @@ use crate::model::Conversation;
 /// How long routing fields stay cached without a change.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 
-fn cache_name(conversation_id: &str) -> String {
+/// The name a conversation's routing fields are cached under (`RealtimeState::cache_get`), for
+/// reading them in a round trip made anyway and passing them to [`membership_given`].
+pub fn cache_name(conversation_id: &str) -> String {
     format!("conversation:{conversation_id}")
 }
 
 /// The conversation's routing fields (cached); its per-message fields are reset to defaults.
 pub async fn routing(ctx: &Context, conversation_id: &str) -> Result<Option<Conversation>> {
-    let name = cache_name(conversation_id);
-    match ctx.realtime.cache_get(&name).await {
-        Ok(Some(json)) => {
-            if let Ok(conversation) = serde_json::from_str::<Conversation>(&json) {
-                return Ok(Some(conversation));
-            }
+    let cached = match ctx.realtime.cache_get(&cache_name(conversation_id)).await {
+        Ok(cached) => cached,
+        Err(e) => {
+            tracing::warn!(error = %e, "conversation cache unavailable: reading MongoDB");
+            None
         }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "conversation cache unavailable: reading MongoDB"),
+    };
+    routing_given(ctx, conversation_id, cached).await
+}
+
+/// [`routing`] with the cache already read: `cached` is what it held.
+async fn routing_given(
+    ctx: &Context,
+    conversation_id: &str,
+    cached: Option<String>,
+) -> Result<Option<Conversation>> {
+    if let Some(conversation) =
+        cached.and_then(|json| serde_json::from_str::<Conversation>(&json).ok())
+    {
+        return Ok(Some(conversation));
     }
+    let name = cache_name(conversation_id);
     let Some(mut conversation) = ctx.store.conversation(conversation_id).await? else {
         return Ok(None);
     };
@@ -57,7 +71,32 @@ pub async fn membership(
     user_id: &str,
     conversation_id: &str,
 ) -> Result<Conversation> {
-    let conversation = routing(ctx, conversation_id).await?.ok_or_else(|| {
+    participant(
+        routing(ctx, conversation_id).await?,
+        user_id,
+        conversation_id,
+    )
+}
+
+/// [`membership`] with the cache already read (`cached`: what it held under
+/// [`cache_name`], e.g. read in a frame's one round trip).
+pub async fn membership_given(
+    ctx: &Context,
+    user_id: &str,
+    conversation_id: &str,
+    cached: Option<String>,
+) -> Result<Conversation> {
+    let conversation = routing_given(ctx, conversation_id, cached).await?;
+    participant(conversation, user_id, conversation_id)
+}
+
+/// The membership rule: the conversation exists and `user_id` takes part in it.
+fn participant(
+    conversation: Option<Conversation>,
+    user_id: &str,
+    conversation_id: &str,
+) -> Result<Conversation> {
+    let conversation = conversation.ok_or_else(|| {
         Error::not_found(format!("conversation {conversation_id} does not exist"))
     })?;
     if !conversation.has_participant(user_id) {

@@ -232,15 +232,18 @@ pub trait RealtimeState:
     /// [`RealtimeState::rate_limits`] for a frame of `caller`'s connection, and in the same
     /// round trip whether that connection is registered (a frame of a connection Redis lost
     /// registers it again), with `touch` what [`RealtimeState::touch`] does (a heartbeat: one
-    /// round trip in all), and with `receipt` what
+    /// round trip in all), with `receipt` what
     /// [`crate::group_receipts::ReceiptStore::note_receipt`] does (a group member's
-    /// `delivery_ack`: one round trip in all).
+    /// `delivery_ack`: one round trip in all), and with `cached` what
+    /// [`RealtimeState::cache_get`] reads (a `message` frame's conversation: one round trip
+    /// before its insert).
     async fn frame_budget(
         &self,
         caller: &ConnectionInfo,
         limits: &[(&str, RateLimit)],
         touch: bool,
         receipt: Option<&ReceiptNote>,
+        cached: Option<&str>,
         now_ms: i64,
     ) -> Result<FrameBudget>;
     /// A cached value (see [`crate::keys::Keys::cache`]), if present.
@@ -264,6 +267,9 @@ pub struct FrameBudget {
     pub registered: bool,
     /// Who sends the group receipt that was noted, when one was.
     pub receipt: Option<ReceiptTurn>,
+    /// What the cache held under the name asked for (`None`: nothing was asked;
+    /// `Some(None)`: nothing cached).
+    pub cached: Option<Option<String>>,
 }
 
 /// Default deadline of one Redis round trip (`REDIS_TIMEOUT_MS`).
@@ -777,6 +783,7 @@ impl RealtimeState for RedisState {
         limits: &[(&str, RateLimit)],
         touch: bool,
         receipt: Option<&ReceiptNote>,
+        cached: Option<&str>,
         now_ms: i64,
     ) -> Result<FrameBudget> {
         let mut pipe = redis::pipe();
@@ -807,6 +814,9 @@ impl RealtimeState for RedisState {
         if let Some(note) = receipt {
             self.note_receipt_cmd(&mut pipe, note);
         }
+        if let Some(name) = cached {
+            pipe.get(self.keys.cache(name));
+        }
         let reply: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
         let mut reply = reply.into_iter();
         let answer: Vec<i64> = next_value(&mut reply)?;
@@ -815,10 +825,15 @@ impl RealtimeState for RedisState {
             Some(_) => Some(crate::group_receipts::turn_from(next_value(&mut reply)?)),
             None => None,
         };
+        let cached = match cached {
+            Some(_) => Some(next_value(&mut reply)?),
+            None => None,
+        };
         Ok(FrameBudget {
             decisions: decisions(&answer, limits.len()),
             registered,
             receipt,
+            cached,
         })
     }
 

@@ -300,7 +300,7 @@ async fn a_frame_learns_its_budget_and_whether_its_connection_is_known_in_one_ro
     let jane = conn("j1", "jane", "phone");
     let before = s.round_trips();
     let budget = s
-        .frame_budget(&jane, &[("frames", frames)], false, None, t)
+        .frame_budget(&jane, &[("frames", frames)], false, None, None, t)
         .await
         .unwrap();
     assert_eq!(s.round_trips() - before, 1);
@@ -309,10 +309,41 @@ async fn a_frame_learns_its_budget_and_whether_its_connection_is_known_in_one_ro
     assert_eq!(budget.receipt, None);
     s.register_connection(&jane).await.unwrap();
     let budget = s
-        .frame_budget(&jane, &[("frames", frames)], false, None, t)
+        .frame_budget(&jane, &[("frames", frames)], false, None, None, t)
         .await
         .unwrap();
     assert!(budget.registered);
+    assert_eq!(budget.cached, None, "nothing asked, nothing read");
+}
+
+#[tokio::test]
+async fn a_message_frame_reads_its_conversation_from_the_cache_in_its_one_round_trip() {
+    let s = state().await;
+    let frames = RateLimit {
+        max: 10,
+        window: Duration::from_secs(60),
+    };
+    let jane = conn("j5", "jane5", "phone");
+    s.register_connection(&jane).await.unwrap();
+    let name = messaging::conversations::cache_name("c-42");
+    let t = 1_700_000_000_000;
+    let before = s.round_trips();
+    let budget = s
+        .frame_budget(&jane, &[("frames", frames)], false, None, Some(&name), t)
+        .await
+        .unwrap();
+    assert_eq!(s.round_trips() - before, 1);
+    assert_eq!(budget.cached, Some(None), "asked, nothing cached");
+    s.cache_put(&name, "{\"routing\":1}", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let budget = s
+        .frame_budget(&jane, &[("frames", frames)], false, None, Some(&name), t)
+        .await
+        .unwrap();
+    assert_eq!(budget.cached, Some(Some("{\"routing\":1}".to_string())));
+    assert!(budget.registered);
+    assert_eq!(budget.decisions, [RateDecision::Allowed { remaining: 8 }]);
 }
 
 #[tokio::test]
@@ -327,7 +358,7 @@ async fn a_heartbeat_refreshes_presence_in_its_one_round_trip() {
     let later = messaging::clock::now_ms() + 5_000;
     let before = s.round_trips();
     let budget = s
-        .frame_budget(&jane, &[("frames", frames)], true, None, later)
+        .frame_budget(&jane, &[("frames", frames)], true, None, None, later)
         .await
         .unwrap();
     assert_eq!(
@@ -342,7 +373,7 @@ async fn a_heartbeat_refreshes_presence_in_its_one_round_trip() {
     // A lost record is reported, not half-recreated by the refresh.
     let lost = conn("j3", "jane3", "phone");
     let budget = s
-        .frame_budget(&lost, &[("frames", frames)], true, None, later)
+        .frame_budget(&lost, &[("frames", frames)], true, None, None, later)
         .await
         .unwrap();
     assert!(!budget.registered);
@@ -435,6 +466,7 @@ async fn a_frame_notes_a_group_receipt_in_its_one_round_trip() {
             &[("frames", frames)],
             false,
             Some(&receipt),
+            None,
             messaging::clock::now_ms(),
         )
         .await

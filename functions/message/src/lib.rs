@@ -139,6 +139,7 @@ async fn on_frame(
         info: caller,
         refreshed,
         receipt,
+        conversation,
     } = caller(
         ctx,
         connection_id,
@@ -154,9 +155,16 @@ async fn on_frame(
             client_message_id,
             idempotency_key,
             payload,
-        } => send::send(ctx, &caller, client_message_id, idempotency_key, payload)
-            .await
-            .map(Some),
+        } => send::send(
+            ctx,
+            &caller,
+            client_message_id,
+            idempotency_key,
+            payload,
+            conversation,
+        )
+        .await
+        .map(Some),
         ClientFrame::DeliveryAck {
             message_id,
             conversation_id,
@@ -219,10 +227,14 @@ struct Caller {
     refreshed: bool,
     /// The round trip noted a group receipt: whose turn it is to send it.
     receipt: Option<messaging::group_receipts::ReceiptTurn>,
+    /// A `message` frame's conversation as the cache held it, read in the round trip (`None`:
+    /// not read; see `messaging::conversations::membership_given`).
+    conversation: Option<Option<String>>,
 }
 
 /// Who sent a frame, with the frame counted against their budgets (one Redis round trip that
-/// also refreshes presence for a heartbeat and notes `receipt`).
+/// also refreshes presence for a heartbeat, notes `receipt` and, for a `message`, reads its
+/// conversation's cached routing fields, so that the ack path makes no other Redis round trip).
 ///
 /// With an authorizer identity, Redis is only asked for the budgets and whether the connection
 /// is still registered (if not, it is registered again with API Gateway's `connectedAt`, so
@@ -264,6 +276,7 @@ async fn caller(
             info: connection,
             refreshed: false,
             receipt: None,
+            conversation: None,
         });
     };
     let caller = ConnectionInfo {
@@ -273,16 +286,31 @@ async fn caller(
         connected_at,
     };
     let heartbeat = matches!(frame, ClientFrame::Heartbeat { .. });
+    let conversation_cache = match frame {
+        ClientFrame::Message { payload, .. } => Some(messaging::conversations::cache_name(
+            &payload.conversation_id,
+        )),
+        _ => None,
+    };
     let mut refreshed = false;
     let mut noted = None;
+    let mut conversation = None;
     match ctx
         .realtime
-        .frame_budget(&caller, &budgets, heartbeat, receipt, now)
+        .frame_budget(
+            &caller,
+            &budgets,
+            heartbeat,
+            receipt,
+            conversation_cache.as_deref(),
+            now,
+        )
         .await
     {
         Ok(budget) => {
             refreshed = heartbeat;
             noted = budget.receipt;
+            conversation = budget.cached;
             for decision in budget.decisions {
                 decision.check()?;
             }
@@ -311,6 +339,7 @@ async fn caller(
         info: caller,
         refreshed,
         receipt: noted,
+        conversation,
     })
 }
 

@@ -9,7 +9,7 @@
 
 use messaging::agent_routing::route_agent;
 use messaging::context::Context;
-use messaging::conversations::membership;
+use messaging::conversations::{membership, membership_given};
 use messaging::error::ErrorCode;
 use messaging::model::{Conversation, ConversationKind, MediaState, NewMessage, StoredMessage};
 use messaging::protocol::{
@@ -22,16 +22,23 @@ use messaging::{Error, Result};
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
-/// Handles a `message` frame; its answer is the `message_ack`.
+/// Handles a `message` frame; its answer is the `message_ack`. `cached`: the conversation as
+/// the cache held it when the frame's round trip read it (`None`: not read, it is read here).
 pub async fn send(
     ctx: &Context,
     caller: &ConnectionInfo,
     client_message_id: Option<String>,
     idempotency_key: String,
     payload: OutgoingMessage,
+    cached: Option<Option<String>>,
 ) -> Result<ServerFrame> {
     validate(&payload, &idempotency_key, ctx.settings.max_content_bytes)?;
-    let conversation = membership(ctx, &caller.user_id, &payload.conversation_id).await?;
+    let conversation = match cached {
+        Some(cached) => {
+            membership_given(ctx, &caller.user_id, &payload.conversation_id, cached).await?
+        }
+        None => membership(ctx, &caller.user_id, &payload.conversation_id).await?,
+    };
     if conversation.kind != ConversationKind::Agent {
         // Between people the server stores only what it cannot read.
         messaging::e2ee::Envelope::parse(&payload.body.content)?;
