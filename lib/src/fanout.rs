@@ -65,7 +65,7 @@ pub async fn send_to_user(
 
 /// Sends `frame` to every live connection of each of `user_ids` (but those `skip` names, given
 /// the user's index and the connection), concurrently, with one round trip for all their
-/// connections (a group's fan-out). Returns, per user in order, how many connections took it.
+/// connections. Returns, per user in order, how many connections took it.
 pub async fn send_to_users(
     ctx: &Context,
     user_ids: &[String],

@@ -35,7 +35,7 @@ pub const CLEAR_BATCH: usize = 1000;
 /// between two EventBridge schedules, or an outage) is cleared over several sweeps, not in one
 /// that outlives its function's timeout.
 pub const CLEAR_BUDGET: Duration = Duration::from_secs(5);
-/// Scope of the fan-out work claims in Redis (`RealtimeState::claim_work`): the store function
+/// Scope of the fan-out work claims in Redis (`RealtimeState::claim_work_for_users`): the store function
 /// claims and finishes a message's fan-out there, the sweep reads which are done.
 pub const FANOUT_SCOPE: &str = "fanout";
 

@@ -177,7 +177,9 @@ pub trait RealtimeState:
     async fn claim_work(&self, scope: &str, id: &str, lease: Duration) -> Result<WorkClaim>;
     /// [`RealtimeState::claim_work`] and [`RealtimeState::connections_of_users`] in one round
     /// trip: a fan-out's claim and where it would go (the connections read right after the
-    /// claim, of use only when it is [`WorkClaim::Claimed`]).
+    /// claim, of use only when it is [`WorkClaim::Claimed`]). When a connection set cannot be
+    /// read, the claim taken is given back before the error; when the round trip itself fails,
+    /// a claim it took is held until its lease ends, as with `claim_work`.
     async fn claim_work_for_users(
         &self,
         scope: &str,
@@ -609,16 +611,29 @@ impl RealtimeState for RedisState {
             pipe.cmd("SMEMBERS")
                 .arg(self.keys.user_connections(user_id));
         }
-        let reply: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
+        // Each reply on its own: a connection set that cannot be read must not leave this
+        // caller holding the claim it just took (redeliveries would wait out the lease).
+        let reply: Vec<redis::Value> = pipe.ignore_errors().query_async(&mut self.conn()).await?;
         let mut reply = reply.into_iter();
         let claim = work_claim(next_value(&mut reply)?);
-        let mut connections = Vec::with_capacity(user_ids.len());
-        for _ in user_ids {
-            let mut ids: Vec<String> = next_value(&mut reply)?;
-            ids.sort();
-            connections.push(ids);
+        let connections = user_ids
+            .iter()
+            .map(|_| {
+                next_value::<Vec<String>>(&mut reply).map(|mut ids| {
+                    ids.sort();
+                    ids
+                })
+            })
+            .collect::<Result<Vec<_>>>();
+        match connections {
+            Ok(connections) => Ok((claim, connections)),
+            Err(e) => {
+                if claim == WorkClaim::Claimed {
+                    self.release_work(scope, id).await?;
+                }
+                Err(e)
+            }
         }
-        Ok((claim, connections))
     }
 
     async fn finish_work(&self, scope: &str, id: &str) -> Result<()> {
@@ -815,6 +830,8 @@ impl RealtimeState for RedisState {
             self.note_receipt_cmd(&mut pipe, note);
         }
         if let Some(name) = cached {
+            // Fails the round trip only if the key held a non-string, and only `cache_put`
+            // writes these keys.
             pipe.get(self.keys.cache(name));
         }
         let reply: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
@@ -903,8 +920,6 @@ const TOKEN_BUCKETS: &str = r#"
     return answer
 "#;
 
-/// The decisions of [`TOKEN_BUCKETS`]' answer. When another bucket refused, a bucket with room
-/// reports its room; the caller refuses the request on the first refusal.
 /// The next reply of a pipeline, decoded.
 pub(crate) fn next_value<T: redis::FromRedisValue>(
     reply: &mut impl Iterator<Item = redis::Value>,
@@ -936,6 +951,8 @@ fn work_claim(state: i64) -> WorkClaim {
     }
 }
 
+/// The decisions of [`TOKEN_BUCKETS`]' answer. When another bucket refused, a bucket with room
+/// reports its room; the caller refuses the request on the first refusal.
 fn decisions(answer: &[i64], buckets: usize) -> Vec<RateDecision> {
     (0..buckets)
         .map(|i| {
@@ -953,7 +970,6 @@ fn decisions(answer: &[i64], buckets: usize) -> Vec<RateDecision> {
 }
 
 impl RedisState {
-    /// Adds the token-bucket script for `limits` of `subject` to `pipe` (one answer: a list).
     /// The claim of [`RealtimeState::claim_work`], as one command of `pipe` (its answer: see
     /// [`work_claim`]).
     fn claim_cmd(&self, pipe: &mut redis::Pipeline, scope: &str, id: &str, lease: Duration) {
@@ -965,6 +981,7 @@ impl RedisState {
             .arg(lease.as_millis().max(1) as u64);
     }
 
+    /// Adds the token-bucket script for `limits` of `subject` to `pipe` (one answer: a list).
     fn token_buckets(
         &self,
         pipe: &mut redis::Pipeline,

@@ -548,7 +548,7 @@ async fn a_fan_out_is_claimed_with_its_users_connections_in_one_round_trip() {
         .await
         .unwrap();
     assert_eq!(claim, WorkClaim::Done);
-    // Released work (a fan-out that failed) is claimed again at once; no users, no connections.
+    // No users, no connections; work given back (a fan-out that failed) is claimed again at once.
     assert_eq!(
         s.claim_work_for_users("fanout", "m2", lease, &[])
             .await
@@ -560,4 +560,38 @@ async fn a_fan_out_is_claimed_with_its_users_connections_in_one_round_trip() {
         s.claim_work("fanout", "m2", lease).await.unwrap(),
         WorkClaim::Claimed
     );
+}
+
+#[tokio::test]
+async fn a_fan_out_whose_connections_cannot_be_read_gives_its_claim_back() {
+    use messaging::realtime::WorkClaim;
+    let s = state().await;
+    // A connection set Redis cannot answer SMEMBERS for (WRONGTYPE).
+    let mut raw = s.connection_manager();
+    let _: () = raw
+        .set(s.keys().user_connections("broken"), "not a set")
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(20);
+    let users = ["kim".to_string(), "broken".to_string()];
+    assert!(
+        s.claim_work_for_users("fanout", "m3", lease, &users)
+            .await
+            .is_err()
+    );
+    // Not held until the lease ends: the next delivery claims it at once.
+    assert_eq!(
+        s.claim_work("fanout", "m3", lease).await.unwrap(),
+        WorkClaim::Claimed
+    );
+    // Another caller's claim is never given back by a failed read.
+    assert!(
+        s.claim_work_for_users("fanout", "m3", lease, &users)
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        s.claim_work("fanout", "m3", lease).await.unwrap(),
+        WorkClaim::InProgress { .. }
+    ));
 }

@@ -234,7 +234,8 @@ struct Caller {
 
 /// Who sent a frame, with the frame counted against their budgets (one Redis round trip that
 /// also refreshes presence for a heartbeat, notes `receipt` and, for a `message`, reads its
-/// conversation's cached routing fields, so that the ack path makes no other Redis round trip).
+/// conversation's cached routing fields: with the conversation cached, a send to a person makes
+/// no other Redis round trip before its ack).
 ///
 /// With an authorizer identity, Redis is only asked for the budgets and whether the connection
 /// is still registered (if not, it is registered again with API Gateway's `connectedAt`, so

@@ -252,10 +252,10 @@ struct RunArgs {
     /// Do not run the demo agent.
     #[arg(long)]
     no_demo_agent: bool,
-    /// Threads of the functions' runtime (what `bench` measures as the functions' CPU; at
-    /// least 1). Lambda runs one per sandbox; BENCHMARKS.md compares 1 and 2.
-    #[arg(long, env = "FUNCTION_THREADS", default_value_t = 2)]
-    function_threads: usize,
+    /// Threads of the functions' runtime (what `bench` measures as the functions' CPU).
+    /// Lambda runs one per sandbox; BENCHMARKS.md compares 1 and 2.
+    #[arg(long, env = "FUNCTION_THREADS", default_value = "2")]
+    function_threads: std::num::NonZeroUsize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -358,7 +358,7 @@ fn main() -> anyhow::Result<()> {
     config.api.max_lifetime = Duration::from_secs(args.max_lifetime_secs);
     config.settings.agent_timeout = Duration::from_secs(args.agent_timeout_secs);
     config.demo_agent = !args.no_demo_agent;
-    config.function_threads = Some(args.function_threads);
+    config.function_threads = Some(args.function_threads.get());
 
     let runtime = tokio::runtime::Runtime::new()?;
     let data_dir = args.data_dir.clone();

@@ -462,6 +462,52 @@ async fn non_members_cannot_send_read_or_retransmit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_cached_conversation_is_read_again_from_mongodb_and_still_checked() {
+    let stack = stack().await;
+    let alice = user(&stack, "alice").await;
+    let bob = user(&stack, "bob").await;
+    let mallory = user(&stack, "mallory").await;
+    let conv = conversation(&stack, ConversationKind::Direct, &[&alice, &bob], None).await;
+    let name = messaging::conversations::cache_name(&conv);
+    let corrupt = || async {
+        stack
+            .ctx
+            .realtime
+            .cache_put(&name, "{not json", Duration::from_secs(60))
+            .await
+            .unwrap();
+    };
+    // A send reads the cache in its frame's round trip; what it cannot parse is read from
+    // MongoDB, and the membership rule still applies.
+    corrupt().await;
+    let intruder = client(&stack, &mallory, "phone").await;
+    let err = intruder
+        .send_text(&conv, &sealed("let me in"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    corrupt().await;
+    let phone = client(&stack, &alice, "phone").await;
+    phone.send_text(&conv, &sealed("hi")).await.unwrap();
+    let cached = stack.ctx.realtime.cache_get(&name).await.unwrap().unwrap();
+    let cached: messaging::model::Conversation = serde_json::from_str(&cached).unwrap();
+    assert!(
+        cached.has_participant(&bob),
+        "the cache holds the conversation again"
+    );
+    assert_eq!(stored_count(&stack, &conv).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_agent_answers_with_progress_and_a_silent_agent_leads_to_a_timeout_notice() {
     let stack = stack().await;
     let alice = user(&stack, "alice").await;
