@@ -76,6 +76,14 @@ async fn error_code(client: &mut Client) -> ErrorCode {
         .expect("an error frame")
 }
 
+/// Asserts that a call was answered with an `error` frame of `code`.
+fn assert_refused(err: &ClientError, code: ErrorCode) {
+    assert!(
+        matches!(err, ClientError::Server { code: got, .. } if *got == code),
+        "expected {code:?}, got {err:?}"
+    );
+}
+
 async fn stored_count(stack: &local_stack::stack::RunningStack, conversation_id: &str) -> usize {
     stack
         .ctx
@@ -435,13 +443,7 @@ async fn non_members_cannot_send_read_or_retransmit() {
         .send_text(&conv, &sealed("let me in"))
         .await
         .unwrap_err();
-    assert!(matches!(
-        err,
-        ClientError::Server {
-            code: ErrorCode::Forbidden,
-            ..
-        }
-    ));
+    assert_refused(&err, ErrorCode::Forbidden);
     intruder.read(vec![ack.message_id.clone()]).unwrap();
     assert_eq!(error_code(&mut intruder).await, ErrorCode::Forbidden);
     intruder
@@ -485,16 +487,7 @@ async fn a_corrupt_cached_conversation_is_read_again_from_mongodb_and_still_chec
         .send_text(&conv, &sealed("let me in"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Server {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_refused(&err, ErrorCode::Forbidden);
     corrupt().await;
     let phone = client(&stack, &alice, "phone").await;
     phone.send_text(&conv, &sealed("hi")).await.unwrap();
@@ -715,16 +708,7 @@ async fn senders_over_their_rate_limit_get_rate_limited_with_a_wait() {
         .send_text(&conv, &sealed("one too many"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Server {
-                code: ErrorCode::RateLimited,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_refused(&err, ErrorCode::RateLimited);
     assert_eq!(
         stored_count(&stack, &conv).await,
         3,
@@ -746,16 +730,7 @@ async fn a_key_reused_for_different_content_is_an_idempotency_conflict() {
         .send_with_key("k", text(&conv, "two"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Server {
-                code: ErrorCode::IdempotencyConflict,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_refused(&err, ErrorCode::IdempotencyConflict);
     assert_eq!(stored_count(&stack, &conv).await, 1);
 }
 
@@ -904,16 +879,7 @@ async fn reactions_and_forwards_are_messages_with_their_references() {
         conversation_id: with_bob.clone(),
     });
     let err = carol_phone.send_message(stolen).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Server {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_refused(&err, ErrorCode::Forbidden);
 }
 
 /// The next `receipts` frame of `group` saying `who` received message 1; a per-member
@@ -1363,16 +1329,7 @@ async fn a_media_message_refers_to_a_completed_upload_of_its_conversation() {
         .send_message(image(&media_id, &conv))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Server {
-                code: ErrorCode::InvalidRequest,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_refused(&err, ErrorCode::InvalidRequest);
 
     let upload = &granted["upload"];
     let mut put = http.put(upload["url"].as_str().unwrap());
@@ -1394,30 +1351,12 @@ async fn a_media_message_refers_to_a_completed_upload_of_its_conversation() {
         .send_message(image(&media_id, &other))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Server {
-                code: ErrorCode::InvalidRequest,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_refused(&err, ErrorCode::InvalidRequest);
     let err = phone
         .send_message(image("no-such-media", &conv))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Server {
-                code: ErrorCode::InvalidRequest,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_refused(&err, ErrorCode::InvalidRequest);
 
     phone.send_message(image(&media_id, &conv)).await.unwrap();
     let got = messages(&mut bob_phone, &conv, 1).await;
