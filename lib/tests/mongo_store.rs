@@ -194,11 +194,28 @@ async fn a_process_whose_last_number_is_stale_still_gets_the_next_one() {
             .unwrap();
         assert_eq!(got.message.sequence_number, expected);
     }
+    // A retry with the stale floor: its insert takes 3 (collides on the number and on the key,
+    // whichever the server names) and is still the stored message, not a second one.
+    let retried = store
+        .insert_message(new_message("a2", "conv-hint", "alice", "2"))
+        .await
+        .unwrap();
+    assert!(retried.duplicate);
+    assert_eq!(retried.message.sequence_number, 2);
     let third = store
         .insert_message(new_message("a3", "conv-hint", "alice", "3"))
         .await
         .unwrap();
     assert_eq!(third.message.sequence_number, 5);
+    assert_eq!(
+        count(
+            &store,
+            collections::MESSAGES,
+            doc! {"conversation_id": "conv-hint"}
+        )
+        .await,
+        5
+    );
     // A retry of a stored send is still that message, whatever the floor.
     let again = store
         .insert_message(new_message("a2", "conv-hint", "alice", "2"))
@@ -698,4 +715,32 @@ async fn a_devices_to_device_queue_is_bounded_and_numbers_survive_a_reset_device
         .await
         .unwrap();
     assert_eq!(queued[0].item.sequence, 2, "numbered past the leftover");
+}
+
+#[tokio::test]
+async fn a_duplicate_key_error_names_its_index() {
+    use messaging::store::{duplicate_index, schema::CONVERSATION_SEQUENCE_INDEX};
+    let store = store().await;
+    let messages = store
+        .database()
+        .collection::<Document>(collections::MESSAGES);
+    let stored = doc! {"message_id": "m1", "idempotency_key": "k1", "conversation_id": "c", "sequence_number": 1_i64};
+    messages.insert_one(stored).await.unwrap();
+    let same_number = doc! {"message_id": "m2", "idempotency_key": "k2", "conversation_id": "c", "sequence_number": 1_i64};
+    let err = messages.insert_one(same_number).await.unwrap_err();
+    assert_eq!(
+        duplicate_index(&err),
+        Some(CONVERSATION_SEQUENCE_INDEX),
+        "{err}"
+    );
+    let same_key = doc! {"message_id": "m3", "idempotency_key": "k1", "conversation_id": "c", "sequence_number": 2_i64};
+    let err = messages.insert_one(same_key).await.unwrap_err();
+    assert_eq!(
+        duplicate_index(&err),
+        Some("idempotency_key_unique"),
+        "{err}"
+    );
+    // Not a duplicate: no index.
+    let not_duplicate = mongodb::error::Error::custom("no");
+    assert_eq!(duplicate_index(&not_duplicate), None);
 }

@@ -14,10 +14,13 @@
 //!    sequence_number}` lets exactly one message take `n + 1`, `idempotency_key` (scoped by sender)
 //!    lets exactly one message exist per key.
 //!
-//! On a duplicate-key error the message with our key is looked up (one more round trip): found,
-//! it is the answer to a retry (or an `idempotency_conflict` when the request differs); not
-//! found, another sender took `n + 1` and we go again from step 1. So the ack path costs 2
-//! MongoDB round trips, 3 for a retried send, 2 more per lost race.
+//! A duplicate-key error on the sequence index means another sender took `n + 1`: we go again
+//! from step 1 (the key index still stops a second message on the next insert). On any other
+//! duplicate-key error the message with our key is looked up (one more round trip): found, it
+//! is the answer to a retry (or an `idempotency_conflict` when the request differs); not found,
+//! we go again from step 1. So the ack path costs 2 MongoDB round trips (1 when this process
+//! stored the conversation's last message: step 1 is remembered), 3 for a retried send, 2 more
+//! per lost race.
 //!
 //! Why there is never a hole, whatever crashes: a number exists only as a stored message, and a
 //! message is only ever inserted with (an existing message's number) + 1, so the numbers of a
@@ -187,7 +190,7 @@ impl MessageStore for MongoStore {
                     created_at: now,
                     fanout_due_at: Some(after(self.options.fanout_grace)),
                 };
-                match self.messages().insert_one(&message).await {
+                let number_taken = match self.messages().insert_one(&message).await {
                     Ok(_) => {
                         *turn = Some((message.sequence_number, std::time::Instant::now()));
                         return Ok(Inserted {
@@ -195,11 +198,16 @@ impl MessageStore for MongoStore {
                             duplicate: false,
                         });
                     }
-                    Err(e) if is_duplicate_key(&e) => {}
+                    // Someone else took `last + 1` (this process's floor was stale): no need
+                    // to look for our key now, the next insert meets it if it is there.
+                    Err(e) if duplicate_index(&e) == Some(schema::CONVERSATION_SEQUENCE_INDEX) => {
+                        true
+                    }
+                    Err(e) if is_duplicate_key(&e) => false,
                     Err(e) => return Err(e.into()),
-                }
+                };
                 // Our key already stored (a retry), or someone else took `last + 1`.
-                if let Some(existing) = self.message_by_key(&key).await? {
+                if !number_taken && let Some(existing) = self.message_by_key(&key).await? {
                     if existing.fingerprint != fingerprint {
                         return Err(Error::client(
                             ErrorCode::IdempotencyConflict,

@@ -382,6 +382,21 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     command_code(e) == Some(11000)
 }
 
+/// The unique index a duplicate-key error (E11000) names, when it names one: the server's
+/// message reads `E11000 duplicate key error collection: <ns> index: <name> dup key: ...`.
+pub fn duplicate_index(e: &mongodb::error::Error) -> Option<&str> {
+    if !is_duplicate_key(e) {
+        return None;
+    }
+    let message = match e.kind.as_ref() {
+        ErrorKind::Command(c) => c.message.as_str(),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.message.as_str(),
+        ErrorKind::InsertMany(m) => m.write_errors.as_ref()?.first()?.message.as_str(),
+        _ => return None,
+    };
+    message.split(" index: ").nth(1)?.split_whitespace().next()
+}
+
 /// `text` as a regular expression matching itself literally.
 pub fn regex_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 2);

@@ -47,6 +47,10 @@ pub mod collections {
     pub const META: &str = "meta";
 }
 
+/// The unique index that gives each message of a conversation its own sequence number (a
+/// send that collides on it lost the race for that number).
+pub const CONVERSATION_SEQUENCE_INDEX: &str = "conversation_sequence_unique";
+
 /// The version of the collections and indexes this build expects. Raise it with any change to
 /// them (and to `SchemaVersion` in `infra/aws/template.yaml`, which `validate-infra` checks), so
 /// that functions refuse to start on a database the migration has not reached yet.
@@ -153,7 +157,7 @@ impl MongoStore {
                     ),
                     index(
                         doc! {"conversation_id": 1, "sequence_number": 1},
-                        unique("conversation_sequence_unique"),
+                        unique(CONVERSATION_SEQUENCE_INDEX),
                     ),
                     index(
                         doc! {"conversation_id": 1, "timestamp": -1},
