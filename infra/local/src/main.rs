@@ -252,8 +252,8 @@ struct RunArgs {
     /// Do not run the demo agent.
     #[arg(long)]
     no_demo_agent: bool,
-    /// Threads of the functions' runtime (what `bench` measures as the functions' CPU).
-    /// Lambda runs one per sandbox; BENCHMARKS.md compares 1 and 2.
+    /// Sandboxes the functions run in, each one thread with its own clients, as a Lambda
+    /// sandbox (what `bench` measures as the functions' CPU).
     #[arg(long, env = "FUNCTION_THREADS", default_value = "2")]
     function_threads: std::num::NonZeroUsize,
 }

@@ -28,7 +28,7 @@ use crate::agent::{DEMO_AGENT_DEVICE, DEMO_AGENT_ID, DemoAgent, PLAIN_DEMO_AGENT
 use crate::broker::{
     BackoffPolicy, Broker, BrokerConfig, DeliverySpec, EventHandler, Filter, HandlerError, Trigger,
 };
-use crate::functions::{FunctionsRuntime, invoke};
+use crate::functions::Sandboxes;
 use crate::gateway::{ApiSettings, Route, WebSocketApi};
 use messaging::e2ee::AgentDevice;
 
@@ -85,10 +85,10 @@ pub struct StackConfig {
     pub settings: Settings,
     /// More triggers (e.g. external agents), from TOML files.
     pub extra_triggers: Vec<PathBuf>,
-    /// Run the functions on a runtime of their own with this many threads ([`crate::functions`]),
-    /// so their CPU time is told from the emulators' (the `local-stack` binary, which `bench`
-    /// measures). `None`: they run on the caller's runtime (tests: fewer threads on a loaded
-    /// machine).
+    /// Run the functions in this many sandboxes, each a thread of its own with its own clients
+    /// ([`crate::functions`]), so their CPU time is told from the emulators' (the `local-stack`
+    /// binary, which `bench` measures). `None`: one sandbox on the caller's runtime (tests:
+    /// fewer threads on a loaded machine).
     pub function_threads: Option<usize>,
     /// Run the demo agent.
     pub demo_agent: bool,
@@ -158,7 +158,7 @@ pub struct RunningStack {
     pub functions_url: Option<String>,
     /// The web client, when served.
     pub web_url: Option<String>,
-    /// The functions' context (tests use its store and realtime state).
+    /// The first sandbox's functions' context (tests use its store and realtime state).
     pub ctx: Context,
     /// The emulated WebSocket API.
     pub api: Arc<WebSocketApi>,
@@ -171,8 +171,8 @@ pub struct RunningStack {
     /// The MongoDB adapter the functions use (tests read the outbox through it).
     pub mongo: MongoStore,
     tasks: Vec<JoinHandle<()>>,
-    /// Declared last: shut down after the tasks that invoke it are aborted.
-    _functions: Option<FunctionsRuntime>,
+    /// Stopped after the tasks that invoke them are aborted.
+    functions: Arc<Sandboxes<FunctionDeps>>,
 }
 
 impl RunningStack {
@@ -210,6 +210,9 @@ impl Drop for RunningStack {
         for task in &self.tasks {
             task.abort();
         }
+        // The routes and the broker hold the sandboxes too: their threads end now, not when
+        // the last of those is dropped.
+        self.functions.stop();
     }
 }
 
@@ -270,6 +273,86 @@ async fn serve(listener: TcpListener, router: axum::Router) -> JoinHandle<()> {
     })
 }
 
+/// What one sandbox's functions run with: their context (clients opened on the sandbox's
+/// thread) and the functions built on it.
+pub struct FunctionDeps {
+    /// The functions' context.
+    pub ctx: Context,
+    /// The MongoDB adapter of that context, as itself (migrations, the outbox in tests).
+    pub mongo: MongoStore,
+    /// The push function.
+    push: fn_push::Push,
+    /// The api function's router.
+    http_api: axum::Router,
+    /// The presign function's router.
+    presign: axum::Router,
+}
+
+/// What every sandbox's [`FunctionDeps`] are built from: the configuration as the functions'
+/// environment would carry it on AWS.
+struct Recipe {
+    config: StackConfig,
+    management_url: String,
+    broker_url: String,
+    s3_url: String,
+    aws: aws_config::SdkConfig,
+    jwt: JwtConfig,
+    settings: Settings,
+    push_options: fn_push::PushOptions,
+    api_options: fn_api::ApiOptions,
+    presign_options: fn_presign::PresignOptions,
+}
+
+impl Recipe {
+    /// Opens one sandbox's clients (on the sandbox's thread: their connection tasks run there)
+    /// and builds its functions.
+    async fn build(self: Arc<Self>) -> anyhow::Result<FunctionDeps> {
+        let config = &self.config;
+        let realtime = RedisState::connect_with_timeout(
+            &config.redis_url,
+            &config.redis_prefix,
+            config.redis_timeout,
+        )
+        .await?;
+        let store =
+            MongoStore::connect(&config.mongodb_uri, &config.database, config.store.clone())
+                .await?;
+        let ctx = Context {
+            realtime: Arc::new(realtime),
+            store: Arc::new(store.clone()),
+            gateway: Arc::new(ApiGatewayManagement::new(
+                &self.aws,
+                &self.management_url,
+                messaging::config::DEFAULT_GATEWAY_TIMEOUT,
+            )),
+            events: Arc::new(HttpBroker::new(self.broker_url.clone())),
+            jwt: JwtVerifier::new(&self.jwt)?,
+            settings: self.settings.clone(),
+            routing_memo: Arc::default(),
+        };
+        let mut api_options = self.api_options.clone();
+        api_options.code_sender =
+            Arc::new(fn_api::LocalCodeSender::new(Some(store.database().clone())));
+        // Media presigning, against the local S3.
+        let objects = Arc::new(messaging::objects::S3Objects::new(
+            &self.aws,
+            Some(&self.s3_url),
+            true,
+        ));
+        Ok(FunctionDeps {
+            push: fn_push::Push::new(ctx.clone(), self.push_options.clone()),
+            http_api: fn_api::router(fn_api::Api::new(ctx.clone(), api_options)),
+            presign: fn_presign::router(fn_presign::Presign::new(
+                ctx.clone(),
+                objects,
+                self.presign_options.clone(),
+            )),
+            ctx,
+            mongo: store,
+        })
+    }
+}
+
 /// Starts the stack.
 pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let ws_listener = TcpListener::bind((config.host, config.ws_port)).await?;
@@ -284,35 +367,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let broker_url = format!("http://{broker_addr}/");
     let s3_url = format!("http://{s3_addr}");
 
-    // The functions' clients are opened on their runtime, so their connection tasks run there.
-    let functions = config
-        .function_threads
-        .map(FunctionsRuntime::new)
-        .transpose()?;
-    let on_functions = functions
-        .as_ref()
-        .map_or_else(tokio::runtime::Handle::current, FunctionsRuntime::handle);
-    let (redis_url, redis_prefix, redis_timeout) = (
-        config.redis_url.clone(),
-        config.redis_prefix.clone(),
-        config.redis_timeout,
-    );
-    let (mongodb_uri, database, store_options) = (
-        config.mongodb_uri.clone(),
-        config.database.clone(),
-        config.store.clone(),
-    );
-    let (realtime, store) = invoke(on_functions.clone(), async move {
-        let realtime =
-            RedisState::connect_with_timeout(&redis_url, &redis_prefix, redis_timeout).await?;
-        let store = MongoStore::connect(&mongodb_uri, &database, store_options).await?;
-        anyhow::Ok((realtime, store))
-    })
-    .await?;
-    // The local stack is its own deploy step: it migrates the database as it starts.
-    store.migrate().await?;
-    let database = store.database().clone();
-    let mongo = store.clone();
+    // What every sandbox's functions are built from.
     let aws = local_aws_config().await;
     let jwt = JwtConfig {
         hs256_secret: Some(config.jwt_secret.clone().into_bytes()),
@@ -321,124 +376,17 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         audience: JWT_AUDIENCE.into(),
         leeway: Duration::from_secs(30),
     };
-    let ctx = Context {
-        realtime: Arc::new(realtime),
-        store: Arc::new(store),
-        gateway: Arc::new(ApiGatewayManagement::new(
-            &aws,
-            &management_url,
-            messaging::config::DEFAULT_GATEWAY_TIMEOUT,
-        )),
-        events: Arc::new(HttpBroker::new(broker_url.clone())),
-        jwt: JwtVerifier::new(&jwt)?,
-        settings: Settings {
-            // The functions know the emulator's lifetime limit, as the template tells them
-            // API Gateway's: the sweep migrates connections a quarter of it (at most the
-            // configured notice) before the cut.
-            connection_max_age: config.api.max_lifetime,
-            migration_notice: config
-                .settings
-                .migration_notice
-                .min(config.api.max_lifetime / 4),
-            ..config.settings.clone()
-        },
-        routing_memo: Arc::default(),
+    let settings = Settings {
+        // The functions know the emulator's lifetime limit, as the template tells them API
+        // Gateway's: the sweep migrates connections a quarter of it (at most the configured
+        // notice) before the cut.
+        connection_max_age: config.api.max_lifetime,
+        migration_notice: config
+            .settings
+            .migration_notice
+            .min(config.api.max_lifetime / 4),
+        ..config.settings.clone()
     };
-
-    // The WebSocket API: $connect, $disconnect, and every frame type to the message function.
-    let mut routes = HashMap::new();
-    let route = |function: &str, handler: Arc<dyn crate::gateway::RouteHandler>| Route {
-        function: function.into(),
-        handler,
-        route_response: false,
-    };
-    let (c, f) = (ctx.clone(), on_functions.clone());
-    routes.insert(
-        "$connect".to_string(),
-        route(
-            "connect",
-            Arc::new(move |e| {
-                let c = c.clone();
-                invoke(f.clone(), async move { fn_connect::handle(&c, e).await })
-            }),
-        ),
-    );
-    let (c, f) = (ctx.clone(), on_functions.clone());
-    routes.insert(
-        "$disconnect".to_string(),
-        route(
-            "disconnect",
-            Arc::new(move |e| {
-                let c = c.clone();
-                invoke(f.clone(), async move { fn_disconnect::handle(&c, e).await })
-            }),
-        ),
-    );
-    let (c, f) = (ctx.clone(), on_functions.clone());
-    let message: Arc<dyn crate::gateway::RouteHandler> = Arc::new(move |e| {
-        let c = c.clone();
-        invoke(f.clone(), async move { fn_message::handle(&c, e).await })
-    });
-    // Two-way routes, as infra/aws/template.yaml configures them: the function's answer frame
-    // (`message_ack`, `heartbeat_ack`, an `error`) is its response body.
-    for key in std::iter::once("$default").chain(messaging::protocol::ClientFrame::KINDS) {
-        routes.insert(
-            key.to_string(),
-            Route {
-                route_response: true,
-                ..route("message", message.clone())
-            },
-        );
-    }
-    // The `$connect` authorizer, as on AWS: its context rides on every event of the connection.
-    let (jwt, f) = (ctx.jwt.clone(), on_functions.clone());
-    let authorizer: crate::authorizer::SharedAuthorizer =
-        Arc::new(move |event: serde_json::Value| {
-            let jwt = jwt.clone();
-            invoke(f.clone(), async move {
-                let request: messaging::identity::AuthorizerRequest =
-                    serde_json::from_value(event).map_err(|e| e.to_string())?;
-                fn_connect::authorizer::handle(&jwt, &request)
-                    .map(|policy| serde_json::to_value(policy).unwrap_or_default())
-                    .map_err(|refusal| refusal.to_string())
-            })
-        });
-    let api = WebSocketApi::with_authorizer(config.api.clone(), routes, Some(authorizer));
-    api.set_domain(ws_addr.to_string());
-    // One replica of the edge: gateways started with `local-stack gateway` on the same Redis
-    // join it, and the functions' management calls reach their connections through this one.
-    api.join(
-        &config.redis_url,
-        &config.redis_prefix,
-        &management_url,
-        &format!("ws://{ws_addr}"),
-        None,
-    )
-    .await?;
-
-    // The broker: built-in triggers, then the operator's.
-    let mut subscribers: HashMap<String, Arc<dyn EventHandler>> = HashMap::new();
-    let (c, f) = (ctx.clone(), on_functions.clone());
-    subscribers.insert(
-        "store".into(),
-        Arc::new(Function(move |e| {
-            let c = c.clone();
-            invoke(f.clone(), async move {
-                fn_store::handle(&c, e).await.map(|_| ())
-            })
-        })),
-    );
-    let (c, f) = (ctx.clone(), on_functions.clone());
-    subscribers.insert(
-        "agent-response".into(),
-        Arc::new(Function(move |e| {
-            let c = c.clone();
-            invoke(
-                f.clone(),
-                async move { fn_agent_response::handle(&c, e).await },
-            )
-        })),
-    );
     // Push notifications: providers come from the environment (FCM_*, APNS_*, PUSH_WEBHOOK_*,
     // WEB_PUSH_*); devices of unconfigured providers are skipped with a warning. Web Push works
     // without configuration: the stack keeps a VAPID key in its data directory, and the web
@@ -462,13 +410,149 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let web_push_public_key = fn_push::webpush::public_key(&web_push.vapid_private_key_pem)
         .map_err(|e| anyhow::anyhow!("VAPID key: {e}"))?;
     push_options.web_push = Some(web_push);
-    let push = fn_push::Push::new(ctx.clone(), push_options);
-    let f = on_functions.clone();
+    // The HTTP API: verification codes are printed and kept in MongoDB (`code_outbox`).
+    let issuer = JwtIssuer::hs256(config.jwt_secret.as_bytes(), JWT_ISSUER, JWT_AUDIENCE);
+    // Token lifetimes and rate limits from the same variables as on AWS (API_RATE_PER_MINUTE, ...).
+    let mut api_options =
+        fn_api::ApiOptions::new(issuer.clone()).with_limits_from(&messaging::config::Env)?;
+    api_options.operator_key = config.operator_key.clone();
+    let presign_options = fn_presign::PresignOptions::from_source(&messaging::config::Env)?;
+    let recipe = Arc::new(Recipe {
+        config: config.clone(),
+        management_url: management_url.clone(),
+        broker_url: broker_url.clone(),
+        s3_url: s3_url.clone(),
+        aws,
+        jwt,
+        settings,
+        push_options,
+        api_options,
+        presign_options,
+    });
+    // Each sandbox opens its own clients on its own thread, as each Lambda sandbox does.
+    let functions = Sandboxes::start(config.function_threads, |_| recipe.clone().build()).await?;
+    let ctx = functions.first().ctx.clone();
+    let mongo = functions.first().mongo.clone();
+    // The local stack is its own deploy step: it migrates the database as it starts.
+    mongo.migrate().await?;
+    let functions = Arc::new(functions);
+
+    // The WebSocket API: $connect, $disconnect, and every frame type to the message function.
+    let mut routes = HashMap::new();
+    let route = |function: &str, handler: Arc<dyn crate::gateway::RouteHandler>| Route {
+        function: function.into(),
+        handler,
+        route_response: false,
+    };
+    let f = functions.clone();
+    routes.insert(
+        "$connect".to_string(),
+        route(
+            "connect",
+            Arc::new(move |e| {
+                let f = f.clone();
+                async move {
+                    f.invoke(|d| async move { fn_connect::handle(&d.ctx, e).await })
+                        .await
+                }
+            }),
+        ),
+    );
+    let f = functions.clone();
+    routes.insert(
+        "$disconnect".to_string(),
+        route(
+            "disconnect",
+            Arc::new(move |e| {
+                let f = f.clone();
+                async move {
+                    f.invoke(|d| async move { fn_disconnect::handle(&d.ctx, e).await })
+                        .await
+                }
+            }),
+        ),
+    );
+    let f = functions.clone();
+    let message: Arc<dyn crate::gateway::RouteHandler> = Arc::new(move |e| {
+        let f = f.clone();
+        async move {
+            f.invoke(|d| async move { fn_message::handle(&d.ctx, e).await })
+                .await
+        }
+    });
+    // Two-way routes, as infra/aws/template.yaml configures them: the function's answer frame
+    // (`message_ack`, `heartbeat_ack`, an `error`) is its response body.
+    for key in std::iter::once("$default").chain(messaging::protocol::ClientFrame::KINDS) {
+        routes.insert(
+            key.to_string(),
+            Route {
+                route_response: true,
+                ..route("message", message.clone())
+            },
+        );
+    }
+    // The `$connect` authorizer, as on AWS: its context rides on every event of the connection.
+    let f = functions.clone();
+    let authorizer: crate::authorizer::SharedAuthorizer =
+        Arc::new(move |event: serde_json::Value| {
+            let f = f.clone();
+            async move {
+                f.invoke(|d| async move {
+                    let request: messaging::identity::AuthorizerRequest =
+                        serde_json::from_value(event).map_err(|e| e.to_string())?;
+                    fn_connect::authorizer::handle(&d.ctx.jwt, &request)
+                        .map(|policy| serde_json::to_value(policy).unwrap_or_default())
+                        .map_err(|refusal| refusal.to_string())
+                })
+                .await
+            }
+        });
+    let api = WebSocketApi::with_authorizer(config.api.clone(), routes, Some(authorizer));
+    api.set_domain(ws_addr.to_string());
+    // One replica of the edge: gateways started with `local-stack gateway` on the same Redis
+    // join it, and the functions' management calls reach their connections through this one.
+    api.join(
+        &config.redis_url,
+        &config.redis_prefix,
+        &management_url,
+        &format!("ws://{ws_addr}"),
+        None,
+    )
+    .await?;
+
+    // The broker: built-in triggers, then the operator's.
+    let mut subscribers: HashMap<String, Arc<dyn EventHandler>> = HashMap::new();
+    let f = functions.clone();
+    subscribers.insert(
+        "store".into(),
+        Arc::new(Function(move |e| {
+            let f = f.clone();
+            async move {
+                f.invoke(|d| async move { fn_store::handle(&d.ctx, e).await.map(|_| ()) })
+                    .await
+            }
+        })),
+    );
+    let f = functions.clone();
+    subscribers.insert(
+        "agent-response".into(),
+        Arc::new(Function(move |e| {
+            let f = f.clone();
+            async move {
+                f.invoke(|d| async move { fn_agent_response::handle(&d.ctx, e).await })
+                    .await
+            }
+        })),
+    );
+    let f = functions.clone();
     subscribers.insert(
         "push".into(),
         Arc::new(Function(move |e| {
-            let push = push.clone();
-            invoke(f.clone(), async move { fn_push::handle(&push, e).await })
+            let f = f.clone();
+            async move {
+                f.invoke(|d| async move { fn_push::handle(&d.push, e).await })
+                    .await
+            }
         })),
     );
     let delay = config.retry_delay;
@@ -544,42 +628,24 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let journal = crate::journal::Journal::open(&config.data_dir.join("broker"))?;
     let broker = Broker::with_journal(broker_config, subscribers, journal);
 
-    // The HTTP API: verification codes are printed and kept in MongoDB (`code_outbox`).
-    let issuer = JwtIssuer::hs256(config.jwt_secret.as_bytes(), JWT_ISSUER, JWT_AUDIENCE);
-    // Token lifetimes and rate limits from the same variables as on AWS (API_RATE_PER_MINUTE, ...).
-    let mut api_options =
-        fn_api::ApiOptions::new(issuer.clone()).with_limits_from(&messaging::config::Env)?;
-    api_options.code_sender = Arc::new(fn_api::LocalCodeSender::new(Some(database)));
-    api_options.operator_key = config.operator_key.clone();
-    let http_api = fn_api::router(fn_api::Api::new(ctx.clone(), api_options));
-    // Media presigning, against the local S3.
-    let objects = Arc::new(messaging::objects::S3Objects::new(
-        &aws,
-        Some(&s3_url),
-        true,
-    ));
-    let presign = fn_presign::router(fn_presign::Presign::new(
-        ctx.clone(),
-        objects,
-        fn_presign::PresignOptions::from_source(&messaging::config::Env)?,
-    ));
     // One HTTP API, two functions, split by route as API Gateway would: `/v1/media...` to
     // presign, the rest to api.
-    let (provision_ctx, f) = (ctx.clone(), on_functions.clone());
+    let f = functions.clone();
     let api_function: Arc<dyn crate::http_api::HttpFunction> =
         Arc::new(move |request: lambda_http::Request| {
-            let http_api = http_api.clone();
-            let presign = presign.clone();
-            let ctx = provision_ctx.clone();
-            invoke(f.clone(), async move {
-                provision_local_user(&ctx, &request).await;
-                let path = request.uri().path();
-                if path == "/v1/media" || path.starts_with("/v1/media/") {
-                    fn_presign::handle(&presign, request).await
-                } else {
-                    fn_api::handle(&http_api, request).await
-                }
-            })
+            let f = f.clone();
+            async move {
+                f.invoke(|d| async move {
+                    provision_local_user(&d.ctx, &request).await;
+                    let path = request.uri().path();
+                    if path == "/v1/media" || path.starts_with("/v1/media/") {
+                        fn_presign::handle(&d.presign, request).await
+                    } else {
+                        fn_api::handle(&d.http_api, request).await
+                    }
+                })
+                .await
+            }
         });
 
     let mut tasks = vec![
@@ -658,7 +724,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     // and connections nearing their lifetime (AWS: EventBridge schedules to store).
     let c = ctx.clone();
     let every = config.sweep_interval;
-    tasks.push(on_functions.spawn(async move {
+    tasks.push(functions.first_handle().spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
@@ -693,7 +759,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         config,
         mongo,
         tasks,
-        _functions: functions,
+        functions,
     })
 }
 

@@ -276,7 +276,7 @@ impl StackProcess {
 /// The stack's CPU time (seconds) by role at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuReading {
-    /// The functions' runtime (what Lambda would bill).
+    /// The functions' sandboxes (what Lambda would bill).
     functions: f64,
     /// Everything else in the process (what AWS runs for us: the gateway, the broker, S3).
     emulators: f64,
