@@ -78,7 +78,7 @@ impl<D: Send + Sync + 'static> Sandboxes<D> {
         };
         let mut sandboxes = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
-            let (handle, stop) = sandbox_thread(index)?;
+            let (handle, stop) = sandbox_thread(index).await?;
             let deps = run(&handle, build(index)).await?;
             sandboxes.push(Sandbox {
                 handle,
@@ -108,11 +108,6 @@ impl<D: Send + Sync + 'static> Sandboxes<D> {
     /// The first sandbox's `D` (what the schedules and the tests use).
     pub fn first(&self) -> &Arc<D> {
         &self.sandboxes[0].deps
-    }
-
-    /// Where the first sandbox runs (the schedules are spawned there).
-    pub fn first_handle(&self) -> &Handle {
-        &self.sandboxes[0].handle
     }
 
     /// Runs one invocation in the first sandbox with fewer than [`WARM_LIMIT`] in flight (else
@@ -155,16 +150,26 @@ impl Drop for InFlight {
 
 /// A thread named [`THREAD_NAME`] running a current-thread runtime until the returned sender is
 /// sent or dropped.
-fn sandbox_thread(index: usize) -> std::io::Result<(Handle, oneshot::Sender<()>)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .thread_name(THREAD_NAME)
-        .enable_all()
-        .build()?;
-    let handle = runtime.handle().clone();
+async fn sandbox_thread(index: usize) -> std::io::Result<(Handle, oneshot::Sender<()>)> {
     let (stop, stopped) = oneshot::channel::<()>();
+    let (started, handle) = oneshot::channel();
+    // The runtime is built and dropped on its own thread: dropping a runtime is refused inside
+    // another one (the caller's).
     std::thread::Builder::new()
         .name(THREAD_NAME.into())
         .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .thread_name(THREAD_NAME)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+            };
+            let _ = started.send(Ok(runtime.handle().clone()));
             runtime.block_on(async {
                 let _ = stopped.await;
             });
@@ -172,6 +177,9 @@ fn sandbox_thread(index: usize) -> std::io::Result<(Handle, oneshot::Sender<()>)
             runtime.shutdown_background();
         })
         .map_err(|e| std::io::Error::other(format!("sandbox {index}: {e}")))?;
+    let handle = handle
+        .await
+        .map_err(|_| std::io::Error::other(format!("sandbox {index} ended as it started")))??;
     Ok((handle, stop))
 }
 

@@ -295,7 +295,6 @@ struct Recipe {
     management_url: String,
     broker_url: String,
     s3_url: String,
-    aws: aws_config::SdkConfig,
     jwt: JwtConfig,
     settings: Settings,
     push_options: fn_push::PushOptions,
@@ -308,6 +307,8 @@ impl Recipe {
     /// and builds its functions.
     async fn build(self: Arc<Self>) -> anyhow::Result<FunctionDeps> {
         let config = &self.config;
+        // Its own AWS configuration too: the SDK's HTTP client (S3) lives in it.
+        let aws = local_aws_config().await;
         let realtime = RedisState::connect_with_timeout(
             &config.redis_url,
             &config.redis_prefix,
@@ -321,7 +322,7 @@ impl Recipe {
             realtime: Arc::new(realtime),
             store: Arc::new(store.clone()),
             gateway: Arc::new(ApiGatewayManagement::new(
-                &self.aws,
+                &aws,
                 &self.management_url,
                 messaging::config::DEFAULT_GATEWAY_TIMEOUT,
             )),
@@ -335,7 +336,7 @@ impl Recipe {
             Arc::new(fn_api::LocalCodeSender::new(Some(store.database().clone())));
         // Media presigning, against the local S3.
         let objects = Arc::new(messaging::objects::S3Objects::new(
-            &self.aws,
+            &aws,
             Some(&self.s3_url),
             true,
         ));
@@ -368,7 +369,6 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     let s3_url = format!("http://{s3_addr}");
 
     // What every sandbox's functions are built from.
-    let aws = local_aws_config().await;
     let jwt = JwtConfig {
         hs256_secret: Some(config.jwt_secret.clone().into_bytes()),
         rs256_public_pem: None,
@@ -422,7 +422,6 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         management_url: management_url.clone(),
         broker_url: broker_url.clone(),
         s3_url: s3_url.clone(),
-        aws,
         jwt,
         settings,
         push_options,
@@ -722,21 +721,14 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
     }
     // The schedules: silent agents (AWS: an EventBridge schedule to agent-response), the outbox
     // and connections nearing their lifetime (AWS: EventBridge schedules to store).
-    let c = ctx.clone();
-    let every = config.sweep_interval;
-    tasks.push(functions.first_handle().spawn(async move {
+    // Each tick is an invocation, as a schedule's event is on AWS: it takes its turn in the
+    // sandboxes with the rest.
+    let (f, every) = (functions.clone(), config.sweep_interval);
+    tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            if let Err(e) = fn_agent_response::sweep(&c, messaging::clock::now_ms()).await {
-                tracing::warn!(error = %e, "agent timeout sweep failed");
-            }
-            if let Err(e) = messaging::outbox::sweep(&c, messaging::clock::now_ms()).await {
-                tracing::warn!(error = %e, "outbox sweep failed");
-            }
-            if let Err(e) = messaging::migration::sweep(&c, messaging::clock::now_ms()).await {
-                tracing::warn!(error = %e, "connection lifetime sweep failed");
-            }
+            f.invoke(|d| async move { sweep(&d.ctx).await }).await;
         }
     }));
 
@@ -807,6 +799,19 @@ pub async fn local_aws_config() -> aws_config::SdkConfig {
         .credentials_provider(credentials)
         .load()
         .await
+}
+
+/// One tick of the schedules: silent agents, the outbox, connections nearing their lifetime.
+async fn sweep(ctx: &Context) {
+    if let Err(e) = fn_agent_response::sweep(ctx, messaging::clock::now_ms()).await {
+        tracing::warn!(error = %e, "agent timeout sweep failed");
+    }
+    if let Err(e) = messaging::outbox::sweep(ctx, messaging::clock::now_ms()).await {
+        tracing::warn!(error = %e, "outbox sweep failed");
+    }
+    if let Err(e) = messaging::migration::sweep(ctx, messaging::clock::now_ms()).await {
+        tracing::warn!(error = %e, "connection lifetime sweep failed");
+    }
 }
 
 /// `GET /metrics` on the broker port: per-stage counters, open connections, resident memory.

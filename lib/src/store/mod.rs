@@ -394,6 +394,13 @@ pub fn duplicate_index(e: &mongodb::error::Error) -> Option<&str> {
         ErrorKind::InsertMany(m) => m.write_errors.as_ref()?.first()?.message.as_str(),
         _ => return None,
     };
+    index_named(message)
+}
+
+/// The index an E11000 message names (`... index: <name> dup key: ...`); anything else is
+/// `None`, and so is an older server's `index: <db>.<collection>.$<name>` for our names (the
+/// caller then treats the error as any duplicate key).
+fn index_named(message: &str) -> Option<&str> {
     message.split(" index: ").nth(1)?.split_whitespace().next()
 }
 
@@ -435,5 +442,27 @@ fn after(d: Duration) -> DateTime {
 impl MongoStore {
     fn media_records(&self) -> Collection<Media> {
         self.db.collection(collections::MEDIA)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_index_of_a_duplicate_key_message_is_read_from_mongodbs_own_words() {
+        let modern = "E11000 duplicate key error collection: messaging.messages index: \
+                      conversation_sequence_unique dup key: { conversation_id: \"c\", \
+                      sequence_number: 5 }";
+        assert_eq!(
+            super::index_named(modern),
+            Some(super::schema::CONVERSATION_SEQUENCE_INDEX)
+        );
+        // Servers before 3.4 named it with its namespace: not ours, so any duplicate key.
+        let old = "E11000 duplicate key error index: \
+                   messaging.messages.$conversation_sequence_unique dup key: { : \"c\", : 5 }";
+        assert_ne!(
+            super::index_named(old),
+            Some(super::schema::CONVERSATION_SEQUENCE_INDEX)
+        );
+        assert_eq!(super::index_named("E11000 duplicate key error"), None);
     }
 }
