@@ -105,7 +105,7 @@ impl<D: Send + Sync + 'static> Sandboxes<D> {
         }
     }
 
-    /// The first sandbox's `D` (what the schedules and the tests use).
+    /// The first sandbox's `D` (what the stack's start-up and the tests use).
     pub fn first(&self) -> &Arc<D> {
         &self.sandboxes[0].deps
     }
