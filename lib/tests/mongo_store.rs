@@ -194,14 +194,18 @@ async fn a_process_whose_last_number_is_stale_still_gets_the_next_one() {
             .unwrap();
         assert_eq!(got.message.sequence_number, expected);
     }
-    // A retry with the stale floor: its insert takes 3 (collides on the number and on the key,
-    // whichever the server names) and is still the stored message, not a second one.
-    let retried = store
-        .insert_message(new_message("a2", "conv-hint", "alice", "2"))
-        .await
-        .unwrap();
-    assert!(retried.duplicate);
-    assert_eq!(retried.message.sequence_number, 2);
+    // A retry of a stored send is still that message, not a second one, whatever the floor.
+    let retry_is_the_stored_send = || async {
+        let again = store
+            .insert_message(new_message("a2", "conv-hint", "alice", "2"))
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.message.sequence_number, 2);
+    };
+    // With the stale floor, its insert takes 3: it collides on the number and on the key,
+    // whichever the server names.
+    retry_is_the_stored_send().await;
     let third = store
         .insert_message(new_message("a3", "conv-hint", "alice", "3"))
         .await
@@ -216,13 +220,8 @@ async fn a_process_whose_last_number_is_stale_still_gets_the_next_one() {
         .await,
         5
     );
-    // A retry of a stored send is still that message, whatever the floor.
-    let again = store
-        .insert_message(new_message("a2", "conv-hint", "alice", "2"))
-        .await
-        .unwrap();
-    assert!(again.duplicate);
-    assert_eq!(again.message.sequence_number, 2);
+    // With a fresh floor (5), its insert takes 6 and collides on the key alone.
+    retry_is_the_stored_send().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -136,6 +137,27 @@ impl<D: Send + Sync + 'static> Sandboxes<D> {
             invocation.await
         })
         .await
+    }
+}
+
+/// A function for the emulated services to call with each of its events (a route's, a
+/// trigger's, an HTTP request): every call is an invocation of `call` in the sandboxes.
+pub fn function<D, E, T, C, Fut>(
+    sandboxes: &Arc<Sandboxes<D>>,
+    call: C,
+) -> impl Fn(E) -> BoxFuture<'static, T> + Send + Sync + 'static
+where
+    D: Send + Sync + 'static,
+    E: Send + 'static,
+    T: Send + 'static,
+    C: Fn(Arc<D>, E) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let sandboxes = sandboxes.clone();
+    move |event| {
+        let (sandboxes, call) = (sandboxes.clone(), call.clone());
+        // Boxed: a closure's future cannot be named here (one allocation beside the spawn's).
+        Box::pin(async move { sandboxes.invoke(|deps| call(deps, event)).await }) as BoxFuture<_>
     }
 }
 

@@ -28,7 +28,7 @@ use crate::agent::{DEMO_AGENT_DEVICE, DEMO_AGENT_ID, DemoAgent, PLAIN_DEMO_AGENT
 use crate::broker::{
     BackoffPolicy, Broker, BrokerConfig, DeliverySpec, EventHandler, Filter, HandlerError, Trigger,
 };
-use crate::functions::Sandboxes;
+use crate::functions::{Sandboxes, function};
 use crate::gateway::{ApiSettings, Route, WebSocketApi};
 use messaging::e2ee::AgentDevice;
 
@@ -288,6 +288,9 @@ pub struct FunctionDeps {
     presign: axum::Router,
 }
 
+/// A sandbox's [`FunctionDeps`], as an invocation gets them.
+type Deps = Arc<FunctionDeps>;
+
 /// What every sandbox's [`FunctionDeps`] are built from: the configuration as the functions'
 /// environment would carry it on AWS.
 struct Recipe {
@@ -443,42 +446,28 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         handler,
         route_response: false,
     };
-    let f = functions.clone();
     routes.insert(
         "$connect".to_string(),
         route(
             "connect",
-            Arc::new(move |e| {
-                let f = f.clone();
-                async move {
-                    f.invoke(|d| async move { fn_connect::handle(&d.ctx, e).await })
-                        .await
-                }
-            }),
+            Arc::new(function(&functions, |d: Deps, e| async move {
+                fn_connect::handle(&d.ctx, e).await
+            })),
         ),
     );
-    let f = functions.clone();
     routes.insert(
         "$disconnect".to_string(),
         route(
             "disconnect",
-            Arc::new(move |e| {
-                let f = f.clone();
-                async move {
-                    f.invoke(|d| async move { fn_disconnect::handle(&d.ctx, e).await })
-                        .await
-                }
-            }),
+            Arc::new(function(&functions, |d: Deps, e| async move {
+                fn_disconnect::handle(&d.ctx, e).await
+            })),
         ),
     );
-    let f = functions.clone();
-    let message: Arc<dyn crate::gateway::RouteHandler> = Arc::new(move |e| {
-        let f = f.clone();
-        async move {
-            f.invoke(|d| async move { fn_message::handle(&d.ctx, e).await })
-                .await
-        }
-    });
+    let message: Arc<dyn crate::gateway::RouteHandler> =
+        Arc::new(function(&functions, |d: Deps, e| async move {
+            fn_message::handle(&d.ctx, e).await
+        }));
     // Two-way routes, as infra/aws/template.yaml configures them: the function's answer frame
     // (`message_ack`, `heartbeat_ack`, an `error`) is its response body.
     for key in std::iter::once("$default").chain(messaging::protocol::ClientFrame::KINDS) {
@@ -491,21 +480,16 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
         );
     }
     // The `$connect` authorizer, as on AWS: its context rides on every event of the connection.
-    let f = functions.clone();
-    let authorizer: crate::authorizer::SharedAuthorizer =
-        Arc::new(move |event: serde_json::Value| {
-            let f = f.clone();
-            async move {
-                f.invoke(|d| async move {
-                    let request: messaging::identity::AuthorizerRequest =
-                        serde_json::from_value(event).map_err(|e| e.to_string())?;
-                    fn_connect::authorizer::handle(&d.ctx.jwt, &request)
-                        .map(|policy| serde_json::to_value(policy).unwrap_or_default())
-                        .map_err(|refusal| refusal.to_string())
-                })
-                .await
-            }
-        });
+    let authorizer: crate::authorizer::SharedAuthorizer = Arc::new(function(
+        &functions,
+        |d: Deps, event: serde_json::Value| async move {
+            let request: messaging::identity::AuthorizerRequest =
+                serde_json::from_value(event).map_err(|e| e.to_string())?;
+            fn_connect::authorizer::handle(&d.ctx.jwt, &request)
+                .map(|policy| serde_json::to_value(policy).unwrap_or_default())
+                .map_err(|refusal| refusal.to_string())
+        },
+    ));
     let api = WebSocketApi::with_authorizer(config.api.clone(), routes, Some(authorizer));
     api.set_domain(ws_addr.to_string());
     // One replica of the edge: gateways started with `local-stack gateway` on the same Redis
@@ -521,38 +505,23 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
 
     // The broker: built-in triggers, then the operator's.
     let mut subscribers: HashMap<String, Arc<dyn EventHandler>> = HashMap::new();
-    let f = functions.clone();
     subscribers.insert(
         "store".into(),
-        Arc::new(Function(move |e| {
-            let f = f.clone();
-            async move {
-                f.invoke(|d| async move { fn_store::handle(&d.ctx, e).await.map(|_| ()) })
-                    .await
-            }
-        })),
+        Arc::new(Function(function(&functions, |d: Deps, e| async move {
+            fn_store::handle(&d.ctx, e).await.map(|_| ())
+        }))),
     );
-    let f = functions.clone();
     subscribers.insert(
         "agent-response".into(),
-        Arc::new(Function(move |e| {
-            let f = f.clone();
-            async move {
-                f.invoke(|d| async move { fn_agent_response::handle(&d.ctx, e).await })
-                    .await
-            }
-        })),
+        Arc::new(Function(function(&functions, |d: Deps, e| async move {
+            fn_agent_response::handle(&d.ctx, e).await
+        }))),
     );
-    let f = functions.clone();
     subscribers.insert(
         "push".into(),
-        Arc::new(Function(move |e| {
-            let f = f.clone();
-            async move {
-                f.invoke(|d| async move { fn_push::handle(&d.push, e).await })
-                    .await
-            }
-        })),
+        Arc::new(Function(function(&functions, |d: Deps, e| async move {
+            fn_push::handle(&d.push, e).await
+        }))),
     );
     let delay = config.retry_delay;
     let mut triggers = vec![
@@ -629,23 +598,18 @@ pub async fn start(config: StackConfig) -> anyhow::Result<RunningStack> {
 
     // One HTTP API, two functions, split by route as API Gateway would: `/v1/media...` to
     // presign, the rest to api.
-    let f = functions.clone();
-    let api_function: Arc<dyn crate::http_api::HttpFunction> =
-        Arc::new(move |request: lambda_http::Request| {
-            let f = f.clone();
-            async move {
-                f.invoke(|d| async move {
-                    provision_local_user(&d.ctx, &request).await;
-                    let path = request.uri().path();
-                    if path == "/v1/media" || path.starts_with("/v1/media/") {
-                        fn_presign::handle(&d.presign, request).await
-                    } else {
-                        fn_api::handle(&d.http_api, request).await
-                    }
-                })
-                .await
+    let api_function: Arc<dyn crate::http_api::HttpFunction> = Arc::new(function(
+        &functions,
+        |d: Deps, request: lambda_http::Request| async move {
+            provision_local_user(&d.ctx, &request).await;
+            let path = request.uri().path();
+            if path == "/v1/media" || path.starts_with("/v1/media/") {
+                fn_presign::handle(&d.presign, request).await
+            } else {
+                fn_api::handle(&d.http_api, request).await
             }
-        });
+        },
+    ));
 
     let mut tasks = vec![
         serve(api_listener, crate::http_api::router("api", api_function)).await,

@@ -366,13 +366,19 @@ async fn within<T>(limit: Duration, operation: impl Future<Output = Result<T>>) 
 
 /// Server error code of a command or write failure.
 fn command_code(e: &mongodb::error::Error) -> Option<i32> {
+    server_failure(e).map(|(code, _)| code)
+}
+
+/// Code and message of a command or write failure (an insert of many: its first).
+fn server_failure(e: &mongodb::error::Error) -> Option<(i32, &str)> {
     match e.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Command(c) => Some((c.code, c.message.as_str())),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some((w.code, w.message.as_str())),
         ErrorKind::InsertMany(m) => m
             .write_errors
-            .as_ref()
-            .and_then(|errs| errs.first().map(|w| w.code)),
+            .as_ref()?
+            .first()
+            .map(|w| (w.code, w.message.as_str())),
         _ => None,
     }
 }
@@ -385,16 +391,10 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
 /// The unique index a duplicate-key error (E11000) names, when it names one: the server's
 /// message reads `E11000 duplicate key error collection: <ns> index: <name> dup key: ...`.
 pub fn duplicate_index(e: &mongodb::error::Error) -> Option<&str> {
-    if !is_duplicate_key(e) {
-        return None;
+    match server_failure(e)? {
+        (11000, message) => index_named(message),
+        _ => None,
     }
-    let message = match e.kind.as_ref() {
-        ErrorKind::Command(c) => c.message.as_str(),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.message.as_str(),
-        ErrorKind::InsertMany(m) => m.write_errors.as_ref()?.first()?.message.as_str(),
-        _ => return None,
-    };
-    index_named(message)
 }
 
 /// The index an E11000 message names (`... index: <name> dup key: ...`); anything else is
