@@ -22,6 +22,11 @@ pub const PENDING_RECEIPTS_TTL: Duration = Duration::from_secs(3600);
 /// How long "already done" markers of at-least-once events are kept.
 pub const ONCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a conversation's last-number hint ([`Keys::sequence_hint`]) is kept after its last
+/// message: far below any message retention (a day at least), so no message above the hint
+/// can have expired while it is trusted (a send above an expired number would not collide).
+pub const SEQUENCE_HINT_TTL: Duration = Duration::from_secs(10 * 60);
+
 /// Builds key names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -156,6 +161,15 @@ impl Keys {
     /// A cached value (e.g. `conversation:ID`, a conversation's routing fields).
     pub fn cache(&self, name: &str) -> String {
         format!("{}cache:{name}", self.prefix)
+    }
+
+    /// Sorted set holding one member, `last`, scored by the highest sequence number its
+    /// inserters stored in a conversation (`ZADD GT`: it never goes down): the next send's
+    /// starting point without a MongoDB read, whichever process sends (see
+    /// `MessageStore::insert_message`). Only a hint: too low costs the send a retry, and it is
+    /// never above a stored number.
+    pub fn sequence_hint(&self, conversation_id: &str) -> String {
+        format!("{}seq:{conversation_id}", self.prefix)
     }
 
     /// Token bucket of one rate limit of one subject (a hash `{tokens, at}`).

@@ -41,7 +41,8 @@
 //! ```text
 //! client ──`message` frame──▶ message function: identity ─ conversations::membership
 //!                                 │ store::MessageStore::insert_message (number + outbox, MongoDB)
-//!                                 │ outbox::publish_received ──▶ events (broker / EventBridge)
+//!                                 │ outbox::announce_stored ──▶ events (broker / EventBridge)
+//!                                 │   and the conversation's last-number hint (Redis)
 //!        ◀──`message_ack`─────────┘ (the route response)           │
 //!                                                                  │
 //!            store function ◀─ messaging.message.received ─────────┤──▶ agents (agent_routing)

@@ -3,7 +3,8 @@
 //!
 //! A message is stored with its pending after-commit work (`fanout_due_at`, in the same write, see
 //! [`crate::store::messages`]) and announced with `messaging.message.received`
-//! ([`publish_received`]). The store function does the work and records it done in Redis (a
+//! ([`announce_stored`]: [`publish_received`], and the conversation's last-number hint for the
+//! next send). The store function does the work and records it done in Redis (a
 //! [`FANOUT_SCOPE`] work claim, kept a day). The outbox mark is not cleared message by message:
 //! [`sweep`] takes the marks that are overdue, clears at once those whose fan-out Redis says is
 //! done (one MongoDB write per [`CLEAR_BATCH`] messages instead of one per message), and
@@ -24,6 +25,7 @@ use mongodb::bson::DateTime;
 use crate::context::Context;
 use crate::error::Result;
 use crate::model::{MessageReceived, StoredMessage, event_types};
+use crate::realtime::SequenceHint;
 
 /// CloudEvent type of the scheduled outbox sweep (consumed by the store function).
 pub const SWEEP_EVENT: &str = "messaging.outbox.sweep";
@@ -62,6 +64,30 @@ pub async fn publish_received(
         &extensions,
     )?;
     ctx.events.publish(event).await
+}
+
+/// Announces a message its caller just stored: [`publish_received`], and beside it (at the
+/// same time, so no latency is added) raises the conversation's last-number hint in Redis to
+/// the message's number, so that the next send there, from any process, inserts without
+/// reading the conversation's newest number first (`MessageStore::insert_message`). The hint
+/// is soft state: a failure to note it only costs that next send a read, and is logged.
+pub async fn announce_stored(
+    ctx: &Context,
+    message: &StoredMessage,
+    agent: Option<&str>,
+    sent_on: Option<&str>,
+) -> Result<()> {
+    let hint = async {
+        let stored = SequenceHint {
+            conversation_id: &message.conversation_id,
+            sequence_number: message.sequence_number,
+        };
+        if let Err(e) = ctx.realtime.note_last_sequence(stored).await {
+            tracing::warn!(error = %e, "last-number hint not noted");
+        }
+    };
+    let (published, ()) = tokio::join!(publish_received(ctx, message, agent, sent_on), hint);
+    published
 }
 
 /// What one [`sweep`] did.

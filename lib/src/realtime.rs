@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 
 use crate::error::Result;
 use crate::group_receipts::{ReceiptNote, ReceiptTurn};
-use crate::keys::{CONNECTION_TTL, Keys, ONCE_TTL, PRESENCE_TTL};
+use crate::keys::{CONNECTION_TTL, Keys, ONCE_TTL, PRESENCE_TTL, SEQUENCE_HINT_TTL};
 use crate::protocol::PresenceStatus;
 
 /// A live WebSocket connection of a user's device.
@@ -187,6 +187,9 @@ pub trait RealtimeState:
         lease: Duration,
         user_ids: &[String],
     ) -> Result<(WorkClaim, Vec<Vec<String>>)>;
+    /// Raises a conversation's last-number hint to a number just stored there (never lowers
+    /// it), for [`crate::keys::SEQUENCE_HINT_TTL`] (see [`SequenceHint`]).
+    async fn note_last_sequence(&self, stored: SequenceHint<'_>) -> Result<()>;
     /// The claimed work is done: redeliveries skip it for a day.
     async fn finish_work(&self, scope: &str, id: &str) -> Result<()>;
     /// The claimed work failed: the next delivery may claim it at once.
@@ -236,16 +239,17 @@ pub trait RealtimeState:
     /// registers it again), with `touch` what [`RealtimeState::touch`] does (a heartbeat: one
     /// round trip in all), with `receipt` what
     /// [`crate::group_receipts::ReceiptStore::note_receipt`] does (a group member's
-    /// `delivery_ack`: one round trip in all), and with `cached` what
-    /// [`RealtimeState::cache_get`] reads (a `message` frame's conversation: one round trip
-    /// before its insert).
+    /// `delivery_ack`: one round trip in all), and with `sending_to`, a `message` frame's
+    /// conversation, what the send needs before its insert: the conversation's cached routing
+    /// fields ([`RealtimeState::cache_get`] of [`crate::conversations::cache_name`]) and its
+    /// [`SequenceHint`].
     async fn frame_budget(
         &self,
         caller: &ConnectionInfo,
         limits: &[(&str, RateLimit)],
         touch: bool,
         receipt: Option<&ReceiptNote>,
-        cached: Option<&str>,
+        sending_to: Option<&str>,
         now_ms: i64,
     ) -> Result<FrameBudget>;
     /// A cached value (see [`crate::keys::Keys::cache`]), if present.
@@ -269,9 +273,31 @@ pub struct FrameBudget {
     pub registered: bool,
     /// Who sends the group receipt that was noted, when one was.
     pub receipt: Option<ReceiptTurn>,
-    /// What the cache held under the name asked for (`None`: nothing was asked;
-    /// `Some(None)`: nothing cached).
-    pub cached: Option<Option<String>>,
+    /// What was read for the conversation a `message` frame sends to (`None`: not asked).
+    pub sending_to: Option<SendingTo>,
+}
+
+/// What a `message` frame's round trip read about its conversation (see
+/// [`RealtimeState::frame_budget`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendingTo {
+    /// The conversation's cached routing fields (`None`: not cached).
+    pub cached: Option<String>,
+    /// The highest sequence number the conversation's fan-out saw recently (`None`: none
+    /// within [`crate::keys::SEQUENCE_HINT_TTL`], or Redis forgot it).
+    pub last_sequence: Option<u64>,
+}
+
+/// A conversation's last-number hint: the sequence number of a message just stored in it, noted
+/// by whoever stored it (see [`crate::keys::Keys::sequence_hint`]) so that the next send, from
+/// any process, starts there without reading MongoDB. Only what our own inserts stored is
+/// noted, never a number from an event: a hint above the truth would leave a hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceHint<'a> {
+    /// The conversation.
+    pub conversation_id: &'a str,
+    /// A number stored in it.
+    pub sequence_number: u64,
 }
 
 /// Default deadline of one Redis round trip (`REDIS_TIMEOUT_MS`).
@@ -636,6 +662,23 @@ impl RealtimeState for RedisState {
         }
     }
 
+    async fn note_last_sequence(&self, stored: SequenceHint<'_>) -> Result<()> {
+        let key = self.keys.sequence_hint(stored.conversation_id);
+        // GT: a slower sender of an earlier number never lowers it.
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg("GT")
+            .arg(stored.sequence_number)
+            .arg(SEQUENCE_HINT_MEMBER)
+            .ignore()
+            .pexpire(&key, SEQUENCE_HINT_TTL.as_millis() as i64)
+            .ignore()
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
     async fn finish_work(&self, scope: &str, id: &str) -> Result<()> {
         redis::cmd("SET")
             .arg(self.keys.once(scope, id))
@@ -798,7 +841,7 @@ impl RealtimeState for RedisState {
         limits: &[(&str, RateLimit)],
         touch: bool,
         receipt: Option<&ReceiptNote>,
-        cached: Option<&str>,
+        sending_to: Option<&str>,
         now_ms: i64,
     ) -> Result<FrameBudget> {
         let mut pipe = redis::pipe();
@@ -829,10 +872,17 @@ impl RealtimeState for RedisState {
         if let Some(note) = receipt {
             self.note_receipt_cmd(&mut pipe, note);
         }
-        if let Some(name) = cached {
+        if let Some(conversation_id) = sending_to {
             // Fails the round trip only if the key held a non-string, and only `cache_put`
             // writes these keys.
-            pipe.get(self.keys.cache(name));
+            pipe.get(
+                self.keys
+                    .cache(&crate::conversations::cache_name(conversation_id)),
+            )
+            .zscore(
+                self.keys.sequence_hint(conversation_id),
+                SEQUENCE_HINT_MEMBER,
+            );
         }
         let reply: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
         let mut reply = reply.into_iter();
@@ -842,15 +892,20 @@ impl RealtimeState for RedisState {
             Some(_) => Some(crate::group_receipts::turn_from(next_value(&mut reply)?)),
             None => None,
         };
-        let cached = match cached {
-            Some(_) => Some(next_value(&mut reply)?),
+        let sending_to = match sending_to {
+            Some(_) => Some(SendingTo {
+                cached: next_value(&mut reply)?,
+                last_sequence: next_value::<Option<f64>>(&mut reply)?
+                    .filter(|n| n.is_finite() && *n >= 0.0)
+                    .map(|n| n as u64),
+            }),
             None => None,
         };
         Ok(FrameBudget {
             decisions: decisions(&answer, limits.len()),
             registered,
             receipt,
-            cached,
+            sending_to,
         })
     }
 
@@ -929,6 +984,9 @@ pub(crate) fn next_value<T: redis::FromRedisValue>(
             .map_err(redis::RedisError::from)?,
     )
 }
+
+/// The one member of a [`Keys::sequence_hint`] sorted set (its score is the number).
+const SEQUENCE_HINT_MEMBER: &str = "last";
 
 /// Takes work that is neither done nor claimed (`SET ... working PX lease`); answers 0 when
 /// taken, -2 when done, else the milliseconds left of the current claim.

@@ -26,8 +26,9 @@ pub async fn post_system_message(
             receiver_id: None,
             body: crate::protocol::MessageBody::of(crate::protocol::MessageType::System, text),
             client_timestamp: crate::clock::now_ms(),
+            last_sequence_hint: None,
         })
         .await?;
-    crate::outbox::publish_received(ctx, &inserted.message, None, None).await?;
+    crate::outbox::announce_stored(ctx, &inserted.message, None, None).await?;
     Ok(inserted.message)
 }

@@ -32,6 +32,7 @@ fn new_message(key: &str, conversation: &str, sender: &str, content: &str) -> Ne
         receiver_id: Some("bob".into()),
         body: MessageBody::text(content),
         client_timestamp: 1,
+        last_sequence_hint: None,
     }
 }
 
@@ -222,6 +223,58 @@ async fn a_process_whose_last_number_is_stale_still_gets_the_next_one() {
     );
     // With a fresh floor (5), its insert takes 6 and collides on the key alone.
     retry_is_the_stored_send().await;
+}
+
+#[tokio::test]
+async fn a_last_number_hint_saves_the_read_whichever_process_stored_last() {
+    let store = store().await;
+    let other_process = MongoStore::connect(
+        &testkit::servers().mongodb_uri,
+        store.database().name(),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let hinted = |key: &str, hint: Option<u64>| NewMessage {
+        last_sequence_hint: hint,
+        ..new_message(key, "conv-hinted", "alice", key)
+    };
+    for (key, expected) in [("h1", 1), ("h2", 2)] {
+        let got = store.insert_message(hinted(key, None)).await.unwrap();
+        assert_eq!(got.message.sequence_number, expected);
+    }
+    // A process that never stored here, told the last number (2): one round trip, the insert.
+    let before = other_process.round_trips();
+    let got = other_process
+        .insert_message(hinted("h3", Some(2)))
+        .await
+        .unwrap();
+    assert_eq!(got.message.sequence_number, 3);
+    assert_eq!(other_process.round_trips() - before, 1, "no read");
+    // The first process remembers 2, is told 3: the higher is used, no collision.
+    let before = store.round_trips();
+    let got = store.insert_message(hinted("h4", Some(3))).await.unwrap();
+    assert_eq!(got.message.sequence_number, 4);
+    assert_eq!(store.round_trips() - before, 1, "no read, no collision");
+    // A stale hint (the hint lags behind a send that just happened): the insert collides and
+    // the real number is read; never a number twice, never a gap.
+    let got = other_process
+        .insert_message(hinted("h5", Some(2)))
+        .await
+        .unwrap();
+    assert_eq!(got.message.sequence_number, 5);
+    // A retry told a stale hint is still its stored message.
+    let again = store.insert_message(hinted("h4", Some(1))).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message.sequence_number, 4);
+    let numbers: Vec<u64> = store
+        .messages_in_range("conv-hinted", 1, 100, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.sequence_number)
+        .collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use messaging::group_receipts::{ReceiptKind, ReceiptNote, ReceiptStore, ReceiptTurn};
 use messaging::protocol::{MemberMark, PresenceStatus};
-use messaging::realtime::{ConnectionInfo, RateDecision, RateLimit, RealtimeState, RedisState};
+use messaging::realtime::{
+    ConnectionInfo, RateDecision, RateLimit, RealtimeState, RedisState, SendingTo, SequenceHint,
+};
 use redis::AsyncCommands;
 
 async fn state() -> RedisState {
@@ -313,11 +315,11 @@ async fn a_frame_learns_its_budget_and_whether_its_connection_is_known_in_one_ro
         .await
         .unwrap();
     assert!(budget.registered);
-    assert_eq!(budget.cached, None, "nothing asked, nothing read");
+    assert_eq!(budget.sending_to, None, "nothing asked, nothing read");
 }
 
 #[tokio::test]
-async fn a_message_frame_reads_its_conversation_from_the_cache_in_its_one_round_trip() {
+async fn a_message_frame_reads_its_conversation_and_last_number_in_its_one_round_trip() {
     let s = state().await;
     let frames = RateLimit {
         max: 10,
@@ -325,25 +327,93 @@ async fn a_message_frame_reads_its_conversation_from_the_cache_in_its_one_round_
     };
     let jane = conn("j5", "jane5", "phone");
     s.register_connection(&jane).await.unwrap();
-    let name = messaging::conversations::cache_name("c-42");
+    let conversation = "c-42";
+    let name = messaging::conversations::cache_name(conversation);
     let t = 1_700_000_000_000;
     let before = s.round_trips();
     let budget = s
-        .frame_budget(&jane, &[("frames", frames)], false, None, Some(&name), t)
+        .frame_budget(
+            &jane,
+            &[("frames", frames)],
+            false,
+            None,
+            Some(conversation),
+            t,
+        )
         .await
         .unwrap();
     assert_eq!(s.round_trips() - before, 1);
-    assert_eq!(budget.cached, Some(None), "asked, nothing cached");
+    assert_eq!(
+        budget.sending_to,
+        Some(SendingTo::default()),
+        "asked, nothing cached, no number noted"
+    );
     s.cache_put(&name, "{\"routing\":1}", Duration::from_secs(60))
         .await
         .unwrap();
+    s.note_last_sequence(SequenceHint {
+        conversation_id: conversation,
+        sequence_number: 41,
+    })
+    .await
+    .unwrap();
     let budget = s
-        .frame_budget(&jane, &[("frames", frames)], false, None, Some(&name), t)
+        .frame_budget(
+            &jane,
+            &[("frames", frames)],
+            false,
+            None,
+            Some(conversation),
+            t,
+        )
         .await
         .unwrap();
-    assert_eq!(budget.cached, Some(Some("{\"routing\":1}".to_string())));
+    assert_eq!(
+        budget.sending_to,
+        Some(SendingTo {
+            cached: Some("{\"routing\":1}".to_string()),
+            last_sequence: Some(41),
+        })
+    );
     assert!(budget.registered);
     assert_eq!(budget.decisions, [RateDecision::Allowed { remaining: 8 }]);
+}
+
+#[tokio::test]
+async fn a_conversations_last_number_hint_only_goes_up_and_expires() {
+    let s = state().await;
+    let jane = conn("j6", "jane6", "phone");
+    let conversation = "c-hint";
+    let noted = |n| SequenceHint {
+        conversation_id: conversation,
+        sequence_number: n,
+    };
+    let read = || async {
+        s.frame_budget(&jane, &[], false, None, Some(conversation), 0)
+            .await
+            .unwrap()
+            .sending_to
+            .unwrap()
+            .last_sequence
+    };
+    s.note_last_sequence(noted(7)).await.unwrap();
+    assert_eq!(read().await, Some(7));
+    // A slower inserter of an earlier number does not lower it.
+    s.note_last_sequence(noted(5)).await.unwrap();
+    assert_eq!(read().await, Some(7));
+    s.note_last_sequence(noted(8)).await.unwrap();
+    assert_eq!(read().await, Some(8));
+    // Trusted only while no message above it can have expired: it has a TTL, refreshed by
+    // every note.
+    let mut raw = s.connection_manager();
+    let ttl: i64 = raw
+        .pttl(s.keys().sequence_hint(conversation))
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= messaging::keys::SEQUENCE_HINT_TTL.as_millis() as i64,
+        "{ttl}"
+    );
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use messaging::fanout::send_to_user;
 use messaging::model::{
     AgentDelta, AgentProgress, AgentResponse, Conversation, NewMessage, ProgressKind, event_types,
 };
-use messaging::outbox::publish_received;
+use messaging::outbox::announce_stored;
 use messaging::protocol::{MessageBody, RunDetail, RunState};
 use messaging::protocol::{ServerFrame, TypingPayload, TypingState};
 use messaging::runs::{self, RunChange, RunKey};
@@ -126,6 +126,7 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
                 location: None,
             },
             client_timestamp: response.timestamp,
+            last_sequence_hint: None,
         })
         .await?;
     ctx.realtime
@@ -162,7 +163,7 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
         .await?;
     }
     // Republished on a duplicate too: the first attempt may have died before publishing.
-    publish_received(ctx, &inserted.message, None, None).await
+    announce_stored(ctx, &inserted.message, None, None).await
 }
 
 async fn progress(ctx: &Context, progress: AgentProgress) -> Result<()> {

@@ -43,7 +43,7 @@ use messaging::identity::Identity;
 use messaging::protocol::{
     ClientFrame, MAX_FRAME_BYTES, MessageStatus, ServerFrame, parse_client_frame,
 };
-use messaging::realtime::ConnectionInfo;
+use messaging::realtime::{ConnectionInfo, SendingTo};
 use messaging::websocket::{connection_id, ok};
 use messaging::{Error, Result};
 
@@ -227,15 +227,17 @@ struct Caller {
     refreshed: bool,
     /// The round trip noted a group receipt: whose turn it is to send it.
     receipt: Option<messaging::group_receipts::ReceiptTurn>,
-    /// A `message` frame's conversation as the cache held it, read in the round trip (`None`:
-    /// not read; see `messaging::conversations::membership_given`).
-    conversation: Option<Option<String>>,
+    /// What the round trip read about a `message` frame's conversation: its cached routing
+    /// fields and last-number hint (`None`: not read; see
+    /// `messaging::conversations::membership_given` and `MessageStore::insert_message`).
+    conversation: Option<SendingTo>,
 }
 
 /// Who sent a frame, with the frame counted against their budgets (one Redis round trip that
 /// also refreshes presence for a heartbeat, notes `receipt` and, for a `message`, reads its
-/// conversation's cached routing fields: with the conversation cached, a send to a person makes
-/// no other Redis round trip before its ack).
+/// conversation's cached routing fields and last-number hint: with the conversation cached, a
+/// send to a person makes no other Redis round trip before its ack, and with the hint fresh, one
+/// MongoDB round trip, whichever process stored the conversation's last message).
 ///
 /// With an authorizer identity, Redis is only asked for the budgets and whether the connection
 /// is still registered (if not, it is registered again with API Gateway's `connectedAt`, so
@@ -287,10 +289,8 @@ async fn caller(
         connected_at,
     };
     let heartbeat = matches!(frame, ClientFrame::Heartbeat { .. });
-    let conversation_cache = match frame {
-        ClientFrame::Message { payload, .. } => Some(messaging::conversations::cache_name(
-            &payload.conversation_id,
-        )),
+    let sending_to = match frame {
+        ClientFrame::Message { payload, .. } => Some(payload.conversation_id.as_str()),
         _ => None,
     };
     let mut refreshed = false;
@@ -298,20 +298,13 @@ async fn caller(
     let mut conversation = None;
     match ctx
         .realtime
-        .frame_budget(
-            &caller,
-            &budgets,
-            heartbeat,
-            receipt,
-            conversation_cache.as_deref(),
-            now,
-        )
+        .frame_budget(&caller, &budgets, heartbeat, receipt, sending_to, now)
         .await
     {
         Ok(budget) => {
             refreshed = heartbeat;
             noted = budget.receipt;
-            conversation = budget.cached;
+            conversation = budget.sending_to;
             for decision in budget.decisions {
                 decision.check()?;
             }

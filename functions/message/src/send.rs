@@ -15,29 +15,34 @@ use messaging::model::{Conversation, ConversationKind, MediaState, NewMessage, S
 use messaging::protocol::{
     MessageAckPayload, MessageStatus, MessageType, OutgoingMessage, ServerFrame,
 };
-use messaging::realtime::{AgentWait, ConnectionInfo};
+use messaging::realtime::{AgentWait, ConnectionInfo, SendingTo};
 use messaging::telemetry::hashed_id;
 use messaging::{Error, Result};
 
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
-/// Handles a `message` frame; its answer is the `message_ack`. `cached`: the conversation as
-/// the cache held it when the frame's round trip read it (`None`: not read, it is read here).
+/// Handles a `message` frame; its answer is the `message_ack`. `read`: what the frame's round
+/// trip read about the conversation, its cached routing fields and last-number hint (`None`:
+/// not read; the conversation is read here and the number found by the store).
 pub async fn send(
     ctx: &Context,
     caller: &ConnectionInfo,
     client_message_id: Option<String>,
     idempotency_key: String,
     payload: OutgoingMessage,
-    cached: Option<Option<String>>,
+    read: Option<SendingTo>,
 ) -> Result<ServerFrame> {
     validate(&payload, &idempotency_key, ctx.settings.max_content_bytes)?;
-    let conversation = match cached {
-        Some(cached) => {
-            membership_given(ctx, &caller.user_id, &payload.conversation_id, cached).await?
-        }
-        None => membership(ctx, &caller.user_id, &payload.conversation_id).await?,
+    let (conversation, last_sequence_hint) = match read {
+        Some(read) => (
+            membership_given(ctx, &caller.user_id, &payload.conversation_id, read.cached).await?,
+            read.last_sequence,
+        ),
+        None => (
+            membership(ctx, &caller.user_id, &payload.conversation_id).await?,
+            None,
+        ),
     };
     if conversation.kind != ConversationKind::Agent {
         // Between people the server stores only what it cannot read.
@@ -65,6 +70,7 @@ pub async fn send(
             receiver_id,
             body: payload.body.clone(),
             client_timestamp: payload.timestamp,
+            last_sequence_hint,
         })
         .await?;
     let message = &inserted.message;
@@ -102,7 +108,7 @@ pub async fn send(
     // announcement; one still marked is announced again, and the store function skips a
     // fan-out already done.
     if message.fanout_due_at.is_some()
-        && let Err(e) = messaging::outbox::publish_received(
+        && let Err(e) = messaging::outbox::announce_stored(
             ctx,
             message,
             agent.as_deref(),

@@ -19,8 +19,10 @@
 //! duplicate-key error the message with our key is looked up (one more round trip): found, it
 //! is the answer to a retry (or an `idempotency_conflict` when the request differs); not found,
 //! we go again from step 1. So the ack path costs 2 MongoDB round trips (1 when this process
-//! stored the conversation's last message: step 1 is remembered), 3 for a retried send, 2 more
-//! per lost race.
+//! stored the conversation's last message, step 1 remembered, or when the caller passes a recent
+//! number, [`NewMessage::last_sequence_hint`]: the hint the fan-out keeps in Redis, which makes
+//! one round trip the rule whichever process or Lambda sandbox sends), 3 for a retried send, 2
+//! more per lost race (a stale floor).
 //!
 //! Why there is never a hole, whatever crashes: a number exists only as a stored message, and a
 //! message is only ever inserted with (an existing message's number) + 1, so the numbers of a
@@ -162,15 +164,21 @@ impl MessageStore for MongoStore {
             // Sends to one conversation from this process go one at a time: they would only
             // race each other for the same number. Across processes the unique index decides.
             let mut turn = self.senders.turn(&new.conversation_id).await;
+            let mut hint = new.last_sequence_hint;
             let mut attempt: u32 = 0;
             loop {
-                // The number this process stored last is the next one's floor, unless another
-                // process stored since (the insert then collides and the floor is read).
-                // Only a recent one: retention may since have removed messages above it, and an
-                // insert above an expired number would not collide.
-                let last = match turn.take() {
-                    Some((last, at)) if at.elapsed() < FLOOR_TRUSTED_FOR => last,
-                    _ => self.last_sequence(&new.conversation_id).await?,
+                // The number this process stored last, or the caller's hint (the fan-out's, from
+                // any process), is the next one's floor, unless someone stored since (the
+                // insert then collides and the floor is read). Only recent ones: retention may
+                // since have removed messages above them, and an insert above an expired number
+                // would not collide. Both are numbers stored: the higher is the likelier last.
+                let remembered = turn
+                    .take()
+                    .filter(|(_, at)| at.elapsed() < FLOOR_TRUSTED_FOR)
+                    .map(|(last, _)| last);
+                let last = match remembered.max(hint.take()) {
+                    Some(last) => last,
+                    None => self.last_sequence(&new.conversation_id).await?,
                 };
                 let now = DateTime::now();
                 let message = StoredMessage {

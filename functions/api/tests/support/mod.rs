@@ -349,6 +349,7 @@ impl Env {
                 receiver_id: None,
                 body: MessageBody::text("ciphertext"),
                 client_timestamp: 1,
+                last_sequence_hint: None,
             })
             .await
             .unwrap();
