@@ -22,8 +22,8 @@ pub const PENDING_RECEIPTS_TTL: Duration = Duration::from_secs(3600);
 /// How long "already done" markers of at-least-once events are kept.
 pub const ONCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// How long a conversation's last-number hint ([`Keys::sequence_hint`]) is kept after its last
-/// message: far below any message retention (a day at least), so no message above the hint
+/// How long a conversation's last-number hint ([`Keys::sequence_hint`]) is kept after it was
+/// last noted: far below any message retention (a day at least), so no message above the hint
 /// can have expired while it is trusted (a send above an expired number would not collide).
 pub const SEQUENCE_HINT_TTL: Duration = Duration::from_secs(10 * 60);
 
@@ -166,8 +166,9 @@ impl Keys {
     /// Sorted set holding one member, `last`, scored by the highest sequence number its
     /// inserters stored in a conversation (`ZADD GT`: it never goes down): the next send's
     /// starting point without a MongoDB read, whichever process sends (see
-    /// `MessageStore::insert_message`). Only a hint: too low costs the send a retry, and it is
-    /// never above a stored number.
+    /// `MessageStore::insert_message`). Only a hint: too low costs the send a retry; it is never
+    /// above a number stored in the database it describes, which is why Redis must be flushed
+    /// after MongoDB is restored from a backup (see the runbook in `docs/DESIGN.md`).
     pub fn sequence_hint(&self, conversation_id: &str) -> String {
         format!("{}seq:{conversation_id}", self.prefix)
     }

@@ -287,7 +287,8 @@ pub struct NewMessage {
     /// Client clock, milliseconds.
     pub client_timestamp: i64,
     /// A sequence number recently stored in the conversation, when the caller knows one (the
-    /// fan-out's hint in Redis, see `keys::Keys::sequence_hint`): the insert starts above it
+    /// last-number hint its inserters keep in Redis, see `keys::Keys::sequence_hint`): the insert
+    /// starts above it
     /// instead of reading the newest message. Never part of the message: too low only costs a
     /// retry, and it must never be above a number stored within the hint's lifetime.
     pub last_sequence_hint: Option<u64>,

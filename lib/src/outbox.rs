@@ -66,11 +66,16 @@ pub async fn publish_received(
     ctx.events.publish(event).await
 }
 
+/// How long [`announce_stored`] waits for the last-number hint to be noted: it is soft state,
+/// so a slow or stalled Redis delays a `message_ack` by this much at most, not by its deadline.
+pub const HINT_PATIENCE: Duration = Duration::from_millis(100);
+
 /// Announces a message its caller just stored: [`publish_received`], and beside it (at the
 /// same time, so no latency is added) raises the conversation's last-number hint in Redis to
 /// the message's number, so that the next send there, from any process, inserts without
 /// reading the conversation's newest number first (`MessageStore::insert_message`). The hint
-/// is soft state: a failure to note it only costs that next send a read, and is logged.
+/// is soft state, waited for [`HINT_PATIENCE`] at most: not noting it only costs that next send
+/// a read, and is logged.
 pub async fn announce_stored(
     ctx: &Context,
     message: &StoredMessage,
@@ -82,8 +87,10 @@ pub async fn announce_stored(
             conversation_id: &message.conversation_id,
             sequence_number: message.sequence_number,
         };
-        if let Err(e) = ctx.realtime.note_last_sequence(stored).await {
-            tracing::warn!(error = %e, "last-number hint not noted");
+        match tokio::time::timeout(HINT_PATIENCE, ctx.realtime.note_last_sequence(stored)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "last-number hint not noted"),
+            Err(_) => tracing::warn!("last-number hint not noted in time"),
         }
     };
     let (published, ()) = tokio::join!(publish_received(ctx, message, agent, sent_on), hint);

@@ -190,6 +190,10 @@ pub trait RealtimeState:
     /// Raises a conversation's last-number hint to a number just stored there (never lowers
     /// it), for [`crate::keys::SEQUENCE_HINT_TTL`] (see [`SequenceHint`]).
     async fn note_last_sequence(&self, stored: SequenceHint<'_>) -> Result<()>;
+    /// A conversation's last-number hint (see [`SequenceHint`]; `None`: none noted within
+    /// [`crate::keys::SEQUENCE_HINT_TTL`]). A `message` frame reads it in its one round trip
+    /// instead ([`RealtimeState::frame_budget`]).
+    async fn last_sequence(&self, conversation_id: &str) -> Result<Option<u64>>;
     /// The claimed work is done: redeliveries skip it for a day.
     async fn finish_work(&self, scope: &str, id: &str) -> Result<()>;
     /// The claimed work failed: the next delivery may claim it at once.
@@ -283,8 +287,9 @@ pub struct FrameBudget {
 pub struct SendingTo {
     /// The conversation's cached routing fields (`None`: not cached).
     pub cached: Option<String>,
-    /// The highest sequence number the conversation's fan-out saw recently (`None`: none
-    /// within [`crate::keys::SEQUENCE_HINT_TTL`], or Redis forgot it).
+    /// The conversation's last-number hint: the highest number its inserters noted within
+    /// [`crate::keys::SEQUENCE_HINT_TTL`] (`None`: none, Redis forgot it, or the key could not be
+    /// read).
     pub last_sequence: Option<u64>,
 }
 
@@ -664,8 +669,10 @@ impl RealtimeState for RedisState {
 
     async fn note_last_sequence(&self, stored: SequenceHint<'_>) -> Result<()> {
         let key = self.keys.sequence_hint(stored.conversation_id);
-        // GT: a slower sender of an earlier number never lowers it.
+        // GT: a slower sender of an earlier number never lowers it. Atomic: a hint whose expiry
+        // was lost would outlive what makes it safe.
         redis::pipe()
+            .atomic()
             .cmd("ZADD")
             .arg(&key)
             .arg("GT")
@@ -677,6 +684,15 @@ impl RealtimeState for RedisState {
             .exec_async(&mut self.conn())
             .await?;
         Ok(())
+    }
+
+    async fn last_sequence(&self, conversation_id: &str) -> Result<Option<u64>> {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(self.keys.sequence_hint(conversation_id))
+            .arg(SEQUENCE_HINT_MEMBER)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(hint_number(score))
     }
 
     async fn finish_work(&self, scope: &str, id: &str) -> Result<()> {
@@ -873,8 +889,6 @@ impl RealtimeState for RedisState {
             self.note_receipt_cmd(&mut pipe, note);
         }
         if let Some(conversation_id) = sending_to {
-            // Fails the round trip only if the key held a non-string, and only `cache_put`
-            // writes these keys.
             pipe.get(
                 self.keys
                     .cache(&crate::conversations::cache_name(conversation_id)),
@@ -884,7 +898,9 @@ impl RealtimeState for RedisState {
                 SEQUENCE_HINT_MEMBER,
             );
         }
-        let reply: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
+        // Each reply on its own: a cached value or hint that cannot be read (a key of another
+        // type) is only not there, and must not cost the frame its budgets.
+        let reply: Vec<redis::Value> = pipe.ignore_errors().query_async(&mut self.conn()).await?;
         let mut reply = reply.into_iter();
         let answer: Vec<i64> = next_value(&mut reply)?;
         let registered: bool = next_value(&mut reply)?;
@@ -892,15 +908,10 @@ impl RealtimeState for RedisState {
             Some(_) => Some(crate::group_receipts::turn_from(next_value(&mut reply)?)),
             None => None,
         };
-        let sending_to = match sending_to {
-            Some(_) => Some(SendingTo {
-                cached: next_value(&mut reply)?,
-                last_sequence: next_value::<Option<f64>>(&mut reply)?
-                    .filter(|n| n.is_finite() && *n >= 0.0)
-                    .map(|n| n as u64),
-            }),
-            None => None,
-        };
+        let sending_to = sending_to.map(|_| SendingTo {
+            cached: next_value(&mut reply).ok().flatten(),
+            last_sequence: hint_number(next_value(&mut reply).ok().flatten()),
+        });
         Ok(FrameBudget {
             decisions: decisions(&answer, limits.len()),
             registered,
@@ -987,6 +998,14 @@ pub(crate) fn next_value<T: redis::FromRedisValue>(
 
 /// The one member of a [`Keys::sequence_hint`] sorted set (its score is the number).
 const SEQUENCE_HINT_MEMBER: &str = "last";
+
+/// A last-number hint's score as a sequence number (a score no insert could have noted is no
+/// hint).
+fn hint_number(score: Option<f64>) -> Option<u64> {
+    score
+        .filter(|n| n.is_finite() && *n >= 1.0 && n.fract() == 0.0)
+        .map(|n| n as u64)
+}
 
 /// Takes work that is neither done nor claimed (`SET ... working PX lease`); answers 0 when
 /// taken, -2 when done, else the milliseconds left of the current claim.

@@ -256,15 +256,34 @@ async fn a_last_number_hint_saves_the_read_whichever_process_stored_last() {
     let got = store.insert_message(hinted("h4", Some(3))).await.unwrap();
     assert_eq!(got.message.sequence_number, 4);
     assert_eq!(store.round_trips() - before, 1, "no read, no collision");
-    // A stale hint (the hint lags behind a send that just happened): the insert collides and
-    // the real number is read; never a number twice, never a gap.
-    let got = other_process
+    // A stale hint (it lags behind a send that just happened) in a process that remembers
+    // nothing here: the insert collides and the real number is read; never a number twice,
+    // never a gap.
+    let third_process = MongoStore::connect(
+        &testkit::servers().mongodb_uri,
+        store.database().name(),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let got = third_process
         .insert_message(hinted("h5", Some(2)))
         .await
         .unwrap();
     assert_eq!(got.message.sequence_number, 5);
-    // A retry told a stale hint is still its stored message.
-    let again = store.insert_message(hinted("h4", Some(1))).await.unwrap();
+    // A retry told a stale hint, in a process that remembers nothing of it, is still its
+    // stored message.
+    let fourth_process = MongoStore::connect(
+        &testkit::servers().mongodb_uri,
+        store.database().name(),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let again = fourth_process
+        .insert_message(hinted("h4", Some(1)))
+        .await
+        .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.message.sequence_number, 4);
     let numbers: Vec<u64> = store

@@ -380,6 +380,43 @@ async fn a_message_frame_reads_its_conversation_and_last_number_in_its_one_round
 }
 
 #[tokio::test]
+async fn unreadable_cache_or_hint_keys_are_only_not_there_for_a_frame() {
+    let s = state().await;
+    let frames = RateLimit {
+        max: 10,
+        window: Duration::from_secs(60),
+    };
+    let jane = conn("j7", "jane7", "phone");
+    s.register_connection(&jane).await.unwrap();
+    let conversation = "c-odd";
+    // Keys of another type where the conversation's routing and last number belong (written
+    // by hand, an old version, or another tool sharing the prefix).
+    let mut raw = s.connection_manager();
+    let cache = s
+        .keys()
+        .cache(&messaging::conversations::cache_name(conversation));
+    let _: () = raw.hset(&cache, "routing", "1").await.unwrap();
+    let _: () = raw
+        .set(s.keys().sequence_hint(conversation), "12")
+        .await
+        .unwrap();
+    let budget = s
+        .frame_budget(
+            &jane,
+            &[("frames", frames)],
+            false,
+            None,
+            Some(conversation),
+            1_700_000_000_000,
+        )
+        .await
+        .expect("the frame keeps its budgets");
+    assert_eq!(budget.decisions, [RateDecision::Allowed { remaining: 9 }]);
+    assert!(budget.registered);
+    assert_eq!(budget.sending_to, Some(SendingTo::default()));
+}
+
+#[tokio::test]
 async fn a_conversations_last_number_hint_only_goes_up_and_expires() {
     let s = state().await;
     let jane = conn("j6", "jane6", "phone");
@@ -396,13 +433,17 @@ async fn a_conversations_last_number_hint_only_goes_up_and_expires() {
             .unwrap()
             .last_sequence
     };
+    assert_eq!(read().await, None);
+    assert_eq!(s.last_sequence(conversation).await.unwrap(), None);
     s.note_last_sequence(noted(7)).await.unwrap();
     assert_eq!(read().await, Some(7));
+    assert_eq!(s.last_sequence(conversation).await.unwrap(), Some(7));
     // A slower inserter of an earlier number does not lower it.
     s.note_last_sequence(noted(5)).await.unwrap();
     assert_eq!(read().await, Some(7));
     s.note_last_sequence(noted(8)).await.unwrap();
     assert_eq!(read().await, Some(8));
+    assert_eq!(s.last_sequence(conversation).await.unwrap(), Some(8));
     // Trusted only while no message above it can have expired: it has a TTL, refreshed by
     // every note.
     let mut raw = s.connection_manager();

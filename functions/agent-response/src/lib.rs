@@ -110,6 +110,17 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
             .map(|m| m.message_id),
         None => None,
     };
+    // The user's message it answers was stored by another function (another sandbox on AWS):
+    // without the conversation's last-number hint the insert would collide on that number,
+    // read, and go again. Soft state: without it the store reads the number.
+    let last_sequence_hint = ctx
+        .realtime
+        .last_sequence(&conversation.conversation_id)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "last-number hint not read");
+            None
+        });
     let inserted = ctx
         .store
         .insert_message(NewMessage {
@@ -126,7 +137,7 @@ async fn respond(ctx: &Context, response: AgentResponse) -> Result<()> {
                 location: None,
             },
             client_timestamp: response.timestamp,
-            last_sequence_hint: None,
+            last_sequence_hint,
         })
         .await?;
     ctx.realtime

@@ -342,6 +342,11 @@ fn main() -> anyhow::Result<()> {
         "REDIS_TIMEOUT_MS",
         messaging::realtime::DEFAULT_TIMEOUT,
     )?;
+    if let Some(prefix) =
+        messaging::config::Source::get(&messaging::config::Env, "REDIS_KEY_PREFIX")
+    {
+        config.redis_prefix = prefix;
+    }
     config.host = args.host;
     config.ws_port = args.ws_port;
     config.broker_port = args.broker_port;

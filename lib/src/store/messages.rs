@@ -167,8 +167,8 @@ impl MessageStore for MongoStore {
             let mut hint = new.last_sequence_hint;
             let mut attempt: u32 = 0;
             loop {
-                // The number this process stored last, or the caller's hint (the fan-out's, from
-                // any process), is the next one's floor, unless someone stored since (the
+                // The number this process stored last, or the caller's hint (noted by whichever
+                // process stored last), is the next one's floor, unless someone stored since (the
                 // insert then collides and the floor is read). Only recent ones: retention may
                 // since have removed messages above them, and an insert above an expired number
                 // would not collide. Both are numbers stored: the higher is the likelier last.

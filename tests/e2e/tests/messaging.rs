@@ -1439,7 +1439,7 @@ async fn the_path_from_message_to_ack_takes_one_mongodb_round_trip_whichever_pro
             "phone",
             "message",
             serde_json::json!({"type": "message", "client_message_id": key, "idempotency_key": key,
-                "payload": {"conversation_id": conv, "content": sealed("x"), "type": "text", "timestamp": 1}})
+                "payload": {"conversation_id": conv, "content": sealed(key), "type": "text", "timestamp": 1}})
             .to_string(),
         )
     };
@@ -1448,12 +1448,23 @@ async fn the_path_from_message_to_ack_takes_one_mongodb_round_trip_whichever_pro
     // the second, in a process that never stored a message there.
     fn_message::handle(&stack.ctx, event("warm-up")).await;
     let (redis_before, mongo_before) = (realtime.round_trips(), store.round_trips());
-    fn_message::handle(&ctx, event("measured")).await;
+    let answer = fn_message::handle(&ctx, event("measured")).await;
     let redis = realtime.round_trips() - redis_before;
     let mongo = store.round_trips() - mongo_before;
     // The warm-up's number, read with the frame's budget, is the floor: no read before the
     // insert.
     assert_eq!(mongo, 1, "the insert");
+    let ack: serde_json::Value = match answer.body {
+        Some(aws_lambda_events::encodings::Body::Text(text)) => {
+            serde_json::from_str(&text).unwrap()
+        }
+        other => panic!("no message_ack: {other:?}"),
+    };
+    assert_eq!(ack["type"], "message_ack", "{ack}");
+    assert_eq!(
+        ack["payload"]["sequence_number"], 2,
+        "the number after the warm-up's: no hole"
+    );
     assert_eq!(
         redis, 2,
         "rate limits, the registration check, the conversation's routing and last number in \
@@ -1461,11 +1472,13 @@ async fn the_path_from_message_to_ack_takes_one_mongodb_round_trip_whichever_pro
     );
     let delivered = bobs
         .wait_for(WAIT, |e| match e {
-            ClientEvent::Message(m) if said(&m.body.content) == "x" => Some(m.sequence_number),
+            ClientEvent::Message(m) if said(&m.body.content) == "measured" => {
+                Some(m.sequence_number)
+            }
             _ => None,
         })
         .await;
-    assert!(delivered.is_some(), "the measured send was delivered");
+    assert_eq!(delivered, Some(2), "the measured send was delivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
