@@ -36,6 +36,17 @@ fn new_message(key: &str, conversation: &str, sender: &str, content: &str) -> Ne
     }
 }
 
+/// A store on `store`'s database as another process has it (numbers it remembers of its own).
+async fn another_process(store: &MongoStore) -> MongoStore {
+    MongoStore::connect(
+        &testkit::servers().mongodb_uri,
+        store.database().name(),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn count(store: &MongoStore, collection: &str, filter: Document) -> u64 {
     store
         .database()
@@ -169,13 +180,7 @@ async fn numbers_never_start_over_when_retention_removed_every_message() {
 #[tokio::test]
 async fn a_process_whose_last_number_is_stale_still_gets_the_next_one() {
     let store = store().await;
-    let other_process = MongoStore::connect(
-        &testkit::servers().mongodb_uri,
-        store.database().name(),
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let other_process = another_process(&store).await;
     let first = store
         .insert_message(new_message("a1", "conv-hint", "alice", "1"))
         .await
@@ -228,13 +233,7 @@ async fn a_process_whose_last_number_is_stale_still_gets_the_next_one() {
 #[tokio::test]
 async fn a_last_number_hint_saves_the_read_whichever_process_stored_last() {
     let store = store().await;
-    let other_process = MongoStore::connect(
-        &testkit::servers().mongodb_uri,
-        store.database().name(),
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let other_process = another_process(&store).await;
     let hinted = |key: &str, hint: Option<u64>| NewMessage {
         last_sequence_hint: hint,
         ..new_message(key, "conv-hinted", "alice", key)
@@ -259,13 +258,7 @@ async fn a_last_number_hint_saves_the_read_whichever_process_stored_last() {
     // A stale hint (it lags behind a send that just happened) in a process that remembers
     // nothing here: the insert collides and the real number is read; never a number twice,
     // never a gap.
-    let third_process = MongoStore::connect(
-        &testkit::servers().mongodb_uri,
-        store.database().name(),
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let third_process = another_process(&store).await;
     let got = third_process
         .insert_message(hinted("h5", Some(2)))
         .await
@@ -273,13 +266,7 @@ async fn a_last_number_hint_saves_the_read_whichever_process_stored_last() {
     assert_eq!(got.message.sequence_number, 5);
     // A retry told a stale hint, in a process that remembers nothing of it, is still its
     // stored message.
-    let fourth_process = MongoStore::connect(
-        &testkit::servers().mongodb_uri,
-        store.database().name(),
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let fourth_process = another_process(&store).await;
     let again = fourth_process
         .insert_message(hinted("h4", Some(1)))
         .await

@@ -5,7 +5,8 @@ use std::time::Duration;
 use messaging::group_receipts::{ReceiptKind, ReceiptNote, ReceiptStore, ReceiptTurn};
 use messaging::protocol::{MemberMark, PresenceStatus};
 use messaging::realtime::{
-    ConnectionInfo, RateDecision, RateLimit, RealtimeState, RedisState, SendingTo, SequenceHint,
+    ConnectionInfo, FrameBudget, RateDecision, RateLimit, RealtimeState, RedisState, SendingTo,
+    SequenceHint,
 };
 use redis::AsyncCommands;
 
@@ -318,30 +319,34 @@ async fn a_frame_learns_its_budget_and_whether_its_connection_is_known_in_one_ro
     assert_eq!(budget.sending_to, None, "nothing asked, nothing read");
 }
 
-#[tokio::test]
-async fn a_message_frame_reads_its_conversation_and_last_number_in_its_one_round_trip() {
-    let s = state().await;
+/// A `message` frame's one round trip: `caller` sends to `conversation`, counted against ten
+/// frames a minute.
+async fn message_frame(s: &RedisState, caller: &ConnectionInfo, conversation: &str) -> FrameBudget {
     let frames = RateLimit {
         max: 10,
         window: Duration::from_secs(60),
     };
+    s.frame_budget(
+        caller,
+        &[("frames", frames)],
+        false,
+        None,
+        Some(conversation),
+        1_700_000_000_000,
+    )
+    .await
+    .expect("the frame keeps its budgets")
+}
+
+#[tokio::test]
+async fn a_message_frame_reads_its_conversation_and_last_number_in_its_one_round_trip() {
+    let s = state().await;
     let jane = conn("j5", "jane5", "phone");
     s.register_connection(&jane).await.unwrap();
     let conversation = "c-42";
     let name = messaging::conversations::cache_name(conversation);
-    let t = 1_700_000_000_000;
     let before = s.round_trips();
-    let budget = s
-        .frame_budget(
-            &jane,
-            &[("frames", frames)],
-            false,
-            None,
-            Some(conversation),
-            t,
-        )
-        .await
-        .unwrap();
+    let budget = message_frame(&s, &jane, conversation).await;
     assert_eq!(s.round_trips() - before, 1);
     assert_eq!(
         budget.sending_to,
@@ -357,17 +362,7 @@ async fn a_message_frame_reads_its_conversation_and_last_number_in_its_one_round
     })
     .await
     .unwrap();
-    let budget = s
-        .frame_budget(
-            &jane,
-            &[("frames", frames)],
-            false,
-            None,
-            Some(conversation),
-            t,
-        )
-        .await
-        .unwrap();
+    let budget = message_frame(&s, &jane, conversation).await;
     assert_eq!(
         budget.sending_to,
         Some(SendingTo {
@@ -382,10 +377,6 @@ async fn a_message_frame_reads_its_conversation_and_last_number_in_its_one_round
 #[tokio::test]
 async fn unreadable_cache_or_hint_keys_are_only_not_there_for_a_frame() {
     let s = state().await;
-    let frames = RateLimit {
-        max: 10,
-        window: Duration::from_secs(60),
-    };
     let jane = conn("j7", "jane7", "phone");
     s.register_connection(&jane).await.unwrap();
     let conversation = "c-odd";
@@ -400,17 +391,7 @@ async fn unreadable_cache_or_hint_keys_are_only_not_there_for_a_frame() {
         .set(s.keys().sequence_hint(conversation), "12")
         .await
         .unwrap();
-    let budget = s
-        .frame_budget(
-            &jane,
-            &[("frames", frames)],
-            false,
-            None,
-            Some(conversation),
-            1_700_000_000_000,
-        )
-        .await
-        .expect("the frame keeps its budgets");
+    let budget = message_frame(&s, &jane, conversation).await;
     assert_eq!(budget.decisions, [RateDecision::Allowed { remaining: 9 }]);
     assert!(budget.registered);
     assert_eq!(budget.sending_to, Some(SendingTo::default()));
@@ -426,9 +407,8 @@ async fn a_conversations_last_number_hint_only_goes_up_and_expires() {
         sequence_number: n,
     };
     let read = || async {
-        s.frame_budget(&jane, &[], false, None, Some(conversation), 0)
+        message_frame(&s, &jane, conversation)
             .await
-            .unwrap()
             .sending_to
             .unwrap()
             .last_sequence
