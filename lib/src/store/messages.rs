@@ -20,7 +20,7 @@
 //! is the answer to a retry (or an `idempotency_conflict` when the request differs); not found,
 //! we go again from step 1. So the ack path costs 2 MongoDB round trips (1 when this process
 //! stored the conversation's last message, step 1 remembered, or when the caller passes a recent
-//! number, [`NewMessage::last_sequence_hint`]: the hint the fan-out keeps in Redis, which makes
+//! number, [`NewMessage::last_sequence_hint`]: the hint every inserter keeps in Redis, which makes
 //! one round trip the rule whichever process or Lambda sandbox sends), 3 for a retried send, 2
 //! more per lost race (a stale floor).
 //!
